@@ -1,0 +1,436 @@
+import {
+  CapacityExceededError,
+  InvalidArgumentError,
+  InvalidPlanError,
+  OutOfBlocksError,
+  SlotMoveList,
+  UnknownSequenceError,
+} from '@kvcompress/core';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { PageAllocator } from './page-allocator.ts';
+
+const shape = { layers: 2, kvHeads: 2, headDim: 4, queryHeadsPerKvHead: 2 };
+
+function make(numBlocks = 32, blockSize = 4, maxSequences = 4, maxContext = 64): PageAllocator {
+  return new PageAllocator({ shape, numBlocks, blockSize, maxSequences, maxContext });
+}
+
+/** Global slots of one head in logical order. */
+function headSlots(a: PageAllocator, seq: number, layer: number, head: number): number[] {
+  const n = a.length(seq, layer, head);
+  return Array.from({ length: n }, (_, i) => a.slot(seq, layer, head, i));
+}
+
+/** Snapshot of the allocator's observable state, to prove a failed call changed nothing. */
+function snapshot(a: PageAllocator): string {
+  return JSON.stringify([
+    Array.from(a.blockTables),
+    Array.from(a.headLengths),
+    Array.from(a.slotPositions),
+    Array.from(a.refCounts),
+    Array.from(a.nextPositions),
+    a.freeBlocks,
+    a.activeSequences,
+  ]);
+}
+
+describe('PageAllocator basics', () => {
+  it('appends prefill and decode tokens into per-head blocks with positions', () => {
+    const a = make();
+    const s = a.addSequence();
+    const out = new Int32Array(shape.layers * shape.kvHeads * 6);
+    a.appendTokens(s, 6, out);
+    // 6 tokens at B = 4: two blocks per head, 4 heads.
+    expect(a.usedBlocks).toBe(8);
+    expect(a.length(s, 1, 1)).toBe(6);
+    for (let unit = 0; unit < 4; unit++) {
+      for (let t = 0; t < 6; t++) expect(a.slotPositions[out[unit * 6 + t] as number]).toBe(t);
+    }
+    const step = new Int32Array(4);
+    a.appendTokens(s, 1, step);
+    expect(a.nextPosition(s)).toBe(7);
+    expect(a.slotPositions[step[3] as number]).toBe(6);
+    expect(a.usedBlocks).toBe(8);
+    a.appendTokens(s, 1, step);
+    a.appendTokens(s, 1, step);
+    expect(a.usedBlocks).toBe(12);
+    a.checkInvariants();
+  });
+
+  it('returns every block when sequences end', () => {
+    const a = make();
+    const s = a.addSequence();
+    a.appendTokens(s, 9);
+    const f = a.forkSequence(s);
+    a.appendTokens(f, 3, undefined, a.createMoveList());
+    a.removeSequence(s);
+    a.checkInvariants();
+    a.removeSequence(f);
+    expect(a.freeBlocks).toBe(a.numBlocks);
+    a.checkInvariants();
+  });
+
+  it('reports usage and fragmentation', () => {
+    const a = make();
+    const s = a.addSequence();
+    a.appendTokens(s, 5); // 2 blocks per head, 5 of 8 slots filled
+    const u = a.usage();
+    expect(u.usedBlocks).toBe(8);
+    expect(u.filledSlots).toBe(20);
+    expect(u.fragmentation).toBeCloseTo(1 - 20 / 32);
+    expect(Array.from(a.blocksPerHead(s))).toEqual([2, 2, 2, 2]);
+    expect(Array.from(a.blocksPerLayer())).toEqual([4, 4]);
+    expect(a.sequenceBlocks(s)).toBe(8);
+    expect(a.bytesPerBlock('f16')).toBe(2 * 4 * 4 * 2);
+  });
+
+  it('compacts: tail survivors fill holes and the tail blocks are freed', () => {
+    const a = make();
+    const s = a.addSequence();
+    a.appendTokens(s, 10); // blocks [0..3], [4..7], [8, 9]
+    const plan = a.createEvictionPlan();
+    plan.reset(s);
+    const unit = 3; // layer 1, head 1
+    for (const i of [1, 2, 5, 6]) plan.add(unit, a.slot(s, 1, 1, i));
+    const moves = a.createMoveList();
+    const before = headSlots(a, s, 1, 1).map((slot) => a.slotPositions[slot]);
+    const r = a.compact(plan, moves);
+    expect(r).toEqual({ evictedSlots: 4, freedBlocks: 1, releasedBlocks: 1, copiedBlocks: 0, moves: 3 });
+    const after = headSlots(a, s, 1, 1).map((slot) => a.slotPositions[slot]);
+    expect(after).toHaveLength(6);
+    expect([...after].sort((x, y) => (x as number) - (y as number))).toEqual(
+      before.filter((_, i) => ![1, 2, 5, 6].includes(i)),
+    );
+    // Six survivors stay in logical slots 0..5: tail survivors 7, 8, 9 fill holes 1, 2, 5.
+    expect(after).toEqual([0, 7, 8, 3, 4, 9]);
+    expect(a.length(s, 0, 0)).toBe(10);
+    a.checkInvariants();
+  });
+
+  it('copies a shared block before compaction writes into it', () => {
+    const a = make();
+    const s = a.addSequence();
+    a.appendTokens(s, 8);
+    const f = a.forkSequence(s);
+    const parentPositions = headSlots(a, s, 0, 0).map((slot) => a.slotPositions[slot]);
+    const plan = a.createEvictionPlan();
+    plan.reset(f);
+    plan.add(0, a.slot(f, 0, 0, 1));
+    const moves = a.createMoveList();
+    const r = a.compact(plan, moves);
+    expect(r.copiedBlocks).toBe(1);
+    expect(r.freedBlocks).toBe(0); // the parent still holds the old tail block
+    expect(headSlots(a, s, 0, 0).map((slot) => a.slotPositions[slot])).toEqual(parentPositions);
+    expect(headSlots(a, f, 0, 0).map((slot) => a.slotPositions[slot])).toEqual([0, 7, 2, 3, 4, 5, 6]);
+    a.checkInvariants();
+  });
+});
+
+describe('PageAllocator errors leave state unchanged', () => {
+  it('unknown sequences', () => {
+    const a = make();
+    expect(() => a.appendTokens(3, 1)).toThrow(UnknownSequenceError);
+    const s = a.addSequence();
+    a.removeSequence(s);
+    expect(() => a.removeSequence(s)).toThrow(UnknownSequenceError);
+    expect(() => a.forkSequence(-1)).toThrow(UnknownSequenceError);
+    expect(() => a.length(1.5, 0, 0)).toThrow(UnknownSequenceError);
+  });
+
+  it('out of blocks on append', () => {
+    const a = make(5);
+    const s = a.addSequence();
+    a.appendTokens(s, 4);
+    const before = snapshot(a);
+    const err = (() => {
+      try {
+        a.appendTokens(s, 1);
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(err).toBeInstanceOf(OutOfBlocksError);
+    expect((err as OutOfBlocksError).requested).toBe(4);
+    expect(snapshot(a)).toBe(before);
+  });
+
+  it('table full, bad counts, full sequence table', () => {
+    const a = make(64, 4, 2, 8);
+    const s = a.addSequence();
+    a.addSequence();
+    expect(() => a.addSequence()).toThrow(CapacityExceededError);
+    const before = snapshot(a);
+    expect(() => a.appendTokens(s, 9)).toThrow(CapacityExceededError);
+    expect(() => a.appendTokens(s, 0)).toThrow(InvalidArgumentError);
+    expect(() => a.appendTokens(s, 2, new Int32Array(3))).toThrow(InvalidArgumentError);
+    expect(snapshot(a)).toBe(before);
+  });
+
+  it('plans naming foreign, duplicate or out-of-range slots', () => {
+    const a = make();
+    const s = a.addSequence();
+    const t = a.addSequence();
+    a.appendTokens(s, 6);
+    a.appendTokens(t, 6);
+    const plan = a.createEvictionPlan();
+    const moves = a.createMoveList();
+    const before = snapshot(a);
+    const cases: Array<[number, number][]> = [
+      [[0, a.slot(t, 0, 0, 0)]], // another sequence's slot
+      [[1, a.slot(s, 0, 0, 0)]], // another head's slot
+      [
+        [0, a.slot(s, 0, 0, 2)],
+        [0, a.slot(s, 0, 0, 2)],
+      ], // twice
+      [[0, a.slot(s, 0, 0, 5) + 1]], // past the end of the head
+      [[0, -1]],
+      [[0, a.numSlots]],
+      [[99, 0]],
+      [[-1, 0]],
+    ];
+    for (const entries of cases) {
+      plan.reset(s);
+      for (const [u, slot] of entries) plan.add(u, slot);
+      expect(() => a.compact(plan, moves)).toThrow(InvalidPlanError);
+      expect(snapshot(a)).toBe(before);
+      a.checkInvariants();
+    }
+    plan.reset(17);
+    expect(() => a.compact(plan, moves)).toThrow(UnknownSequenceError);
+    expect(moves.count).toBe(0);
+  });
+
+  it('copy-on-write without free blocks', () => {
+    const a = make(4, 4, 4, 64);
+    const s = a.addSequence();
+    a.appendTokens(s, 3);
+    const f = a.forkSequence(s);
+    expect(a.freeBlocks).toBe(0);
+    const before = snapshot(a);
+    expect(() => a.appendTokens(f, 1, undefined, new SlotMoveList(64))).toThrow(OutOfBlocksError);
+    expect(() => a.appendTokens(f, 1)).toThrow(OutOfBlocksError);
+    const plan = a.createEvictionPlan();
+    plan.reset(f);
+    plan.add(0, a.slot(f, 0, 0, 0));
+    expect(() => a.compact(plan, a.createMoveList())).toThrow(OutOfBlocksError);
+    expect(snapshot(a)).toBe(before);
+    a.checkInvariants();
+  });
+
+  it('rejects bad construction options with named errors', () => {
+    expect(() => make(0)).toThrow(InvalidArgumentError);
+    expect(() => make(8, 0)).toThrow(InvalidArgumentError);
+    expect(() => new PageAllocator({ shape: { ...shape, layers: -1 }, numBlocks: 4, maxSequences: 1, maxContext: 8 })).toThrow(
+      InvalidArgumentError,
+    );
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+// Model-based property test: random operation sequences against a plain-array model, with a
+// simulated K/V store and metric store that execute every move list the allocator emits.
+
+type Op =
+  | { kind: 'add' }
+  | { kind: 'remove'; pick: number }
+  | { kind: 'fork'; pick: number }
+  | { kind: 'append'; pick: number; count: number }
+  | { kind: 'evict'; pick: number; fraction: number; seed: number };
+
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  { weight: 2, arbitrary: fc.constant({ kind: 'add' as const }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('remove' as const), pick: fc.nat() }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('fork' as const), pick: fc.nat() }) },
+  {
+    weight: 5,
+    arbitrary: fc.record({ kind: fc.constant('append' as const), pick: fc.nat(), count: fc.integer({ min: 1, max: 13 }) }),
+  },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      kind: fc.constant('evict' as const),
+      pick: fc.nat(),
+      fraction: fc.double({ min: 0, max: 1, noNaN: true }),
+      seed: fc.nat(),
+    }),
+  },
+);
+
+/** What a head holds: (position, payload) pairs. Payload stands in for K/V. */
+type Token = { position: number; payload: number };
+
+function runScenario(ops: Op[], numBlocks: number, blockSize: number): void {
+  const a = new PageAllocator({ shape, numBlocks, blockSize, maxSequences: 5, maxContext: 40 });
+  const units = shape.layers * shape.kvHeads;
+  const kv = new Float64Array(a.numSlots); // simulated K/V payload per slot
+  const metric = new Float32Array(a.numSlots); // simulated metric, moves with its slot
+  const model = new Map<number, Token[][]>(); // seq -> per unit tokens
+  const moves = a.createMoveList();
+  const plan = a.createEvictionPlan();
+  let nextPayload = 1;
+
+  const execute = () => {
+    // Every move reads the state from before the list: run them against a copy.
+    const kvBefore = kv.slice();
+    const metricBefore = metric.slice();
+    const dsts = new Set<number>();
+    const srcs = new Set<number>();
+    for (let i = 0; i < moves.count; i++) {
+      srcs.add(moves.src[i] as number);
+      expect(dsts.has(moves.dst[i] as number)).toBe(false);
+      dsts.add(moves.dst[i] as number);
+    }
+    for (const d of dsts) expect(srcs.has(d)).toBe(false);
+    for (let i = 0; i < moves.count; i++) {
+      kv[moves.dst[i] as number] = kvBefore[moves.src[i] as number] as number;
+      metric[moves.dst[i] as number] = metricBefore[moves.src[i] as number] as number;
+    }
+    moves.clear();
+  };
+
+  const verify = () => {
+    a.checkInvariants();
+    let referenced = 0;
+    const seen = new Set<number>();
+    for (const [seq, heads] of model) {
+      for (let unit = 0; unit < units; unit++) {
+        const layer = Math.floor(unit / shape.kvHeads);
+        const head = unit % shape.kvHeads;
+        const expected = (heads[unit] as Token[]).map((t) => `${t.position}:${t.payload}`).sort();
+        const actual = headSlots(a, seq, layer, head).map((slot) => {
+          // Positions, metrics and K/V payload all travel together.
+          expect(metric[slot]).toBe(Math.fround((kv[slot] as number) / 7));
+          return `${a.slotPositions[slot]}:${kv[slot]}`;
+        });
+        expect(actual.sort()).toEqual(expected);
+        for (let j = 0; j < a.blocksPerHead(seq)[unit]!; j++) {
+          const block = a.blockTables[a.tableOffset(a.headIndex(seq, layer, head)) + j] as number;
+          if (!seen.has(block)) {
+            seen.add(block);
+            referenced++;
+          }
+        }
+      }
+    }
+    expect(a.freeBlocks).toBe(a.numBlocks - referenced);
+  };
+
+  const pickSeq = (pick: number): number | undefined => {
+    const live = [...model.keys()];
+    return live.length === 0 ? undefined : live[pick % live.length];
+  };
+
+  for (const op of ops) {
+    if (op.kind === 'add') {
+      if (a.activeSequences === a.maxSequences) {
+        expect(() => a.addSequence()).toThrow(CapacityExceededError);
+        continue;
+      }
+      const s = a.addSequence();
+      model.set(
+        s,
+        Array.from({ length: units }, () => []),
+      );
+    } else if (op.kind === 'remove') {
+      const s = pickSeq(op.pick);
+      if (s === undefined) continue;
+      a.removeSequence(s);
+      model.delete(s);
+    } else if (op.kind === 'fork') {
+      const s = pickSeq(op.pick);
+      if (s === undefined || a.activeSequences === a.maxSequences) continue;
+      const f = a.forkSequence(s);
+      model.set(
+        f,
+        (model.get(s) as Token[][]).map((tokens) => tokens.map((t) => ({ ...t }))),
+      );
+    } else if (op.kind === 'append') {
+      const s = pickSeq(op.pick);
+      if (s === undefined) continue;
+      const out = new Int32Array(units * op.count);
+      const before = snapshot(a);
+      try {
+        a.appendTokens(s, op.count, out, moves);
+      } catch (e) {
+        expect(e instanceof OutOfBlocksError || e instanceof CapacityExceededError).toBe(true);
+        expect(snapshot(a)).toBe(before);
+        expect(moves.count).toBe(0);
+        continue;
+      }
+      execute(); // copy-on-write copies first, then the new tokens
+      const position0 = a.nextPosition(s) - op.count;
+      const heads = model.get(s) as Token[][];
+      for (let unit = 0; unit < units; unit++) {
+        for (let t = 0; t < op.count; t++) {
+          const slot = out[unit * op.count + t] as number;
+          const payload = nextPayload++;
+          kv[slot] = payload;
+          metric[slot] = Math.fround(payload / 7);
+          (heads[unit] as Token[]).push({ position: position0 + t, payload });
+        }
+      }
+    } else {
+      const s = pickSeq(op.pick);
+      if (s === undefined) continue;
+      const heads = model.get(s) as Token[][];
+      plan.reset(s);
+      let rng = op.seed + 1;
+      const rand = () => {
+        rng = (rng * 1103515245 + 12345) % 2147483648;
+        return rng / 2147483648;
+      };
+      const evictedPayloads = new Set<number>();
+      for (let unit = 0; unit < units; unit++) {
+        const layer = Math.floor(unit / shape.kvHeads);
+        const head = unit % shape.kvHeads;
+        const fraction = op.fraction * rand();
+        for (const slot of headSlots(a, s, layer, head)) {
+          if (rand() < fraction) {
+            plan.add(unit, slot);
+            evictedPayloads.add(kv[slot] as number);
+          }
+        }
+      }
+      const blocksBefore = a.sequenceBlocks(s);
+      const before = snapshot(a);
+      let r: ReturnType<PageAllocator['compact']>;
+      try {
+        r = a.compact(plan, moves);
+      } catch (e) {
+        // Only copy-on-write can run out of blocks in a compaction.
+        expect(e).toBeInstanceOf(OutOfBlocksError);
+        expect(snapshot(a)).toBe(before);
+        continue;
+      }
+      execute();
+      for (let unit = 0; unit < units; unit++) {
+        heads[unit] = (heads[unit] as Token[]).filter((t) => !evictedPayloads.has(t.payload));
+      }
+      // Whole tail blocks are released: every head ends with ceil(len / B) blocks.
+      let expectedBlocks = 0;
+      for (let unit = 0; unit < units; unit++) expectedBlocks += Math.ceil((heads[unit] as Token[]).length / blockSize);
+      expect(a.sequenceBlocks(s)).toBe(expectedBlocks);
+      expect(r.releasedBlocks).toBe(blocksBefore - expectedBlocks);
+      expect(r.evictedSlots).toBe(plan.count);
+    }
+    verify();
+  }
+  for (const s of [...model.keys()]) a.removeSequence(s);
+  expect(a.freeBlocks).toBe(a.numBlocks);
+  a.checkInvariants();
+}
+
+describe('PageAllocator properties', () => {
+  it('random operation sequences keep every invariant (allocate/append/evict/compact/fork/free)', () => {
+    fc.assert(
+      fc.property(
+        fc.array(opArb, { minLength: 1, maxLength: 40 }),
+        fc.integer({ min: 6, max: 60 }),
+        fc.constantFrom(1, 2, 4, 5, 16),
+        (ops, numBlocks, blockSize) => runScenario(ops, numBlocks, blockSize),
+      ),
+      { numRuns: 2500 },
+    );
+  });
+});

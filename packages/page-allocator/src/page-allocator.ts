@@ -1,0 +1,789 @@
+import {
+  CapacityExceededError,
+  InvalidArgumentError,
+  InvalidPlanError,
+  InvariantViolationError,
+  type KvCacheShape,
+  type KvDtype,
+  OutOfBlocksError,
+  SlotMoveList,
+  UnknownSequenceError,
+  assertInteger,
+  kvDtypeBytes,
+  validateKvCacheShape,
+} from '@kvcompress/core';
+import { EvictionPlan } from './eviction-plan.ts';
+
+export interface PageAllocatorOptions {
+  /** Model KV shape: layers and kv-heads decide the number of block tables per sequence. */
+  readonly shape: KvCacheShape;
+  /** Blocks in the pool. Each block holds `blockSize` slots of ONE (layer, kv-head). */
+  readonly numBlocks: number;
+  /** Slots per block (B). Default 16. */
+  readonly blockSize?: number;
+  /** Rows in the block tables: how many sequences can be live at once. */
+  readonly maxSequences: number;
+  /** Most slots one (sequence, layer, kv-head) may hold; sizes each block table. */
+  readonly maxContext: number;
+}
+
+/** What one `compact()` call did. */
+export interface CompactionResult {
+  /** Slots removed from the sequence. */
+  readonly evictedSlots: number;
+  /** Blocks returned to the free pool (shared blocks still used elsewhere are not counted). */
+  readonly freedBlocks: number;
+  /** Block-table entries dropped from this sequence (freed or merely unshared). */
+  readonly releasedBlocks: number;
+  /** Shared blocks that had to be copied before being written (copy-on-write). */
+  readonly copiedBlocks: number;
+  /** Moves appended to the move list. */
+  readonly moves: number;
+}
+
+/** Pool-wide figures. */
+export interface AllocatorUsage {
+  readonly totalBlocks: number;
+  readonly freeBlocks: number;
+  readonly usedBlocks: number;
+  /** Distinct slots holding a token (a slot shared by forks counts once). */
+  readonly filledSlots: number;
+  /** 1 - filledSlots / (usedBlocks * blockSize): the share of allocated slots that are empty. */
+  readonly fragmentation: number;
+  readonly activeSequences: number;
+}
+
+const EMPTY = -1;
+
+/**
+ * A fixed pool of KV blocks and the block tables that map each (sequence, layer, kv-head)
+ * to its own list of blocks, so every head can hold a different number of tokens.
+ *
+ * All state lives in flat typed arrays that upload to a GPU as they are:
+ * - `blockTables`  Int32 [layers][maxSequences][kvHeads][maxBlocksPerHead]  block id or -1
+ * - `headLengths`  Int32 [layers][maxSequences][kvHeads]                    slots in use
+ * - `slotPositions` Int32 [numBlocks * blockSize]                           token position of a slot
+ * - `refCounts`    Int32 [numBlocks]                                        block-table references
+ *
+ * A head's logical slot i lives at global slot `table[i / B] * B + i % B`. After eviction the
+ * slots of a head are in no particular position order; attention does not care once RoPE is
+ * applied to K, and `slotPositions` keeps each token's position.
+ *
+ * Sequences are rows of the tables: `addSequence()` returns the row id.
+ * Appends (the decode hot path) allocate no JS objects.
+ */
+export class PageAllocator {
+  readonly shape: KvCacheShape;
+  readonly numBlocks: number;
+  readonly blockSize: number;
+  readonly maxSequences: number;
+  readonly maxBlocksPerHead: number;
+  /** layers * kvHeads: head units per sequence. */
+  readonly headsPerSequence: number;
+
+  readonly blockTables: Int32Array;
+  readonly headLengths: Int32Array;
+  readonly slotPositions: Int32Array;
+  readonly refCounts: Int32Array;
+  /** Head unit (layer * kvHeads + kvHead) a block belongs to, or -1 when free. */
+  readonly blockUnit: Int32Array;
+  /** Index of a block inside its block tables (the same in every sequence that shares it). */
+  readonly blockTableIndex: Int32Array;
+  /** Next position to append, per sequence row. */
+  readonly nextPositions: Int32Array;
+
+  #active: Uint8Array;
+  #activeCount = 0;
+  /** Stack of free block ids; the top `#freeCount` entries are valid. */
+  #freeStack: Int32Array;
+  #freeCount: number;
+  /** Scratch, one byte per slot, all zero between calls: marks evicted slots during compact(). */
+  #slotMarks: Uint8Array;
+  /** Scratch per head unit. */
+  #unitEvicted: Int32Array;
+  #unitNewLength: Int32Array;
+  /** Scratch per block-table entry of one head: the block each kept entry maps to after compaction. */
+  #newTable: Int32Array;
+
+  constructor(options: PageAllocatorOptions) {
+    validateKvCacheShape(options.shape);
+    const blockSize = options.blockSize ?? 16;
+    assertInteger('blockSize', blockSize, 1, 4096);
+    assertInteger('numBlocks', options.numBlocks, 1, 2 ** 31 / blockSize - 1);
+    assertInteger('maxSequences', options.maxSequences, 1, 1 << 20);
+    assertInteger('maxContext', options.maxContext, 1, 1 << 26);
+    this.shape = options.shape;
+    this.numBlocks = options.numBlocks;
+    this.blockSize = blockSize;
+    this.maxSequences = options.maxSequences;
+    this.maxBlocksPerHead = Math.ceil(options.maxContext / blockSize);
+    this.headsPerSequence = options.shape.layers * options.shape.kvHeads;
+
+    const tableEntries = this.headsPerSequence * this.maxSequences * this.maxBlocksPerHead;
+    if (tableEntries > 2 ** 31 - 1) {
+      throw new InvalidArgumentError(
+        `Block tables would need ${tableEntries} entries; lower maxSequences or maxContext.`,
+      );
+    }
+    this.blockTables = new Int32Array(tableEntries).fill(EMPTY);
+    this.headLengths = new Int32Array(this.headsPerSequence * this.maxSequences);
+    this.slotPositions = new Int32Array(this.numBlocks * blockSize);
+    this.refCounts = new Int32Array(this.numBlocks);
+    this.blockUnit = new Int32Array(this.numBlocks).fill(EMPTY);
+    this.blockTableIndex = new Int32Array(this.numBlocks).fill(EMPTY);
+    this.nextPositions = new Int32Array(this.maxSequences);
+    this.#active = new Uint8Array(this.maxSequences);
+    // Pop order 0, 1, 2, ...: the stack holds block ids in descending order.
+    this.#freeStack = new Int32Array(this.numBlocks);
+    for (let i = 0; i < this.numBlocks; i++) this.#freeStack[i] = this.numBlocks - 1 - i;
+    this.#freeCount = this.numBlocks;
+    this.#slotMarks = new Uint8Array(this.numBlocks * blockSize);
+    this.#unitEvicted = new Int32Array(this.headsPerSequence);
+    this.#unitNewLength = new Int32Array(this.headsPerSequence);
+    this.#newTable = new Int32Array(this.maxBlocksPerHead);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Indexing
+
+  get numSlots(): number {
+    return this.numBlocks * this.blockSize;
+  }
+
+  get freeBlocks(): number {
+    return this.#freeCount;
+  }
+
+  get usedBlocks(): number {
+    return this.numBlocks - this.#freeCount;
+  }
+
+  get activeSequences(): number {
+    return this.#activeCount;
+  }
+
+  /** Most slots any one eviction plan or move list for a sequence can need. */
+  get maxSlotsPerSequence(): number {
+    return this.headsPerSequence * this.maxBlocksPerHead * this.blockSize;
+  }
+
+  /** Index into `headLengths` of (sequence, layer, kvHead): layout [layers][maxSequences][kvHeads]. */
+  headIndex(sequence: number, layer: number, kvHead: number): number {
+    return (layer * this.maxSequences + sequence) * this.shape.kvHeads + kvHead;
+  }
+
+  /** Index into `headLengths` for a head unit (layer * kvHeads + kvHead). */
+  unitHeadIndex(sequence: number, unit: number): number {
+    const kvHeads = this.shape.kvHeads;
+    const layer = (unit / kvHeads) | 0;
+    return (layer * this.maxSequences + sequence) * kvHeads + (unit - layer * kvHeads);
+  }
+
+  /** Offset of a head's block table inside `blockTables`. */
+  tableOffset(headIndex: number): number {
+    return headIndex * this.maxBlocksPerHead;
+  }
+
+  isActive(sequence: number): boolean {
+    return Number.isInteger(sequence) && sequence >= 0 && sequence < this.maxSequences && this.#active[sequence] === 1;
+  }
+
+  /** Slots held by one head of a sequence. */
+  length(sequence: number, layer: number, kvHead: number): number {
+    this.#requireActive(sequence);
+    this.#requireHead(layer, kvHead);
+    return this.headLengths[this.headIndex(sequence, layer, kvHead)] as number;
+  }
+
+  /** Position the next appended token gets (= tokens appended so far). */
+  nextPosition(sequence: number): number {
+    this.#requireActive(sequence);
+    return this.nextPositions[sequence] as number;
+  }
+
+  /** Global slot of a head's logical slot `index` (< length). */
+  slot(sequence: number, layer: number, kvHead: number, index: number): number {
+    this.#requireActive(sequence);
+    this.#requireHead(layer, kvHead);
+    const h = this.headIndex(sequence, layer, kvHead);
+    const len = this.headLengths[h] as number;
+    if (!Number.isInteger(index) || index < 0 || index >= len) {
+      throw new InvalidArgumentError(`Slot index ${index} is outside head (${layer}, ${kvHead}), which holds ${len} slots.`);
+    }
+    const B = this.blockSize;
+    return (this.blockTables[h * this.maxBlocksPerHead + ((index / B) | 0)] as number) * B + (index % B);
+  }
+
+  /** Allocates a move list big enough for any single append or compaction of one sequence. */
+  createMoveList(): SlotMoveList {
+    return new SlotMoveList(this.maxSlotsPerSequence);
+  }
+
+  /** Allocates an eviction plan big enough for any sequence. */
+  createEvictionPlan(): EvictionPlan {
+    return new EvictionPlan(this.maxSlotsPerSequence);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Sequences
+
+  /** Claims a free table row and returns its id. */
+  addSequence(): number {
+    const row = this.#freeRow();
+    this.#active[row] = 1;
+    this.#activeCount++;
+    this.nextPositions[row] = 0;
+    return row;
+  }
+
+  /** Ends a sequence: every block it referenced loses one reference; unshared blocks return to the pool. */
+  removeSequence(sequence: number): void {
+    this.#requireActive(sequence);
+    const { layers, kvHeads } = this.shape;
+    for (let layer = 0; layer < layers; layer++) {
+      for (let head = 0; head < kvHeads; head++) {
+        const h = this.headIndex(sequence, layer, head);
+        const t0 = h * this.maxBlocksPerHead;
+        const blocks = this.#blocksFor(this.headLengths[h] as number);
+        for (let j = 0; j < blocks; j++) {
+          this.#release(this.blockTables[t0 + j] as number);
+          this.blockTables[t0 + j] = EMPTY;
+        }
+        this.headLengths[h] = 0;
+      }
+    }
+    this.#active[sequence] = 0;
+    this.#activeCount--;
+    this.nextPositions[sequence] = 0;
+  }
+
+  /**
+   * Starts a new sequence that shares every block of `parent` (prefix sharing, beam or
+   * parallel sampling). Shared blocks are copied on the first write by either sequence.
+   */
+  forkSequence(parent: number): number {
+    this.#requireActive(parent);
+    const child = this.#freeRow();
+    const { layers, kvHeads } = this.shape;
+    for (let layer = 0; layer < layers; layer++) {
+      for (let head = 0; head < kvHeads; head++) {
+        const hp = this.headIndex(parent, layer, head);
+        const hc = this.headIndex(child, layer, head);
+        const len = this.headLengths[hp] as number;
+        const blocks = this.#blocksFor(len);
+        const tp = hp * this.maxBlocksPerHead;
+        const tc = hc * this.maxBlocksPerHead;
+        for (let j = 0; j < blocks; j++) {
+          const block = this.blockTables[tp + j] as number;
+          this.blockTables[tc + j] = block;
+          this.refCounts[block] = (this.refCounts[block] as number) + 1;
+        }
+        this.headLengths[hc] = len;
+      }
+    }
+    this.#active[child] = 1;
+    this.#activeCount++;
+    this.nextPositions[child] = this.nextPositions[parent] as number;
+    return child;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Appends
+
+  /**
+   * Appends `count` tokens (positions nextPosition .. nextPosition + count - 1) to every
+   * (layer, kv-head) of a sequence: prefill when count > 1, one decode step when count = 1.
+   *
+   * `outSlots`, if given, receives the global slot of every new token, laid out
+   * [layers][kvHeads][count]; the caller writes K, V and metrics there.
+   * `moves` receives copy-on-write copies when a head's partly filled last block is shared
+   * with a fork; it is required whenever the sequence shares blocks. The allocator has
+   * already applied those copies to `slotPositions`; the caller applies them to K/V and metrics
+   * before writing the new slots.
+   *
+   * Atomic: on any error (out of blocks, table full) nothing is changed.
+   * Allocates nothing.
+   */
+  appendTokens(sequence: number, count: number, outSlots?: Int32Array, moves?: SlotMoveList): void {
+    this.#requireActive(sequence);
+    if (!Number.isInteger(count) || count < 1) {
+      throw new InvalidArgumentError(`count must be a positive integer, got ${String(count)}.`);
+    }
+    const B = this.blockSize;
+    const { layers, kvHeads } = this.shape;
+    const units = this.headsPerSequence;
+    if (outSlots !== undefined && outSlots.length < units * count) {
+      throw new InvalidArgumentError(
+        `outSlots holds ${outSlots.length} entries but ${units * count} are needed (layers * kvHeads * count).`,
+      );
+    }
+    const capacity = this.maxBlocksPerHead * B;
+    // Pass 1: check capacity and count the blocks needed, changing nothing.
+    let needed = 0;
+    let copies = 0;
+    for (let layer = 0; layer < layers; layer++) {
+      for (let head = 0; head < kvHeads; head++) {
+        const h = this.headIndex(sequence, layer, head);
+        const len = this.headLengths[h] as number;
+        if (len + count > capacity) {
+          throw new CapacityExceededError(
+            `Head (${layer}, ${head}) of sequence ${sequence} holds ${len} slots; ${count} more exceed maxContext (${capacity}). Compress the sequence or raise maxContext.`,
+          );
+        }
+        needed += this.#blocksFor(len + count) - this.#blocksFor(len);
+        const hanging = len % B;
+        if (hanging !== 0) {
+          const last = this.blockTables[h * this.maxBlocksPerHead + ((len / B) | 0)] as number;
+          if ((this.refCounts[last] as number) > 1) {
+            needed++;
+            copies += hanging;
+          }
+        }
+      }
+    }
+    if (needed > this.#freeCount) throw new OutOfBlocksError(needed, this.#freeCount, `Appending ${count} token(s)`);
+    if (copies > 0) {
+      if (moves === undefined) {
+        throw new InvalidArgumentError(
+          'This sequence shares a partly filled block with a fork; pass a SlotMoveList to receive the copy-on-write copies.',
+        );
+      }
+      if (moves.capacity - moves.count < copies) {
+        throw new InvalidArgumentError(`The move list has room for ${moves.capacity - moves.count} moves; ${copies} are needed.`);
+      }
+    }
+    // Pass 2: commit.
+    const position0 = this.nextPositions[sequence] as number;
+    const positions = this.slotPositions;
+    for (let layer = 0; layer < layers; layer++) {
+      for (let head = 0; head < kvHeads; head++) {
+        const unit = layer * kvHeads + head;
+        const h = this.headIndex(sequence, layer, head);
+        const t0 = h * this.maxBlocksPerHead;
+        let len = this.headLengths[h] as number;
+        const hanging = len % B;
+        if (hanging !== 0) {
+          const j = (len / B) | 0;
+          const last = this.blockTables[t0 + j] as number;
+          if ((this.refCounts[last] as number) > 1) {
+            const fresh = this.#take(unit, j);
+            for (let o = 0; o < hanging; o++) {
+              const src = last * B + o;
+              const dst = fresh * B + o;
+              (moves as SlotMoveList).push(src, dst);
+              positions[dst] = positions[src] as number;
+            }
+            this.refCounts[last] = (this.refCounts[last] as number) - 1;
+            this.blockTables[t0 + j] = fresh;
+          }
+        }
+        const outBase = unit * count;
+        for (let t = 0; t < count; t++, len++) {
+          const j = (len / B) | 0;
+          const o = len - j * B;
+          if (o === 0) this.blockTables[t0 + j] = this.#take(unit, j);
+          const slot = (this.blockTables[t0 + j] as number) * B + o;
+          positions[slot] = position0 + t;
+          if (outSlots !== undefined) outSlots[outBase + t] = slot;
+        }
+        this.headLengths[h] = len;
+      }
+    }
+    this.nextPositions[sequence] = position0 + count;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Compaction
+
+  /**
+   * Removes the slots named by `plan` from its sequence and packs each head's survivors
+   * into its lowest blocks: survivors from the tail move into evicted slots lower down,
+   * until the last blocks are empty; those blocks are then released.
+   *
+   * `moves` receives the copies (src -> dst, global slots) that the Backend and the metric
+   * store must execute; `slotPositions` is already updated. A kept block shared with a fork
+   * that would be written is first copied to a fresh block (copy-on-write), so a fork never
+   * sees another sequence's compaction.
+   *
+   * The plan is checked entirely before anything changes: a slot the sequence's head does
+   * not hold, a slot named twice, or an out-of-range unit gives `InvalidPlanError`;
+   * too few free blocks for copy-on-write gives `OutOfBlocksError`. Either way the allocator
+   * is unchanged.
+   */
+  compact(plan: EvictionPlan, moves: SlotMoveList): CompactionResult {
+    const sequence = plan.sequence;
+    this.#requireActive(sequence);
+    const B = this.blockSize;
+    const units = this.headsPerSequence;
+    const marks = this.#slotMarks;
+    const evicted = this.#unitEvicted;
+    evicted.fill(0);
+
+    // Pass 1: validate every entry, marking the evicted slots.
+    for (let i = 0; i < plan.count; i++) {
+      const unit = plan.units[i] as number;
+      const slot = plan.slots[i] as number;
+      const problem = this.#checkPlanEntry(sequence, unit, slot);
+      if (problem !== null) {
+        this.#clearMarks(plan, i);
+        throw new InvalidPlanError(`Entry ${i} (unit ${unit}, slot ${slot}): ${problem}.`);
+      }
+      marks[slot] = 1;
+      evicted[unit] = (evicted[unit] as number) + 1;
+    }
+
+    // Pass 2: count copy-on-write blocks and moves, changing nothing.
+    let copiedBlocks = 0;
+    let moveCount = 0;
+    for (let unit = 0; unit < units; unit++) {
+      const e = evicted[unit] as number;
+      if (e === 0) continue;
+      const h = this.unitHeadIndex(sequence, unit);
+      const t0 = h * this.maxBlocksPerHead;
+      const len = this.headLengths[h] as number;
+      const survivors = len - e;
+      const keep = this.#blocksFor(survivors);
+      for (let j = 0; j < keep; j++) {
+        const block = this.blockTables[t0 + j] as number;
+        const end = Math.min((j + 1) * B, survivors);
+        let holes = 0;
+        for (let idx = j * B; idx < end; idx++) holes += marks[block * B + (idx - j * B)] as number;
+        moveCount += holes;
+        if (holes > 0 && (this.refCounts[block] as number) > 1) {
+          copiedBlocks++;
+          moveCount += end - j * B - holes;
+        }
+      }
+    }
+    if (copiedBlocks > this.#freeCount) {
+      this.#clearMarks(plan, plan.count);
+      throw new OutOfBlocksError(copiedBlocks, this.#freeCount, 'Compacting blocks shared with a fork (copy-on-write)');
+    }
+    if (moves.capacity - moves.count < moveCount) {
+      this.#clearMarks(plan, plan.count);
+      throw new InvalidArgumentError(
+        `The move list has room for ${moves.capacity - moves.count} moves; ${moveCount} are needed. Use allocator.createMoveList().`,
+      );
+    }
+
+    // Pass 3: emit moves and rewrite the kept part of each table. Fresh blocks for
+    // copy-on-write are all taken before any block is released (pass 4), so no move's
+    // destination can be a block that another move still reads.
+    const movesBefore = moves.count;
+    const positions = this.slotPositions;
+    const newTable = this.#newTable;
+    let evictedSlots = 0;
+    for (let unit = 0; unit < units; unit++) {
+      const e = evicted[unit] as number;
+      if (e === 0) continue;
+      evictedSlots += e;
+      const h = this.unitHeadIndex(sequence, unit);
+      const t0 = h * this.maxBlocksPerHead;
+      const len = this.headLengths[h] as number;
+      const survivors = len - e;
+      const keep = this.#blocksFor(survivors);
+      for (let j = 0; j < keep; j++) {
+        const block = this.blockTables[t0 + j] as number;
+        newTable[j] = block;
+        if ((this.refCounts[block] as number) <= 1) continue;
+        const end = Math.min((j + 1) * B, survivors);
+        let holes = 0;
+        for (let idx = j * B; idx < end; idx++) holes += marks[block * B + (idx - j * B)] as number;
+        if (holes === 0) continue;
+        const fresh = this.#take(unit, j);
+        newTable[j] = fresh;
+        // Survivors of the shared block are copied into the fresh one; holes are filled below.
+        for (let idx = j * B; idx < end; idx++) {
+          const o = idx - j * B;
+          if (marks[block * B + o] === 0) {
+            moves.push(block * B + o, fresh * B + o);
+            positions[fresh * B + o] = positions[block * B + o] as number;
+          }
+        }
+      }
+      // Pair holes below `survivors` with survivors at or above it.
+      let src = survivors;
+      for (let hole = 0; hole < survivors; hole++) {
+        const jh = (hole / B) | 0;
+        const oh = hole - jh * B;
+        if (marks[(this.blockTables[t0 + jh] as number) * B + oh] === 0) continue;
+        let srcSlot: number;
+        for (;;) {
+          const js = (src / B) | 0;
+          srcSlot = (this.blockTables[t0 + js] as number) * B + (src - js * B);
+          src++;
+          if (marks[srcSlot] === 0) break;
+        }
+        const dstSlot = (newTable[jh] as number) * B + oh;
+        moves.push(srcSlot, dstSlot);
+        positions[dstSlot] = positions[srcSlot] as number;
+      }
+      // Install the copies. The old blocks keep their other references, so none is freed
+      // here and none can be handed out again within this call.
+      for (let j = 0; j < keep; j++) {
+        const old = this.blockTables[t0 + j] as number;
+        const cur = newTable[j] as number;
+        if (cur !== old) {
+          this.refCounts[old] = (this.refCounts[old] as number) - 1;
+          this.blockTables[t0 + j] = cur;
+        }
+      }
+      this.#unitNewLength[unit] = survivors;
+    }
+
+    // Pass 4: release tail blocks and install the new tables.
+    let freedBlocks = 0;
+    let releasedBlocks = 0;
+    for (let unit = 0; unit < units; unit++) {
+      if (evicted[unit] === 0) continue;
+      const h = this.unitHeadIndex(sequence, unit);
+      const t0 = h * this.maxBlocksPerHead;
+      const oldBlocks = this.#blocksFor(this.headLengths[h] as number);
+      const survivors = this.#unitNewLength[unit] as number;
+      const keep = this.#blocksFor(survivors);
+      for (let j = keep; j < oldBlocks; j++) {
+        releasedBlocks++;
+        if (this.#release(this.blockTables[t0 + j] as number)) freedBlocks++;
+        this.blockTables[t0 + j] = EMPTY;
+      }
+      this.headLengths[h] = survivors;
+    }
+    this.#clearMarks(plan, plan.count);
+    return { evictedSlots, freedBlocks, releasedBlocks, copiedBlocks, moves: moves.count - movesBefore };
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Usage figures
+
+  /** Blocks referenced by each head of a sequence, written to `out` as [layers][kvHeads]. */
+  blocksPerHead(sequence: number, out: Int32Array = new Int32Array(this.headsPerSequence)): Int32Array {
+    this.#requireActive(sequence);
+    const kvHeads = this.shape.kvHeads;
+    for (let unit = 0; unit < this.headsPerSequence; unit++) {
+      const layer = (unit / kvHeads) | 0;
+      out[unit] = this.#blocksFor(this.headLengths[this.headIndex(sequence, layer, unit - layer * kvHeads)] as number);
+    }
+    return out;
+  }
+
+  /** Slots held by each head of a sequence, written to `out` as [layers][kvHeads]. */
+  lengthsPerHead(sequence: number, out: Int32Array = new Int32Array(this.headsPerSequence)): Int32Array {
+    this.#requireActive(sequence);
+    const kvHeads = this.shape.kvHeads;
+    for (let unit = 0; unit < this.headsPerSequence; unit++) {
+      const layer = (unit / kvHeads) | 0;
+      out[unit] = this.headLengths[this.headIndex(sequence, layer, unit - layer * kvHeads)] as number;
+    }
+    return out;
+  }
+
+  /** Blocks referenced by a sequence (blocks shared with a fork count for both). */
+  sequenceBlocks(sequence: number): number {
+    this.#requireActive(sequence);
+    let n = 0;
+    const { layers, kvHeads } = this.shape;
+    for (let layer = 0; layer < layers; layer++) {
+      for (let head = 0; head < kvHeads; head++) {
+        n += this.#blocksFor(this.headLengths[this.headIndex(sequence, layer, head)] as number);
+      }
+    }
+    return n;
+  }
+
+  /** Blocks referenced per layer, summed over the given sequence or over all active ones. */
+  blocksPerLayer(sequence?: number, out: Int32Array = new Int32Array(this.shape.layers)): Int32Array {
+    if (sequence !== undefined) this.#requireActive(sequence);
+    out.fill(0);
+    const { layers, kvHeads } = this.shape;
+    for (let s = 0; s < this.maxSequences; s++) {
+      if (this.#active[s] === 0 || (sequence !== undefined && s !== sequence)) continue;
+      for (let layer = 0; layer < layers; layer++) {
+        for (let head = 0; head < kvHeads; head++) {
+          out[layer] = (out[layer] as number) + this.#blocksFor(this.headLengths[this.headIndex(s, layer, head)] as number);
+        }
+      }
+    }
+    return out;
+  }
+
+  /** Pool-wide usage and fragmentation (O(total table entries); not for the hot path). */
+  usage(): AllocatorUsage {
+    const B = this.blockSize;
+    const filledPerBlock = new Int32Array(this.numBlocks);
+    const { layers, kvHeads } = this.shape;
+    for (let s = 0; s < this.maxSequences; s++) {
+      if (this.#active[s] === 0) continue;
+      for (let layer = 0; layer < layers; layer++) {
+        for (let head = 0; head < kvHeads; head++) {
+          const h = this.headIndex(s, layer, head);
+          const len = this.headLengths[h] as number;
+          const t0 = h * this.maxBlocksPerHead;
+          for (let j = 0; j * B < len; j++) {
+            const block = this.blockTables[t0 + j] as number;
+            const filled = Math.min(B, len - j * B);
+            if (filled > (filledPerBlock[block] as number)) filledPerBlock[block] = filled;
+          }
+        }
+      }
+    }
+    let filledSlots = 0;
+    for (let b = 0; b < this.numBlocks; b++) filledSlots += filledPerBlock[b] as number;
+    const usedBlocks = this.usedBlocks;
+    return {
+      totalBlocks: this.numBlocks,
+      freeBlocks: this.#freeCount,
+      usedBlocks,
+      filledSlots,
+      fragmentation: usedBlocks === 0 ? 0 : 1 - filledSlots / (usedBlocks * B),
+      activeSequences: this.#activeCount,
+    };
+  }
+
+  /** Bytes of K plus V one block holds in the given dtype (positions and metrics not included). */
+  bytesPerBlock(dtype: KvDtype): number {
+    return 2 * this.blockSize * this.shape.headDim * kvDtypeBytes(dtype);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Invariants
+
+  /**
+   * Recomputes everything derivable and throws `InvariantViolationError` on any mismatch:
+   * reference counts equal table references; every referenced block is owned by exactly
+   * one head unit at one table index; free blocks are unreferenced and listed once; used +
+   * free = total; head lengths fit their tables and tables hold no stray entries.
+   */
+  checkInvariants(): void {
+    const B = this.blockSize;
+    const { layers, kvHeads } = this.shape;
+    const refs = new Int32Array(this.numBlocks);
+    for (let s = 0; s < this.maxSequences; s++) {
+      const active = this.#active[s] === 1;
+      for (let layer = 0; layer < layers; layer++) {
+        for (let head = 0; head < kvHeads; head++) {
+          const unit = layer * kvHeads + head;
+          const h = this.headIndex(s, layer, head);
+          const len = this.headLengths[h] as number;
+          const t0 = h * this.maxBlocksPerHead;
+          if (!active && len !== 0) throw new InvariantViolationError(`inactive sequence ${s} has length ${len}`);
+          if (len < 0 || len > this.maxBlocksPerHead * B) {
+            throw new InvariantViolationError(`sequence ${s} head ${unit} has length ${len}`);
+          }
+          const blocks = this.#blocksFor(len);
+          for (let j = 0; j < this.maxBlocksPerHead; j++) {
+            const block = this.blockTables[t0 + j] as number;
+            if (j >= blocks) {
+              if (block !== EMPTY) throw new InvariantViolationError(`sequence ${s} head ${unit} has a stray entry at ${j}`);
+              continue;
+            }
+            if (block < 0 || block >= this.numBlocks) {
+              throw new InvariantViolationError(`sequence ${s} head ${unit} entry ${j} names block ${block}`);
+            }
+            if (this.blockUnit[block] !== unit || this.blockTableIndex[block] !== j) {
+              throw new InvariantViolationError(
+                `block ${block} is referenced by head ${unit} at index ${j} but owned by head ${this.blockUnit[block]} at index ${this.blockTableIndex[block]}`,
+              );
+            }
+            refs[block] = (refs[block] as number) + 1;
+          }
+        }
+      }
+    }
+    let referenced = 0;
+    for (let b = 0; b < this.numBlocks; b++) {
+      if (refs[b] !== this.refCounts[b]) {
+        throw new InvariantViolationError(`block ${b} has ${refs[b]} references but refCount ${this.refCounts[b]}`);
+      }
+      if ((refs[b] as number) > 0) referenced++;
+    }
+    const seenFree = new Uint8Array(this.numBlocks);
+    for (let i = 0; i < this.#freeCount; i++) {
+      const b = this.#freeStack[i] as number;
+      if (b < 0 || b >= this.numBlocks) throw new InvariantViolationError(`free list holds block id ${b}`);
+      if (seenFree[b] === 1) throw new InvariantViolationError(`block ${b} is on the free list twice`);
+      seenFree[b] = 1;
+      if (refs[b] !== 0) throw new InvariantViolationError(`block ${b} is free but referenced`);
+      if (this.blockUnit[b] !== EMPTY) throw new InvariantViolationError(`free block ${b} still has an owner`);
+    }
+    if (referenced + this.#freeCount !== this.numBlocks) {
+      throw new InvariantViolationError(
+        `${referenced} referenced + ${this.#freeCount} free blocks != ${this.numBlocks} total (a block leaked)`,
+      );
+    }
+    let active = 0;
+    for (let s = 0; s < this.maxSequences; s++) active += this.#active[s] as number;
+    if (active !== this.#activeCount) throw new InvariantViolationError(`active count ${this.#activeCount} != ${active}`);
+    for (let i = 0; i < this.#slotMarks.length; i++) {
+      if (this.#slotMarks[i] !== 0) throw new InvariantViolationError(`scratch mark left on slot ${i}`);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Internals
+
+  #blocksFor(slots: number): number {
+    return Math.ceil(slots / this.blockSize);
+  }
+
+  #requireActive(sequence: number): void {
+    if (!this.isActive(sequence)) throw new UnknownSequenceError(sequence);
+  }
+
+  #requireHead(layer: number, kvHead: number): void {
+    if (!Number.isInteger(layer) || layer < 0 || layer >= this.shape.layers) {
+      throw new InvalidArgumentError(`layer must be an integer in [0, ${this.shape.layers}), got ${layer}.`);
+    }
+    if (!Number.isInteger(kvHead) || kvHead < 0 || kvHead >= this.shape.kvHeads) {
+      throw new InvalidArgumentError(`kvHead must be an integer in [0, ${this.shape.kvHeads}), got ${kvHead}.`);
+    }
+  }
+
+  #freeRow(): number {
+    for (let s = 0; s < this.maxSequences; s++) if (this.#active[s] === 0) return s;
+    throw new CapacityExceededError(
+      `All ${this.maxSequences} sequence rows are in use. Remove a finished sequence or create the allocator with a larger maxSequences.`,
+    );
+  }
+
+  /** Pops a free block and assigns it to a head unit at a table index. Caller checked the free count. */
+  #take(unit: number, tableIndex: number): number {
+    const block = this.#freeStack[--this.#freeCount] as number;
+    this.refCounts[block] = 1;
+    this.blockUnit[block] = unit;
+    this.blockTableIndex[block] = tableIndex;
+    return block;
+  }
+
+  /** Drops one reference; returns true if the block went back to the pool. */
+  #release(block: number): boolean {
+    const refs = (this.refCounts[block] as number) - 1;
+    this.refCounts[block] = refs;
+    if (refs > 0) return false;
+    this.blockUnit[block] = EMPTY;
+    this.blockTableIndex[block] = EMPTY;
+    this.#freeStack[this.#freeCount++] = block;
+    return true;
+  }
+
+  /** Null if (unit, slot) is a slot the sequence's head holds, else what is wrong with it. */
+  #checkPlanEntry(sequence: number, unit: number, slot: number): string | null {
+    if (!Number.isInteger(unit) || unit < 0 || unit >= this.headsPerSequence) return 'no such head unit';
+    if (!Number.isInteger(slot) || slot < 0 || slot >= this.numSlots) return 'slot out of range';
+    const B = this.blockSize;
+    const block = (slot / B) | 0;
+    if (this.blockUnit[block] !== unit) return 'slot belongs to another head or to no head';
+    const j = this.blockTableIndex[block] as number;
+    const h = this.unitHeadIndex(sequence, unit);
+    if (this.blockTables[h * this.maxBlocksPerHead + j] !== block) return 'slot belongs to another sequence';
+    if (j * B + (slot - block * B) >= (this.headLengths[h] as number)) return 'slot is past the end of the head';
+    if (this.#slotMarks[slot] !== 0) return 'slot named twice';
+    return null;
+  }
+
+  #clearMarks(plan: EvictionPlan, upTo: number): void {
+    for (let i = 0; i < upTo; i++) {
+      const slot = plan.slots[i] as number;
+      if (slot >= 0 && slot < this.#slotMarks.length) this.#slotMarks[slot] = 0;
+    }
+  }
+}
