@@ -91,6 +91,7 @@ describe('baseline scorers (hand-computed)', () => {
   it('recency scores positions', () => {
     expect(score(new RecencyScorer())).toEqual([0, 1, 2]);
     expect(new RecencyScorer().initialMetric(undefined, 0, 0, 41)).toBe(41);
+    expect(score(new RecencyScorer({ sinks: 2 }))).toEqual([Number.POSITIVE_INFINITY, Number.POSITIVE_INFINITY, 2]);
   });
 
   it('rejects bad shapes and options with named errors', () => {

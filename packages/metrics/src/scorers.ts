@@ -292,20 +292,29 @@ export class RandomScorer implements Scorer {
   }
 }
 
-/** Position as the metric (older = less important): StreamingLLM's recency rule as a scorer. */
+/**
+ * Position as the metric (older = less important): StreamingLLM's recency rule as a scorer.
+ * The first `sinks` positions (attention sinks) score +Infinity, so they go last.
+ */
 export class RecencyScorer implements Scorer {
   readonly name = 'recency';
   readonly observationWindow = 0;
   readonly accumulatesDuringDecode = false;
   readonly needsKeys = false;
+  readonly sinks: number;
+
+  constructor(options: { sinks?: number } = {}) {
+    this.sinks = options.sinks ?? 0;
+    assertInteger('sinks', this.sinks, 0);
+  }
 
   scorePrefill(input: PrefillScoringInput, out: Float32Array): void {
     for (let g = 0; g < input.kvHeads; g++) {
-      for (let j = 0; j < input.keyCount; j++) out[g * input.keyCount + j] = j;
+      for (let j = 0; j < input.keyCount; j++) out[g * input.keyCount + j] = this.initialMetric(undefined, 0, 0, j);
     }
   }
 
   initialMetric(_key: Float32Array | undefined, _offset: number, _headDim: number, position: number): number {
-    return position;
+    return position < this.sinks ? Number.POSITIVE_INFINITY : position;
   }
 }

@@ -1,0 +1,109 @@
+// Planning cost of one compression round on the CPU, at the issue's reference size:
+// a Llama-3-8B-shaped cache (32 layers x 8 kv-heads), 4096 tokens per sequence, B = 16.
+// Metrics are heavy-tailed like squared attention (log-normal, a different scale per head).
+//   node --conditions=source packages/eviction/bench/plan.bench.ts [--json]
+import os from 'node:os';
+import { MetricStore } from '@kvcompress/metrics';
+import { PageAllocator } from '@kvcompress/page-allocator';
+import { type CompressionConfig, CompressionContext, Compressor, getPolicy, resolveCompressionConfig } from '../src/index.ts';
+
+const layers = 32;
+const kvHeads = 8;
+const tokens = 4096;
+const blockSize = 16;
+const shape = { layers, kvHeads, headDim: 128, queryHeadsPerKvHead: 4 };
+
+let state = 12345;
+function uniform(): number {
+  state = (Math.imul(state, 1664525) + 1013904223) | 0;
+  return ((state >>> 0) + 0.5) / 2 ** 32;
+}
+function gaussian(): number {
+  return Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform());
+}
+
+function build(sequences: number): { allocator: PageAllocator; store: MetricStore; seqs: number[] } {
+  const blocksPerSeq = layers * kvHeads * Math.ceil(tokens / blockSize);
+  const allocator = new PageAllocator({ shape, numBlocks: blocksPerSeq * sequences, blockSize, maxSequences: sequences, maxContext: tokens });
+  const store = new MetricStore(allocator.numSlots);
+  const seqs: number[] = [];
+  const slots = new Int32Array(layers * kvHeads * tokens);
+  for (let s = 0; s < sequences; s++) {
+    const seq = allocator.addSequence();
+    allocator.appendTokens(seq, tokens, slots);
+    for (let u = 0; u < layers * kvHeads; u++) {
+      const headScale = 3 * gaussian();
+      for (let t = 0; t < tokens; t++) store.values[slots[u * tokens + t] as number] = Math.exp(headScale + 2 * gaussian());
+    }
+    seqs.push(seq);
+  }
+  return { allocator, store, seqs };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] as number;
+}
+
+const json = process.argv.includes('--json');
+interface Row {
+  case: string;
+  policy: string;
+  ms: number;
+  evicted: number;
+}
+const rows: Row[] = [];
+const config: CompressionConfig = { budget: { targetCompressionRate: 8 }, protectedWindow: 64 };
+const resolved = resolveCompressionConfig(config);
+
+// One sequence: plan only (the selection), repeated on the same state.
+{
+  const { allocator, store, seqs } = build(1);
+  const seq = seqs[0] as number;
+  const ctx = new CompressionContext(allocator, store.values);
+  for (const name of ['kv-compress', 'ada-kv', 'snapkv', 'pyramidkv', 'h2o']) {
+    const policy = getPolicy(name);
+    const times: number[] = [];
+    for (let r = 0; r < 30; r++) {
+      const t0 = performance.now();
+      ctx.begin(seq, resolved);
+      policy.plan(ctx);
+      times.push(performance.now() - t0);
+    }
+    rows.push({ case: `plan, 1 sequence (${(layers * kvHeads * tokens) / 2 ** 20} Mi slots)`, policy: name, ms: median(times.slice(5)), evicted: ctx.plan.count });
+  }
+  // Plan + compaction + metric moves, once (it changes the state).
+  const compressor = new Compressor({ allocator, metrics: store, policy: getPolicy('kv-compress'), config });
+  const outcome = compressor.compress(seq, allocator.createMoveList());
+  rows.push({ case: 'plan + compact + metric moves, 1 sequence', policy: 'kv-compress', ms: outcome.planMs + outcome.compactMs, evicted: outcome.evictedSlots });
+}
+
+// 64 sequences: plan each, then plan + compact each.
+{
+  const n = 64;
+  const { allocator, store, seqs } = build(n);
+  const ctx = new CompressionContext(allocator, store.values);
+  const policy = getPolicy('kv-compress');
+  let t0 = performance.now();
+  for (const seq of seqs) {
+    ctx.begin(seq, resolved);
+    policy.plan(ctx);
+  }
+  rows.push({ case: `plan, ${n} sequences`, policy: 'kv-compress', ms: performance.now() - t0, evicted: ctx.plan.count * n });
+  const compressor = new Compressor({ allocator, metrics: store, policy, config });
+  const moves = allocator.createMoveList();
+  t0 = performance.now();
+  let evicted = 0;
+  for (const seq of seqs) evicted += compressor.compress(seq, moves).evictedSlots;
+  rows.push({ case: `plan + compact + metric moves, ${n} sequences`, policy: 'kv-compress', ms: performance.now() - t0, evicted });
+}
+
+const machine = `${os.cpus()[0]?.model ?? 'unknown CPU'}, ${os.cpus().length} cores, Node ${process.version}`;
+if (json) console.log(JSON.stringify({ machine, rows }, null, 2));
+else {
+  console.log(`compression planning, ${layers} layers x ${kvHeads} kv-heads x ${tokens} tokens, B=${blockSize}, rate 8x, window 64`);
+  console.log(`machine: ${machine}`);
+  console.log('| case | policy | ms | slots evicted | vs 20 ms target |');
+  console.log('| --- | --- | ---: | ---: | ---: |');
+  for (const r of rows) console.log(`| ${r.case} | ${r.policy} | ${r.ms.toFixed(2)} | ${r.evicted} | ${(r.ms / 20).toFixed(2)}x |`);
+}

@@ -1,0 +1,87 @@
+import { InvalidArgumentError, type SlotMoveList } from '@kvcompress/core';
+import type { MetricStore, Scorer } from '@kvcompress/metrics';
+import { kvCompressScorer } from '@kvcompress/metrics';
+import type { CompactionResult, PageAllocator } from '@kvcompress/page-allocator';
+import { type CompressionConfig, type ResolvedCompressionConfig, resolveCompressionConfig } from './budget.ts';
+import { CompressionContext } from './context.ts';
+import type { EvictionPolicy } from './policy.ts';
+
+/** What one compression of one sequence did. */
+export interface CompressionOutcome extends CompactionResult {
+  readonly sequence: number;
+  readonly blocksBefore: number;
+  readonly blocksAfter: number;
+  readonly targetBlocks: number;
+  /** blocksAfter <= targetBlocks. */
+  readonly budgetMet: boolean;
+  /** Milliseconds in policy.plan() and in the allocator's compaction. */
+  readonly planMs: number;
+  readonly compactMs: number;
+}
+
+export interface CompressorOptions {
+  readonly allocator: PageAllocator;
+  readonly metrics: MetricStore;
+  readonly policy: EvictionPolicy;
+  readonly config: CompressionConfig;
+}
+
+/**
+ * Runs a policy against one allocator: plan -> compaction -> metric moves. The caller
+ * executes the returned moves on its Backend's K/V (positions and metrics are done here).
+ * One per engine; all planning scratch is allocated once.
+ */
+export class Compressor {
+  readonly allocator: PageAllocator;
+  readonly metrics: MetricStore;
+  readonly policy: EvictionPolicy;
+  readonly config: ResolvedCompressionConfig;
+  readonly scorer: Scorer;
+  readonly context: CompressionContext;
+
+  constructor(options: CompressorOptions) {
+    this.allocator = options.allocator;
+    this.metrics = options.metrics;
+    this.policy = options.policy;
+    this.config = resolveCompressionConfig(options.config);
+    this.scorer = options.policy.createScorer?.() ?? kvCompressScorer();
+    this.context = new CompressionContext(options.allocator, options.metrics.values);
+  }
+
+  /** Blocks this sequence may hold under the budget right now. */
+  targetBlocks(sequence: number): number {
+    this.context.begin(sequence, this.config);
+    return this.context.targetBlocks;
+  }
+
+  /**
+   * Compresses one sequence to its budget. `moves` is cleared, then receives the K/V copies
+   * the Backend must execute before the sequence's next attention.
+   */
+  compress(sequence: number, moves: SlotMoveList): CompressionOutcome {
+    if (moves.capacity < this.allocator.maxSlotsPerSequence) {
+      throw new InvalidArgumentError('The move list is too small; create it with allocator.createMoveList().');
+    }
+    const ctx = this.context;
+    const t0 = performance.now();
+    ctx.begin(sequence, this.config);
+    const blocksBefore = this.allocator.sequenceBlocks(sequence);
+    this.policy.plan(ctx);
+    const t1 = performance.now();
+    moves.clear();
+    const result = this.allocator.compact(ctx.plan, moves);
+    this.metrics.applyMoves(moves);
+    const t2 = performance.now();
+    const blocksAfter = this.allocator.sequenceBlocks(sequence);
+    return {
+      ...result,
+      sequence,
+      blocksBefore,
+      blocksAfter,
+      targetBlocks: ctx.targetBlocks,
+      budgetMet: blocksAfter <= ctx.targetBlocks,
+      planMs: t1 - t0,
+      compactMs: t2 - t1,
+    };
+  }
+}
