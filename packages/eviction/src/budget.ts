@@ -33,7 +33,8 @@ export function resolveCompressionConfig(config: CompressionConfig): ResolvedCom
     throw new InvalidBudgetError(`sinks must be a non-negative integer, got ${String(sinks)}.`);
   }
   const budget = config.budget as Partial<{ maxCacheTokens: number; targetCompressionRate: number }>;
-  if (budget === null || typeof budget !== 'object') throw new InvalidBudgetError('budget must be { maxCacheTokens } or { targetCompressionRate }.');
+  if (budget === null || typeof budget !== 'object')
+    throw new InvalidBudgetError('budget must be { maxCacheTokens } or { targetCompressionRate }.');
   const hasMax = budget.maxCacheTokens !== undefined;
   const hasRate = budget.targetCompressionRate !== undefined;
   if (hasMax === hasRate) {

@@ -1,12 +1,6 @@
 import { createKvCompressPolicy } from './policies/kv-compress.ts';
 import { createAdaKvPolicy, createPyramidKvPolicy } from './policies/layered.ts';
-import {
-  createH2oPolicy,
-  createRandomPolicy,
-  createSnapKvPolicy,
-  createStreamingLlmPolicy,
-  nonePolicy,
-} from './policies/uniform.ts';
+import { createH2oPolicy, createRandomPolicy, createSnapKvPolicy, createStreamingLlmPolicy, nonePolicy } from './policies/uniform.ts';
 import { PolicyRegistry } from './policy.ts';
 
 /** Registers the built-in policies with their default options, exactly as a user registers one. */

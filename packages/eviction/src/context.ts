@@ -1,6 +1,6 @@
 import { InvalidArgumentError } from '@kvcompress/core';
 import type { EvictionPlan, PageAllocator } from '@kvcompress/page-allocator';
-import { type ResolvedCompressionConfig, keepPerHead, protectedCount } from './budget.ts';
+import { keepPerHead, protectedCount, type ResolvedCompressionConfig } from './budget.ts';
 
 /**
  * What a policy sees of one sequence while planning, and the verbs it plans with.
@@ -546,7 +546,8 @@ export class CompressionContext implements PolicyContext {
   #checkIndex(unit: number, i: number): void {
     this.#checkUnit(unit);
     const len = this.length(unit);
-    if (!Number.isInteger(i) || i < 0 || i >= len) throw new InvalidArgumentError(`Slot index ${i} is outside unit ${unit} (length ${len}).`);
+    if (!Number.isInteger(i) || i < 0 || i >= len)
+      throw new InvalidArgumentError(`Slot index ${i} is outside unit ${unit} (length ${len}).`);
   }
 }
 
@@ -559,7 +560,7 @@ function quickselect(a: Int32Array, n: number, k: number): number {
     // Median of three as the pivot.
     let x = a[lo] as number;
     let y = a[mid] as number;
-    let z = a[hi] as number;
+    const z = a[hi] as number;
     if (x > y) [x, y] = [y, x];
     if (y > z) y = z;
     if (x > y) y = x;

@@ -75,7 +75,7 @@ describe('KV-Compress block choice (hand-computed)', () => {
   it('ranks (head, k) candidates globally with the hanging-block rule', () => {
     // Candidate costs: head 0 frees 1/2/3 blocks at metric ranks 0/2/4 = 1, 3, 5;
     // head 1 at 0.5, 7, 9. Budget 2 tokens/head -> 2 blocks in all; free 4: 0.5, 1, 3, 5.
-    const s = setup(1, 2, 2, 5, (u, t) => ((u === 0 ? h0 : h1)[t] as number));
+    const s = setup(1, 2, 2, 5, (u, t) => (u === 0 ? h0 : h1)[t] as number);
     const r = compress(s, createKvCompressPolicy(), { budget: { maxCacheTokens: 2 }, protectedWindow: 0 });
     expect(positionsByUnit(s)).toEqual([[], [1, 2, 3, 4]]);
     expect(r).toMatchObject({ blocksBefore: 6, blocksAfter: 2, targetBlocks: 2, budgetMet: true, evictedSlots: 6, freedBlocks: 4 });
@@ -84,7 +84,7 @@ describe('KV-Compress block choice (hand-computed)', () => {
   it('frees one block from a head by evicting only its hanging slot, and gives heads different rates', () => {
     // Protected window 1 makes position 4 untouchable. Head 1's costs: 0.5 (its hanging slot
     // alone), 0.7, then infeasible; head 0's: 1, 4. Budget 3 tokens/head -> 4 blocks: free 2.
-    const s = setup(1, 2, 2, 5, (u, t) => ((u === 0 ? h0 : [0.5, 0.6, 0.7, 0.8, 0.9])[t] as number));
+    const s = setup(1, 2, 2, 5, (u, t) => (u === 0 ? h0 : [0.5, 0.6, 0.7, 0.8, 0.9])[t] as number);
     const r = compress(s, createKvCompressPolicy(), { budget: { maxCacheTokens: 3 }, protectedWindow: 1 });
     expect(positionsByUnit(s)).toEqual([
       [0, 1, 2, 3, 4],
@@ -97,7 +97,7 @@ describe('KV-Compress block choice (hand-computed)', () => {
     // head 0 sorted [1, 2, 3, 4, 5, 6] -> costs 2, 4, 6; head 1 [1.5, 1.6, 10, 11, 12, 13] -> 1.6, 11, 13.
     const a = [6, 5, 4, 3, 2, 1];
     const b = [1.5, 10, 1.6, 11, 12, 13];
-    const s = setup(1, 2, 2, 6, (u, t) => ((u === 0 ? a : b)[t] as number));
+    const s = setup(1, 2, 2, 6, (u, t) => (u === 0 ? a : b)[t] as number);
     // Budget 4 tokens/head -> 4 blocks; free 2: 1.6 (head 1), then 2 (head 0).
     compress(s, createKvCompressPolicy(), { budget: { maxCacheTokens: 4 }, protectedWindow: 0 });
     expect(positionsByUnit(s)).toEqual([
@@ -161,7 +161,8 @@ describe('baseline policies (hand-computed)', () => {
     const s = setup(1, 2, 2, 8, metric);
     const scorer = getPolicy('random').createScorer?.();
     expect(scorer?.name).toBe('random');
-    for (let u = 0; u < 2; u++) for (let i = 0; i < 8; i++) s.store.values[s.allocator.slot(s.seq, 0, u, i)] = scorer?.initialMetric(undefined, 0, 0, i) ?? 0;
+    for (let u = 0; u < 2; u++)
+      for (let i = 0; i < 8; i++) s.store.values[s.allocator.slot(s.seq, 0, u, i)] = scorer?.initialMetric(undefined, 0, 0, i) ?? 0;
     compress(s, getPolicy('random'), { budget: { maxCacheTokens: 4 }, sinks: 1, protectedWindow: 2 });
     for (const p of positionsByUnit(s)) {
       expect(p).toHaveLength(4);
@@ -269,9 +270,15 @@ describe('registry and configuration errors', () => {
       { budget: { maxCacheTokens: 100 }, sinks: 0.5 },
     ];
     for (const config of bad) {
-      expect(() => new Compressor({ allocator: s.allocator, metrics: s.store, policy: getPolicy('kv-compress'), config: config as CompressionConfig })).toThrow(
-        InvalidBudgetError,
-      );
+      expect(
+        () =>
+          new Compressor({
+            allocator: s.allocator,
+            metrics: s.store,
+            policy: getPolicy('kv-compress'),
+            config: config as CompressionConfig,
+          }),
+      ).toThrow(InvalidBudgetError);
     }
   });
 });
@@ -320,9 +327,7 @@ describe('policy properties', () => {
         s.allocator.compact(plan, moves);
         s.store.applyMoves(moves);
 
-        const budget = c.useRate
-          ? { targetCompressionRate: c.rate }
-          : { maxCacheTokens: c.protectedWindow + c.sinks + c.extraTokens + 1 };
+        const budget = c.useRate ? { targetCompressionRate: c.rate } : { maxCacheTokens: c.protectedWindow + c.sinks + c.extraTokens + 1 };
         const config = { budget, protectedWindow: c.protectedWindow, sinks: c.sinks };
         const before = new Map<string, number>(); // "unit:position" -> metric
         for (let u = 0; u < units; u++) {

@@ -12,11 +12,11 @@ export type {
 } from './scorers.ts';
 export {
   AttentionScorer,
+  h2oScorer,
   KeyNormScorer,
+  kvCompressScorer,
   RandomScorer,
   RecencyScorer,
-  h2oScorer,
-  kvCompressScorer,
   snapKvScorer,
 } from './scorers.ts';
 export type { HeadSummary } from './summaries.ts';

@@ -1,4 +1,4 @@
-import { InvalidArgumentError, type SlotMoveList, assertInteger } from '@kvcompress/core';
+import { assertInteger, InvalidArgumentError, type SlotMoveList } from '@kvcompress/core';
 import type { GroupReduction, MetricAggregation, Scorer } from './scorers.ts';
 
 /**

@@ -7,11 +7,11 @@ import { DecodeMetricAccumulator, MetricStore } from './metric-store.ts';
 import {
   AttentionScorer,
   type AttentionScorerOptions,
+  h2oScorer,
   KeyNormScorer,
+  kvCompressScorer,
   RandomScorer,
   RecencyScorer,
-  h2oScorer,
-  kvCompressScorer,
   snapKvScorer,
 } from './scorers.ts';
 import { summarizeHeads } from './summaries.ts';
@@ -29,7 +29,7 @@ function score(scorer: { scorePrefill(i: typeof input, o: Float32Array): void },
 
 function closeTo(actual: number[], expected: number[]): void {
   expect(actual).toHaveLength(expected.length);
-  actual.forEach((v, i) => expect(v).toBeCloseTo(expected[i] as number, 6));
+  for (const [i, v] of actual.entries()) expect(v).toBeCloseTo(expected[i] as number, 6);
 }
 
 describe('KV-Compress prefill metric (hand-computed)', () => {
@@ -172,7 +172,7 @@ describe('attention scorer on random inputs', () => {
           const out = new Float32Array(c.kvHeads * c.keyCount);
           new AttentionScorer(options).scorePrefill({ queryHeads, kvHeads: c.kvHeads, keyCount: c.keyCount, window, probs: p }, out);
           const expected = directScore(options, queryHeads, c.kvHeads, c.keyCount, window, p);
-          expected.forEach((v, i) => expect(Math.abs((out[i] as number) - v)).toBeLessThanOrEqual(1e-5 * (1 + Math.abs(v))));
+          for (const [i, v] of expected.entries()) expect(Math.abs((out[i] as number) - v)).toBeLessThanOrEqual(1e-5 * (1 + Math.abs(v)));
         },
       ),
       { numRuns: 400 },
@@ -231,7 +231,10 @@ describe('metric store and decode accumulation', () => {
     store.values.fill(0);
     buffered.accumulate(store.values, p, 0, 3, 2, a.blockTables, a.tableOffset(h), 2, 3, a.slotPositions, 3);
     // Keys at positions 2 (1 before the query) is inside the buffer of 2 and is not scored.
-    closeTo([0, 1, 2].map((i) => store.values[a.slot(s, 0, 1, i)] as number), [0.26, 0.1025, 0]);
+    closeTo(
+      [0, 1, 2].map((i) => store.values[a.slot(s, 0, 1, i)] as number),
+      [0.26, 0.1025, 0],
+    );
   });
 
   it('summarises how concentrated each head is', () => {

@@ -1,4 +1,4 @@
-import { InvalidArgumentError, assertInteger } from '@kvcompress/core';
+import { assertInteger, InvalidArgumentError } from '@kvcompress/core';
 
 /** How one attention probability p counts toward a key's importance. */
 export type MetricAggregation = 'L1' | 'L2';
@@ -118,7 +118,9 @@ export class AttentionScorer implements Scorer {
     }
     if (window < 1 || window > keyCount) throw new InvalidArgumentError(`window must be in [1, ${keyCount}], got ${window}.`);
     if (probs.length < queryHeads * window * keyCount) {
-      throw new InvalidArgumentError(`probs holds ${probs.length} values; [queryHeads][window][keyCount] needs ${queryHeads * window * keyCount}.`);
+      throw new InvalidArgumentError(
+        `probs holds ${probs.length} values; [queryHeads][window][keyCount] needs ${queryHeads * window * keyCount}.`,
+      );
     }
     if (out.length < kvHeads * keyCount) throw new InvalidArgumentError(`out must hold kvHeads * keyCount = ${kvHeads * keyCount} values.`);
     const { aggregation, reduction, groupReduction, metricBuffer, pooling } = this.options;

@@ -1,4 +1,4 @@
-import { InvalidArgumentError, InvalidPlanError, assertInteger } from '@kvcompress/core';
+import { assertInteger, InvalidArgumentError, InvalidPlanError } from '@kvcompress/core';
 
 /**
  * The slots one sequence should lose, as (head unit, global slot) pairs in any order.
@@ -35,9 +35,7 @@ export class EvictionPlan {
   add(unit: number, slot: number): void {
     const i = this.count;
     if (i >= this.slots.length) {
-      throw new InvalidPlanError(
-        `The plan is full (${this.slots.length} entries); a sequence cannot evict more slots than it holds.`,
-      );
+      throw new InvalidPlanError(`The plan is full (${this.slots.length} entries); a sequence cannot evict more slots than it holds.`);
     }
     this.units[i] = unit;
     this.slots[i] = slot;

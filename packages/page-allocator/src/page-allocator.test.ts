@@ -99,9 +99,7 @@ describe('PageAllocator basics', () => {
     expect(r).toEqual({ evictedSlots: 4, freedBlocks: 1, releasedBlocks: 1, copiedBlocks: 0, moves: 3 });
     const after = headSlots(a, s, 1, 1).map((slot) => a.slotPositions[slot]);
     expect(after).toHaveLength(6);
-    expect([...after].sort((x, y) => (x as number) - (y as number))).toEqual(
-      before.filter((_, i) => ![1, 2, 5, 6].includes(i)),
-    );
+    expect([...after].sort((x, y) => (x as number) - (y as number))).toEqual(before.filter((_, i) => ![1, 2, 5, 6].includes(i)));
     // Six survivors stay in logical slots 0..5: tail survivors 7, 8, 9 fill holes 1, 2, 5.
     expect(after).toEqual([0, 7, 8, 3, 4, 9]);
     expect(a.length(s, 0, 0)).toBe(10);

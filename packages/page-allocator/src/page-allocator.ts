@@ -1,15 +1,15 @@
 import {
+  assertInteger,
   CapacityExceededError,
   InvalidArgumentError,
   InvalidPlanError,
   InvariantViolationError,
   type KvCacheShape,
   type KvDtype,
+  kvDtypeBytes,
   OutOfBlocksError,
   SlotMoveList,
   UnknownSequenceError,
-  assertInteger,
-  kvDtypeBytes,
   validateKvCacheShape,
 } from '@kvcompress/core';
 import { EvictionPlan } from './eviction-plan.ts';
@@ -121,9 +121,7 @@ export class PageAllocator {
 
     const tableEntries = this.headsPerSequence * this.maxSequences * this.maxBlocksPerHead;
     if (tableEntries > 2 ** 31 - 1) {
-      throw new InvalidArgumentError(
-        `Block tables would need ${tableEntries} entries; lower maxSequences or maxContext.`,
-      );
+      throw new InvalidArgumentError(`Block tables would need ${tableEntries} entries; lower maxSequences or maxContext.`);
     }
     this.blockTables = new Int32Array(tableEntries).fill(EMPTY);
     this.headLengths = new Int32Array(this.headsPerSequence * this.maxSequences);
@@ -419,12 +417,28 @@ export class PageAllocator {
     const evicted = this.#unitEvicted;
     evicted.fill(0);
 
-    // Pass 1: validate every entry, marking the evicted slots.
+    // Pass 1: validate every entry, marking the evicted slots. The common case (a valid
+    // entry) is checked inline; #checkPlanEntry names the problem when one fails.
+    const blockUnit = this.blockUnit;
+    const blockTableIndex = this.blockTableIndex;
+    const tables = this.blockTables;
+    const lengths = this.headLengths;
+    const numSlots = this.numSlots;
+    const maxBlocks = this.maxBlocksPerHead;
+    const planUnits = plan.units;
+    const planSlots = plan.slots;
     for (let i = 0; i < plan.count; i++) {
-      const unit = plan.units[i] as number;
-      const slot = plan.slots[i] as number;
-      const problem = this.#checkPlanEntry(sequence, unit, slot);
-      if (problem !== null) {
+      const unit = planUnits[i] as number;
+      const slot = planSlots[i] as number;
+      const block = (slot / B) | 0;
+      let ok = unit >= 0 && unit < units && slot >= 0 && slot < numSlots && blockUnit[block] === unit && marks[slot] === 0;
+      if (ok) {
+        const j = blockTableIndex[block] as number;
+        const h = this.unitHeadIndex(sequence, unit);
+        ok = tables[h * maxBlocks + j] === block && j * B + (slot - block * B) < (lengths[h] as number);
+      }
+      if (!ok) {
+        const problem = this.#checkPlanEntry(sequence, unit, slot) ?? 'invalid entry';
         this.#clearMarks(plan, i);
         throw new InvalidPlanError(`Entry ${i} (unit ${unit}, slot ${slot}): ${problem}.`);
       }

@@ -46,7 +46,8 @@ export function pyramidBlocksPerLayer(
   }
   while (left < 0) {
     let best = -1;
-    for (let l = 0; l < layers; l++) if ((out[l] as number) > floorBlocks && (best < 0 || (out[l] as number) > (out[best] as number))) best = l;
+    for (let l = 0; l < layers; l++)
+      if ((out[l] as number) > floorBlocks && (best < 0 || (out[l] as number) > (out[best] as number))) best = l;
     if (best < 0) break;
     out[best] = (out[best] as number) - 1;
     left++;

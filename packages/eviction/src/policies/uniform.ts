@@ -1,4 +1,4 @@
-import { type Scorer, h2oScorer, RandomScorer, RecencyScorer, snapKvScorer } from '@kvcompress/metrics';
+import { h2oScorer, RandomScorer, RecencyScorer, type Scorer, snapKvScorer } from '@kvcompress/metrics';
 import type { PolicyContext } from '../context.ts';
 import type { EvictionPolicy } from '../policy.ts';
 
@@ -36,7 +36,11 @@ export function createStreamingLlmPolicy(options: { sinks?: number } = {}): Evic
 }
 
 export function createRandomPolicy(options: { seed?: number } = {}): EvictionPolicy {
-  return uniformPolicy('random', 'Random eviction, uniform per head: the floor any policy should beat.', () => new RandomScorer(options.seed));
+  return uniformPolicy(
+    'random',
+    'Random eviction, uniform per head: the floor any policy should beat.',
+    () => new RandomScorer(options.seed),
+  );
 }
 
 export const nonePolicy: EvictionPolicy = {
