@@ -94,3 +94,17 @@ export class InvariantViolationError extends KvCompressError {
     super('INVARIANT_VIOLATION', `KV-cache invariant violated: ${message}`);
   }
 }
+
+/** A model or tokenizer file that is truncated, corrupt or not what its header says. */
+export class ModelFormatError extends KvCompressError {
+  constructor(message: string) {
+    super('MODEL_FORMAT', message);
+  }
+}
+
+/** A model whose architecture, tensor type or feature kvcompress does not support (yet). */
+export class UnsupportedModelError extends KvCompressError {
+  constructor(message: string) {
+    super('UNSUPPORTED_MODEL', message);
+  }
+}

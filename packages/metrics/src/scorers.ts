@@ -123,7 +123,7 @@ export class AttentionScorer implements Scorer {
       );
     }
     if (out.length < kvHeads * keyCount) throw new InvalidArgumentError(`out must hold kvHeads * keyCount = ${kvHeads * keyCount} values.`);
-    const { aggregation, reduction, groupReduction, metricBuffer, pooling } = this.options;
+    const { aggregation, groupReduction, metricBuffer } = this.options;
     const group = queryHeads / kvHeads;
     const queryStart = keyCount - window;
     out.fill(0, 0, kvHeads * keyCount);
@@ -147,18 +147,33 @@ export class AttentionScorer implements Scorer {
         }
       }
       const groupScale = groupReduction === 'mean' ? 1 / group : 1;
-      for (let j = 0; j < keyCount; j++) {
-        let v = (out[o + j] as number) * groupScale;
-        if (reduction === 'avg') {
-          // Queries at positions >= j + metricBuffer saw key j.
-          const firstSeeing = Math.max(queryStart, j + metricBuffer);
-          const seen = keyCount - firstSeeing;
-          v = seen > 0 ? v / seen : 0;
-        }
-        out[o + j] = v;
-      }
-      if (pooling !== null) this.#pool(out, o, keyCount, pooling);
+      for (let j = 0; j < keyCount; j++) out[o + j] = (out[o + j] as number) * groupScale;
+      this.finishPrefillHead(out, o, keyCount, window);
     }
+  }
+
+  /**
+   * After the observed queries' attention has been summed into out[o .. o + keyCount) (with
+   * the group reduction applied, keys in position order 0 .. keyCount-1): divides by how
+   * many queries saw each key when the reduction is 'avg', then pools along keys.
+   * The Backend records the sums during prefill attention; the engine then calls this per head.
+   */
+  finishPrefillHead(out: Float32Array, o: number, keyCount: number, window: number): void {
+    const { reduction, metricBuffer, pooling } = this.options;
+    if (reduction === 'avg') {
+      const queryStart = keyCount - window;
+      for (let j = 0; j < keyCount; j++) {
+        // Queries at positions >= j + metricBuffer saw key j.
+        const seen = keyCount - Math.max(queryStart, j + metricBuffer);
+        out[o + j] = seen > 0 ? (out[o + j] as number) / seen : 0;
+      }
+    }
+    if (pooling !== null) this.#pool(out, o, keyCount, pooling);
+  }
+
+  /** Whether `finishPrefillHead` changes anything (avg reduction or pooling). */
+  get needsPrefillFinish(): boolean {
+    return this.options.reduction === 'avg' || this.options.pooling !== null;
   }
 
   initialMetric(): number {

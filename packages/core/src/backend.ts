@@ -1,0 +1,159 @@
+import type { RopeLayout, RopeScaling, Tensor } from './model.ts';
+import type { KvDtype } from './shape.ts';
+import type { SlotMoveList } from './slot-moves.ts';
+
+/** A buffer that lives wherever the backend computes (a TypedArray on the CPU, a GPUBuffer on WebGPU). */
+export interface DeviceBuffer {
+  /** Elements (f32 or i32, 4 bytes each). */
+  readonly length: number;
+  readonly kind: 'f32' | 'i32';
+}
+
+/** A weight matrix or vector uploaded once, possibly kept quantised. */
+export interface DeviceWeight {
+  readonly name: string;
+  readonly shape: readonly number[];
+}
+
+/**
+ * The paged cache tables, as the page allocator keeps them (it satisfies this interface):
+ * blockTables Int32 [layers][maxSequences][kvHeads][maxBlocksPerHead], headLengths Int32
+ * [layers][maxSequences][kvHeads], slotPositions Int32 [numSlots].
+ */
+export interface PagedCacheView {
+  readonly blockSize: number;
+  readonly maxSequences: number;
+  readonly maxBlocksPerHead: number;
+  readonly blockTables: Int32Array;
+  readonly headLengths: Int32Array;
+  readonly slotPositions: Int32Array;
+}
+
+/**
+ * How attention adds to the per-slot importance metric while it runs: for every row flagged
+ * in `rowFlags`, each key at least `metricBuffer` positions older than the row's query gets
+ * a(p) (p or p^2) summed over the query heads of its group, times `groupScale`.
+ */
+export interface MetricRecording {
+  /** Float32 [numSlots]: the metric store the values are added to. */
+  readonly values: Float32Array;
+  readonly square: boolean;
+  readonly groupScale: number;
+  readonly metricBuffer: number;
+  /** Uint8 [rows]: 1 where the row's attention is recorded. */
+  readonly rowFlags: Uint8Array;
+}
+
+/**
+ * One forward step's rows: row r is token `positions[r]` of sequence row `sequences[r]`
+ * (an allocator sequence id). A prefill contributes many rows of one sequence, a decode step
+ * one row per sequence. Int32 buffers of length >= rows.
+ */
+export interface AttentionRows {
+  readonly rows: number;
+  readonly sequences: DeviceBuffer;
+  readonly positions: DeviceBuffer;
+}
+
+/**
+ * The operations a model adapter is written against. `@kvcompress/cpu` is the readable
+ * reference; `@kvcompress/webgpu` must match it. All shapes are row-major; `rows` is the
+ * number of tokens in the step. Calls are queued in order; only `read` waits.
+ */
+export interface Backend {
+  readonly name: string;
+
+  /** Uploads a weight (keeping q8_0/f16 packed where the backend can compute on them). */
+  uploadWeight(tensor: Tensor): DeviceWeight;
+  createBuffer(length: number, kind?: 'f32' | 'i32'): DeviceBuffer;
+  write(buffer: DeviceBuffer, data: Float32Array | Int32Array, offset?: number): void;
+  /** Copies `out.length` elements from `buffer` at `offset` to the host. */
+  read(buffer: DeviceBuffer, out: Float32Array | Int32Array, offset?: number): Promise<void>;
+
+  /**
+   * Creates the paged KV pool: K and V of `numSlots` slots of `headDim` each, in `dtype`.
+   * Slots are global (block * blockSize + offset), shared by all layers and heads.
+   */
+  createKvCache(numSlots: number, headDim: number, dtype: KvDtype): void;
+
+  /** out[r] = table[tokens[r]]: out [rows][dim]. */
+  embed(out: DeviceBuffer, table: DeviceWeight, tokens: DeviceBuffer, rows: number): void;
+  /** out[r] = x[r] / rms(x[r]) * weight: [rows][dim]. */
+  rmsNorm(out: DeviceBuffer, x: DeviceBuffer, weight: DeviceWeight, rows: number, dim: number, eps: number): void;
+  /** out [rows][outDim] = x [rows][inDim] · Wᵀ (+ bias), W [outDim][inDim]. */
+  matmul(out: DeviceBuffer, x: DeviceBuffer, w: DeviceWeight, rows: number, bias?: DeviceWeight): void;
+  /** Rotates each head of x [rows][heads][headDim] in place by its row's position. */
+  rope(x: DeviceBuffer, positions: DeviceBuffer, rows: number, heads: number, rope: RopeSettings): void;
+  /** out = silu(gate) * up, elementwise over n. */
+  siluMul(out: DeviceBuffer, gate: DeviceBuffer, up: DeviceBuffer, n: number): void;
+  /** out = a + b, elementwise over n (out may alias a). */
+  add(out: DeviceBuffer, a: DeviceBuffer, b: DeviceBuffer, n: number): void;
+  /** out[i] = x[rows[i]] for i < count: gathers rows of width `dim`. */
+  gatherRows(out: DeviceBuffer, x: DeviceBuffer, rows: DeviceBuffer, count: number, dim: number): void;
+
+  /**
+   * Writes K and V rows [rows][kvHeads][headDim] of one layer into the cache at the slots
+   * `slots` Int32 [layers][kvHeads][rows] (as `PageAllocator.appendTokens` fills them).
+   */
+  appendKv(layer: number, k: DeviceBuffer, v: DeviceBuffer, slots: DeviceBuffer, rows: number, kvHeads: number): void;
+
+  /**
+   * Causal attention over the paged cache: for row r and query head h, the keys are the
+   * slots of (layer, sequences[r], h / group) whose position <= positions[r], each head
+   * reading its own block table. out [rows][heads][headDim]; q [rows][heads][headDim].
+   * Records metrics for flagged rows when `metrics` is given.
+   */
+  attention(
+    out: DeviceBuffer,
+    q: DeviceBuffer,
+    layer: number,
+    batch: AttentionRows,
+    cache: PagedCacheView,
+    heads: number,
+    kvHeads: number,
+    metrics?: MetricRecording,
+  ): void;
+
+  /** Executes cache moves (K and V; positions and metrics are the allocator's and store's). */
+  executeMoves(moves: SlotMoveList): void;
+}
+
+/** What RoPE needs to know. */
+export interface RopeSettings {
+  readonly headDim: number;
+  readonly ropeDim: number;
+  readonly theta: number;
+  readonly layout: RopeLayout;
+  readonly scaling: RopeScaling | null;
+}
+
+/**
+ * RoPE inverse frequencies for one head: inv[i] = theta^(-2i / ropeDim), i < ropeDim / 2,
+ * with Llama 3 or linear scaling applied. Shared so every backend rotates identically.
+ */
+export function ropeInverseFrequencies(rope: RopeSettings): Float64Array {
+  const half = rope.ropeDim / 2;
+  const inv = new Float64Array(half);
+  for (let i = 0; i < half; i++) inv[i] = rope.theta ** ((-2 * i) / rope.ropeDim);
+  const s = rope.scaling;
+  if (s === null) return inv;
+  if (s.type === 'linear') {
+    for (let i = 0; i < half; i++) inv[i] = (inv[i] as number) / s.factor;
+    return inv;
+  }
+  // Llama 3.1: keep high frequencies, divide low ones by `factor`, blend in between.
+  const lowWavelen = s.originalMaxPositionEmbeddings / s.lowFreqFactor;
+  const highWavelen = s.originalMaxPositionEmbeddings / s.highFreqFactor;
+  for (let i = 0; i < half; i++) {
+    const f = inv[i] as number;
+    const wavelen = (2 * Math.PI) / f;
+    if (wavelen < highWavelen) continue;
+    if (wavelen > lowWavelen) {
+      inv[i] = f / s.factor;
+      continue;
+    }
+    const smooth = (s.originalMaxPositionEmbeddings / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
+    inv[i] = (1 - smooth) * (f / s.factor) + smooth * f;
+  }
+  return inv;
+}

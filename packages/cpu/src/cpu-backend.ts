@@ -1,0 +1,359 @@
+import {
+  type AttentionRows,
+  type Backend,
+  type DeviceBuffer,
+  type DeviceWeight,
+  InvalidArgumentError,
+  type KvDtype,
+  type MetricRecording,
+  type PagedCacheView,
+  type RopeSettings,
+  type SlotMoveList,
+  type Tensor,
+  UnsupportedModelError,
+  assertInteger,
+  dequantize,
+  elementCount,
+  ropeInverseFrequencies,
+} from '@kvcompress/core';
+
+/** A host buffer: the TypedArray itself. */
+export class CpuBuffer implements DeviceBuffer {
+  readonly kind: 'f32' | 'i32';
+  readonly data: Float32Array | Int32Array;
+
+  constructor(length: number, kind: 'f32' | 'i32') {
+    this.kind = kind;
+    this.data = kind === 'f32' ? new Float32Array(length) : new Int32Array(length);
+  }
+
+  get length(): number {
+    return this.data.length;
+  }
+
+  get f32(): Float32Array {
+    return this.data as Float32Array;
+  }
+
+  get i32(): Int32Array {
+    return this.data as Int32Array;
+  }
+}
+
+/** A weight, dequantised to f32 on upload: [rows][cols] row-major (a vector is one row). */
+export class CpuWeight implements DeviceWeight {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly data: Float32Array;
+  readonly rows: number;
+  readonly cols: number;
+
+  constructor(name: string, shape: readonly number[], data: Float32Array) {
+    this.name = name;
+    this.shape = shape;
+    this.data = data;
+    this.cols = shape[shape.length - 1] ?? 1;
+    this.rows = data.length / this.cols;
+  }
+}
+
+/** Rounds to the nearest f16 value (what an f16 cache would store), returned as f32. */
+const f16Scratch = new Float32Array(1);
+function roundToF16(x: number): number {
+  // Math.f16round is in Node >= 22 (ES2025); fall back to f32 where it is missing.
+  const f16round = (Math as { f16round?: (v: number) => number }).f16round;
+  if (f16round !== undefined) return f16round(x);
+  f16Scratch[0] = x;
+  return f16Scratch[0] as number;
+}
+
+/**
+ * The reference Backend: plain loops over TypedArrays, written to be read. Every WebGPU
+ * kernel is tested against it. Scratch grows only when a step needs more than any before,
+ * so steady-state decode allocates nothing.
+ */
+export class CpuBackend implements Backend {
+  readonly name = 'cpu';
+  /** K and V of every slot: Float32 [numSlots][headDim]. */
+  k = new Float32Array(0);
+  v = new Float32Array(0);
+  headDim = 0;
+  kvDtype: KvDtype = 'f32';
+  #scores = new Float64Array(0);
+  #acc = new Float64Array(0);
+  #ropeCos = new Float64Array(0);
+  #ropeSin = new Float64Array(0);
+  #ropeInv = new WeakMap<RopeSettings, Float64Array>();
+
+  uploadWeight(tensor: Tensor): DeviceWeight {
+    if (tensor.shape.length < 1 || tensor.shape.length > 2) {
+      throw new UnsupportedModelError(`Weight ${tensor.name} has ${tensor.shape.length} dimensions; expected a vector or a matrix.`);
+    }
+    const n = elementCount(tensor.shape);
+    const data = dequantize(tensor, new Float32Array(n));
+    return new CpuWeight(tensor.name, tensor.shape, data);
+  }
+
+  createBuffer(length: number, kind: 'f32' | 'i32' = 'f32'): DeviceBuffer {
+    assertInteger('buffer length', length, 0);
+    return new CpuBuffer(length, kind);
+  }
+
+  write(buffer: DeviceBuffer, data: Float32Array | Int32Array, offset = 0): void {
+    const b = buffer as CpuBuffer;
+    if (offset < 0 || offset + data.length > b.length) throw new InvalidArgumentError('write out of range');
+    b.data.set(data, offset);
+  }
+
+  async read(buffer: DeviceBuffer, out: Float32Array | Int32Array, offset = 0): Promise<void> {
+    const b = buffer as CpuBuffer;
+    if (offset < 0 || offset + out.length > b.length) throw new InvalidArgumentError('read out of range');
+    out.set(b.data.subarray(offset, offset + out.length));
+  }
+
+  createKvCache(numSlots: number, headDim: number, dtype: KvDtype): void {
+    assertInteger('numSlots', numSlots, 1);
+    assertInteger('headDim', headDim, 1);
+    this.k = new Float32Array(numSlots * headDim);
+    this.v = new Float32Array(numSlots * headDim);
+    this.headDim = headDim;
+    this.kvDtype = dtype;
+  }
+
+  embed(out: DeviceBuffer, table: DeviceWeight, tokens: DeviceBuffer, rows: number): void {
+    const o = (out as CpuBuffer).f32;
+    const t = table as CpuWeight;
+    const ids = (tokens as CpuBuffer).i32;
+    const dim = t.cols;
+    for (let r = 0; r < rows; r++) {
+      const id = ids[r] as number;
+      if (id < 0 || id >= t.rows) throw new InvalidArgumentError(`Token id ${id} is outside the vocabulary (${t.rows}).`);
+      o.set(t.data.subarray(id * dim, id * dim + dim), r * dim);
+    }
+  }
+
+  rmsNorm(out: DeviceBuffer, x: DeviceBuffer, weight: DeviceWeight, rows: number, dim: number, eps: number): void {
+    const o = (out as CpuBuffer).f32;
+    const xs = (x as CpuBuffer).f32;
+    const w = (weight as CpuWeight).data;
+    for (let r = 0; r < rows; r++) {
+      const base = r * dim;
+      let ss = 0;
+      for (let i = 0; i < dim; i++) {
+        const v = xs[base + i] as number;
+        ss += v * v;
+      }
+      const scale = 1 / Math.sqrt(ss / dim + eps);
+      for (let i = 0; i < dim; i++) o[base + i] = (xs[base + i] as number) * scale * (w[i] as number);
+    }
+  }
+
+  matmul(out: DeviceBuffer, x: DeviceBuffer, w: DeviceWeight, rows: number, bias?: DeviceWeight): void {
+    const o = (out as CpuBuffer).f32;
+    const xs = (x as CpuBuffer).f32;
+    const wt = w as CpuWeight;
+    const W = wt.data;
+    const inDim = wt.cols;
+    const outDim = wt.rows;
+    const b = bias === undefined ? null : (bias as CpuWeight).data;
+    const n4 = inDim - (inDim % 4);
+    for (let r = 0; r < rows; r++) {
+      const xb = r * inDim;
+      const ob = r * outDim;
+      for (let j = 0; j < outDim; j++) {
+        const wb = j * inDim;
+        // Four partial sums: shorter dependency chains, and the same order on every run.
+        let s0 = 0;
+        let s1 = 0;
+        let s2 = 0;
+        let s3 = 0;
+        let i = 0;
+        for (; i < n4; i += 4) {
+          s0 += (xs[xb + i] as number) * (W[wb + i] as number);
+          s1 += (xs[xb + i + 1] as number) * (W[wb + i + 1] as number);
+          s2 += (xs[xb + i + 2] as number) * (W[wb + i + 2] as number);
+          s3 += (xs[xb + i + 3] as number) * (W[wb + i + 3] as number);
+        }
+        for (; i < inDim; i++) s0 += (xs[xb + i] as number) * (W[wb + i] as number);
+        o[ob + j] = s0 + s1 + (s2 + s3) + (b === null ? 0 : (b[j] as number));
+      }
+    }
+  }
+
+  rope(x: DeviceBuffer, positions: DeviceBuffer, rows: number, heads: number, rope: RopeSettings): void {
+    const xs = (x as CpuBuffer).f32;
+    const pos = (positions as CpuBuffer).i32;
+    let inv = this.#ropeInv.get(rope);
+    if (inv === undefined) {
+      inv = ropeInverseFrequencies(rope);
+      this.#ropeInv.set(rope, inv);
+    }
+    const half = rope.ropeDim / 2;
+    if (this.#ropeCos.length < half) {
+      this.#ropeCos = new Float64Array(half);
+      this.#ropeSin = new Float64Array(half);
+    }
+    const cos = this.#ropeCos;
+    const sin = this.#ropeSin;
+    const { headDim } = rope;
+    const interleaved = rope.layout === 'interleaved';
+    for (let r = 0; r < rows; r++) {
+      const p = pos[r] as number;
+      for (let i = 0; i < half; i++) {
+        const angle = p * (inv[i] as number);
+        cos[i] = Math.cos(angle);
+        sin[i] = Math.sin(angle);
+      }
+      for (let h = 0; h < heads; h++) {
+        const base = (r * heads + h) * headDim;
+        for (let i = 0; i < half; i++) {
+          const a = interleaved ? base + 2 * i : base + i;
+          const b = interleaved ? a + 1 : a + half;
+          const x0 = xs[a] as number;
+          const x1 = xs[b] as number;
+          const c = cos[i] as number;
+          const s = sin[i] as number;
+          xs[a] = x0 * c - x1 * s;
+          xs[b] = x0 * s + x1 * c;
+        }
+      }
+    }
+  }
+
+  siluMul(out: DeviceBuffer, gate: DeviceBuffer, up: DeviceBuffer, n: number): void {
+    const o = (out as CpuBuffer).f32;
+    const g = (gate as CpuBuffer).f32;
+    const u = (up as CpuBuffer).f32;
+    for (let i = 0; i < n; i++) {
+      const x = g[i] as number;
+      o[i] = (x / (1 + Math.exp(-x))) * (u[i] as number);
+    }
+  }
+
+  add(out: DeviceBuffer, a: DeviceBuffer, b: DeviceBuffer, n: number): void {
+    const o = (out as CpuBuffer).f32;
+    const x = (a as CpuBuffer).f32;
+    const y = (b as CpuBuffer).f32;
+    for (let i = 0; i < n; i++) o[i] = (x[i] as number) + (y[i] as number);
+  }
+
+  gatherRows(out: DeviceBuffer, x: DeviceBuffer, rows: DeviceBuffer, count: number, dim: number): void {
+    const o = (out as CpuBuffer).f32;
+    const xs = (x as CpuBuffer).f32;
+    const idx = (rows as CpuBuffer).i32;
+    for (let i = 0; i < count; i++) {
+      const r = idx[i] as number;
+      o.set(xs.subarray(r * dim, r * dim + dim), i * dim);
+    }
+  }
+
+  appendKv(layer: number, k: DeviceBuffer, v: DeviceBuffer, slots: DeviceBuffer, rows: number, kvHeads: number): void {
+    const ks = (k as CpuBuffer).f32;
+    const vs = (v as CpuBuffer).f32;
+    const sl = (slots as CpuBuffer).i32;
+    const d = this.headDim;
+    const f16 = this.kvDtype === 'f16';
+    for (let h = 0; h < kvHeads; h++) {
+      const sBase = (layer * kvHeads + h) * rows;
+      for (let r = 0; r < rows; r++) {
+        const slot = sl[sBase + r] as number;
+        const src = (r * kvHeads + h) * d;
+        const dst = slot * d;
+        for (let i = 0; i < d; i++) {
+          const kv = ks[src + i] as number;
+          const vv = vs[src + i] as number;
+          this.k[dst + i] = f16 ? roundToF16(kv) : kv;
+          this.v[dst + i] = f16 ? roundToF16(vv) : vv;
+        }
+      }
+    }
+  }
+
+  attention(
+    out: DeviceBuffer,
+    q: DeviceBuffer,
+    layer: number,
+    batch: AttentionRows,
+    cache: PagedCacheView,
+    heads: number,
+    kvHeads: number,
+    metrics?: MetricRecording,
+  ): void {
+    const o = (out as CpuBuffer).f32;
+    const qs = (q as CpuBuffer).f32;
+    const seqs = (batch.sequences as CpuBuffer).i32;
+    const positions = (batch.positions as CpuBuffer).i32;
+    const d = this.headDim;
+    const group = heads / kvHeads;
+    const B = cache.blockSize;
+    const scale = 1 / Math.sqrt(d);
+    const K = this.k;
+    const V = this.v;
+    const slotPos = cache.slotPositions;
+    const maxLen = cache.maxBlocksPerHead * B;
+    if (this.#scores.length < maxLen) this.#scores = new Float64Array(maxLen);
+    if (this.#acc.length < d) this.#acc = new Float64Array(d);
+    const scores = this.#scores;
+    const acc = this.#acc;
+    for (let r = 0; r < batch.rows; r++) {
+      const seq = seqs[r] as number;
+      const qPos = positions[r] as number;
+      const record = metrics !== undefined && metrics.rowFlags[r] === 1;
+      for (let g = 0; g < kvHeads; g++) {
+        const hi = (layer * cache.maxSequences + seq) * kvHeads + g;
+        const len = cache.headLengths[hi] as number;
+        const t0 = hi * cache.maxBlocksPerHead;
+        for (let qi = 0; qi < group; qi++) {
+          const h = g * group + qi;
+          const qBase = (r * heads + h) * d;
+          // Scores over this head's slots, in logical order; later positions are masked.
+          let max = Number.NEGATIVE_INFINITY;
+          for (let i = 0; i < len; i++) {
+            const j = (i / B) | 0;
+            const slot = (cache.blockTables[t0 + j] as number) * B + (i - j * B);
+            if ((slotPos[slot] as number) > qPos) {
+              scores[i] = Number.NEGATIVE_INFINITY;
+              continue;
+            }
+            const kBase = slot * d;
+            let dot = 0;
+            for (let c = 0; c < d; c++) dot += (qs[qBase + c] as number) * (K[kBase + c] as number);
+            const s = dot * scale;
+            scores[i] = s;
+            if (s > max) max = s;
+          }
+          let sum = 0;
+          for (let i = 0; i < len; i++) {
+            const e = scores[i] === Number.NEGATIVE_INFINITY ? 0 : Math.exp((scores[i] as number) - max);
+            scores[i] = e;
+            sum += e;
+          }
+          acc.fill(0, 0, d);
+          const inv = sum > 0 ? 1 / sum : 0;
+          for (let i = 0; i < len; i++) {
+            const p = (scores[i] as number) * inv;
+            if (p === 0) continue;
+            const j = (i / B) | 0;
+            const slot = (cache.blockTables[t0 + j] as number) * B + (i - j * B);
+            const vBase = slot * d;
+            for (let c = 0; c < d; c++) acc[c] = (acc[c] as number) + p * (V[vBase + c] as number);
+            if (record && qPos - (slotPos[slot] as number) >= metrics.metricBuffer) {
+              metrics.values[slot] = (metrics.values[slot] as number) + (metrics.square ? p * p : p) * metrics.groupScale;
+            }
+          }
+          for (let c = 0; c < d; c++) o[qBase + c] = acc[c] as number;
+        }
+      }
+    }
+  }
+
+  executeMoves(moves: SlotMoveList): void {
+    const d = this.headDim;
+    for (let m = 0; m < moves.count; m++) {
+      const src = (moves.src[m] as number) * d;
+      const dst = (moves.dst[m] as number) * d;
+      this.k.copyWithin(dst, src, src + d);
+      this.v.copyWithin(dst, src, src + d);
+    }
+  }
+}

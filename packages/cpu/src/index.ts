@@ -1,0 +1,1 @@
+export { CpuBackend, CpuBuffer, CpuWeight } from './cpu-backend.ts';

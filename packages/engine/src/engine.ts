@@ -1,0 +1,712 @@
+import {
+  type Backend,
+  InvalidArgumentError,
+  type KvDtype,
+  type MetricRecording,
+  OutOfBlocksError,
+  SlotMoveList,
+  assertInteger,
+  kvShapeOf,
+} from '@kvcompress/core';
+import { CpuBackend } from '@kvcompress/cpu';
+import {
+  type Budget,
+  type CompressionOutcome,
+  type CompressionReason,
+  CompressionScheduler,
+  Compressor,
+  type EvictionPolicy,
+  blocksForNextStep,
+  getPolicy,
+  nonePolicy,
+} from '@kvcompress/eviction';
+import { AttentionScorer, MetricStore, type Scorer } from '@kvcompress/metrics';
+import { type ForwardStep, LlamaModel, type LoadedModel, type Tokenizer } from '@kvcompress/models';
+import { PageAllocator } from '@kvcompress/page-allocator';
+import { type ResolvedSampling, Rng, Sampler, type SamplingOptions, resolveSampling } from './sampling.ts';
+
+export interface EngineOptions {
+  readonly model: LoadedModel;
+  /** Default: a new CpuBackend. */
+  readonly backend?: Backend;
+  /** Eviction policy or its registered name. Default 'kv-compress' with a budget, 'none' without. */
+  readonly policy?: string | EvictionPolicy;
+  /** KV budget per sequence; null or absent = full cache (no compression). */
+  readonly budget?: Budget | null;
+  readonly protectedWindow?: number;
+  readonly sinks?: number;
+  readonly compressionInterval?: number;
+  readonly compressOnce?: boolean;
+  /** Sequences decoded together. Default 8. */
+  readonly maxSequences?: number;
+  /** Most tokens a sequence may reach. Default: the model's context length. */
+  readonly maxContext?: number;
+  /** KV blocks in the pool (the memory budget). Default: every sequence at maxContext, uncompressed. */
+  readonly kvBlocks?: number;
+  readonly blockSize?: number;
+  readonly kvDtype?: KvDtype;
+  /** Most prompt tokens per forward step. Default 256. */
+  readonly prefillChunk?: number;
+}
+
+export interface GenerateOptions {
+  /** Tokens to generate at most. Default 256. */
+  readonly maxTokens?: number;
+  readonly sampling?: SamplingOptions;
+  /** Stop on these token ids (default: the model's EOS ids). */
+  readonly stopTokens?: readonly number[];
+  /** Stop when the text ends with one of these. */
+  readonly stopStrings?: readonly string[];
+  /** Prepend BOS when encoding a string prompt (default true). */
+  readonly addBos?: boolean;
+  readonly signal?: AbortSignal;
+}
+
+export type FinishReason = 'stop' | 'length' | 'abort' | 'error';
+
+export interface TokenEvent {
+  readonly type: 'token';
+  readonly token: number;
+  /** New text this token adds (may be empty while a multi-byte character is incomplete). */
+  readonly text: string;
+  readonly index: number;
+}
+
+export interface DoneEvent {
+  readonly type: 'done';
+  readonly reason: FinishReason;
+  readonly error?: Error;
+  readonly promptTokens: number;
+  readonly tokens: readonly number[];
+  readonly text: string;
+  /** Blocks per (layer, kv-head) of the sequence just before it ended: [layers][kvHeads]. */
+  readonly blocksPerHead: Int32Array;
+  readonly compressions: number;
+  /** Decode tokens per second of this request (prefill excluded). */
+  readonly tokensPerSecond: number;
+  readonly prefillMs: number;
+}
+
+export type GenerationEvent = TokenEvent | DoneEvent;
+
+export interface StepStats {
+  readonly step: number;
+  readonly kind: 'prefill' | 'decode';
+  readonly rows: number;
+  readonly running: number;
+  readonly waiting: number;
+  readonly usedBlocks: number;
+  readonly freeBlocks: number;
+  readonly ms: number;
+}
+
+export interface CompressionEvent {
+  readonly reason: CompressionReason;
+  readonly outcome: CompressionOutcome;
+}
+
+export interface EngineStats {
+  readonly steps: number;
+  readonly decodeTokens: number;
+  readonly decodeMs: number;
+  readonly prefillTokens: number;
+  readonly prefillMs: number;
+  readonly compressions: number;
+  readonly compressionMs: number;
+  readonly preemptions: number;
+  readonly usedBlocks: number;
+  readonly peakUsedBlocks: number;
+  readonly freeBlocks: number;
+  readonly totalBlocks: number;
+  /** K+V bytes of one block. */
+  readonly bytesPerBlock: number;
+}
+
+interface Request {
+  readonly id: number;
+  promptIds: number[];
+  readonly originalPromptLength: number;
+  readonly generated: number[];
+  readonly maxTokens: number;
+  readonly sampling: ResolvedSampling;
+  readonly rng: Rng;
+  readonly stopTokens: ReadonlySet<number>;
+  readonly stopStrings: readonly string[];
+  readonly signal: AbortSignal | undefined;
+  sequence: number;
+  text: string;
+  compressions: number;
+  prefillMs: number;
+  decodeMs: number;
+  events: GenerationEvent[];
+  wake: (() => void) | null;
+  finished: boolean;
+}
+
+/**
+ * Generates text from a model through the paged, per-head compressed KV cache. Several
+ * requests are decoded together (continuous batching) within a fixed block pool; when
+ * blocks run short, sequences are compressed before any is preempted.
+ */
+export class Engine {
+  readonly model: LlamaModel;
+  readonly tokenizer: Tokenizer | null;
+  readonly allocator: PageAllocator;
+  readonly metrics: MetricStore;
+  readonly policy: EvictionPolicy;
+  readonly compressor: Compressor | null;
+  readonly scheduler: CompressionScheduler;
+  readonly scorer: Scorer;
+  readonly backend: Backend;
+  readonly kvDtype: KvDtype;
+  readonly prefillChunk: number;
+  readonly maxContext: number;
+
+  readonly #sampler: Sampler;
+  readonly #moves: SlotMoveList;
+  readonly #units: number;
+  // Step scratch, sized for the largest step (prefillChunk rows or maxSequences).
+  readonly #tokens: Int32Array;
+  readonly #sequences: Int32Array;
+  readonly #positions: Int32Array;
+  readonly #slots: Int32Array; // [layers][kvHeads][rows]
+  readonly #seqSlots: Int32Array; // one sequence's appendTokens output [layers][kvHeads][n]
+  readonly #logitRows: Int32Array;
+  readonly #logits: Float32Array; // [rows][vocab] host copy
+  readonly #recording: MetricRecording | null;
+  readonly #rowFlags: Uint8Array;
+  readonly #step: { rows: number; tokens: Int32Array; sequences: Int32Array; positions: Int32Array; slots: Int32Array; logitRows: Int32Array; logitCount: number };
+  readonly #finishScratch: Float32Array;
+
+  #waiting: Request[] = [];
+  #running: Request[] = [];
+  #nextId = 1;
+  #pumping = false;
+  #stats = {
+    steps: 0,
+    decodeTokens: 0,
+    decodeMs: 0,
+    prefillTokens: 0,
+    prefillMs: 0,
+    compressions: 0,
+    compressionMs: 0,
+    preemptions: 0,
+    peakUsedBlocks: 0,
+  };
+  readonly #stepListeners = new Set<(s: StepStats) => void>();
+  readonly #compressionListeners = new Set<(e: CompressionEvent) => void>();
+
+  constructor(options: EngineOptions) {
+    const { model } = options;
+    const config = model.config;
+    this.backend = options.backend ?? new CpuBackend();
+    this.tokenizer = model.tokenizer;
+    const maxSequences = options.maxSequences ?? 8;
+    assertInteger('maxSequences', maxSequences, 1, 4096);
+    this.maxContext = options.maxContext ?? config.maxContext;
+    assertInteger('maxContext', this.maxContext, 1, 1 << 24);
+    const blockSize = options.blockSize ?? 16;
+    this.prefillChunk = options.prefillChunk ?? 256;
+    assertInteger('prefillChunk', this.prefillChunk, 1, 1 << 16);
+    const shape = kvShapeOf(config);
+    this.#units = shape.layers * shape.kvHeads;
+    const kvBlocks = options.kvBlocks ?? maxSequences * this.#units * Math.ceil(this.maxContext / blockSize);
+    this.allocator = new PageAllocator({ shape, numBlocks: kvBlocks, blockSize, maxSequences, maxContext: this.maxContext });
+    this.metrics = new MetricStore(this.allocator.numSlots);
+    this.kvDtype = options.kvDtype ?? 'f32';
+    this.backend.createKvCache(this.allocator.numSlots, config.headDim, this.kvDtype);
+
+    const budget = options.budget ?? null;
+    const policy = options.policy ?? (budget === null ? nonePolicy : 'kv-compress');
+    this.policy = typeof policy === 'string' ? getPolicy(policy) : policy;
+    this.compressor =
+      budget === null || this.policy.name === 'none'
+        ? null
+        : new Compressor({
+            allocator: this.allocator,
+            metrics: this.metrics,
+            policy: this.policy,
+            config: { budget, protectedWindow: options.protectedWindow, sinks: options.sinks },
+          });
+    this.scorer = this.compressor?.scorer ?? this.policy.createScorer?.() ?? new AttentionScorer({
+      name: 'none',
+      observationWindow: 1,
+      aggregation: 'L2',
+      reduction: 'sum',
+      groupReduction: 'sum',
+      metricBuffer: 0,
+      pooling: null,
+      accumulatesDuringDecode: false,
+    });
+    if (this.scorer.needsKeys) {
+      throw new InvalidArgumentError(`Scorer "${this.scorer.name}" needs key vectors at append time, which the engine does not provide yet.`);
+    }
+    this.scheduler = new CompressionScheduler(maxSequences, {
+      compressionInterval: options.compressionInterval,
+      compressOnce: options.compressOnce,
+    });
+
+    const maxRows = Math.max(this.prefillChunk, maxSequences);
+    this.model = new LlamaModel(model, this.backend, { maxRows });
+    this.#sampler = new Sampler(config.vocabSize);
+    this.#moves = this.allocator.createMoveList();
+    this.#tokens = new Int32Array(maxRows);
+    this.#sequences = new Int32Array(maxRows);
+    this.#positions = new Int32Array(maxRows);
+    this.#slots = new Int32Array(this.#units * maxRows);
+    this.#seqSlots = new Int32Array(this.#units * maxRows);
+    this.#logitRows = new Int32Array(maxRows);
+    this.#logits = new Float32Array(maxRows * config.vocabSize);
+    this.#rowFlags = new Uint8Array(maxRows);
+    const decode = this.scorer.decode;
+    const recordsAttention = this.scorer instanceof AttentionScorer && this.compressor !== null && decode !== undefined;
+    this.#recording = recordsAttention
+      ? {
+          values: this.metrics.values,
+          square: decode.aggregation === 'L2',
+          groupScale: decode.groupReduction === 'mean' ? 1 / shape.queryHeadsPerKvHead : 1,
+          metricBuffer: decode.metricBuffer,
+          rowFlags: this.#rowFlags,
+        }
+      : null;
+    this.#step = {
+      rows: 0,
+      tokens: this.#tokens,
+      sequences: this.#sequences,
+      positions: this.#positions,
+      slots: this.#slots,
+      logitRows: this.#logitRows,
+      logitCount: 0,
+    };
+    this.#finishScratch = new Float32Array(this.maxContext);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Public API
+
+  /** Streams the tokens of one request. Requests made while others run are batched with them. */
+  async *generate(prompt: string | readonly number[], options: GenerateOptions = {}): AsyncGenerator<GenerationEvent> {
+    const request = this.#createRequest(prompt, options);
+    this.#waiting.push(request);
+    this.#pump();
+    for (;;) {
+      const event = request.events.shift();
+      if (event !== undefined) {
+        yield event;
+        if (event.type === 'done') return;
+        continue;
+      }
+      await new Promise<void>((resolve) => {
+        request.wake = resolve;
+      });
+      request.wake = null;
+    }
+  }
+
+  /** Runs a request to the end and returns its done event. */
+  async complete(prompt: string | readonly number[], options: GenerateOptions = {}): Promise<DoneEvent> {
+    for await (const e of this.generate(prompt, options)) if (e.type === 'done') return e;
+    throw new InvalidArgumentError('generation ended without a done event');
+  }
+
+  /**
+   * Teacher-forced negative log-likelihood (nats) of each token of `ids` given the ones
+   * before it, with the full cache: Float64 [ids.length - 1].
+   */
+  async scoreTokens(ids: readonly number[]): Promise<Float64Array> {
+    if (ids.length < 2) throw new InvalidArgumentError('Scoring needs at least two tokens.');
+    if (ids.length > this.maxContext) throw new InvalidArgumentError(`${ids.length} tokens exceed maxContext ${this.maxContext}.`);
+    const vocab = this.model.config.vocabSize;
+    const seq = this.allocator.addSequence();
+    const nll = new Float64Array(ids.length - 1);
+    try {
+      for (let start = 0; start < ids.length; start += this.prefillChunk) {
+        const n = Math.min(this.prefillChunk, ids.length - start);
+        this.#prepareRows(seq, ids, start, n, null);
+        for (let i = 0; i < n; i++) this.#logitRows[i] = i;
+        this.#step.logitCount = n;
+        this.model.forward(this.#step, this.allocator);
+        await this.backend.read(this.model.logits, this.#logits.subarray(0, n * vocab));
+        for (let i = 0; i < n; i++) {
+          const t = start + i;
+          if (t + 1 >= ids.length) break;
+          nll[t] = negativeLogLikelihood(this.#logits, i * vocab, vocab, ids[t + 1] as number);
+        }
+      }
+    } finally {
+      this.allocator.removeSequence(seq);
+    }
+    return nll;
+  }
+
+  onStep(listener: (s: StepStats) => void): () => void {
+    this.#stepListeners.add(listener);
+    return () => this.#stepListeners.delete(listener);
+  }
+
+  onCompression(listener: (e: CompressionEvent) => void): () => void {
+    this.#compressionListeners.add(listener);
+    return () => this.#compressionListeners.delete(listener);
+  }
+
+  stats(): EngineStats {
+    return {
+      ...this.#stats,
+      usedBlocks: this.allocator.usedBlocks,
+      freeBlocks: this.allocator.freeBlocks,
+      totalBlocks: this.allocator.numBlocks,
+      bytesPerBlock: this.allocator.bytesPerBlock(this.kvDtype),
+    };
+  }
+
+  /** K+V bytes of the blocks in use now. */
+  kvBytesInUse(): number {
+    return this.allocator.usedBlocks * this.allocator.bytesPerBlock(this.kvDtype);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Scheduling
+
+  #createRequest(prompt: string | readonly number[], options: GenerateOptions): Request {
+    let promptIds: number[];
+    if (typeof prompt === 'string') {
+      if (this.tokenizer === null) throw new InvalidArgumentError('This model has no tokenizer; pass token ids instead of text.');
+      promptIds = this.tokenizer.encode(prompt, { addBos: options.addBos ?? true });
+    } else {
+      promptIds = [...prompt];
+    }
+    const vocab = this.model.config.vocabSize;
+    if (promptIds.length === 0) throw new InvalidArgumentError('The prompt is empty.');
+    for (const id of promptIds) {
+      if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new InvalidArgumentError(`Prompt token ${id} is outside the vocabulary (${vocab}).`);
+    }
+    const maxTokens = options.maxTokens ?? 256;
+    assertInteger('maxTokens', maxTokens, 1, 1 << 24);
+    if (promptIds.length >= this.maxContext) {
+      throw new InvalidArgumentError(`The prompt has ${promptIds.length} tokens; the context holds ${this.maxContext}.`);
+    }
+    const sampling = resolveSampling(options.sampling);
+    return {
+      id: this.#nextId++,
+      promptIds,
+      originalPromptLength: promptIds.length,
+      generated: [],
+      maxTokens,
+      sampling,
+      rng: new Rng(sampling.seed),
+      stopTokens: new Set(options.stopTokens ?? this.model.config.eosTokenIds),
+      stopStrings: options.stopStrings ?? [],
+      signal: options.signal,
+      sequence: -1,
+      text: '',
+      compressions: 0,
+      prefillMs: 0,
+      decodeMs: 0,
+      events: [],
+      wake: null,
+      finished: false,
+    };
+  }
+
+  #pump(): void {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    const loop = async (): Promise<void> => {
+      try {
+        while (this.#waiting.length > 0 || this.#running.length > 0) {
+          await this.#admit();
+          if (this.#running.length > 0) await this.#decodeStep();
+          // Let consumers run between steps.
+          await new Promise<void>((resolve) => setImmediate(resolve));
+        }
+      } catch (error) {
+        // A bug or a backend failure: end every request with the error rather than hang.
+        for (const r of [...this.#running, ...this.#waiting]) this.#finish(r, 'error', error as Error);
+        this.#running = [];
+        this.#waiting = [];
+      } finally {
+        this.#pumping = false;
+      }
+    };
+    void loop();
+  }
+
+  /** Prefills waiting requests while their prompts fit, compressing running ones if needed. */
+  async #admit(): Promise<void> {
+    while (this.#waiting.length > 0 && this.allocator.activeSequences < this.allocator.maxSequences) {
+      const r = this.#waiting[0] as Request;
+      if (r.signal?.aborted === true) {
+        this.#waiting.shift();
+        this.#finish(r, 'abort');
+        continue;
+      }
+      const needed = this.#units * Math.ceil(r.promptIds.length / this.allocator.blockSize);
+      if (needed > this.allocator.freeBlocks) this.#relievePressure(needed);
+      if (needed > this.allocator.freeBlocks) {
+        if (this.#running.length > 0) return; // wait for running sequences to finish
+        this.#waiting.shift();
+        this.#finish(
+          r,
+          'error',
+          new OutOfBlocksError(needed, this.allocator.freeBlocks, `The prompt of ${r.promptIds.length} tokens`),
+        );
+        continue;
+      }
+      this.#waiting.shift();
+      await this.#prefill(r);
+    }
+  }
+
+  async #prefill(r: Request): Promise<void> {
+    const t0 = performance.now();
+    const seq = this.allocator.addSequence();
+    r.sequence = seq;
+    this.scheduler.reset(seq);
+    const ids = r.promptIds;
+    const vocab = this.model.config.vocabSize;
+    const window = this.scorer.observationWindow === 'all' ? ids.length : this.scorer.observationWindow;
+    for (let start = 0; start < ids.length; start += this.prefillChunk) {
+      const n = Math.min(this.prefillChunk, ids.length - start);
+      this.#prepareRows(seq, ids, start, n, window);
+      const last = start + n === ids.length;
+      // Only the last prompt row's logits matter (intermediate chunks compute one row anyway).
+      this.#logitRows[0] = n - 1;
+      this.#step.logitCount = 1;
+      this.model.forward(this.#step, this.allocator, this.#recording ?? undefined);
+      if (last) await this.backend.read(this.model.logits, this.#logits.subarray(0, vocab));
+    }
+    this.#finishPrefillMetrics(seq, ids.length, window);
+    this.#stats.prefillTokens += ids.length;
+    this.#running.push(r);
+    if (this.compressor !== null && this.scheduler.afterPrefill(seq) !== null) this.#compress(r, 'prefill');
+    const ms = performance.now() - t0;
+    r.prefillMs += ms;
+    this.#stats.prefillMs += ms;
+    this.#emitStep('prefill', ids.length, ms);
+    this.#accept(r, this.#sampler.sample(this.#logits, 0, r.sampling, r.rng));
+  }
+
+  async #decodeStep(): Promise<void> {
+    const t0 = performance.now();
+    // Compression on schedule, then under memory pressure, then preemption.
+    let needed = 0;
+    for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
+    for (const r of this.#running) {
+      const reason = this.scheduler.beforeDecodeStep(r.sequence, this.allocator.freeBlocks, needed);
+      if (reason === 'interval' && this.compressor !== null) this.#compress(r, reason);
+    }
+    needed = 0;
+    for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
+    if (needed > this.allocator.freeBlocks) this.#relievePressure(needed);
+    while (this.#running.length > 0) {
+      needed = 0;
+      for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
+      if (needed <= this.allocator.freeBlocks) break;
+      this.#preempt();
+    }
+    const rows = this.#running.length;
+    if (rows === 0) return;
+    const units = this.#units;
+    for (let i = 0; i < rows; i++) {
+      const r = this.#running[i] as Request;
+      const seq = r.sequence;
+      const position = this.allocator.nextPosition(seq);
+      this.allocator.appendTokens(seq, 1, this.#seqSlots, this.#moves);
+      this.#applyCopies();
+      this.#tokens[i] = r.generated[r.generated.length - 1] as number;
+      this.#sequences[i] = seq;
+      this.#positions[i] = position;
+      this.#rowFlags[i] = this.scorer.accumulatesDuringDecode ? 1 : 0;
+      this.#logitRows[i] = i;
+      for (let u = 0; u < units; u++) {
+        const slot = this.#seqSlots[u] as number;
+        this.#slots[u * rows + i] = slot;
+        this.metrics.values[slot] = this.scorer.initialMetric(undefined, 0, 0, position);
+      }
+    }
+    this.#step.rows = rows;
+    this.#step.logitCount = rows;
+    this.model.forward(this.#step, this.allocator, this.#recording ?? undefined);
+    const vocab = this.model.config.vocabSize;
+    await this.backend.read(this.model.logits, this.#logits.subarray(0, rows * vocab));
+    const ms = performance.now() - t0;
+    this.#stats.decodeTokens += rows;
+    this.#stats.decodeMs += ms;
+    const batch = this.#running.slice();
+    for (let i = 0; i < rows; i++) {
+      const r = batch[i] as Request;
+      r.decodeMs += ms;
+      this.#accept(r, this.#sampler.sample(this.#logits, i * vocab, r.sampling, r.rng));
+    }
+    this.#emitStep('decode', rows, ms);
+  }
+
+  /** Compresses running sequences, fullest first, until `needed` blocks are free. */
+  #relievePressure(needed: number): void {
+    if (this.compressor === null) return;
+    const byBlocks = [...this.#running].sort(
+      (a, b) => this.allocator.sequenceBlocks(b.sequence) - this.allocator.sequenceBlocks(a.sequence),
+    );
+    for (const r of byBlocks) {
+      if (needed <= this.allocator.freeBlocks) return;
+      if (this.scheduler.compressOnce) return;
+      this.#compress(r, 'memory-pressure');
+    }
+  }
+
+  /**
+   * Ends the most recently admitted sequence and queues it again: it will be recomputed from
+   * its prompt plus everything generated so far, and continue from there.
+   */
+  #preempt(): void {
+    const r = this.#running.pop() as Request;
+    this.allocator.removeSequence(r.sequence);
+    r.sequence = -1;
+    r.promptIds = [...r.promptIds.slice(0, r.originalPromptLength), ...r.generated];
+    this.#stats.preemptions++;
+    this.#waiting.unshift(r);
+  }
+
+  #compress(r: Request, reason: CompressionReason): void {
+    const compressor = this.compressor;
+    if (compressor === null) return;
+    const outcome = compressor.compress(r.sequence, this.#moves);
+    this.backend.executeMoves(this.#moves);
+    this.#moves.clear();
+    this.scheduler.compressed(r.sequence);
+    r.compressions++;
+    this.#stats.compressions++;
+    this.#stats.compressionMs += outcome.planMs + outcome.compactMs;
+    for (const l of this.#compressionListeners) l({ reason, outcome });
+  }
+
+  /** Records a sampled token; finishes the request on a stop condition. */
+  #accept(r: Request, token: number): void {
+    if (r.signal?.aborted === true) {
+      this.#finish(r, 'abort');
+      return;
+    }
+    if (r.stopTokens.has(token)) {
+      this.#finish(r, 'stop');
+      return;
+    }
+    r.generated.push(token);
+    const text = this.#decodeText(r.generated);
+    const delta = text.startsWith(r.text) ? text.slice(r.text.length) : text;
+    r.text = text;
+    this.#push(r, { type: 'token', token, text: delta, index: r.generated.length - 1 });
+    if (r.stopStrings.some((s) => s.length > 0 && text.endsWith(s))) this.#finish(r, 'stop');
+    else if (r.generated.length >= r.maxTokens) this.#finish(r, 'length');
+    else if (this.allocator.nextPosition(r.sequence) + 1 >= this.maxContext) this.#finish(r, 'length');
+  }
+
+  #finish(r: Request, reason: FinishReason, error?: Error): void {
+    if (r.finished) return;
+    r.finished = true;
+    let blocksPerHead = new Int32Array(this.#units);
+    if (r.sequence >= 0 && this.allocator.isActive(r.sequence)) {
+      blocksPerHead = this.allocator.blocksPerHead(r.sequence);
+      this.allocator.removeSequence(r.sequence);
+    }
+    const i = this.#running.indexOf(r);
+    if (i >= 0) this.#running.splice(i, 1);
+    const decodeTokens = Math.max(0, r.generated.length - 1);
+    this.#push(r, {
+      type: 'done',
+      reason,
+      ...(error === undefined ? {} : { error }),
+      promptTokens: r.originalPromptLength,
+      tokens: r.generated,
+      text: r.text,
+      blocksPerHead,
+      compressions: r.compressions,
+      tokensPerSecond: r.decodeMs > 0 ? (decodeTokens / r.decodeMs) * 1000 : 0,
+      prefillMs: r.prefillMs,
+    });
+    r.sequence = -1;
+  }
+
+  #push(r: Request, e: GenerationEvent): void {
+    r.events.push(e);
+    r.wake?.();
+  }
+
+  #decodeText(ids: readonly number[]): string {
+    return this.tokenizer === null ? '' : this.tokenizer.decode(ids);
+  }
+
+  #emitStep(kind: 'prefill' | 'decode', rows: number, ms: number): void {
+    this.#stats.steps++;
+    this.#stats.peakUsedBlocks = Math.max(this.#stats.peakUsedBlocks, this.allocator.usedBlocks);
+    if (this.#stepListeners.size === 0) return;
+    const s: StepStats = {
+      step: this.#stats.steps,
+      kind,
+      rows,
+      running: this.#running.length,
+      waiting: this.#waiting.length,
+      usedBlocks: this.allocator.usedBlocks,
+      freeBlocks: this.allocator.freeBlocks,
+      ms,
+    };
+    for (const l of this.#stepListeners) l(s);
+  }
+
+  /** Fills the step scratch with prompt rows [start, start + n) of one sequence and appends them. */
+  #prepareRows(seq: number, ids: readonly number[], start: number, n: number, window: number | null): void {
+    const position0 = this.allocator.nextPosition(seq);
+    this.allocator.appendTokens(seq, n, this.#seqSlots, this.#moves);
+    this.#applyCopies();
+    const total = ids.length;
+    for (let i = 0; i < n; i++) {
+      this.#tokens[i] = ids[start + i] as number;
+      this.#sequences[i] = seq;
+      this.#positions[i] = position0 + i;
+      this.#rowFlags[i] = window !== null && start + i >= total - window ? 1 : 0;
+    }
+    // appendTokens laid the slots out [layers][kvHeads][n], as the step wants them.
+    this.#slots.set(this.#seqSlots.subarray(0, this.#units * n));
+    for (let u = 0; u < this.#units * n; u++) {
+      const slot = this.#seqSlots[u] as number;
+      this.metrics.values[slot] = this.scorer.initialMetric(undefined, 0, 0, position0 + (u % n));
+    }
+    this.#step.rows = n;
+  }
+
+  /** Runs copy-on-write copies from an append (forks) on the backend and the metric store. */
+  #applyCopies(): void {
+    if (this.#moves.count === 0) return;
+    this.backend.executeMoves(this.#moves);
+    this.metrics.applyMoves(this.#moves);
+    this.#moves.clear();
+  }
+
+  /** Average/pooling of the prefill metrics per head, for scorers that need it (SnapKV). */
+  #finishPrefillMetrics(seq: number, keyCount: number, window: number): void {
+    const scorer = this.scorer;
+    if (this.#recording === null || !(scorer instanceof AttentionScorer) || !scorer.needsPrefillFinish) return;
+    const { layers, kvHeads } = this.allocator.shape;
+    const buf = this.#finishScratch;
+    for (let l = 0; l < layers; l++) {
+      for (let h = 0; h < kvHeads; h++) {
+        // A fresh sequence holds its prompt in position order: logical index = position.
+        for (let i = 0; i < keyCount; i++) buf[i] = this.metrics.values[this.allocator.slot(seq, l, h, i)] as number;
+        scorer.finishPrefillHead(buf, 0, keyCount, window);
+        for (let i = 0; i < keyCount; i++) this.metrics.values[this.allocator.slot(seq, l, h, i)] = buf[i] as number;
+      }
+    }
+  }
+}
+
+/** -log softmax(logits)[target], computed stably in float64. */
+export function negativeLogLikelihood(logits: Float32Array, offset: number, n: number, target: number): number {
+  let max = Number.NEGATIVE_INFINITY;
+  for (let i = 0; i < n; i++) max = Math.max(max, logits[offset + i] as number);
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += Math.exp((logits[offset + i] as number) - max);
+  return Math.log(sum) + max - (logits[offset + target] as number);
+}
+
+export function createEngine(options: EngineOptions): Engine {
+  return new Engine(options);
+}
