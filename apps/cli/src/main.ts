@@ -1,0 +1,168 @@
+import { KvCompressError, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
+import type { Budget } from '@kvcompress/eviction';
+import { policies } from '@kvcompress/eviction';
+import { loadModel } from '@kvcompress/models';
+import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
+import { firstDifference, formatBytes, formatHeadGrid } from './format.ts';
+import { NO_DEFAULT_MODEL, defaultModelPath } from './paths.ts';
+import { runComparison } from './run.ts';
+
+const DEFAULT_PROMPT =
+  'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. ' +
+  'One day, Lily saw a big red ball under a tree. She wanted to play with it, but it belonged to a boy named Tom. ' +
+  'Lily asked Tom if she could play with the ball too.';
+
+function number(name: string, min: number, integer = false) {
+  return (value: string): number => {
+    const v = Number(value);
+    if (!Number.isFinite(v) || v < min || (integer && !Number.isInteger(v))) {
+      throw new CommanderArgumentError(`${name} must be ${integer ? 'an integer' : 'a number'} >= ${min}, got "${value}".`);
+    }
+    return v;
+  };
+}
+
+function resolveModelPath(given: string | undefined): string {
+  if (given !== undefined) return given;
+  const p = defaultModelPath();
+  if (p === null) throw new KvCompressError('NO_MODEL', NO_DEFAULT_MODEL);
+  return p;
+}
+
+const program = new Command()
+  .name('kvc')
+  .description('Run LLMs with a paged KV cache compressed per attention head (KV-Compress and baselines).')
+  .showHelpAfterError();
+
+program
+  .command('run')
+  .description('Generate the same prompt with the full cache and with a compression policy; compare text, KV memory and speed.')
+  .option('-m, --model <path>', 'model: .gguf, llama2.c .bin, or a Hugging Face folder (default: ../shared/models/stories260K)')
+  .option('-p, --prompt <text>', 'prompt text', DEFAULT_PROMPT)
+  .addOption(new Option('--policy <name>', 'eviction policy').default('kv-compress'))
+  .addOption(new Option('-r, --rate <x>', 'target compression rate (outside the protected window)').argParser(number('--rate', 1)).conflicts('maxCacheTokens'))
+  .addOption(new Option('--max-cache-tokens <n>', 'KV budget in tokens per head').argParser(number('--max-cache-tokens', 1, true)))
+  .option('--protected-window <n>', 'most recent tokens never evicted', number('--protected-window', 0, true), 64)
+  .option('--sinks <n>', 'first tokens never evicted', number('--sinks', 0, true), 0)
+  .option('--compression-interval <n>', 'compress every n decode steps (0 = after prefill only)', number('--compression-interval', 0, true), 64)
+  .option('-n, --max-tokens <n>', 'tokens to generate', number('--max-tokens', 1, true), 256)
+  .option('-t, --temperature <t>', 'sampling temperature (0 = greedy)', number('--temperature', 0), 0)
+  .option('--top-k <k>', 'top-k sampling (0 = off)', number('--top-k', 0, true), 0)
+  .option('--top-p <p>', 'top-p sampling (1 = off)', number('--top-p', 0), 1)
+  .option('--seed <n>', 'sampling seed', number('--seed', 0, true), 0)
+  .option('--json', 'print the report as JSON')
+  .action(async (opts) => {
+    if (!policies.has(opts.policy)) throw new CommanderArgumentError(`Unknown policy "${opts.policy}". Registered: ${policies.names().join(', ')}.`);
+    const budget: Budget = opts.maxCacheTokens !== undefined ? { maxCacheTokens: opts.maxCacheTokens } : { targetCompressionRate: opts.rate ?? 4 };
+    const modelPath = resolveModelPath(opts.model);
+    const model = await loadModel(modelPath);
+    const report = await runComparison(model, {
+      prompt: opts.prompt,
+      policy: opts.policy,
+      budget,
+      protectedWindow: opts.protectedWindow,
+      sinks: opts.sinks,
+      compressionInterval: opts.compressionInterval,
+      maxTokens: opts.maxTokens,
+      temperature: opts.temperature,
+      topK: opts.topK,
+      topP: opts.topP,
+      seed: opts.seed,
+      progress: opts.json !== true && process.stderr.isTTY === true,
+    });
+    if (opts.json === true) {
+      const side = (s: typeof report.full) => ({ ...s, blocksPerHead: Array.from(s.blocksPerHead) });
+      console.log(JSON.stringify({ modelPath, ...report, full: side(report.full), compressed: side(report.compressed) }, null, 2));
+      return;
+    }
+    const { full, compressed } = report;
+    const budgetText = 'maxCacheTokens' in budget ? `${budget.maxCacheTokens} tokens/head` : `${budget.targetCompressionRate}x`;
+    console.log(`model: ${modelPath} (${report.model.architecture}, ${report.model.layers} layers x ${report.model.kvHeads} kv-heads)`);
+    console.log(`prompt: ${report.promptTokens} tokens; generating ${opts.maxTokens}; policy ${opts.policy} at ${budgetText}, protected window ${opts.protectedWindow}\n`);
+    console.log(`--- full cache ---\n${full.text}\n`);
+    console.log(`--- ${compressed.label} ---\n${compressed.text}\n`);
+    const d = firstDifference(full.tokens, compressed.tokens);
+    if (d < 0) console.log(`Both outputs are identical (${full.tokens.length} tokens).`);
+    else {
+      const tok = model.tokenizer;
+      const context = tok === null ? '' : ` after "${tok.decode(full.tokens.slice(Math.max(0, d - 8), d)).trimStart()}"`;
+      console.log(`First difference at generated token ${d}${context}.`);
+    }
+    console.log('\n| | full cache | ' + compressed.label + ' |');
+    console.log('| --- | ---: | ---: |');
+    console.log(`| KV memory in use | ${formatBytes(full.kvBytes)} (${full.kvBytes} B) | ${formatBytes(compressed.kvBytes)} (${compressed.kvBytes} B) |`);
+    console.log(`| KV blocks in use | ${full.blocks} | ${compressed.blocks} |`);
+    console.log(`| memory ratio | 1.00x | ${report.memoryRatio.toFixed(2)}x smaller |`);
+    console.log(`| compression rounds | ${full.compressions} | ${compressed.compressions} |`);
+    console.log(`| decode tokens/s | ${full.tokensPerSecond.toFixed(0)} | ${compressed.tokensPerSecond.toFixed(0)} |`);
+    console.log(`\nblocks per head after ${compressed.label} (full cache: ${full.blocksPerHead[0]} each):`);
+    console.log(formatHeadGrid(compressed.blocksPerHead, report.model.layers, report.model.kvHeads));
+  });
+
+program
+  .command('inspect')
+  .description('Show a model: architecture, shapes, tokenizer, KV bytes per token.')
+  .argument('[model]', 'model path (default: ../shared/models/stories260K)')
+  .option('--json', 'print JSON')
+  .action(async (given: string | undefined, opts) => {
+    const modelPath = resolveModelPath(given);
+    const model = await loadModel(modelPath);
+    const c = model.config;
+    const shape = kvShapeOf(c);
+    let params = 0;
+    const dtypes = new Map<string, number>();
+    for (const t of model.tensors.values()) {
+      const n = t.shape.reduce((a, b) => a * b, 1);
+      params += n;
+      dtypes.set(t.dtype, (dtypes.get(t.dtype) ?? 0) + 1);
+    }
+    const info = {
+      path: modelPath,
+      format: model.format,
+      config: c,
+      parameters: params,
+      tensors: model.tensors.size,
+      tensorTypes: Object.fromEntries(dtypes),
+      tokenizer:
+        model.tokenizer === null
+          ? null
+          : {
+              vocabSize: model.tokenizer.vocabSize,
+              bos: model.tokenizer.bosTokenId,
+              eos: model.tokenizer.eosTokenIds,
+              chatTemplate: model.tokenizer.chatTemplate !== null,
+            },
+      kvBytesPerToken: { f16: kvBytesPerToken(shape, 'f16'), f32: kvBytesPerToken(shape, 'f32') },
+    };
+    if (opts.json === true) {
+      console.log(JSON.stringify(info, null, 2));
+      return;
+    }
+    console.log(`${modelPath}`);
+    console.log(`format        ${model.format}, ${model.tensors.size} tensors (${[...dtypes].map(([k, v]) => `${v} ${k}`).join(', ')})`);
+    console.log(`architecture  ${c.architecture}, ${params.toLocaleString('en-US')} parameters`);
+    console.log(`shape         hidden ${c.hiddenSize}, ffn ${c.intermediateSize}, ${c.numLayers} layers, ${c.numHeads} heads / ${c.numKvHeads} kv-heads of ${c.headDim}`);
+    console.log(`context       ${c.maxContext}; RoPE theta ${c.ropeTheta}, ${c.ropeLayout}${c.ropeScaling ? `, ${c.ropeScaling.type} scaling` : ''}`);
+    console.log(`embeddings    ${c.tiedEmbeddings ? 'tied' : 'separate classifier'}; vocab ${c.vocabSize}; QKV bias ${c.attentionBias}`);
+    if (info.tokenizer !== null) {
+      console.log(`tokenizer     ${info.tokenizer.vocabSize} tokens, BOS ${info.tokenizer.bos}, EOS ${info.tokenizer.eos.join(',')}, chat template: ${info.tokenizer.chatTemplate ? 'yes' : 'no'}`);
+    } else console.log('tokenizer     none');
+    console.log(`KV per token  ${formatBytes(info.kvBytesPerToken.f16)} in f16, ${formatBytes(info.kvBytesPerToken.f32)} in f32`);
+  });
+
+program
+  .command('policies')
+  .description('List the registered eviction policies.')
+  .action(() => {
+    for (const p of policies.list()) console.log(`${p.name.padEnd(14)} ${p.description ?? ''}`);
+  });
+
+try {
+  await program.parseAsync(process.argv);
+} catch (error) {
+  if (error instanceof KvCompressError) {
+    console.error(`kvc: ${error.message}`);
+    process.exit(2);
+  }
+  throw error;
+}

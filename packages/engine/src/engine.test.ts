@@ -1,0 +1,153 @@
+import { readFileSync } from 'node:fs';
+import { InvalidArgumentError } from '@kvcompress/core';
+import { type LoadedModel, loadLlama2cModel } from '@kvcompress/models';
+import { hasShared, sharedPath } from '@kvcompress/test-support';
+import { describe, expect, it } from 'vitest';
+import { type DoneEvent, Engine, type EngineOptions } from './engine.ts';
+
+const STORIES = 'models/stories260K/stories260K.bin';
+const REFERENCE = 'models/stories260K/reference_greedy.json';
+const haveStories = hasShared(STORIES, REFERENCE);
+
+function stories(): LoadedModel {
+  return loadLlama2cModel(new Uint8Array(readFileSync(sharedPath(STORIES))));
+}
+
+function referenceIds(): number[] {
+  return (JSON.parse(readFileSync(sharedPath(REFERENCE), 'utf8')) as { token_ids: number[] }).token_ids;
+}
+
+async function greedy(engine: Engine, prompt: readonly number[], maxTokens: number): Promise<DoneEvent> {
+  const done = await engine.complete(prompt, { maxTokens, stopTokens: [] });
+  if (done.error !== undefined) throw done.error;
+  return done;
+}
+
+describe.skipIf(!haveStories)('engine on stories260K (CPU)', () => {
+  it('reproduces the published greedy output: all 256 ids from BOS', async () => {
+    const engine = new Engine({ model: stories(), maxSequences: 1 });
+    const done = await greedy(engine, [1], 256);
+    expect(done.tokens).toEqual(referenceIds());
+    expect(engine.allocator.usedBlocks).toBe(0); // the sequence's blocks went back
+  });
+
+  it('decodes several sequences together with the same greedy tokens as one at a time', async () => {
+    const model = stories();
+    const prompts = [[1], [1, 403, 407], [1, 261, 378, 432], [1, 376, 298]];
+    const alone: number[][] = [];
+    for (const p of prompts) alone.push([...(await greedy(new Engine({ model, maxSequences: 1 }), p, 40)).tokens]);
+    const engine = new Engine({ model, maxSequences: 4 });
+    let maxBatch = 0;
+    engine.onStep((s) => {
+      if (s.kind === 'decode') maxBatch = Math.max(maxBatch, s.rows);
+    });
+    const together = await Promise.all(prompts.map((p) => greedy(engine, p, 40)));
+    expect(together.map((d) => [...d.tokens])).toEqual(alone);
+    expect(maxBatch).toBe(4);
+  });
+
+  it('frees real memory: KV-Compress at 4x on a 500-token story cuts the blocks about 4x, differently per head', async () => {
+    const model = stories();
+    const ids = referenceIds();
+    // A 500-token context: BOS + 255 reference tokens as the prompt, then 245 generated.
+    const prompt = [1, ...ids.slice(0, 255)];
+    const options: EngineOptions = { model, maxSequences: 1, budget: { targetCompressionRate: 4 }, protectedWindow: 16, compressionInterval: 16 };
+    const engine = new Engine(options);
+    const outcomes: number[] = [];
+    engine.onCompression((e) => outcomes.push(e.outcome.blocksAfter));
+    let blocksAtEnd = new Int32Array(0);
+    let usedAtEnd = 0;
+    let tokensAtEnd = 0;
+    engine.onStep((s) => {
+      // After each step, while the sequence is alive: the allocator's own counts.
+      if (s.kind === 'decode' && engine.allocator.isActive(0)) {
+        blocksAtEnd = engine.allocator.blocksPerHead(0);
+        usedAtEnd = engine.allocator.usedBlocks;
+        tokensAtEnd = engine.allocator.nextPosition(0);
+      }
+    });
+    await engine.complete(prompt, { maxTokens: 246, stopTokens: [] });
+    expect(tokensAtEnd).toBe(500);
+    const units = model.config.numLayers * model.config.numKvHeads;
+    const fullBlocks = units * Math.ceil(500 / 16);
+    const total = blocksAtEnd.reduce((a, b) => a + b, 0);
+    expect(total).toBe(usedAtEnd);
+    expect(outcomes.length).toBeGreaterThan(1);
+    // Protected 16 + 484 / 4 = 137 tokens per head on average: 9 blocks of 16 per head.
+    const ratio = fullBlocks / total;
+    expect(ratio).toBeGreaterThan(3);
+    expect(ratio).toBeLessThan(4.5);
+    expect(new Set(blocksAtEnd).size).toBeGreaterThan(1);
+  });
+
+  it('under memory pressure compresses instead of preempting', async () => {
+    const model = stories();
+    const units = model.config.numLayers * model.config.numKvHeads;
+    // Room for about 2 x 200 uncompressed tokens, 4 sequences of 200 tokens each.
+    const engine = new Engine({
+      model,
+      maxSequences: 4,
+      kvBlocks: units * 26,
+      budget: { maxCacheTokens: 64 },
+      protectedWindow: 16,
+      compressionInterval: 0,
+    });
+    const reasons = new Set<string>();
+    engine.onCompression((e) => reasons.add(e.reason));
+    const results = await Promise.all([[1], [1, 403], [1, 261], [1, 376]].map((p) => greedy(engine, p, 200)));
+    for (const r of results) expect(r.tokens).toHaveLength(200);
+    expect(reasons.has('memory-pressure')).toBe(true);
+    expect(engine.stats().preemptions).toBe(0);
+    expect(engine.allocator.usedBlocks).toBe(0);
+    engine.allocator.checkInvariants();
+  });
+
+  it('preempts and recomputes when compression cannot make room, without changing greedy output', async () => {
+    const model = stories();
+    const units = model.config.numLayers * model.config.numKvHeads;
+    const alone = await Promise.all([[1], [1, 403]].map((p) => greedy(new Engine({ model, maxSequences: 1 }), p, 120)));
+    const engine = new Engine({ model, maxSequences: 2, kvBlocks: units * 12 }); // 192 tokens: not both at 120+
+    const both = await Promise.all([[1], [1, 403]].map((p) => greedy(engine, p, 120)));
+    expect(engine.stats().preemptions).toBeGreaterThan(0);
+    expect(both.map((d) => [...d.tokens])).toEqual(alone.map((d) => [...d.tokens]));
+  });
+
+  it('samples reproducibly from a seed, and differently from greedy', async () => {
+    const model = stories();
+    const engine = new Engine({ model, maxSequences: 2 });
+    const sampling = { temperature: 1, topK: 40, topP: 0.9, seed: 7 };
+    const a = await engine.complete([1], { maxTokens: 60, sampling, stopTokens: [] });
+    const b = await engine.complete([1], { maxTokens: 60, sampling, stopTokens: [] });
+    const g = await greedy(engine, [1], 60);
+    expect(a.tokens).toEqual(b.tokens);
+    expect(a.tokens).not.toEqual(g.tokens);
+  });
+
+  it('stops on stop tokens and max tokens, and aborts', async () => {
+    const model = stories();
+    const engine = new Engine({ model, maxSequences: 1 });
+    const ref = referenceIds();
+    const stopped = await engine.complete([1], { maxTokens: 100, stopTokens: [ref[5] as number] });
+    expect(stopped.reason).toBe('stop');
+    expect(stopped.tokens).toEqual(ref.slice(0, 5));
+    const controller = new AbortController();
+    let n = 0;
+    let reason = '';
+    for await (const e of engine.generate([1], { maxTokens: 100, signal: controller.signal, stopTokens: [] })) {
+      if (e.type === 'token' && ++n === 3) controller.abort();
+      if (e.type === 'done') reason = e.reason;
+    }
+    expect(reason).toBe('abort');
+    expect(n).toBeLessThanOrEqual(4);
+    expect(engine.allocator.usedBlocks).toBe(0);
+  });
+
+  it('rejects bad requests with named errors', async () => {
+    const engine = new Engine({ model: stories(), maxSequences: 1 });
+    await expect(engine.complete([], {})).rejects.toThrow(InvalidArgumentError);
+    await expect(engine.complete([1, 99999], {})).rejects.toThrow(InvalidArgumentError);
+    await expect(engine.complete('text', {})).rejects.toThrow(/no tokenizer/);
+    await expect(engine.complete([1], { sampling: { temperature: -1 } })).rejects.toThrow(InvalidArgumentError);
+    await expect(engine.complete(new Array(600).fill(1), {})).rejects.toThrow(InvalidArgumentError);
+  });
+});
