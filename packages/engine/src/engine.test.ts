@@ -51,11 +51,17 @@ describe.skipIf(!haveStories)('engine on stories260K (CPU)', () => {
     const ids = referenceIds();
     // A 500-token context: BOS + 255 reference tokens as the prompt, then 245 generated.
     const prompt = [1, ...ids.slice(0, 255)];
-    const options: EngineOptions = { model, maxSequences: 1, budget: { targetCompressionRate: 4 }, protectedWindow: 16, compressionInterval: 16 };
+    const options: EngineOptions = {
+      model,
+      maxSequences: 1,
+      budget: { targetCompressionRate: 4 },
+      protectedWindow: 16,
+      compressionInterval: 16,
+    };
     const engine = new Engine(options);
     const outcomes: number[] = [];
     engine.onCompression((e) => outcomes.push(e.outcome.blocksAfter));
-    let blocksAtEnd = new Int32Array(0);
+    let blocksAtEnd: Int32Array = new Int32Array(0);
     let usedAtEnd = 0;
     let tokensAtEnd = 0;
     engine.onStep((s) => {

@@ -175,9 +175,19 @@ export class Engine {
   readonly #logits: Float32Array; // [rows][vocab] host copy
   readonly #recording: MetricRecording | null;
   readonly #rowFlags: Uint8Array;
-  readonly #step: { rows: number; tokens: Int32Array; sequences: Int32Array; positions: Int32Array; slots: Int32Array; logitRows: Int32Array; logitCount: number };
+  readonly #step: {
+    rows: number;
+    tokens: Int32Array;
+    sequences: Int32Array;
+    positions: Int32Array;
+    slots: Int32Array;
+    logitRows: Int32Array;
+    logitCount: number;
+  };
   readonly #finishScratch: Float32Array;
 
+  /** Serialises forward passes: the step scratch is shared by generation and forwardLogits. */
+  #lock: Promise<void> = Promise.resolve();
   #waiting: Request[] = [];
   #running: Request[] = [];
   #nextId = 1;
@@ -228,18 +238,23 @@ export class Engine {
             policy: this.policy,
             config: { budget, protectedWindow: options.protectedWindow, sinks: options.sinks },
           });
-    this.scorer = this.compressor?.scorer ?? this.policy.createScorer?.() ?? new AttentionScorer({
-      name: 'none',
-      observationWindow: 1,
-      aggregation: 'L2',
-      reduction: 'sum',
-      groupReduction: 'sum',
-      metricBuffer: 0,
-      pooling: null,
-      accumulatesDuringDecode: false,
-    });
+    this.scorer =
+      this.compressor?.scorer ??
+      this.policy.createScorer?.() ??
+      new AttentionScorer({
+        name: 'none',
+        observationWindow: 1,
+        aggregation: 'L2',
+        reduction: 'sum',
+        groupReduction: 'sum',
+        metricBuffer: 0,
+        pooling: null,
+        accumulatesDuringDecode: false,
+      });
     if (this.scorer.needsKeys) {
-      throw new InvalidArgumentError(`Scorer "${this.scorer.name}" needs key vectors at append time, which the engine does not provide yet.`);
+      throw new InvalidArgumentError(
+        `Scorer "${this.scorer.name}" needs key vectors at append time, which the engine does not provide yet.`,
+      );
     }
     this.scheduler = new CompressionScheduler(maxSequences, {
       compressionInterval: options.compressionInterval,
@@ -310,32 +325,61 @@ export class Engine {
   }
 
   /**
+   * Logits of every position of `ids` with the full cache (teacher forcing):
+   * Float32 [ids.length][vocab]; row t predicts token t + 1.
+   */
+  async forwardLogits(ids: readonly number[]): Promise<Float32Array> {
+    if (ids.length < 1) throw new InvalidArgumentError('forwardLogits needs at least one token.');
+    if (ids.length > this.maxContext) throw new InvalidArgumentError(`${ids.length} tokens exceed maxContext ${this.maxContext}.`);
+    const vocab = this.model.config.vocabSize;
+    for (const id of ids) {
+      if (!Number.isInteger(id) || id < 0 || id >= vocab)
+        throw new InvalidArgumentError(`Token ${id} is outside the vocabulary (${vocab}).`);
+    }
+    const out = new Float32Array(ids.length * vocab);
+    await this.#exclusive(async () => {
+      const seq = this.allocator.addSequence();
+      try {
+        for (let start = 0; start < ids.length; start += this.prefillChunk) {
+          const n = Math.min(this.prefillChunk, ids.length - start);
+          this.#prepareRows(seq, ids, start, n, null);
+          for (let i = 0; i < n; i++) this.#logitRows[i] = i;
+          this.#step.logitCount = n;
+          this.model.forward(this.#step, this.allocator);
+          await this.backend.read(this.model.logits, out.subarray(start * vocab, (start + n) * vocab));
+        }
+      } finally {
+        this.allocator.removeSequence(seq);
+      }
+    });
+    return out;
+  }
+
+  /** Runs `fn` when no other forward pass is in flight. */
+  async #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const previous = this.#lock;
+    let release = () => {};
+    this.#lock = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    await previous;
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+
+  /**
    * Teacher-forced negative log-likelihood (nats) of each token of `ids` given the ones
    * before it, with the full cache: Float64 [ids.length - 1].
    */
   async scoreTokens(ids: readonly number[]): Promise<Float64Array> {
     if (ids.length < 2) throw new InvalidArgumentError('Scoring needs at least two tokens.');
-    if (ids.length > this.maxContext) throw new InvalidArgumentError(`${ids.length} tokens exceed maxContext ${this.maxContext}.`);
     const vocab = this.model.config.vocabSize;
-    const seq = this.allocator.addSequence();
+    const logits = await this.forwardLogits(ids);
     const nll = new Float64Array(ids.length - 1);
-    try {
-      for (let start = 0; start < ids.length; start += this.prefillChunk) {
-        const n = Math.min(this.prefillChunk, ids.length - start);
-        this.#prepareRows(seq, ids, start, n, null);
-        for (let i = 0; i < n; i++) this.#logitRows[i] = i;
-        this.#step.logitCount = n;
-        this.model.forward(this.#step, this.allocator);
-        await this.backend.read(this.model.logits, this.#logits.subarray(0, n * vocab));
-        for (let i = 0; i < n; i++) {
-          const t = start + i;
-          if (t + 1 >= ids.length) break;
-          nll[t] = negativeLogLikelihood(this.#logits, i * vocab, vocab, ids[t + 1] as number);
-        }
-      }
-    } finally {
-      this.allocator.removeSequence(seq);
-    }
+    for (let t = 0; t + 1 < ids.length; t++) nll[t] = negativeLogLikelihood(logits, t * vocab, vocab, ids[t + 1] as number);
     return nll;
   }
 
@@ -378,7 +422,8 @@ export class Engine {
     const vocab = this.model.config.vocabSize;
     if (promptIds.length === 0) throw new InvalidArgumentError('The prompt is empty.');
     for (const id of promptIds) {
-      if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new InvalidArgumentError(`Prompt token ${id} is outside the vocabulary (${vocab}).`);
+      if (!Number.isInteger(id) || id < 0 || id >= vocab)
+        throw new InvalidArgumentError(`Prompt token ${id} is outside the vocabulary (${vocab}).`);
     }
     const maxTokens = options.maxTokens ?? 256;
     assertInteger('maxTokens', maxTokens, 1, 1 << 24);
@@ -414,8 +459,10 @@ export class Engine {
     const loop = async (): Promise<void> => {
       try {
         while (this.#waiting.length > 0 || this.#running.length > 0) {
-          await this.#admit();
-          if (this.#running.length > 0) await this.#decodeStep();
+          await this.#exclusive(async () => {
+            await this.#admit();
+            if (this.#running.length > 0) await this.#decodeStep();
+          });
           // Let consumers run between steps.
           await new Promise<void>((resolve) => setImmediate(resolve));
         }
@@ -445,11 +492,7 @@ export class Engine {
       if (needed > this.allocator.freeBlocks) {
         if (this.#running.length > 0) return; // wait for running sequences to finish
         this.#waiting.shift();
-        this.#finish(
-          r,
-          'error',
-          new OutOfBlocksError(needed, this.allocator.freeBlocks, `The prompt of ${r.promptIds.length} tokens`),
-        );
+        this.#finish(r, 'error', new OutOfBlocksError(needed, this.allocator.freeBlocks, `The prompt of ${r.promptIds.length} tokens`));
         continue;
       }
       this.#waiting.shift();
@@ -603,7 +646,7 @@ export class Engine {
   #finish(r: Request, reason: FinishReason, error?: Error): void {
     if (r.finished) return;
     r.finished = true;
-    let blocksPerHead = new Int32Array(this.#units);
+    let blocksPerHead: Int32Array = new Int32Array(this.#units);
     if (r.sequence >= 0 && this.allocator.isActive(r.sequence)) {
       blocksPerHead = this.allocator.blocksPerHead(r.sequence);
       this.allocator.removeSequence(r.sequence);

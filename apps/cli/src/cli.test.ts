@@ -1,0 +1,80 @@
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { hasShared } from '@kvcompress/test-support';
+import { describe, expect, it } from 'vitest';
+import { repoRoot } from './paths.ts';
+
+const run = promisify(execFile);
+const main = path.join(repoRoot, 'apps/cli/src/main.ts');
+
+async function kvc(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  return kvcWith(process.env, ...args);
+}
+
+async function kvcWith(env: NodeJS.ProcessEnv, ...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, ['--conditions=source', main, ...args], { cwd: repoRoot, env });
+    return { stdout, stderr, code: 0 };
+  } catch (error) {
+    const e = error as { stdout: string; stderr: string; code: number };
+    return { stdout: e.stdout, stderr: e.stderr, code: e.code };
+  }
+}
+
+describe.skipIf(!hasShared('models/stories260K/stories260K.bin', 'models/stories260K/tok512.bin'))('kvc on the default model', () => {
+  it('run: full cache vs KV-Compress, with memory, divergence and speed', async () => {
+    const { stdout, code } = await kvc('run', '--json', '--max-tokens', '200', '--rate', '4', '--protected-window', '16', '--compression-interval', '16');
+    expect(code).toBe(0);
+    const r = JSON.parse(stdout);
+    expect(r.full.tokens.length).toBeGreaterThan(0);
+    expect(r.full.text.length).toBeGreaterThan(20);
+    expect(r.compressed.policy).toBe('kv-compress');
+    expect(r.compressed.compressions).toBeGreaterThan(0);
+    expect(r.full.kvBytes).toBe(r.full.blocks * 2 * 16 * 8 * 4);
+    expect(r.memoryRatio).toBeGreaterThan(2);
+    expect(r.memoryRatio).toBeCloseTo(r.full.kvBytes / r.compressed.kvBytes, 6);
+    expect(new Set(r.compressed.blocksPerHead).size).toBeGreaterThan(1);
+    expect(r.full.tokensPerSecond).toBeGreaterThan(0);
+    expect(r.firstDifference).toBeGreaterThanOrEqual(-1);
+  }, 60_000);
+
+  it('run: the human-readable report', async () => {
+    const { stdout, code } = await kvc('run', '--max-tokens', '60');
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/--- full cache ---/);
+    expect(stdout).toMatch(/KV memory in use/);
+    expect(stdout).toMatch(/decode tokens\/s/);
+    expect(stdout).toMatch(/blocks per head after kv-compress/);
+  }, 60_000);
+
+  it('inspect: architecture, shapes, tokenizer, KV bytes per token', async () => {
+    const { stdout, code } = await kvc('inspect', '--json');
+    expect(code).toBe(0);
+    const info = JSON.parse(stdout);
+    expect(info.config).toMatchObject({ numLayers: 5, numHeads: 8, numKvHeads: 4, headDim: 8, vocabSize: 512 });
+    expect(info.parameters).toBe(260032);
+    expect(info.kvBytesPerToken.f32).toBe(2 * 5 * 4 * 8 * 4);
+    expect(info.tokenizer.vocabSize).toBe(512);
+  }, 60_000);
+
+  it('bad input gets a clear message and exit code', async () => {
+    const missing = await kvc('inspect', '/nonexistent/model.gguf');
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/No model at/);
+    const policy = await kvc('run', '--policy', 'nope');
+    expect(policy.code).not.toBe(0);
+    expect(policy.stderr).toMatch(/Unknown policy "nope"/);
+    const rate = await kvc('run', '--rate', '0.5');
+    expect(rate.code).not.toBe(0);
+    expect(rate.stderr).toMatch(/--rate must be/);
+  }, 60_000);
+});
+
+describe('kvc without a model', () => {
+  it('explains how to point --model somewhere', async () => {
+    const { stderr, code } = await kvcWith({ ...process.env, KVC_SHARED_DIR: path.join(repoRoot, 'no-such-shared-dir') }, 'inspect');
+    expect(code).toBe(2);
+    expect(stderr).toMatch(/--model/);
+  });
+});
