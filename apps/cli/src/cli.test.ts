@@ -24,7 +24,18 @@ async function kvcWith(env: NodeJS.ProcessEnv, ...args: string[]): Promise<{ std
 
 describe.skipIf(!hasShared('models/stories260K/stories260K.bin', 'models/stories260K/tok512.bin'))('kvc on the default model', () => {
   it('run: full cache vs KV-Compress, with memory, divergence and speed', async () => {
-    const { stdout, code } = await kvc('run', '--json', '--max-tokens', '200', '--rate', '4', '--protected-window', '16', '--compression-interval', '16');
+    const { stdout, code } = await kvc(
+      'run',
+      '--json',
+      '--max-tokens',
+      '200',
+      '--rate',
+      '4',
+      '--protected-window',
+      '16',
+      '--compression-interval',
+      '16',
+    );
     expect(code).toBe(0);
     const r = JSON.parse(stdout);
     expect(r.full.tokens.length).toBeGreaterThan(0);

@@ -4,7 +4,7 @@ import { policies } from '@kvcompress/eviction';
 import { loadModel } from '@kvcompress/models';
 import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
 import { firstDifference, formatBytes, formatHeadGrid } from './format.ts';
-import { NO_DEFAULT_MODEL, defaultModelPath } from './paths.ts';
+import { defaultModelPath, NO_DEFAULT_MODEL } from './paths.ts';
 import { runComparison } from './run.ts';
 
 const DEFAULT_PROMPT =
@@ -40,11 +40,20 @@ program
   .option('-m, --model <path>', 'model: .gguf, llama2.c .bin, or a Hugging Face folder (default: ../shared/models/stories260K)')
   .option('-p, --prompt <text>', 'prompt text', DEFAULT_PROMPT)
   .addOption(new Option('--policy <name>', 'eviction policy').default('kv-compress'))
-  .addOption(new Option('-r, --rate <x>', 'target compression rate (outside the protected window)').argParser(number('--rate', 1)).conflicts('maxCacheTokens'))
+  .addOption(
+    new Option('-r, --rate <x>', 'target compression rate (outside the protected window)')
+      .argParser(number('--rate', 1))
+      .conflicts('maxCacheTokens'),
+  )
   .addOption(new Option('--max-cache-tokens <n>', 'KV budget in tokens per head').argParser(number('--max-cache-tokens', 1, true)))
   .option('--protected-window <n>', 'most recent tokens never evicted', number('--protected-window', 0, true), 64)
   .option('--sinks <n>', 'first tokens never evicted', number('--sinks', 0, true), 0)
-  .option('--compression-interval <n>', 'compress every n decode steps (0 = after prefill only)', number('--compression-interval', 0, true), 64)
+  .option(
+    '--compression-interval <n>',
+    'compress every n decode steps (0 = after prefill only)',
+    number('--compression-interval', 0, true),
+    64,
+  )
   .option('-n, --max-tokens <n>', 'tokens to generate', number('--max-tokens', 1, true), 256)
   .option('-t, --temperature <t>', 'sampling temperature (0 = greedy)', number('--temperature', 0), 0)
   .option('--top-k <k>', 'top-k sampling (0 = off)', number('--top-k', 0, true), 0)
@@ -52,8 +61,10 @@ program
   .option('--seed <n>', 'sampling seed', number('--seed', 0, true), 0)
   .option('--json', 'print the report as JSON')
   .action(async (opts) => {
-    if (!policies.has(opts.policy)) throw new CommanderArgumentError(`Unknown policy "${opts.policy}". Registered: ${policies.names().join(', ')}.`);
-    const budget: Budget = opts.maxCacheTokens !== undefined ? { maxCacheTokens: opts.maxCacheTokens } : { targetCompressionRate: opts.rate ?? 4 };
+    if (!policies.has(opts.policy))
+      throw new CommanderArgumentError(`Unknown policy "${opts.policy}". Registered: ${policies.names().join(', ')}.`);
+    const budget: Budget =
+      opts.maxCacheTokens !== undefined ? { maxCacheTokens: opts.maxCacheTokens } : { targetCompressionRate: opts.rate ?? 4 };
     const modelPath = resolveModelPath(opts.model);
     const model = await loadModel(modelPath);
     const report = await runComparison(model, {
@@ -78,7 +89,9 @@ program
     const { full, compressed } = report;
     const budgetText = 'maxCacheTokens' in budget ? `${budget.maxCacheTokens} tokens/head` : `${budget.targetCompressionRate}x`;
     console.log(`model: ${modelPath} (${report.model.architecture}, ${report.model.layers} layers x ${report.model.kvHeads} kv-heads)`);
-    console.log(`prompt: ${report.promptTokens} tokens; generating ${opts.maxTokens}; policy ${opts.policy} at ${budgetText}, protected window ${opts.protectedWindow}\n`);
+    console.log(
+      `prompt: ${report.promptTokens} tokens; generating ${opts.maxTokens}; policy ${opts.policy} at ${budgetText}, protected window ${opts.protectedWindow}\n`,
+    );
     console.log(`--- full cache ---\n${full.text}\n`);
     console.log(`--- ${compressed.label} ---\n${compressed.text}\n`);
     const d = firstDifference(full.tokens, compressed.tokens);
@@ -90,11 +103,16 @@ program
     }
     console.log('\n| | full cache | ' + compressed.label + ' |');
     console.log('| --- | ---: | ---: |');
-    console.log(`| KV memory in use | ${formatBytes(full.kvBytes)} (${full.kvBytes} B) | ${formatBytes(compressed.kvBytes)} (${compressed.kvBytes} B) |`);
+    console.log(
+      `| KV memory in use | ${formatBytes(full.kvBytes)} (${full.kvBytes} B) | ${formatBytes(compressed.kvBytes)} (${compressed.kvBytes} B) |`,
+    );
     console.log(`| KV blocks in use | ${full.blocks} | ${compressed.blocks} |`);
     console.log(`| memory ratio | 1.00x | ${report.memoryRatio.toFixed(2)}x smaller |`);
     console.log(`| compression rounds | ${full.compressions} | ${compressed.compressions} |`);
     console.log(`| decode tokens/s | ${full.tokensPerSecond.toFixed(0)} | ${compressed.tokensPerSecond.toFixed(0)} |`);
+    console.log(
+      `\nThe budget applies to the tokens outside the protected window (${opts.protectedWindow}); between compression rounds (every ${opts.compressionInterval} steps) new tokens accumulate uncompressed.`,
+    );
     console.log(`\nblocks per head after ${compressed.label} (full cache: ${full.blocksPerHead[0]} each):`);
     console.log(formatHeadGrid(compressed.blocksPerHead, report.model.layers, report.model.kvHeads));
   });
@@ -141,11 +159,17 @@ program
     console.log(`${modelPath}`);
     console.log(`format        ${model.format}, ${model.tensors.size} tensors (${[...dtypes].map(([k, v]) => `${v} ${k}`).join(', ')})`);
     console.log(`architecture  ${c.architecture}, ${params.toLocaleString('en-US')} parameters`);
-    console.log(`shape         hidden ${c.hiddenSize}, ffn ${c.intermediateSize}, ${c.numLayers} layers, ${c.numHeads} heads / ${c.numKvHeads} kv-heads of ${c.headDim}`);
-    console.log(`context       ${c.maxContext}; RoPE theta ${c.ropeTheta}, ${c.ropeLayout}${c.ropeScaling ? `, ${c.ropeScaling.type} scaling` : ''}`);
+    console.log(
+      `shape         hidden ${c.hiddenSize}, ffn ${c.intermediateSize}, ${c.numLayers} layers, ${c.numHeads} heads / ${c.numKvHeads} kv-heads of ${c.headDim}`,
+    );
+    console.log(
+      `context       ${c.maxContext}; RoPE theta ${c.ropeTheta}, ${c.ropeLayout}${c.ropeScaling ? `, ${c.ropeScaling.type} scaling` : ''}`,
+    );
     console.log(`embeddings    ${c.tiedEmbeddings ? 'tied' : 'separate classifier'}; vocab ${c.vocabSize}; QKV bias ${c.attentionBias}`);
     if (info.tokenizer !== null) {
-      console.log(`tokenizer     ${info.tokenizer.vocabSize} tokens, BOS ${info.tokenizer.bos}, EOS ${info.tokenizer.eos.join(',')}, chat template: ${info.tokenizer.chatTemplate ? 'yes' : 'no'}`);
+      console.log(
+        `tokenizer     ${info.tokenizer.vocabSize} tokens, BOS ${info.tokenizer.bos}, EOS ${info.tokenizer.eos.join(',')}, chat template: ${info.tokenizer.chatTemplate ? 'yes' : 'no'}`,
+      );
     } else console.log('tokenizer     none');
     console.log(`KV per token  ${formatBytes(info.kvBytesPerToken.f16)} in f16, ${formatBytes(info.kvBytesPerToken.f32)} in f32`);
   });

@@ -1,3 +1,25 @@
+export type {
+  AttentionRows,
+  Backend,
+  DeviceBuffer,
+  DeviceWeight,
+  MetricRecording,
+  PagedCacheView,
+  RopeSettings,
+} from './backend.ts';
+export { ropeInverseFrequencies } from './backend.ts';
+export {
+  bf16ToF32,
+  bytesForTensor,
+  DTYPE_BLOCK,
+  dequantize,
+  dequantizeRows,
+  f16ArrayToF32,
+  f16ToF32,
+  f32ToF16,
+  quantizeQ4_0,
+  quantizeQ8_0,
+} from './dequant.ts';
 export {
   CapacityExceededError,
   DuplicatePolicyError,
@@ -12,20 +34,9 @@ export {
   UnknownSequenceError,
   UnsupportedModelError,
 } from './errors.ts';
+export type { ModelConfig, RopeLayout, RopeScaling, Tensor, TensorDtype } from './model.ts';
+export { elementCount, kvShapeOf, validateModelConfig } from './model.ts';
 export type { KvCacheShape, KvDtype } from './shape.ts';
 export { headCount, kvBytesPerToken, kvDtypeBytes, validateKvCacheShape } from './shape.ts';
 export { SlotMoveList } from './slot-moves.ts';
 export { assertFinite, assertInteger } from './validate.ts';
-export type { ModelConfig, RopeLayout, RopeScaling, Tensor, TensorDtype } from './model.ts';
-export { elementCount, kvShapeOf, validateModelConfig } from './model.ts';
-export type {
-  AttentionRows,
-  Backend,
-  DeviceBuffer,
-  DeviceWeight,
-  MetricRecording,
-  PagedCacheView,
-  RopeSettings,
-} from './backend.ts';
-export { ropeInverseFrequencies } from './backend.ts';
-export { dequantize, f16ToF32 } from './dequant.ts';

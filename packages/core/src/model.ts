@@ -79,9 +79,11 @@ export function validateModelConfig(c: ModelConfig): void {
   if (c.numHeads % c.numKvHeads !== 0) {
     throw new InvalidArgumentError(`numHeads (${c.numHeads}) must be a multiple of numKvHeads (${c.numKvHeads}).`);
   }
-  if (c.ropeDim > c.headDim || c.ropeDim % 2 !== 0) throw new InvalidArgumentError(`ropeDim ${c.ropeDim} must be even and <= headDim ${c.headDim}.`);
+  if (c.ropeDim > c.headDim || c.ropeDim % 2 !== 0)
+    throw new InvalidArgumentError(`ropeDim ${c.ropeDim} must be even and <= headDim ${c.headDim}.`);
   if (!(c.rmsNormEps > 0 && c.rmsNormEps < 1)) throw new InvalidArgumentError(`rmsNormEps must be in (0, 1), got ${c.rmsNormEps}.`);
-  if (!(c.ropeTheta > 0) || !Number.isFinite(c.ropeTheta)) throw new InvalidArgumentError(`ropeTheta must be positive, got ${c.ropeTheta}.`);
+  if (!(c.ropeTheta > 0) || !Number.isFinite(c.ropeTheta))
+    throw new InvalidArgumentError(`ropeTheta must be positive, got ${c.ropeTheta}.`);
 }
 
 /**

@@ -1,4 +1,4 @@
-import { SlotMoveList, ropeInverseFrequencies } from '@kvcompress/core';
+import { ropeInverseFrequencies, SlotMoveList } from '@kvcompress/core';
 import { PageAllocator } from '@kvcompress/page-allocator';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -69,7 +69,16 @@ describe('CpuBackend dense ops', () => {
       const pos = b.createBuffer(1, 'i32');
       b.write(pos, new Int32Array([3]));
       b.rope(x, pos, 1, 1, rope);
-      const pairs = layout === 'interleaved' ? [[0, 1], [2, 3]] : [[0, 2], [1, 3]];
+      const pairs =
+        layout === 'interleaved'
+          ? [
+              [0, 1],
+              [2, 3],
+            ]
+          : [
+              [0, 2],
+              [1, 3],
+            ];
       const out = (x as CpuBuffer).f32;
       pairs.forEach(([a, c], i) => {
         const angle = 3 * 10000 ** ((-2 * i) / 4);
@@ -116,7 +125,13 @@ describe('CpuBackend paged attention', () => {
           const heads = c.kvHeads * c.group;
           const d = c.headDim;
           const shape = { layers: 1, kvHeads: c.kvHeads, headDim: d, queryHeadsPerKvHead: c.group };
-          const a = new PageAllocator({ shape, numBlocks: c.kvHeads * Math.ceil(c.tokens / c.blockSize) + 2, blockSize: c.blockSize, maxSequences: 2, maxContext: c.tokens });
+          const a = new PageAllocator({
+            shape,
+            numBlocks: c.kvHeads * Math.ceil(c.tokens / c.blockSize) + 2,
+            blockSize: c.blockSize,
+            maxSequences: 2,
+            maxContext: c.tokens,
+          });
           const seq = a.addSequence();
           const slots = new Int32Array(c.kvHeads * c.tokens);
           a.appendTokens(seq, c.tokens, slots);
@@ -192,7 +207,9 @@ describe('CpuBackend paged attention', () => {
               if (r === 0) {
                 keys.forEach((t, j) => {
                   const prob = (e[j] as number) / sum;
-                  if (p - t >= c.metricBuffer) expectedMetric[g * c.tokens + t] += (c.square ? prob * prob : prob) * groupScale;
+                  if (p - t >= c.metricBuffer)
+                    expectedMetric[g * c.tokens + t] =
+                      (expectedMetric[g * c.tokens + t] as number) + (c.square ? prob * prob : prob) * groupScale;
                 });
               }
             }

@@ -1,20 +1,20 @@
 import {
   type AttentionRows,
+  assertInteger,
   type Backend,
   type DeviceBuffer,
   type DeviceWeight,
+  dequantize,
+  elementCount,
   InvalidArgumentError,
   type KvDtype,
   type MetricRecording,
   type PagedCacheView,
   type RopeSettings,
+  ropeInverseFrequencies,
   type SlotMoveList,
   type Tensor,
   UnsupportedModelError,
-  assertInteger,
-  dequantize,
-  elementCount,
-  ropeInverseFrequencies,
 } from '@kvcompress/core';
 
 /** A host buffer: the TypedArray itself. */

@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { OnnxDenseRunner, loadHfModel } from '@kvcompress/models';
+import { loadHfModel, OnnxDenseRunner } from '@kvcompress/models';
 import { describe, expect, it } from 'vitest';
 import { Engine } from './engine.ts';
 

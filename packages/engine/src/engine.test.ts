@@ -1,13 +1,18 @@
 import { readFileSync } from 'node:fs';
 import { InvalidArgumentError } from '@kvcompress/core';
-import { type LoadedModel, loadLlama2cModel } from '@kvcompress/models';
+import { type LoadedModel, loadLlama2cModel, loadModel } from '@kvcompress/models';
 import { hasShared, sharedPath } from '@kvcompress/test-support';
 import { describe, expect, it } from 'vitest';
 import { type DoneEvent, Engine, type EngineOptions } from './engine.ts';
 
 const STORIES = 'models/stories260K/stories260K.bin';
 const REFERENCE = 'models/stories260K/reference_greedy.json';
-const haveStories = hasShared(STORIES, REFERENCE);
+const haveStories = hasShared(
+  STORIES,
+  REFERENCE,
+  'models/stories260K/stories260K.gguf',
+  'data/tinystories-valid/TinyStories-valid-first1000.txt',
+);
 
 function stories(): LoadedModel {
   return loadLlama2cModel(new Uint8Array(readFileSync(sharedPath(STORIES))));
@@ -30,6 +35,39 @@ describe.skipIf(!haveStories)('engine on stories260K (CPU)', () => {
     expect(done.tokens).toEqual(referenceIds());
     expect(engine.allocator.usedBlocks).toBe(0); // the sequence's blocks went back
   });
+
+  it('reproduces it from the GGUF copy too (llama.cpp layout, embedded vocabulary)', async () => {
+    const model = await loadModel(sharedPath('models/stories260K/stories260K.gguf'));
+    expect(model.format).toBe('gguf');
+    const done = await greedy(new Engine({ model, maxSequences: 1 }), [1], 256);
+    expect(done.tokens).toEqual(referenceIds());
+    const text = (JSON.parse(readFileSync(sharedPath(REFERENCE), 'utf8')) as { text: string }).text;
+    expect(model.tokenizer?.decode(done.tokens)).toBe(text);
+  });
+
+  it('teacher-forced loss on the first 200 TinyStories validation stories is within 1% of 1.283 nats/token', async () => {
+    const model = await loadModel(sharedPath(STORIES));
+    const tokenizer = model.tokenizer;
+    if (tokenizer === null) throw new Error('stories260K has tok512.bin beside it');
+    const text = readFileSync(sharedPath('data/tinystories-valid/TinyStories-valid-first1000.txt'), 'utf8');
+    const stories = text
+      .split('<|endoftext|>')
+      .map((s) => s.trim())
+      .filter((s) => s.length > 0)
+      .slice(0, 200);
+    expect(stories).toHaveLength(200);
+    const engine = new Engine({ model, maxSequences: 1, prefillChunk: 512 });
+    let total = 0;
+    let count = 0;
+    for (const story of stories) {
+      const nll = await engine.scoreTokens(tokenizer.encode(story, { addBos: true }).slice(0, 512));
+      for (const v of nll) total += v;
+      count += nll.length;
+    }
+    const mean = total / count;
+    expect(count).toBe(68476);
+    expect(Math.abs(mean - 1.283) / 1.283).toBeLessThan(0.01);
+  }, 180_000);
 
   it('decodes several sequences together with the same greedy tokens as one at a time', async () => {
     const model = stories();

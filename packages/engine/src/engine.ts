@@ -1,29 +1,29 @@
 import {
+  assertInteger,
   type Backend,
   InvalidArgumentError,
   type KvDtype,
+  kvShapeOf,
   type MetricRecording,
   OutOfBlocksError,
-  SlotMoveList,
-  assertInteger,
-  kvShapeOf,
+  type SlotMoveList,
 } from '@kvcompress/core';
 import { CpuBackend } from '@kvcompress/cpu';
 import {
   type Budget,
+  blocksForNextStep,
   type CompressionOutcome,
   type CompressionReason,
   CompressionScheduler,
   Compressor,
   type EvictionPolicy,
-  blocksForNextStep,
   getPolicy,
   nonePolicy,
 } from '@kvcompress/eviction';
 import { AttentionScorer, MetricStore, type Scorer } from '@kvcompress/metrics';
-import { type ForwardStep, LlamaModel, type LoadedModel, type Tokenizer } from '@kvcompress/models';
+import { LlamaModel, type LoadedModel, type Tokenizer } from '@kvcompress/models';
 import { PageAllocator } from '@kvcompress/page-allocator';
-import { type ResolvedSampling, Rng, Sampler, type SamplingOptions, resolveSampling } from './sampling.ts';
+import { type ResolvedSampling, Rng, resolveSampling, Sampler, type SamplingOptions } from './sampling.ts';
 
 export interface EngineOptions {
   readonly model: LoadedModel;

@@ -9,6 +9,6 @@ export type {
   StepStats,
   TokenEvent,
 } from './engine.ts';
-export { Engine, createEngine, negativeLogLikelihood } from './engine.ts';
+export { createEngine, Engine, negativeLogLikelihood } from './engine.ts';
 export type { ResolvedSampling, SamplingOptions } from './sampling.ts';
-export { Rng, Sampler, argmax, resolveSampling } from './sampling.ts';
+export { argmax, Rng, resolveSampling, Sampler } from './sampling.ts';

@@ -1,5 +1,6 @@
 import {
   type AttentionRows,
+  assertInteger,
   type Backend,
   type DeviceBuffer,
   type DeviceWeight,
@@ -10,7 +11,6 @@ import {
   type PagedCacheView,
   type RopeSettings,
   UnsupportedModelError,
-  assertInteger,
 } from '@kvcompress/core';
 import type { LoadedModel } from './types.ts';
 
@@ -98,7 +98,9 @@ export class LlamaModel {
   constructor(model: LoadedModel, backend: Backend, options: { maxRows?: number } = {}) {
     const c = model.config;
     if (!LLAMA_FAMILY.includes(c.architecture)) {
-      throw new UnsupportedModelError(`Architecture "${c.architecture}" is not supported; the Llama-family adapter runs ${LLAMA_FAMILY.join(', ')}.`);
+      throw new UnsupportedModelError(
+        `Architecture "${c.architecture}" is not supported; the Llama-family adapter runs ${LLAMA_FAMILY.join(', ')}.`,
+      );
     }
     this.config = c;
     this.backend = backend;

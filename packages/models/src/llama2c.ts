@@ -26,7 +26,9 @@ function readHeader(bytes: Uint8Array): Header {
     if (bytes.byteLength < 256) throw new ModelFormatError('A llama2.c v1/v2 file needs a 256-byte header.');
     const version = view.getInt32(4, true);
     if (version === 2) {
-      throw new UnsupportedModelError('llama2.c version 2 files (int8 group-quantised) are not supported; export with version 1 (fp32) or use GGUF.');
+      throw new UnsupportedModelError(
+        'llama2.c version 2 files (int8 group-quantised) are not supported; export with version 1 (fp32) or use GGUF.',
+      );
     }
     if (version !== 1) throw new ModelFormatError(`Unknown llama2.c file version ${version} after the "ak42" magic.`);
     const p = (i: number) => view.getInt32(8 + 4 * i, true);
@@ -78,7 +80,8 @@ export function loadLlama2cModel(bytes: Uint8Array, options: { tokenizer?: Token
     ['seq_len', h.seqLen],
   ];
   for (const [name, v] of dims) {
-    if (!Number.isInteger(v) || v < 1 || v > 1 << 20) throw new ModelFormatError(`llama2.c header field ${name} = ${v} is not a plausible size.`);
+    if (!Number.isInteger(v) || v < 1 || v > 1 << 20)
+      throw new ModelFormatError(`llama2.c header field ${name} = ${v} is not a plausible size.`);
   }
   if (h.dim % h.heads !== 0) throw new ModelFormatError(`dim ${h.dim} is not a multiple of n_heads ${h.heads}.`);
   if (h.heads % h.kvHeads !== 0) throw new ModelFormatError(`n_heads ${h.heads} is not a multiple of n_kv_heads ${h.kvHeads}.`);
