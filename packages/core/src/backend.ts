@@ -114,8 +114,21 @@ export interface Backend {
     metrics?: MetricRecording,
   ): void;
 
-  /** Executes cache moves (K and V; positions and metrics are the allocator's and store's). */
+  /**
+   * Executes cache moves on K and V (and on the device metric store, for backends with
+   * `deviceMetrics`; positions are the allocator's, host metrics the MetricStore's).
+   */
   executeMoves(moves: SlotMoveList): void;
+
+  /**
+   * True for backends that keep the per-slot metric on the device (WebGPU): attention records
+   * into it instead of `MetricRecording.values`, and the engine syncs it with the host store
+   * through the two methods below before planning a compression.
+   */
+  readonly deviceMetrics?: boolean;
+  downloadMetrics?(out: Float32Array): Promise<void>;
+  /** metrics[slots[i]] = values[i] for i < count. */
+  uploadMetrics?(slots: Int32Array, values: Float32Array, count: number): void;
 }
 
 /** What RoPE needs to know. */

@@ -185,6 +185,9 @@ export class Engine {
     logitCount: number;
   };
   readonly #finishScratch: Float32Array;
+  /** Slots and initial metrics to send to a backend that keeps metrics on the device. */
+  readonly #uploadSlots: Int32Array;
+  readonly #uploadValues: Float32Array;
 
   /** Serialises forward passes: the step scratch is shared by generation and forwardLogits. */
   #lock: Promise<void> = Promise.resolve();
@@ -294,6 +297,8 @@ export class Engine {
       logitCount: 0,
     };
     this.#finishScratch = new Float32Array(this.maxContext);
+    this.#uploadSlots = new Int32Array(Math.max(this.#units * maxRows, this.maxContext));
+    this.#uploadValues = new Float32Array(Math.max(this.#units * maxRows, this.maxContext));
   }
 
   // ---------------------------------------------------------------------------------------
@@ -463,8 +468,8 @@ export class Engine {
             await this.#admit();
             if (this.#running.length > 0) await this.#decodeStep();
           });
-          // Let consumers run between steps.
-          await new Promise<void>((resolve) => setImmediate(resolve));
+          // Let consumers and I/O run between steps.
+          await yieldToEventLoop();
         }
       } catch (error) {
         // A bug or a backend failure: end every request with the error rather than hang.
@@ -488,7 +493,7 @@ export class Engine {
         continue;
       }
       const needed = this.#units * Math.ceil(r.promptIds.length / this.allocator.blockSize);
-      if (needed > this.allocator.freeBlocks) this.#relievePressure(needed);
+      if (needed > this.allocator.freeBlocks) await this.#relievePressure(needed);
       if (needed > this.allocator.freeBlocks) {
         if (this.#running.length > 0) return; // wait for running sequences to finish
         this.#waiting.shift();
@@ -518,10 +523,10 @@ export class Engine {
       this.model.forward(this.#step, this.allocator, this.#recording ?? undefined);
       if (last) await this.backend.read(this.model.logits, this.#logits.subarray(0, vocab));
     }
-    this.#finishPrefillMetrics(seq, ids.length, window);
+    await this.#finishPrefillMetrics(seq, ids.length, window);
     this.#stats.prefillTokens += ids.length;
     this.#running.push(r);
-    if (this.compressor !== null && this.scheduler.afterPrefill(seq) !== null) this.#compress(r, 'prefill');
+    if (this.compressor !== null && this.scheduler.afterPrefill(seq) !== null) await this.#compress(r, 'prefill');
     const ms = performance.now() - t0;
     r.prefillMs += ms;
     this.#stats.prefillMs += ms;
@@ -536,11 +541,11 @@ export class Engine {
     for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
     for (const r of this.#running) {
       const reason = this.scheduler.beforeDecodeStep(r.sequence, this.allocator.freeBlocks, needed);
-      if (reason === 'interval' && this.compressor !== null) this.#compress(r, reason);
+      if (reason === 'interval' && this.compressor !== null) await this.#compress(r, reason);
     }
     needed = 0;
     for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
-    if (needed > this.allocator.freeBlocks) this.#relievePressure(needed);
+    if (needed > this.allocator.freeBlocks) await this.#relievePressure(needed);
     while (this.#running.length > 0) {
       needed = 0;
       for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
@@ -564,9 +569,13 @@ export class Engine {
       for (let u = 0; u < units; u++) {
         const slot = this.#seqSlots[u] as number;
         this.#slots[u * rows + i] = slot;
-        this.metrics.values[slot] = this.scorer.initialMetric(undefined, 0, 0, position);
+        const value = this.scorer.initialMetric(undefined, 0, 0, position);
+        this.metrics.values[slot] = value;
+        this.#uploadSlots[i * units + u] = slot;
+        this.#uploadValues[i * units + u] = value;
       }
     }
+    if (this.backend.deviceMetrics === true) this.backend.uploadMetrics?.(this.#uploadSlots, this.#uploadValues, rows * units);
     this.#step.rows = rows;
     this.#step.logitCount = rows;
     this.model.forward(this.#step, this.allocator, this.#recording ?? undefined);
@@ -585,7 +594,7 @@ export class Engine {
   }
 
   /** Compresses running sequences, fullest first, until `needed` blocks are free. */
-  #relievePressure(needed: number): void {
+  async #relievePressure(needed: number): Promise<void> {
     if (this.compressor === null) return;
     const byBlocks = [...this.#running].sort(
       (a, b) => this.allocator.sequenceBlocks(b.sequence) - this.allocator.sequenceBlocks(a.sequence),
@@ -593,7 +602,7 @@ export class Engine {
     for (const r of byBlocks) {
       if (needed <= this.allocator.freeBlocks) return;
       if (this.scheduler.compressOnce) return;
-      this.#compress(r, 'memory-pressure');
+      await this.#compress(r, 'memory-pressure');
     }
   }
 
@@ -610,9 +619,10 @@ export class Engine {
     this.#waiting.unshift(r);
   }
 
-  #compress(r: Request, reason: CompressionReason): void {
+  async #compress(r: Request, reason: CompressionReason): Promise<void> {
     const compressor = this.compressor;
     if (compressor === null) return;
+    if (this.backend.deviceMetrics === true) await this.backend.downloadMetrics?.(this.metrics.values);
     const outcome = compressor.compress(r.sequence, this.#moves);
     this.backend.executeMoves(this.#moves);
     this.#moves.clear();
@@ -711,8 +721,11 @@ export class Engine {
     this.#slots.set(this.#seqSlots.subarray(0, this.#units * n));
     for (let u = 0; u < this.#units * n; u++) {
       const slot = this.#seqSlots[u] as number;
-      this.metrics.values[slot] = this.scorer.initialMetric(undefined, 0, 0, position0 + (u % n));
+      const value = this.scorer.initialMetric(undefined, 0, 0, position0 + (u % n));
+      this.metrics.values[slot] = value;
+      this.#uploadValues[u] = value;
     }
+    if (this.backend.deviceMetrics === true) this.backend.uploadMetrics?.(this.#seqSlots, this.#uploadValues, this.#units * n);
     this.#step.rows = n;
   }
 
@@ -725,9 +738,11 @@ export class Engine {
   }
 
   /** Average/pooling of the prefill metrics per head, for scorers that need it (SnapKV). */
-  #finishPrefillMetrics(seq: number, keyCount: number, window: number): void {
+  async #finishPrefillMetrics(seq: number, keyCount: number, window: number): Promise<void> {
     const scorer = this.scorer;
     if (this.#recording === null || !(scorer instanceof AttentionScorer) || !scorer.needsPrefillFinish) return;
+    const device = this.backend.deviceMetrics === true;
+    if (device) await this.backend.downloadMetrics?.(this.metrics.values);
     const { layers, kvHeads } = this.allocator.shape;
     const buf = this.#finishScratch;
     for (let l = 0; l < layers; l++) {
@@ -735,10 +750,33 @@ export class Engine {
         // A fresh sequence holds its prompt in position order: logical index = position.
         for (let i = 0; i < keyCount; i++) buf[i] = this.metrics.values[this.allocator.slot(seq, l, h, i)] as number;
         scorer.finishPrefillHead(buf, 0, keyCount, window);
-        for (let i = 0; i < keyCount; i++) this.metrics.values[this.allocator.slot(seq, l, h, i)] = buf[i] as number;
+        for (let i = 0; i < keyCount; i++) {
+          const slot = this.allocator.slot(seq, l, h, i);
+          this.metrics.values[slot] = buf[i] as number;
+          if (device) {
+            this.#uploadSlots[i] = slot;
+            this.#uploadValues[i] = buf[i] as number;
+          }
+        }
+        if (device) this.backend.uploadMetrics?.(this.#uploadSlots, this.#uploadValues, keyCount);
       }
     }
   }
+}
+
+/** Resolves after pending I/O and timers had a turn: setImmediate in Node, a message in browsers. */
+function yieldToEventLoop(): Promise<void> {
+  const g = globalThis as { setImmediate?: (f: () => void) => void };
+  if (g.setImmediate !== undefined) return new Promise((resolve) => g.setImmediate?.(resolve));
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    const port = channel.port1 as unknown as { onmessage: (() => void) | null; close(): void };
+    port.onmessage = () => {
+      port.close();
+      resolve();
+    };
+    channel.port2.postMessage(null);
+  });
 }
 
 /** -log softmax(logits)[target], computed stably in float64. */

@@ -1,8 +1,7 @@
-import { readdir, readFile, stat } from 'node:fs/promises';
-import path from 'node:path';
+// Node.js only: file system access is imported lazily so the package stays browser-safe.
 import { ModelFormatError } from '@kvcompress/core';
 import { loadGgufModel } from './gguf-model.ts';
-import { loadHfModel } from './hf/load.ts';
+import { loadHfModel, readWholeFile } from './hf/load.ts';
 import { loadLlama2cModel } from './llama2c.ts';
 import { readLlama2cTokenizer } from './spm-tokenizer.ts';
 import type { LoadedModel } from './types.ts';
@@ -10,8 +9,12 @@ import type { LoadedModel } from './types.ts';
 const GGUF_MAGIC = 0x46554747; // "GGUF" little-endian
 
 async function readBytes(file: string): Promise<Uint8Array> {
-  const buf = await readFile(file);
-  return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+  try {
+    return await readWholeFile(file);
+  } catch (error) {
+    if (error instanceof ModelFormatError) throw error;
+    throw new ModelFormatError(`Cannot read ${file}: ${(error as Error).message}`);
+  }
 }
 
 /**
@@ -23,6 +26,8 @@ async function readBytes(file: string): Promise<Uint8Array> {
  *   it), or a folder holding one.
  */
 export async function loadModel(target: string, options: { tokenizerPath?: string } = {}): Promise<LoadedModel> {
+  const { readdir, stat } = await import('node:fs/promises');
+  const path = await import('node:path');
   let info: Awaited<ReturnType<typeof stat>>;
   try {
     info = await stat(target);
@@ -45,7 +50,7 @@ export async function loadModel(target: string, options: { tokenizerPath?: strin
   if (bytes.byteLength >= 4 && new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true) === GGUF_MAGIC) return loadGgufModel(bytes);
   // Otherwise a llama2.c checkpoint; its tokenizer sits beside it.
   const model = loadLlama2cModel(bytes);
-  const tokenizerFile = options.tokenizerPath ?? (await findLlama2cTokenizer(path.dirname(target)));
+  const tokenizerFile = options.tokenizerPath ?? (await findLlama2cTokenizer(path.dirname(target), readdir, path.join));
   if (tokenizerFile === null) return model;
   const tokenizer = readLlama2cTokenizer(await readBytes(tokenizerFile), model.config.vocabSize);
   return { ...model, tokenizer, metadata: { ...model.metadata, tokenizer: path.basename(tokenizerFile) } };
@@ -55,7 +60,11 @@ function isTokenizerName(name: string): boolean {
   return name === 'tokenizer.bin' || /^tok\d*\.bin$/.test(name) || name.endsWith('_tok.bin');
 }
 
-async function findLlama2cTokenizer(dir: string): Promise<string | null> {
+async function findLlama2cTokenizer(
+  dir: string,
+  readdir: (d: string) => Promise<string[]>,
+  join: (...parts: string[]) => string,
+): Promise<string | null> {
   const names = (await readdir(dir)).filter(isTokenizerName).sort();
-  return names.length > 0 ? path.join(dir, names[0] as string) : null;
+  return names.length > 0 ? join(dir, names[0] as string) : null;
 }

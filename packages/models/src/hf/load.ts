@@ -220,7 +220,7 @@ export async function loadHfModelFromFiles(files: ReadonlyMap<string, Uint8Array
 }
 
 /** Reads a whole file into one Uint8Array (fs.readFile stops at 2 GiB; shards are often larger). */
-async function readWholeFile(path: string): Promise<Uint8Array> {
+export async function readWholeFile(path: string): Promise<Uint8Array> {
   const { open } = await import('node:fs/promises');
   const handle = await open(path, 'r');
   try {

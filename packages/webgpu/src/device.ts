@@ -1,0 +1,50 @@
+/// <reference types="@webgpu/types" />
+import { KvCompressError } from '@kvcompress/core';
+
+/** No WebGPU adapter: no navigator.gpu, or Dawn found no usable GPU/driver. */
+export class WebGpuUnavailableError extends KvCompressError {
+  constructor(detail: string) {
+    super(
+      'WEBGPU_UNAVAILABLE',
+      `WebGPU is not available: ${detail}. In a browser, use one with WebGPU enabled; in Node.js, install the "webgpu" package and a Vulkan driver (for CPU-only machines, SwiftShader: set VK_ICD_FILENAMES to vk_swiftshader_icd.json).`,
+    );
+  }
+}
+
+/** The GPU entry point: navigator.gpu in browsers, Dawn (the `webgpu` npm package) in Node.js. */
+async function gpu(): Promise<GPU> {
+  const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
+  if (nav?.gpu !== undefined) return nav.gpu;
+  let dawn: { create: (flags: string[]) => GPU; globals: Record<string, unknown> };
+  try {
+    dawn = (await import('webgpu')) as unknown as typeof dawn;
+  } catch (error) {
+    throw new WebGpuUnavailableError(`navigator.gpu is missing and the "webgpu" package could not be loaded (${(error as Error).message})`);
+  }
+  // GPUBufferUsage, GPUMapMode and friends, which browsers define globally.
+  Object.assign(globalThis, dawn.globals);
+  return dawn.create([]);
+}
+
+export interface DeviceOptions {
+  readonly powerPreference?: GPUPowerPreference;
+}
+
+/**
+ * Requests an adapter and a device with the adapter's larger storage and workgroup limits
+ * (the defaults cap a storage binding at 128 MiB).
+ */
+export async function requestWebGpuDevice(options: DeviceOptions = {}): Promise<GPUDevice> {
+  const entry = await gpu();
+  const adapter = await entry.requestAdapter({ powerPreference: options.powerPreference ?? 'high-performance' });
+  if (adapter === null) throw new WebGpuUnavailableError('requestAdapter() returned null');
+  const L = adapter.limits;
+  return adapter.requestDevice({
+    requiredLimits: {
+      maxStorageBufferBindingSize: L.maxStorageBufferBindingSize,
+      maxBufferSize: L.maxBufferSize,
+      maxComputeWorkgroupStorageSize: L.maxComputeWorkgroupStorageSize,
+      maxStorageBuffersPerShaderStage: Math.min(L.maxStorageBuffersPerShaderStage, 16),
+    },
+  });
+}

@@ -1,0 +1,688 @@
+/// <reference types="@webgpu/types" />
+import {
+  type AttentionRows,
+  assertInteger,
+  type Backend,
+  type DeviceBuffer,
+  type DeviceWeight,
+  dequantize,
+  elementCount,
+  f32ToF16,
+  InvalidArgumentError,
+  KvCompressError,
+  type KvDtype,
+  type MetricRecording,
+  type PagedCacheView,
+  type RopeSettings,
+  ropeInverseFrequencies,
+  type SlotMoveList,
+  type Tensor,
+  UnsupportedModelError,
+} from '@kvcompress/core';
+import {
+  ATTENTION_TILE,
+  appendKvKernel,
+  attentionKernel,
+  elementwiseKernel,
+  embedKernel,
+  gatherRowsKernel,
+  type KernelSource,
+  MATMUL_ROWS,
+  matmulKernel,
+  metricKernel,
+  movesKernel,
+  rmsNormKernel,
+  ropeKernel,
+  type StoreType,
+  scatterKernel,
+} from './kernels.ts';
+
+/** The device was lost (driver reset, tab backgrounded, GPU removed). Create a new backend. */
+export class DeviceLostError extends KvCompressError {
+  constructor(reason: string) {
+    super('DEVICE_LOST', `The WebGPU device was lost (${reason}). Create a new engine; the old one cannot run again.`);
+  }
+}
+
+let nextBufferId = 1;
+
+export class GpuBuffer implements DeviceBuffer {
+  readonly id = nextBufferId++;
+  readonly buffer: GPUBuffer;
+  readonly length: number;
+  readonly kind: 'f32' | 'i32';
+  /** Host copy of what was last written, for i32 buffers (row metadata the backend plans with). */
+  readonly host: Int32Array | null;
+
+  constructor(buffer: GPUBuffer, length: number, kind: 'f32' | 'i32') {
+    this.buffer = buffer;
+    this.length = length;
+    this.kind = kind;
+    this.host = kind === 'i32' ? new Int32Array(length) : null;
+  }
+}
+
+export class GpuWeight implements DeviceWeight {
+  readonly id = nextBufferId++;
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly buffer: GPUBuffer;
+  readonly store: StoreType;
+  readonly rows: number;
+  readonly cols: number;
+
+  constructor(name: string, shape: readonly number[], buffer: GPUBuffer, store: StoreType) {
+    this.name = name;
+    this.shape = shape;
+    this.buffer = buffer;
+    this.store = store;
+    this.cols = shape[shape.length - 1] ?? 1;
+    this.rows = elementCount(shape) / this.cols;
+  }
+}
+
+export interface WebGpuBackendOptions {
+  /**
+   * How matrices are stored on the device: 'f32', or 'f16' packed two per u32 (half the
+   * memory and bandwidth). Default: 'f16' for tensors stored as f16/bf16/quantised, else 'f32'.
+   */
+  readonly weightStore?: 'f32' | 'f16' | 'auto';
+}
+
+const UNIFORM_SLOT = 256; // minUniformBufferOffsetAlignment
+const UNIFORM_SLOTS = 4096;
+
+interface Pipeline {
+  readonly pipeline: GPUComputePipeline;
+  readonly layout: GPUBindGroupLayout;
+  readonly source: KernelSource;
+}
+
+/**
+ * The WebGPU Backend. Buffers are created once per engine (activations by the model adapter,
+ * the KV pool and metric store by `createKvCache`); a step only writes small uniforms into a
+ * ring and records dispatches into one command encoder, submitted when the host reads.
+ * Bind groups are cached per (pipeline, buffers), so steady-state steps create no GPU objects.
+ */
+export class WebGpuBackend implements Backend {
+  readonly name = 'webgpu';
+  readonly device: GPUDevice;
+  readonly deviceMetrics = true;
+  readonly weightStore: 'f32' | 'f16' | 'auto';
+  #lost: string | null = null;
+  #pipelines = new Map<string, Pipeline>();
+  #bindGroups = new Map<string, GPUBindGroup>();
+  #uniforms: GPUBuffer;
+  #uniformSlot = 0;
+  #uniformScratch = new ArrayBuffer(48);
+  #u32 = new Uint32Array(this.#uniformScratch);
+  #f32 = new Float32Array(this.#uniformScratch);
+  #i32 = new Int32Array(this.#uniformScratch);
+  #encoder: GPUCommandEncoder | null = null;
+  #pass: GPUComputePassEncoder | null = null;
+  #staging = new Map<number, GPUBuffer>();
+  // KV pool and metrics.
+  #k: GPUBuffer | null = null;
+  #v: GPUBuffer | null = null;
+  #metrics: GPUBuffer | null = null;
+  #kvStore: StoreType = 'f32';
+  #headDim = 0;
+  #numSlots = 0;
+  // Cache tables mirrored on the device, uploaded before each attention that needs them.
+  #tables: GpuBuffer | null = null;
+  #lengths: GpuBuffer | null = null;
+  #slotPos: GpuBuffer | null = null;
+  #tablesVersion = -1;
+  #rope = new Map<RopeSettings, { cos: GpuBuffer; sin: GpuBuffer; positions: number }>();
+
+  constructor(device: GPUDevice, options: WebGpuBackendOptions = {}) {
+    this.device = device;
+    this.weightStore = options.weightStore ?? 'auto';
+    void device.lost.then((info) => {
+      this.#lost = info.message || info.reason || 'unknown reason';
+    });
+    this.#uniforms = device.createBuffer({ size: UNIFORM_SLOT * UNIFORM_SLOTS, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Buffers
+
+  uploadWeight(tensor: Tensor): DeviceWeight {
+    this.#checkAlive();
+    const n = elementCount(tensor.shape);
+    const isVector = tensor.shape.length === 1;
+    const wantF16 = !isVector && n % 2 === 0 && (this.weightStore === 'f16' || (this.weightStore === 'auto' && tensor.dtype !== 'f32'));
+    const values = dequantize(tensor, new Float32Array(n));
+    let data: Uint32Array | Float32Array;
+    if (wantF16) {
+      const packed = new Uint32Array(n / 2);
+      for (let i = 0; i < n / 2; i++) packed[i] = f32ToF16(values[2 * i] as number) | (f32ToF16(values[2 * i + 1] as number) << 16);
+      data = packed;
+    } else data = values;
+    const buffer = this.device.createBuffer({
+      size: Math.max(4, data.byteLength),
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      label: tensor.name,
+    });
+    this.device.queue.writeBuffer(buffer, 0, data);
+    return new GpuWeight(tensor.name, tensor.shape, buffer, wantF16 ? 'f16' : 'f32');
+  }
+
+  createBuffer(length: number, kind: 'f32' | 'i32' = 'f32'): DeviceBuffer {
+    this.#checkAlive();
+    assertInteger('buffer length', length, 0);
+    const buffer = this.device.createBuffer({
+      size: Math.max(16, length * 4),
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+    });
+    return new GpuBuffer(buffer, length, kind);
+  }
+
+  write(buffer: DeviceBuffer, data: Float32Array | Int32Array, offset = 0): void {
+    const b = buffer as GpuBuffer;
+    if (offset < 0 || offset + data.length > b.length) throw new InvalidArgumentError('write out of range');
+    // Commands already recorded may still read the old contents: submit them first.
+    this.flush();
+    if (data.length > 0) this.device.queue.writeBuffer(b.buffer, offset * 4, data.buffer, data.byteOffset, data.byteLength);
+    if (b.host !== null) b.host.set(data as Int32Array, offset);
+  }
+
+  async read(buffer: DeviceBuffer, out: Float32Array | Int32Array, offset = 0): Promise<void> {
+    const b = buffer as GpuBuffer;
+    if (offset < 0 || offset + out.length > b.length) throw new InvalidArgumentError('read out of range');
+    await this.#readGpu(b.buffer, offset * 4, out);
+  }
+
+  async #readGpu(src: GPUBuffer, byteOffset: number, out: Float32Array | Int32Array): Promise<void> {
+    this.#checkAlive();
+    const bytes = out.byteLength;
+    if (bytes === 0) return;
+    const size = Math.max(256, 2 ** Math.ceil(Math.log2(bytes)));
+    let staging = this.#staging.get(size);
+    if (staging === undefined) {
+      staging = this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+      this.#staging.set(size, staging);
+    }
+    this.#endPass();
+    const encoder = this.#encoder ?? this.device.createCommandEncoder();
+    this.#encoder = null;
+    encoder.copyBufferToBuffer(src, byteOffset, staging, 0, bytes);
+    this.device.queue.submit([encoder.finish()]);
+    this.#uniformSlot = 0;
+    await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+    this.#checkAlive();
+    const view = staging.getMappedRange(0, bytes);
+    if (out instanceof Float32Array) out.set(new Float32Array(view));
+    else out.set(new Int32Array(view));
+    staging.unmap();
+  }
+
+  /** Submits everything recorded so far. */
+  flush(): void {
+    if (this.#encoder === null) return;
+    this.#endPass();
+    this.device.queue.submit([this.#encoder.finish()]);
+    this.#encoder = null;
+    this.#uniformSlot = 0;
+  }
+
+  createKvCache(numSlots: number, headDim: number, dtype: KvDtype): void {
+    this.#checkAlive();
+    assertInteger('numSlots', numSlots, 1);
+    assertInteger('headDim', headDim, 1);
+    if (dtype === 'f16' && headDim % 2 !== 0) throw new UnsupportedModelError('An f16 KV cache needs an even head dimension.');
+    this.#kvStore = dtype === 'f16' ? 'f16' : 'f32';
+    const bytes = numSlots * headDim * (dtype === 'f16' ? 2 : 4);
+    const maxBinding = this.device.limits.maxStorageBufferBindingSize;
+    if (bytes > maxBinding) {
+      throw new InvalidArgumentError(
+        `The KV pool needs ${bytes} bytes per K or V buffer but this device binds at most ${maxBinding}; use fewer blocks or an f16 cache.`,
+      );
+    }
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+    this.#k?.destroy();
+    this.#v?.destroy();
+    this.#metrics?.destroy();
+    this.#k = this.device.createBuffer({ size: Math.max(16, bytes), usage, label: 'K' });
+    this.#v = this.device.createBuffer({ size: Math.max(16, bytes), usage, label: 'V' });
+    this.#metrics = this.device.createBuffer({ size: Math.max(16, numSlots * 4), usage, label: 'metrics' });
+    this.#headDim = headDim;
+    this.#numSlots = numSlots;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Dense ops
+
+  embed(out: DeviceBuffer, table: DeviceWeight, tokens: DeviceBuffer, rows: number): void {
+    const t = table as GpuWeight;
+    const o = out as GpuBuffer;
+    const n = rows * t.cols;
+    this.#dispatch(embedKernel(t.store), [rows, t.cols, t.rows, 0], [o.buffer, t.buffer, (tokens as GpuBuffer).buffer], n);
+  }
+
+  rmsNorm(out: DeviceBuffer, x: DeviceBuffer, weight: DeviceWeight, rows: number, dim: number, eps: number): void {
+    this.#u32[2] = 0;
+    this.#setUniform([rows, dim]);
+    this.#f32[2] = eps;
+    this.#dispatchRaw(rmsNormKernel(), [(out as GpuBuffer).buffer, (x as GpuBuffer).buffer, (weight as GpuWeight).buffer], rows, 1);
+  }
+
+  matmul(out: DeviceBuffer, x: DeviceBuffer, w: DeviceWeight, rows: number, bias?: DeviceWeight): void {
+    const wt = w as GpuWeight;
+    const tiles = Math.ceil(rows / MATMUL_ROWS);
+    const total = wt.rows * tiles;
+    const buffers = [(out as GpuBuffer).buffer, (x as GpuBuffer).buffer, wt.buffer];
+    if (bias !== undefined) buffers.push((bias as GpuWeight).buffer);
+    this.#setUniform([rows, wt.cols, wt.rows, total]);
+    const [gx, gy] = grid(total);
+    this.#dispatchRaw(matmulKernel(wt.store, bias !== undefined), buffers, gx, gy);
+  }
+
+  rope(x: DeviceBuffer, positions: DeviceBuffer, rows: number, heads: number, rope: RopeSettings): void {
+    const pos = positions as GpuBuffer;
+    let maxPos = 0;
+    const host = pos.host as Int32Array;
+    for (let r = 0; r < rows; r++) maxPos = Math.max(maxPos, host[r] as number);
+    const table = this.#ropeTable(rope, maxPos + 1);
+    const half = rope.ropeDim / 2;
+    this.#dispatch(
+      ropeKernel(rope.layout === 'interleaved'),
+      [rows, heads, rope.headDim, half],
+      [(x as GpuBuffer).buffer, pos.buffer, table.cos.buffer, table.sin.buffer],
+      rows * heads * half,
+    );
+  }
+
+  siluMul(out: DeviceBuffer, gate: DeviceBuffer, up: DeviceBuffer, n: number): void {
+    this.#elementwise('silu-mul', out as GpuBuffer, gate as GpuBuffer, up as GpuBuffer, n);
+  }
+
+  add(out: DeviceBuffer, a: DeviceBuffer, b: DeviceBuffer, n: number): void {
+    this.#elementwise('add', out as GpuBuffer, a as GpuBuffer, b as GpuBuffer, n);
+  }
+
+  /** out may alias a (the adapter updates in place); b must not alias out. */
+  #elementwise(op: 'add' | 'silu-mul', out: GpuBuffer, a: GpuBuffer, b: GpuBuffer, n: number): void {
+    if (b === out) throw new InvalidArgumentError(`${op}: the second operand may not be the output.`);
+    const inPlace = out === a;
+    const buffers = inPlace ? [out.buffer, b.buffer] : [out.buffer, a.buffer, b.buffer];
+    this.#dispatch(elementwiseKernel(op, inPlace), [n, 0, 0, 0], buffers, n);
+  }
+
+  gatherRows(out: DeviceBuffer, x: DeviceBuffer, rows: DeviceBuffer, count: number, dim: number): void {
+    this.#dispatch(
+      gatherRowsKernel(),
+      [count, dim, 0, 0],
+      [(out as GpuBuffer).buffer, (x as GpuBuffer).buffer, (rows as GpuBuffer).buffer],
+      count * dim,
+    );
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Paged cache
+
+  appendKv(layer: number, k: DeviceBuffer, v: DeviceBuffer, slots: DeviceBuffer, rows: number, kvHeads: number): void {
+    const { K, V } = this.#cache();
+    const per = this.#kvStore === 'f32' ? 1 : 2;
+    this.#dispatch(
+      appendKvKernel(this.#kvStore),
+      [rows, kvHeads, this.#headDim, layer],
+      [K, V, (k as GpuBuffer).buffer, (v as GpuBuffer).buffer, (slots as GpuBuffer).buffer],
+      (rows * kvHeads * this.#headDim) / per,
+    );
+  }
+
+  attention(
+    out: DeviceBuffer,
+    q: DeviceBuffer,
+    layer: number,
+    batch: AttentionRows,
+    cache: PagedCacheView,
+    heads: number,
+    kvHeads: number,
+    metrics?: MetricRecording,
+  ): void {
+    const { K, V } = this.#cache();
+    const D = this.#headDim;
+    const group = heads / kvHeads;
+    this.#uploadTables(cache, layer);
+    const rows = batch.rows;
+    const seqs = batch.sequences as GpuBuffer;
+    const positions = batch.positions as GpuBuffer;
+    // Row metadata for the kernels, from the host copies of what the adapter wrote:
+    // rowInfo [rows][4] = (sequence, position, recorded-row index or -1, 0).
+    const maxLen = cache.maxBlocksPerHead * cache.blockSize;
+    const seqHost = seqs.host as Int32Array;
+    const posHost = positions.host as Int32Array;
+    const rowInfo = this.#ensureI32('rowInfo', 4 * rows);
+    const info = rowInfo.host as Int32Array;
+    let recorded = 0;
+    for (let r = 0; r < rows; r++) {
+      info[4 * r] = seqHost[r] as number;
+      info[4 * r + 1] = posHost[r] as number;
+      info[4 * r + 2] = metrics !== undefined && metrics.rowFlags[r] === 1 ? recorded++ : -1;
+      info[4 * r + 3] = 0;
+    }
+    this.#writeI32(rowInfo, 4 * rows);
+    const scoreStride = maxLen;
+    const scores = this.#ensureF32('scores', Math.max(1, recorded * heads * scoreStride));
+    const stats = this.#ensureF32('stats', Math.max(1, recorded * heads * 2));
+    this.#setUniform([rows, heads, kvHeads, cache.maxSequences, cache.maxBlocksPerHead, cache.blockSize, layer, scoreStride, 0, 0, 0, 0]);
+    this.#f32[8] = 1 / Math.sqrt(D);
+    this.#dispatchRaw(
+      attentionKernel(this.#kvStore, D, group),
+      [
+        (out as GpuBuffer).buffer,
+        (q as GpuBuffer).buffer,
+        K,
+        V,
+        (this.#tables as GpuBuffer).buffer,
+        (this.#lengths as GpuBuffer).buffer,
+        (this.#slotPos as GpuBuffer).buffer,
+        rowInfo.buffer,
+        scores.buffer,
+        stats.buffer,
+      ],
+      rows * kvHeads,
+      1,
+    );
+    if (recorded === 0 || metrics === undefined) return;
+    // Group the recorded rows by sequence so the metric kernel adds without races:
+    // groupRows = [start of each group (groupCount + 1)] ++ [row numbers].
+    const groupRows = this.#ensureI32('groupRows', 2 * recorded + 1);
+    const gr = groupRows.host as Int32Array;
+    // Count the groups (runs of one sequence), then write the starts and the row list.
+    let groupCount = 0;
+    let previous = -1;
+    for (let r = 0; r < rows; r++) {
+      if (info[4 * r + 2] === -1) continue;
+      if (groupCount === 0 || seqHost[previous] !== seqHost[r]) groupCount++;
+      previous = r;
+    }
+    let g = 0;
+    let n = 0;
+    previous = -1;
+    for (let r = 0; r < rows; r++) {
+      if (info[4 * r + 2] === -1) continue;
+      if (n === 0 || seqHost[previous] !== seqHost[r]) gr[g++] = n;
+      gr[groupCount + 1 + n++] = r;
+      previous = r;
+    }
+    gr[groupCount] = recorded;
+    if (!rowsGroupedBySequence(gr.subarray(groupCount + 1), recorded, seqHost)) {
+      throw new InvalidArgumentError('Recorded rows of one sequence must be contiguous in a step.');
+    }
+    this.#writeI32(groupRows, groupCount + 1 + recorded);
+    this.#setUniform([
+      groupCount,
+      heads,
+      kvHeads,
+      cache.maxSequences,
+      cache.maxBlocksPerHead,
+      cache.blockSize,
+      layer,
+      scoreStride,
+      0,
+      metrics.square ? 1 : 0,
+      0,
+      maxLen,
+    ]);
+    this.#f32[8] = metrics.groupScale;
+    this.#i32[10] = metrics.metricBuffer;
+    const [gx, gy] = grid(groupCount * kvHeads * maxLen, 256);
+    this.#dispatchRaw(
+      metricKernel(),
+      [
+        this.#metrics as GPUBuffer,
+        scores.buffer,
+        stats.buffer,
+        groupRows.buffer,
+        rowInfo.buffer,
+        (this.#tables as GpuBuffer).buffer,
+        (this.#lengths as GpuBuffer).buffer,
+        (this.#slotPos as GpuBuffer).buffer,
+      ],
+      gx,
+      gy,
+    );
+  }
+
+  executeMoves(moves: SlotMoveList): void {
+    if (moves.count === 0) return;
+    const { K, V } = this.#cache();
+    const src = this.#ensureI32('moveSrc', moves.count);
+    const dst = this.#ensureI32('moveDst', moves.count);
+    this.flush();
+    this.device.queue.writeBuffer(src.buffer, 0, moves.src.buffer, moves.src.byteOffset, moves.count * 4);
+    this.device.queue.writeBuffer(dst.buffer, 0, moves.dst.buffer, moves.dst.byteOffset, moves.count * 4);
+    const words = this.#kvStore === 'f32' ? this.#headDim : this.#headDim / 2;
+    this.#dispatch(
+      movesKernel(this.#kvStore),
+      [moves.count, this.#headDim, 0, 0],
+      [K, V, this.#metrics as GPUBuffer, src.buffer, dst.buffer],
+      moves.count * (words + 1),
+    );
+    this.#tablesVersion = -1;
+  }
+
+  /** Copies the device metric store to the host (before planning a compression). */
+  async downloadMetrics(out: Float32Array): Promise<void> {
+    if (this.#metrics === null) throw new InvalidArgumentError('createKvCache() first');
+    await this.#readGpu(this.#metrics, 0, out.subarray(0, this.#numSlots));
+  }
+
+  /** metrics[slots[i]] = values[i] for i < count. */
+  uploadMetrics(slots: Int32Array, values: Float32Array, count: number): void {
+    if (count === 0) return;
+    const s = this.#ensureI32('scatterSlots', count);
+    const v = this.#ensureF32('scatterValues', count);
+    this.flush();
+    this.device.queue.writeBuffer(s.buffer, 0, slots.buffer, slots.byteOffset, count * 4);
+    this.device.queue.writeBuffer(v.buffer, 0, values.buffer, values.byteOffset, count * 4);
+    this.#dispatch(scatterKernel(), [count, 0, 0, 0], [this.#metrics as GPUBuffer, s.buffer, v.buffer], count);
+  }
+
+  /** Reads K or V of one slot (tests). */
+  async readSlot(which: 'k' | 'v', slot: number): Promise<Float32Array> {
+    const { K, V } = this.#cache();
+    const D = this.#headDim;
+    if (this.#kvStore === 'f32') {
+      const out = new Float32Array(D);
+      await this.#readGpu(which === 'k' ? K : V, slot * D * 4, out);
+      return out;
+    }
+    const words = new Int32Array(D / 2);
+    await this.#readGpu(which === 'k' ? K : V, slot * D * 2, words);
+    const out = new Float32Array(D);
+    const u16 = new Uint16Array(words.buffer);
+    for (let i = 0; i < D; i++) out[i] = halfToFloat(u16[i] as number);
+    return out;
+  }
+
+  destroy(): void {
+    this.device.destroy();
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Internals
+
+  #checkAlive(): void {
+    if (this.#lost !== null) throw new DeviceLostError(this.#lost);
+  }
+
+  #cache(): { K: GPUBuffer; V: GPUBuffer } {
+    if (this.#k === null || this.#v === null) throw new InvalidArgumentError('createKvCache() must run before cache operations.');
+    return { K: this.#k, V: this.#v };
+  }
+
+  /**
+   * Uploads the allocator's tables before attention. They change between steps (appends,
+   * compaction), so they are re-sent once per step: at layer 0.
+   */
+  #uploadTables(cache: PagedCacheView, layer: number): void {
+    if (layer !== 0 && this.#tablesVersion === 0) return;
+    const t = this.#ensureI32('tables', cache.blockTables.length);
+    const l = this.#ensureI32('lengths', cache.headLengths.length);
+    const s = this.#ensureI32('slotPos', cache.slotPositions.length);
+    this.#tables = t;
+    this.#lengths = l;
+    this.#slotPos = s;
+    this.flush();
+    this.device.queue.writeBuffer(t.buffer, 0, cache.blockTables.buffer, cache.blockTables.byteOffset, cache.blockTables.byteLength);
+    this.device.queue.writeBuffer(l.buffer, 0, cache.headLengths.buffer, cache.headLengths.byteOffset, cache.headLengths.byteLength);
+    this.device.queue.writeBuffer(s.buffer, 0, cache.slotPositions.buffer, cache.slotPositions.byteOffset, cache.slotPositions.byteLength);
+    this.#tablesVersion = layer === 0 ? 0 : -1;
+  }
+
+  #named = new Map<string, GpuBuffer>();
+
+  #ensureI32(name: string, length: number): GpuBuffer {
+    return this.#ensure(name, length, 'i32');
+  }
+
+  #ensureF32(name: string, length: number): GpuBuffer {
+    return this.#ensure(name, length, 'f32');
+  }
+
+  /** A scratch buffer that grows (doubling) only when a step needs more than ever before. */
+  #ensure(name: string, length: number, kind: 'f32' | 'i32'): GpuBuffer {
+    const have = this.#named.get(name);
+    if (have !== undefined && have.length >= length) return have;
+    this.flush();
+    have?.buffer.destroy();
+    const b = this.createBuffer(Math.max(length, (have?.length ?? 0) * 2), kind) as GpuBuffer;
+    this.#named.set(name, b);
+    return b;
+  }
+
+  #writeI32(b: GpuBuffer, count: number): void {
+    this.flush();
+    const h = b.host as Int32Array;
+    this.device.queue.writeBuffer(b.buffer, 0, h.buffer, h.byteOffset, count * 4);
+  }
+
+  #ropeTable(rope: RopeSettings, positions: number): { cos: GpuBuffer; sin: GpuBuffer; positions: number } {
+    const have = this.#rope.get(rope);
+    if (have !== undefined && have.positions >= positions) return have;
+    const n = Math.max(positions, 2 * (have?.positions ?? 0), 256);
+    const half = rope.ropeDim / 2;
+    const inv = ropeInverseFrequencies(rope);
+    const cos = new Float32Array(n * half);
+    const sin = new Float32Array(n * half);
+    for (let p = 0; p < n; p++) {
+      for (let i = 0; i < half; i++) {
+        const a = p * (inv[i] as number);
+        cos[p * half + i] = Math.cos(a);
+        sin[p * half + i] = Math.sin(a);
+      }
+    }
+    this.flush();
+    const c = this.createBuffer(cos.length) as GpuBuffer;
+    const s = this.createBuffer(sin.length) as GpuBuffer;
+    this.device.queue.writeBuffer(c.buffer, 0, cos);
+    this.device.queue.writeBuffer(s.buffer, 0, sin);
+    const table = { cos: c, sin: s, positions: n };
+    this.#rope.set(rope, table);
+    return table;
+  }
+
+  #pipeline(source: KernelSource): Pipeline {
+    let p = this.#pipelines.get(source.key);
+    if (p === undefined) {
+      const module = this.device.createShaderModule({ code: source.code, label: source.key });
+      const pipeline = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: source.key });
+      p = { pipeline, layout: pipeline.getBindGroupLayout(0), source };
+      this.#pipelines.set(source.key, p);
+    }
+    return p;
+  }
+
+  #setUniform(values: readonly number[]): void {
+    this.#u32.fill(0);
+    for (let i = 0; i < values.length; i++) this.#u32[i] = values[i] as number;
+  }
+
+  /** Dispatches over n threads of a 256- (or workgroupSize-) wide 1-D kernel. */
+  #dispatch(source: KernelSource, params: readonly number[], buffers: GPUBuffer[], n: number): void {
+    if (n === 0) return;
+    this.#setUniform(params);
+    const [gx, gy] = grid(n, source.workgroupSize);
+    this.#dispatchRaw(source, buffers, gx, gy);
+  }
+
+  #dispatchRaw(source: KernelSource, buffers: GPUBuffer[], gx: number, gy: number): void {
+    this.#checkAlive();
+    if (gx === 0 || gy === 0) return;
+    const p = this.#pipeline(source);
+    if (this.#uniformSlot >= UNIFORM_SLOTS) this.flush();
+    const offset = this.#uniformSlot * UNIFORM_SLOT;
+    this.#uniformSlot++;
+    this.device.queue.writeBuffer(this.#uniforms, offset, this.#uniformScratch, 0, 48);
+    const pass = this.#beginPass();
+    pass.setPipeline(p.pipeline);
+    pass.setBindGroup(0, this.#bindGroup(p, buffers, offset));
+    pass.dispatchWorkgroups(gx, gy);
+  }
+
+  #bindGroup(p: Pipeline, buffers: GPUBuffer[], uniformOffset: number): GPUBindGroup {
+    let key = `${p.source.key}@${uniformOffset}`;
+    for (const b of buffers) key += `,${bufferId(b)}`;
+    let bg = this.#bindGroups.get(key);
+    if (bg === undefined) {
+      const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: this.#uniforms, offset: uniformOffset, size: 48 } }];
+      buffers.forEach((buffer, i) => entries.push({ binding: i + 1, resource: { buffer } }));
+      bg = this.device.createBindGroup({ layout: p.layout, entries });
+      this.#bindGroups.set(key, bg);
+    }
+    return bg;
+  }
+
+  #beginPass(): GPUComputePassEncoder {
+    if (this.#pass !== null) return this.#pass;
+    this.#encoder ??= this.device.createCommandEncoder();
+    this.#pass = this.#encoder.beginComputePass();
+    return this.#pass;
+  }
+
+  #endPass(): void {
+    this.#pass?.end();
+    this.#pass = null;
+  }
+}
+
+const ids = new WeakMap<GPUBuffer, number>();
+function bufferId(b: GPUBuffer): number {
+  let id = ids.get(b);
+  if (id === undefined) {
+    id = nextBufferId++;
+    ids.set(b, id);
+  }
+  return id;
+}
+
+/** Workgroup grid for n threads: x at most 65535, the rest in y. */
+function grid(n: number, perGroup = 1): [number, number] {
+  const groups = Math.ceil(n / perGroup);
+  if (groups <= 65535) return [groups, 1];
+  return [65535, Math.ceil(groups / 65535)];
+}
+
+function rowsGroupedBySequence(rows: Int32Array, n: number, seqs: Int32Array): boolean {
+  const seen = new Set<number>();
+  for (let i = 0; i < n; i++) {
+    const s = seqs[rows[i] as number] as number;
+    if (i > 0 && s === seqs[rows[i - 1] as number]) continue;
+    if (seen.has(s)) return false;
+    seen.add(s);
+  }
+  return true;
+}
+
+function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * frac * 2 ** -24;
+  if (exp === 31) return frac === 0 ? sign * Number.POSITIVE_INFINITY : Number.NaN;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}

@@ -1,0 +1,66 @@
+/// <reference types="@webgpu/types" />
+// Runs in headless Chromium (WebGPU on SwiftShader in CI): the conformance cases against the
+// CPU reference, and whole-model greedy decoding on both backends. Driven by
+// ../src/webgpu-backend.test.ts through window.kvc.
+import { CpuBackend } from '@kvcompress/cpu';
+import { Engine } from '@kvcompress/engine';
+import { loadLlama2cModel } from '@kvcompress/models';
+import { requestWebGpuDevice } from '../src/device.ts';
+import { WebGpuBackend } from '../src/webgpu-backend.ts';
+import { cases } from './conformance-cases.ts';
+
+function maxRelError(a: Float32Array, b: Float32Array): number {
+  if (a.length !== b.length) return Number.POSITIVE_INFINITY;
+  let diff = 0;
+  let scale = 1e-6;
+  for (let i = 0; i < b.length; i++) {
+    const d = Math.abs((a[i] as number) - (b[i] as number));
+    diff = Number.isNaN(d) ? Number.POSITIVE_INFINITY : Math.max(diff, d);
+    scale = Math.max(scale, Math.abs(b[i] as number));
+  }
+  return diff / scale;
+}
+
+const device = await requestWebGpuDevice();
+
+async function runCase(name: string): Promise<{ worst: number; tolerance: number; validation: string | null }> {
+  const c = cases.find((x) => x.name === name);
+  if (c === undefined) throw new Error(`no case ${name}`);
+  const expected = await c.run(new CpuBackend());
+  device.pushErrorScope('validation');
+  const actual = await c.run(new WebGpuBackend(device, { weightStore: c.weightStore ?? 'f32' }));
+  const error = await device.popErrorScope();
+  let worst = 0;
+  expected.forEach((e, i) => {
+    worst = Math.max(worst, maxRelError(actual[i] as Float32Array, e));
+  });
+  return { worst, tolerance: c.tolerance, validation: error === null ? null : error.message };
+}
+
+/** Greedy ids of stories260K from BOS on both backends, with the full cache or KV-Compress. */
+async function greedy(
+  compress: boolean,
+  tokens: number,
+): Promise<{ cpu: number[]; gpu: number[]; validation: string | null; gpuMs: number }> {
+  const bytes = new Uint8Array(await (await fetch('/shared/models/stories260K/stories260K.bin')).arrayBuffer());
+  const model = loadLlama2cModel(bytes);
+  const options = compress ? { budget: { targetCompressionRate: 4 }, protectedWindow: 16, compressionInterval: 32 } : {};
+  const cpu = await new Engine({ model, maxSequences: 1, ...options }).complete([1], { maxTokens: tokens, stopTokens: [] });
+  device.pushErrorScope('validation');
+  const t0 = performance.now();
+  const gpu = await new Engine({ model, maxSequences: 1, backend: new WebGpuBackend(device), ...options }).complete([1], {
+    maxTokens: tokens,
+    stopTokens: [],
+  });
+  const gpuMs = performance.now() - t0;
+  const error = await device.popErrorScope();
+  if (gpu.error !== undefined) throw gpu.error;
+  return { cpu: [...cpu.tokens], gpu: [...gpu.tokens], validation: error === null ? null : error.message, gpuMs };
+}
+
+(globalThis as unknown as { kvc: unknown }).kvc = {
+  names: cases.map((c) => c.name),
+  runCase,
+  greedy,
+  adapter: device.adapterInfo?.description ?? '',
+};
