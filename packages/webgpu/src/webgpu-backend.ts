@@ -20,7 +20,6 @@ import {
   UnsupportedModelError,
 } from '@kvcompress/core';
 import {
-  ATTENTION_TILE,
   appendKvKernel,
   attentionKernel,
   elementwiseKernel,
@@ -630,7 +629,7 @@ export class WebGpuBackend implements Backend {
     let bg = this.#bindGroups.get(key);
     if (bg === undefined) {
       const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: this.#uniforms, offset: uniformOffset, size: 48 } }];
-      buffers.forEach((buffer, i) => entries.push({ binding: i + 1, resource: { buffer } }));
+      for (const [i, buffer] of buffers.entries()) entries.push({ binding: i + 1, resource: { buffer } });
       bg = this.device.createBindGroup({ layout: p.layout, entries });
       this.#bindGroups.set(key, bg);
     }
