@@ -9,6 +9,8 @@ export default defineConfig({
   test: {
     include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
     testTimeout: 60_000,
+    // Model loading and browser start-up in beforeAll hooks; CI machines have 2 cores.
+    hookTimeout: 180_000,
     pool: 'forks',
   },
 });

@@ -268,11 +268,13 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
 export const ATTENTION_TILE = 16;
 
 /**
- * Paged attention, one workgroup of 64 threads per (row, kv-head): the group's query heads
- * share every K and V tile loaded from the head's own block table (each K/V byte is read
- * once for all of them), with an online softmax over tiles. Keys later than the row's
- * position are masked. When the row is recorded, raw scores go to `scores`
- * [recordedRow][heads][scoreStride] and the final (max, sum) to `stats`, for the metric kernel.
+ * Paged attention, split-K: one workgroup of 64 threads per (row, kv-head, split). The
+ * group's query heads share every K and V tile loaded from the head's own block table (each
+ * K/V byte is read once for all of them), with an online softmax over the tiles of the
+ * split's key range. Keys later than the row's position are masked. The split's partial
+ * result (max, sum, unnormalised output) goes to `partials`; `attentionReduceKernel`
+ * combines the splits. For recorded rows, raw scores go to `scores`
+ * [recordedRow][heads][scoreStride] for the metric kernel.
  */
 export function attentionKernel(kv: StoreType, headDim: number, group: number): KernelSource {
   const T = ATTENTION_TILE;
@@ -285,10 +287,10 @@ export function attentionKernel(kv: StoreType, headDim: number, group: number): 
 struct P {
   rows: u32, heads: u32, kvHeads: u32, maxSeqs: u32,
   maxBlocks: u32, blockSize: u32, layer: u32, scoreStride: u32,
-  scale: f32, pad0: u32, pad1: u32, pad2: u32,
+  scale: f32, splits: u32, pad1: u32, pad2: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(2) var<storage, read> q: array<f32>;
 @group(0) @binding(3) var<storage, read> K: ${arrayType(kv)};
 @group(0) @binding(4) var<storage, read> V: ${arrayType(kv)};
@@ -298,7 +300,6 @@ struct P {
 // rowInfo [rows][4]: sequence, position, recorded-row index (-1: not recorded), unused.
 @group(0) @binding(8) var<storage, read> rowInfo: array<vec4<i32>>;
 @group(0) @binding(9) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(10) var<storage, read_write> stats: array<f32>;
 ${loader('loadK', 'K', kv)}
 ${loader('loadV', 'V', kv)}
 const D = ${D}u;
@@ -313,30 +314,43 @@ var<workgroup> sm: array<f32, ${G}>;
 var<workgroup> corr: array<f32, ${G}>;
 var<workgroup> tslot: array<u32, ${T}>;
 var<workgroup> tvalid: array<u32, ${T}>;
-var<workgroup> wlen: u32;
+var<workgroup> wrange: vec2<u32>;
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let r = wg.x / p.kvHeads;
-  let g = wg.x % p.kvHeads;
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let wid = wg.x + wg.y * nwg.x;
+  let split = wid % p.splits;
+  let rg = wid / p.splits;
+  let r = min(rg / p.kvHeads, p.rows - 1u);
+  let g = rg % p.kvHeads;
   let info = rowInfo[r];
   let seq = u32(info.x);
   let qPos = info.y;
   let hi = (p.layer * p.maxSeqs + seq) * p.kvHeads + g;
   let t0 = hi * p.maxBlocks;
   let rec = info.z;
-  if (li == 0u) { wlen = u32(lengths[hi]); }
+  if (li == 0u) {
+    var lo = 0u;
+    var hiKey = 0u;
+    if (rg < p.rows * p.kvHeads) {
+      let len = u32(lengths[hi]);
+      let chunk = (len + p.splits - 1u) / p.splits;
+      lo = min(split * chunk, len);
+      hiKey = min(lo + chunk, len);
+    }
+    wrange = vec2u(lo, hiKey);
+  }
   for (var e = li; e < G * D; e += 64u) {
     qs[e] = q[(r * p.heads + g * G + e / D) * D + e % D] * p.scale;
   }
   if (li < G) { mx[li] = NEG_INF; sm[li] = 0.0; }
   var acc: array<f32, ${ACC}>;
-  let len = workgroupUniformLoad(&wlen);
-  for (var base = 0u; base < len; base += T) {
+  let range = workgroupUniformLoad(&wrange);
+  for (var base = range.x; base < range.y; base += T) {
     if (li < T) {
       let i = base + li;
       var ok = 0u;
       var slot = 0u;
-      if (i < len) {
+      if (i < range.y) {
         slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
         ok = select(0u, 1u, slotPos[slot] <= qPos);
       }
@@ -396,18 +410,71 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     }
     workgroupBarrier();
   }
+  if (rg >= p.rows * p.kvHeads) { return; }
+  // partials [rows][kvHeads][splits][G][D + 2]: max, sum, then the unnormalised output.
+  let pbase = ((r * p.kvHeads + g) * p.splits + split) * G * (D + 2u);
   for (var a = 0u; a < ${ACC}u; a++) {
     let e = li + a * 64u;
-    if (e < G * D) {
-      let gq = e / D;
-      let total = sm[gq];
-      out[(r * p.heads + g * G + gq) * D + e % D] = select(0.0, acc[a] / total, total > 0.0);
+    if (e < G * D) { partials[pbase + (e / D) * (D + 2u) + 2u + e % D] = acc[a]; }
+  }
+  if (li < G) {
+    partials[pbase + li * (D + 2u)] = mx[li];
+    partials[pbase + li * (D + 2u) + 1u] = sm[li];
+  }
+}`,
+  }));
+}
+
+/**
+ * Combines the splits of `attentionKernel`: one thread per output element of (row, head);
+ * out = Σ_s acc_s · e^(m_s - M) / Σ_s l_s · e^(m_s - M). Writes the softmax max and sum of
+ * recorded rows to `stats` [recordedRow][heads][2] for the metric kernel.
+ */
+export function attentionReduceKernel(headDim: number): KernelSource {
+  const D = headDim;
+  return memo(`attention-reduce:${D}`, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { rows: u32, heads: u32, kvHeads: u32, splits: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> partials: array<f32>;
+@group(0) @binding(3) var<storage, read> rowInfo: array<vec4<i32>>;
+@group(0) @binding(4) var<storage, read_write> stats: array<f32>;
+const D = ${D}u;
+const NEG_INF = -3.0e38;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  let idx = wid * 256u + li;
+  if (idx >= p.rows * p.heads * D) { return; }
+  let d = idx % D;
+  let rh = idx / D;
+  let h = rh % p.heads;
+  let r = rh / p.heads;
+  let G = p.heads / p.kvHeads;
+  let g = h / G;
+  let gq = h % G;
+  var M = NEG_INF;
+  for (var s = 0u; s < p.splits; s++) {
+    M = max(M, partials[((r * p.kvHeads + g) * p.splits + s) * G * (D + 2u) + gq * (D + 2u)]);
+  }
+  var L = 0.0;
+  var acc = 0.0;
+  for (var s = 0u; s < p.splits; s++) {
+    let o = ((r * p.kvHeads + g) * p.splits + s) * G * (D + 2u) + gq * (D + 2u);
+    let m = partials[o];
+    if (m > NEG_INF) {
+      let w = exp(m - M);
+      L += partials[o + 1u] * w;
+      acc += partials[o + 2u + d] * w;
     }
   }
-  if (rec >= 0 && li < G) {
-    let o = (u32(rec) * p.heads + g * G + li) * 2u;
-    stats[o] = mx[li];
-    stats[o + 1u] = sm[li];
+  out[idx] = select(0.0, acc / L, L > 0.0);
+  let rec = rowInfo[r].z;
+  if (d == 0u && rec >= 0) {
+    stats[(u32(rec) * p.heads + h) * 2u] = M;
+    stats[(u32(rec) * p.heads + h) * 2u + 1u] = L;
   }
 }`,
   }));

@@ -22,6 +22,7 @@ import {
 import {
   appendKvKernel,
   attentionKernel,
+  attentionReduceKernel,
   elementwiseKernel,
   embedKernel,
   gatherRowsKernel,
@@ -133,6 +134,8 @@ export class WebGpuBackend implements Backend {
   #slotPos: GpuBuffer | null = null;
   #tablesVersion = -1;
   #rope = new Map<RopeSettings, { cos: GpuBuffer; sin: GpuBuffer; positions: number }>();
+  /** Workgroups that keep the device busy: splits are chosen so rows x kv-heads x splits reaches it. */
+  #splitTarget = 128;
 
   constructor(device: GPUDevice, options: WebGpuBackendOptions = {}) {
     this.device = device;
@@ -366,12 +369,29 @@ export class WebGpuBackend implements Backend {
     const scoreStride = maxLen;
     const scores = this.#ensureF32('scores', Math.max(1, recorded * heads * scoreStride));
     const stats = this.#ensureF32('stats', Math.max(1, recorded * heads * 2));
-    this.#setUniform([rows, heads, kvHeads, cache.maxSequences, cache.maxBlocksPerHead, cache.blockSize, layer, scoreStride, 0, 0, 0, 0]);
+    // Split long contexts across workgroups so that even one sequence fills the GPU.
+    const splits = Math.max(1, Math.min(64, Math.ceil(maxLen / 1024), Math.ceil((4 * this.#splitTarget) / Math.max(1, rows * kvHeads))));
+    const partials = this.#ensureF32('partials', rows * kvHeads * splits * group * (D + 2));
+    this.#setUniform([
+      rows,
+      heads,
+      kvHeads,
+      cache.maxSequences,
+      cache.maxBlocksPerHead,
+      cache.blockSize,
+      layer,
+      scoreStride,
+      0,
+      splits,
+      0,
+      0,
+    ]);
     this.#f32[8] = 1 / Math.sqrt(D);
+    const [ax, ay] = grid(rows * kvHeads * splits);
     this.#dispatchRaw(
       attentionKernel(this.#kvStore, D, group),
       [
-        (out as GpuBuffer).buffer,
+        partials.buffer,
         (q as GpuBuffer).buffer,
         K,
         V,
@@ -380,10 +400,15 @@ export class WebGpuBackend implements Backend {
         (this.#slotPos as GpuBuffer).buffer,
         rowInfo.buffer,
         scores.buffer,
-        stats.buffer,
       ],
-      rows * kvHeads,
-      1,
+      ax,
+      ay,
+    );
+    this.#dispatch(
+      attentionReduceKernel(D),
+      [rows, heads, kvHeads, splits],
+      [(out as GpuBuffer).buffer, partials.buffer, rowInfo.buffer, stats.buffer],
+      rows * heads * D,
     );
     if (recorded === 0 || metrics === undefined) return;
     // Group the recorded rows by sequence so the metric kernel adds without races:

@@ -197,6 +197,9 @@ export const cases: readonly ConformanceCase[] = [
   attentionCase('f16', 3, 4, 16, 70, 16),
   attentionCase('f32', 1, 1, 32, 5, 2),
   attentionCase('f16', 2, 8, 64, 150, 16),
+  // Longer than 1024 keys: the context is split across workgroups and reduced.
+  attentionCase('f16', 2, 4, 16, 2100, 16),
+  attentionCase('f32', 1, 2, 8, 3000, 4),
   {
     name: 'cache moves carry K, V (f16) and metrics',
     tolerance: 1e-6,
