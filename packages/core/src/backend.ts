@@ -66,9 +66,15 @@ export interface Backend {
   /** Uploads a weight (keeping q8_0/f16 packed where the backend can compute on them). */
   uploadWeight(tensor: Tensor): DeviceWeight;
   createBuffer(length: number, kind?: 'f32' | 'i32'): DeviceBuffer;
-  write(buffer: DeviceBuffer, data: Float32Array | Int32Array, offset?: number): void;
-  /** Copies `out.length` elements from `buffer` at `offset` to the host. */
-  read(buffer: DeviceBuffer, out: Float32Array | Int32Array, offset?: number): Promise<void>;
+  /** Writes the first `length` (default all) elements of `data` at element `offset`. */
+  write(buffer: DeviceBuffer, data: Float32Array | Int32Array, offset?: number, length?: number): void;
+  /** Copies `length` (default out.length) elements from `buffer` at `offset` into `out`. */
+  read(buffer: DeviceBuffer, out: Float32Array | Int32Array, offset?: number, length?: number): Promise<void>;
+  /**
+   * The same, synchronously, for backends whose buffers live on the host (the CPU backend):
+   * lets a decode step run without creating a promise.
+   */
+  readSync?(buffer: DeviceBuffer, out: Float32Array | Int32Array, offset?: number, length?: number): void;
 
   /**
    * Creates the paged KV pool: K and V of `numSlots` slots of `headDim` each, in `dtype`.

@@ -99,16 +99,23 @@ export class CpuBackend implements Backend {
     return new CpuBuffer(length, kind);
   }
 
-  write(buffer: DeviceBuffer, data: Float32Array | Int32Array, offset = 0): void {
+  write(buffer: DeviceBuffer, data: Float32Array | Int32Array, offset = 0, length = data.length): void {
     const b = buffer as CpuBuffer;
-    if (offset < 0 || offset + data.length > b.length) throw new InvalidArgumentError('write out of range');
-    b.data.set(data, offset);
+    if (offset < 0 || length > data.length || offset + length > b.length) throw new InvalidArgumentError('write out of range');
+    const dst = b.data;
+    // Element loop rather than set(subarray): no view object per call on the decode path.
+    for (let i = 0; i < length; i++) dst[offset + i] = data[i] as number;
   }
 
-  async read(buffer: DeviceBuffer, out: Float32Array | Int32Array, offset = 0): Promise<void> {
+  async read(buffer: DeviceBuffer, out: Float32Array | Int32Array, offset = 0, length = out.length): Promise<void> {
+    this.readSync(buffer, out, offset, length);
+  }
+
+  readSync(buffer: DeviceBuffer, out: Float32Array | Int32Array, offset = 0, length = out.length): void {
     const b = buffer as CpuBuffer;
-    if (offset < 0 || offset + out.length > b.length) throw new InvalidArgumentError('read out of range');
-    out.set(b.data.subarray(offset, offset + out.length));
+    if (offset < 0 || length > out.length || offset + length > b.length) throw new InvalidArgumentError('read out of range');
+    const src = b.data;
+    for (let i = 0; i < length; i++) out[i] = src[offset + i] as number;
   }
 
   createKvCache(numSlots: number, headDim: number, dtype: KvDtype): void {
@@ -128,7 +135,9 @@ export class CpuBackend implements Backend {
     for (let r = 0; r < rows; r++) {
       const id = ids[r] as number;
       if (id < 0 || id >= t.rows) throw new InvalidArgumentError(`Token id ${id} is outside the vocabulary (${t.rows}).`);
-      o.set(t.data.subarray(id * dim, id * dim + dim), r * dim);
+      const src = id * dim;
+      const dst = r * dim;
+      for (let i = 0; i < dim; i++) o[dst + i] = t.data[src + i] as number;
     }
   }
 
@@ -242,8 +251,9 @@ export class CpuBackend implements Backend {
     const xs = (x as CpuBuffer).f32;
     const idx = (rows as CpuBuffer).i32;
     for (let i = 0; i < count; i++) {
-      const r = idx[i] as number;
-      o.set(xs.subarray(r * dim, r * dim + dim), i * dim);
+      const src = (idx[i] as number) * dim;
+      const dst = i * dim;
+      for (let c = 0; c < dim; c++) o[dst + c] = xs[src + c] as number;
     }
   }
 

@@ -192,6 +192,7 @@ export class Engine {
   /** Serialises forward passes: the step scratch is shared by generation and forwardLogits. */
   #lock: Promise<void> = Promise.resolve();
   #waiting: Request[] = [];
+  readonly #batchScratch: Request[] = [];
   #running: Request[] = [];
   #nextId = 1;
   #pumping = false;
@@ -521,7 +522,7 @@ export class Engine {
       this.#logitRows[0] = n - 1;
       this.#step.logitCount = 1;
       this.model.forward(this.#step, this.allocator, this.#recording ?? undefined);
-      if (last) await this.backend.read(this.model.logits, this.#logits.subarray(0, vocab));
+      if (last) await this.backend.read(this.model.logits, this.#logits, 0, vocab);
     }
     await this.#finishPrefillMetrics(seq, ids.length, window);
     this.#stats.prefillTokens += ids.length;
@@ -580,11 +581,15 @@ export class Engine {
     this.#step.logitCount = rows;
     this.model.forward(this.#step, this.allocator, this.#recording ?? undefined);
     const vocab = this.model.config.vocabSize;
-    await this.backend.read(this.model.logits, this.#logits.subarray(0, rows * vocab));
+    if (this.backend.readSync !== undefined) this.backend.readSync(this.model.logits, this.#logits, 0, rows * vocab);
+    else await this.backend.read(this.model.logits, this.#logits, 0, rows * vocab);
     const ms = performance.now() - t0;
     this.#stats.decodeTokens += rows;
     this.#stats.decodeMs += ms;
-    const batch = this.#running.slice();
+    // #accept may finish requests (removing them from #running): walk a stable copy.
+    const batch = this.#batchScratch;
+    batch.length = 0;
+    for (const r of this.#running) batch.push(r);
     for (let i = 0; i < rows; i++) {
       const r = batch[i] as Request;
       r.decodeMs += ms;

@@ -177,11 +177,11 @@ export class LlamaModel {
     const H = c.hiddenSize;
     const { numHeads, numKvHeads } = c;
     const kvSlots = c.numLayers * numKvHeads * rows;
-    b.write(this.#tokens, step.tokens.subarray(0, rows));
-    b.write(this.#sequences, step.sequences.subarray(0, rows));
-    b.write(this.#positions, step.positions.subarray(0, rows));
-    b.write(this.#slots, step.slots.subarray(0, kvSlots));
-    b.write(this.#logitRows, step.logitRows.subarray(0, step.logitCount));
+    b.write(this.#tokens, step.tokens, 0, rows);
+    b.write(this.#sequences, step.sequences, 0, rows);
+    b.write(this.#positions, step.positions, 0, rows);
+    b.write(this.#slots, step.slots, 0, kvSlots);
+    b.write(this.#logitRows, step.logitRows, 0, step.logitCount);
     this.#batch.rows = rows;
     const batch: AttentionRows = this.#batch;
 

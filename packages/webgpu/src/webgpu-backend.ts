@@ -93,6 +93,8 @@ const UNIFORM_SLOT = 256; // minUniformBufferOffsetAlignment
 const UNIFORM_SLOTS = 4096;
 
 interface Pipeline {
+  /** Kept referenced: Dawn's Node binding may free a module the JS side no longer holds while it compiles. */
+  readonly module: GPUShaderModule;
   readonly pipeline: GPUComputePipeline;
   readonly layout: GPUBindGroupLayout;
   readonly source: KernelSource;
@@ -180,19 +182,19 @@ export class WebGpuBackend implements Backend {
     return new GpuBuffer(buffer, length, kind);
   }
 
-  write(buffer: DeviceBuffer, data: Float32Array | Int32Array, offset = 0): void {
+  write(buffer: DeviceBuffer, data: Float32Array | Int32Array, offset = 0, length = data.length): void {
     const b = buffer as GpuBuffer;
-    if (offset < 0 || offset + data.length > b.length) throw new InvalidArgumentError('write out of range');
+    if (offset < 0 || length > data.length || offset + length > b.length) throw new InvalidArgumentError('write out of range');
     // Commands already recorded may still read the old contents: submit them first.
     this.flush();
-    if (data.length > 0) this.device.queue.writeBuffer(b.buffer, offset * 4, data.buffer, data.byteOffset, data.byteLength);
-    if (b.host !== null) b.host.set(data as Int32Array, offset);
+    if (length > 0) this.device.queue.writeBuffer(b.buffer, offset * 4, data.buffer, data.byteOffset, length * 4);
+    if (b.host !== null) for (let i = 0; i < length; i++) b.host[offset + i] = data[i] as number;
   }
 
-  async read(buffer: DeviceBuffer, out: Float32Array | Int32Array, offset = 0): Promise<void> {
+  async read(buffer: DeviceBuffer, out: Float32Array | Int32Array, offset = 0, length = out.length): Promise<void> {
     const b = buffer as GpuBuffer;
-    if (offset < 0 || offset + out.length > b.length) throw new InvalidArgumentError('read out of range');
-    await this.#readGpu(b.buffer, offset * 4, out);
+    if (offset < 0 || length > out.length || offset + length > b.length) throw new InvalidArgumentError('read out of range');
+    await this.#readGpu(b.buffer, offset * 4, length === out.length ? out : out.subarray(0, length));
   }
 
   async #readGpu(src: GPUBuffer, byteOffset: number, out: Float32Array | Int32Array): Promise<void> {
@@ -523,6 +525,20 @@ export class WebGpuBackend implements Backend {
     return out;
   }
 
+  /** Frees the KV pool, metrics and scratch buffers of this backend (the device stays). */
+  destroyBuffers(): void {
+    this.flush();
+    for (const b of [this.#k, this.#v, this.#metrics]) b?.destroy();
+    this.#k = this.#v = this.#metrics = null;
+    for (const b of this.#named.values()) b.buffer.destroy();
+    this.#named.clear();
+    for (const b of this.#staging.values()) b.destroy();
+    this.#staging.clear();
+    this.#bindGroups.clear();
+    this.#tablesVersion = -1;
+  }
+
+  /** Destroys the device: every backend on it stops working. */
   destroy(): void {
     this.device.destroy();
   }
@@ -615,7 +631,7 @@ export class WebGpuBackend implements Backend {
     if (p === undefined) {
       const module = this.device.createShaderModule({ code: source.code, label: source.key });
       const pipeline = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: source.key });
-      p = { pipeline, layout: pipeline.getBindGroupLayout(0), source };
+      p = { module, pipeline, layout: pipeline.getBindGroupLayout(0), source };
       this.#pipelines.set(source.key, p);
     }
     return p;

@@ -1,0 +1,128 @@
+// Paged decode attention on a real GPU through Dawn (Node.js), against the measured WGSL copy
+// ceiling. 32 query heads, 8 kv-heads, head dim 128, f16 KV in blocks of 16, every head's
+// blocks scattered through the pool (a shuffled block table), one query per sequence.
+// Build and run: see bench/run-gpu.sh. Prints one JSON line per configuration.
+/// <reference types="@webgpu/types" />
+import { requestWebGpuDevice } from '../src/device.ts';
+import { WebGpuBackend } from '../src/webgpu-backend.ts';
+
+const HEADS = 32;
+const KV_HEADS = 8;
+const D = 128;
+const B = 16;
+
+const device = await requestWebGpuDevice();
+const adapter = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo;
+console.log(JSON.stringify({ kind: 'adapter', vendor: adapter?.vendor, device: adapter?.device, description: adapter?.description }));
+
+async function time(fn: () => void, iters: number): Promise<number> {
+  for (let i = 0; i < 3; i++) fn();
+  await device.queue.onSubmittedWorkDone();
+  const t0 = performance.now();
+  for (let i = 0; i < iters; i++) fn();
+  await device.queue.onSubmittedWorkDone();
+  return (performance.now() - t0) / iters;
+}
+
+// The copy ceiling: a grid-stride vec4<f32> copy of 1 GiB, as in shared/device/smoke.mjs.
+{
+  const bytes = Number(process.env['COPY_BYTES'] ?? 2 ** 30);
+  const usage = GPUBufferUsage.STORAGE;
+  const a = device.createBuffer({ size: bytes, usage });
+  const b = device.createBuffer({ size: bytes, usage });
+  const module = device.createShaderModule({
+    code: `@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
+@compute @workgroup_size(256) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nw: vec3u) {
+  let n = arrayLength(&src); let stride = nw.x * 256u;
+  for (var i = g.x; i < n; i += stride) { dst[i] = src[i]; }
+}`,
+  });
+  const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+  const bg = device.createBindGroup({
+    layout: pipeline.getBindGroupLayout(0),
+    entries: [a, b].map((buffer, i) => ({ binding: i, resource: { buffer } })),
+  });
+  const ms = await time(() => {
+    const e = device.createCommandEncoder();
+    const p = e.beginComputePass();
+    p.setPipeline(pipeline);
+    p.setBindGroup(0, bg);
+    p.dispatchWorkgroups(132 * 16);
+    p.end();
+    device.queue.submit([e.finish()]);
+  }, 20);
+  console.log(JSON.stringify({ kind: 'copy', bytes, ms, gbps: (2 * bytes) / ms / 1e6 }));
+  a.destroy();
+  b.destroy();
+}
+
+const batches = (process.env['BATCHES'] ?? '1,8,32,128').split(',').map(Number);
+const contexts = (process.env['CONTEXTS'] ?? '1024,4096,16384,32768').split(',').map(Number);
+for (const batch of batches) {
+  for (const ctx of contexts) {
+    const slots = batch * KV_HEADS * ctx;
+    if (slots * D * 2 > device.limits.maxStorageBufferBindingSize) continue;
+    const step = (m: string) => process.env['DEBUG'] && console.error('STEP', batch, ctx, m);
+    const backend = new WebGpuBackend(device);
+    backend.createKvCache(slots, D, 'f16');
+    step('kv');
+    const blocksPerHead = ctx / B;
+    // Two layers' tables: layer 0 uploads them once, the timed calls use layer 1.
+    const tables = new Int32Array(2 * batch * KV_HEADS * blocksPerHead);
+    const order = Int32Array.from({ length: batch * KV_HEADS * blocksPerHead }, (_, i) => i);
+    let s = 12345;
+    for (let i = order.length - 1; i > 0; i--) {
+      s = (Math.imul(s, 1664525) + 1013904223) | 0;
+      const j = (s >>> 0) % (i + 1);
+      const t = order[i] as number;
+      order[i] = order[j] as number;
+      order[j] = t;
+    }
+    tables.set(order, 0);
+    tables.set(order, order.length);
+    const slotPositions = new Int32Array(slots);
+    for (let h = 0; h < batch * KV_HEADS; h++) {
+      for (let j = 0; j < blocksPerHead; j++) {
+        const block = order[h * blocksPerHead + j] as number;
+        for (let o = 0; o < B; o++) slotPositions[block * B + o] = j * B + o;
+      }
+    }
+    const cache = {
+      blockSize: B,
+      maxSequences: batch,
+      maxBlocksPerHead: blocksPerHead,
+      blockTables: tables,
+      headLengths: new Int32Array(2 * batch * KV_HEADS).fill(ctx),
+      slotPositions,
+    };
+    const q = backend.createBuffer(batch * HEADS * D);
+    backend.write(
+      q,
+      Float32Array.from({ length: batch * HEADS * D }, () => Math.random() - 0.5),
+    );
+    const sequences = backend.createBuffer(batch, 'i32');
+    backend.write(
+      sequences,
+      Int32Array.from({ length: batch }, (_, i) => i),
+    );
+    const positions = backend.createBuffer(batch, 'i32');
+    backend.write(positions, new Int32Array(batch).fill(ctx - 1));
+    const out = backend.createBuffer(batch * HEADS * D);
+    const rows = { rows: batch, sequences, positions };
+    step('inputs');
+    backend.attention(out, q, 0, rows, cache, HEADS, KV_HEADS);
+    step('recorded');
+    backend.flush();
+    await device.queue.onSubmittedWorkDone();
+    step('first done');
+    const ms = await time(() => {
+      backend.attention(out, q, 1, rows, cache, HEADS, KV_HEADS);
+      backend.flush();
+    }, 20);
+    const kvBytes = 2 * slots * D * 2;
+    console.log(JSON.stringify({ kind: 'attention', batch, ctx, ms, kvBytes, gbps: kvBytes / ms / 1e6 }));
+    backend.destroyBuffers();
+  }
+}
+process.exit(0);

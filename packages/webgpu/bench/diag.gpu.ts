@@ -1,0 +1,31 @@
+/// <reference types="@webgpu/types" />
+import { requestWebGpuDevice } from '../src/device.ts';
+import { WebGpuBackend } from '../src/webgpu-backend.ts';
+
+const log = (s: string) => console.error('STEP', s);
+const device = await requestWebGpuDevice();
+log('device');
+const be = new WebGpuBackend(device);
+log('backend');
+const x = be.createBuffer(64);
+be.write(x, new Float32Array(64).fill(1));
+log('write');
+const o = new Float32Array(64);
+await be.read(x, o);
+log('read ' + o[3]);
+const w = new Float32Array(96 * 64).fill(0.5);
+const weight = be.uploadWeight({ name: 'w', shape: [96, 64], dtype: 'f32', data: new Uint8Array(w.buffer) });
+log('upload');
+const out = be.createBuffer(96);
+be.matmul(out, x, weight, 1);
+log('matmul recorded');
+be.flush();
+log('flushed');
+await device.queue.onSubmittedWorkDone();
+log('done');
+const r = new Float32Array(96);
+await be.read(out, r);
+log('matmul read ' + r[0]);
+be.createKvCache(1024, 128, 'f16');
+log('kv');
+process.exit(0);

@@ -1,0 +1,32 @@
+"""PyTorch scaled_dot_product_attention on dense f16 KV, the same shapes as attention.gpu.ts."""
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+
+H, KVH, D = 32, 8, 128
+batches = [int(x) for x in os.environ.get("BATCHES", "1,8,32,128").split(",")]
+contexts = [int(x) for x in os.environ.get("CONTEXTS", "1024,4096,16384,32768").split(",")]
+print(json.dumps({"kind": "torch", "version": torch.__version__, "device": torch.cuda.get_device_name()}))
+for b in batches:
+    for t in contexts:
+        if b * KVH * t * D * 2 > 2**31 - 4:
+            continue
+        q = torch.randn(b, H, 1, D, device="cuda", dtype=torch.float16)
+        k = torch.randn(b, KVH, t, D, device="cuda", dtype=torch.float16)
+        v = torch.randn(b, KVH, t, D, device="cuda", dtype=torch.float16)
+        for _ in range(3):
+            F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        end.record()
+        torch.cuda.synchronize()
+        ms = start.elapsed_time(end) / 20
+        kv_bytes = 2 * b * KVH * t * D * 2
+        print(json.dumps({"kind": "sdpa", "batch": b, "ctx": t, "ms": ms, "kvBytes": kv_bytes, "gbps": kv_bytes / ms / 1e6}))
+        del q, k, v
+        torch.cuda.empty_cache()
