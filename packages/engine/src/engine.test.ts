@@ -43,6 +43,13 @@ describe.skipIf(!haveStories)('engine on stories260K (CPU)', () => {
     expect(done.tokens).toEqual(referenceIds());
     const text = (JSON.parse(readFileSync(sharedPath(REFERENCE), 'utf8')) as { text: string }).text;
     expect(model.tokenizer?.decode(done.tokens)).toBe(text);
+    // The streamed text (decoded incrementally, a few tokens at a time) is the same text.
+    expect(done.text).toBe(text);
+    let streamed = '';
+    for await (const e of new Engine({ model, maxSequences: 1 }).generate([1], { maxTokens: 256, stopTokens: [] })) {
+      if (e.type === 'token') streamed += e.text;
+    }
+    expect(streamed).toBe(text);
   });
 
   it('teacher-forced loss on the first 200 TinyStories validation stories is within 1% of 1.283 nats/token', async () => {

@@ -134,7 +134,12 @@ interface Request {
   readonly stopStrings: readonly string[];
   readonly signal: AbortSignal | undefined;
   sequence: number;
+  /** Set by the scheduler check at the start of a decode step. */
+  compressionDue: boolean;
   text: string;
+  /** Incremental detokenisation window over `generated`: see #textDelta. */
+  prefixOffset: number;
+  readOffset: number;
   compressions: number;
   prefillMs: number;
   decodeMs: number;
@@ -189,8 +194,12 @@ export class Engine {
   readonly #uploadSlots: Int32Array;
   readonly #uploadValues: Float32Array;
 
-  /** Serialises forward passes: the step scratch is shared by generation and forwardLogits. */
-  #lock: Promise<void> = Promise.resolve();
+  /**
+   * Serialises forward passes (the step scratch is shared by generation and forwardLogits).
+   * A flag, with promises only when contended, so the decode loop does not allocate for it.
+   */
+  #locked = false;
+  readonly #lockWaiters: Array<() => void> = [];
   #waiting: Request[] = [];
   readonly #batchScratch: Request[] = [];
   #running: Request[] = [];
@@ -363,17 +372,20 @@ export class Engine {
 
   /** Runs `fn` when no other forward pass is in flight. */
   async #exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const previous = this.#lock;
-    let release = () => {};
-    this.#lock = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    await previous;
+    if (this.#locked) await new Promise<void>((resolve) => this.#lockWaiters.push(resolve));
+    else this.#locked = true;
     try {
       return await fn();
     } finally {
-      release();
+      this.#unlock();
     }
+  }
+
+  /** Hands the lock to the next waiter, or frees it. */
+  #unlock(): void {
+    const next = this.#lockWaiters.shift();
+    if (next !== undefined) next();
+    else this.#locked = false;
   }
 
   /**
@@ -449,7 +461,10 @@ export class Engine {
       stopStrings: options.stopStrings ?? [],
       signal: options.signal,
       sequence: -1,
+      compressionDue: false,
       text: '',
+      prefixOffset: 0,
+      readOffset: 0,
       compressions: 0,
       prefillMs: 0,
       decodeMs: 0,
@@ -465,10 +480,17 @@ export class Engine {
     const loop = async (): Promise<void> => {
       try {
         while (this.#waiting.length > 0 || this.#running.length > 0) {
-          await this.#exclusive(async () => {
-            await this.#admit();
-            if (this.#running.length > 0) await this.#decodeStep();
-          });
+          if (this.#locked) await new Promise<void>((resolve) => this.#lockWaiters.push(resolve));
+          else this.#locked = true;
+          try {
+            if (this.#waiting.length > 0) await this.#admit();
+            if (this.#running.length > 0) {
+              const pending = this.#decodeStep();
+              if (pending !== undefined) await pending;
+            }
+          } finally {
+            this.#unlock();
+          }
           // Let consumers and I/O run between steps.
           await yieldToEventLoop();
         }
@@ -535,18 +557,42 @@ export class Engine {
     this.#accept(r, this.#sampler.sample(this.#logits, 0, r.sampling, r.rng));
   }
 
-  async #decodeStep(): Promise<void> {
+  /**
+   * One decode step for every running sequence. Synchronous (returns undefined, allocating
+   * nothing) on host backends; a promise only where the backend must be awaited (device
+   * metrics to download before compressing, or logits to read back).
+   */
+  #decodeStep(): Promise<void> | undefined {
     const t0 = performance.now();
-    // Compression on schedule, then under memory pressure, then preemption.
+    // Which sequences are due for compression: on schedule, or because blocks run short.
     let needed = 0;
     for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
+    let due = false;
     for (const r of this.#running) {
       const reason = this.scheduler.beforeDecodeStep(r.sequence, this.allocator.freeBlocks, needed);
-      if (reason === 'interval' && this.compressor !== null) await this.#compress(r, reason);
+      r.compressionDue = reason === 'interval' && this.compressor !== null;
+      due ||= r.compressionDue;
     }
-    needed = 0;
+    if (this.compressor !== null && this.backend.deviceMetrics === true && (due || needed > this.allocator.freeBlocks)) {
+      return this.#downloadMetricsThen(t0);
+    }
+    return this.#decodeRows(t0);
+  }
+
+  async #downloadMetricsThen(t0: number): Promise<void> {
+    await this.backend.downloadMetrics?.(this.metrics.values);
+    await this.#decodeRows(t0);
+  }
+
+  /** Compressions that are due, pressure relief, preemption, then the forward pass. */
+  #decodeRows(t0: number): Promise<void> | undefined {
+    for (const r of this.#running) {
+      if (r.compressionDue) this.#compressNow(r, 'interval');
+      r.compressionDue = false;
+    }
+    let needed = 0;
     for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
-    if (needed > this.allocator.freeBlocks) await this.#relievePressure(needed);
+    if (needed > this.allocator.freeBlocks) this.#relievePressureNow(needed);
     while (this.#running.length > 0) {
       needed = 0;
       for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
@@ -554,7 +600,7 @@ export class Engine {
       this.#preempt();
     }
     const rows = this.#running.length;
-    if (rows === 0) return;
+    if (rows === 0) return undefined;
     const units = this.#units;
     for (let i = 0; i < rows; i++) {
       const r = this.#running[i] as Request;
@@ -581,8 +627,16 @@ export class Engine {
     this.#step.logitCount = rows;
     this.model.forward(this.#step, this.allocator, this.#recording ?? undefined);
     const vocab = this.model.config.vocabSize;
-    if (this.backend.readSync !== undefined) this.backend.readSync(this.model.logits, this.#logits, 0, rows * vocab);
-    else await this.backend.read(this.model.logits, this.#logits, 0, rows * vocab);
+    if (this.backend.readSync !== undefined) {
+      this.backend.readSync(this.model.logits, this.#logits, 0, rows * vocab);
+      this.#sampleRows(t0, rows);
+      return undefined;
+    }
+    return this.backend.read(this.model.logits, this.#logits, 0, rows * vocab).then(() => this.#sampleRows(t0, rows));
+  }
+
+  #sampleRows(t0: number, rows: number): void {
+    const vocab = this.model.config.vocabSize;
     const ms = performance.now() - t0;
     this.#stats.decodeTokens += rows;
     this.#stats.decodeMs += ms;
@@ -598,16 +652,23 @@ export class Engine {
     this.#emitStep('decode', rows, ms);
   }
 
-  /** Compresses running sequences, fullest first, until `needed` blocks are free. */
+  /** Compresses running sequences until `needed` blocks are free (metrics already on the host). */
   async #relievePressure(needed: number): Promise<void> {
-    if (this.compressor === null) return;
-    const byBlocks = [...this.#running].sort(
-      (a, b) => this.allocator.sequenceBlocks(b.sequence) - this.allocator.sequenceBlocks(a.sequence),
-    );
+    if (this.compressor === null || needed <= this.allocator.freeBlocks) return;
+    if (this.backend.deviceMetrics === true) await this.backend.downloadMetrics?.(this.metrics.values);
+    this.#relievePressureNow(needed);
+  }
+
+  /** Compresses running sequences, fullest first, until `needed` blocks are free. */
+  #relievePressureNow(needed: number): void {
+    if (this.compressor === null || this.scheduler.compressOnce) return;
+    const byBlocks = this.#batchScratch;
+    byBlocks.length = 0;
+    for (const r of this.#running) byBlocks.push(r);
+    byBlocks.sort((a, b) => this.allocator.sequenceBlocks(b.sequence) - this.allocator.sequenceBlocks(a.sequence));
     for (const r of byBlocks) {
       if (needed <= this.allocator.freeBlocks) return;
-      if (this.scheduler.compressOnce) return;
-      await this.#compress(r, 'memory-pressure');
+      this.#compressNow(r, 'memory-pressure');
     }
   }
 
@@ -624,10 +685,17 @@ export class Engine {
     this.#waiting.unshift(r);
   }
 
+  /** Compresses one sequence, first fetching device metrics if the backend keeps them. */
   async #compress(r: Request, reason: CompressionReason): Promise<void> {
+    if (this.compressor === null) return;
+    if (this.backend.deviceMetrics === true) await this.backend.downloadMetrics?.(this.metrics.values);
+    this.#compressNow(r, reason);
+  }
+
+  /** Compresses one sequence with the host metric store as it is. */
+  #compressNow(r: Request, reason: CompressionReason): void {
     const compressor = this.compressor;
     if (compressor === null) return;
-    if (this.backend.deviceMetrics === true) await this.backend.downloadMetrics?.(this.metrics.values);
     const outcome = compressor.compress(r.sequence, this.#moves);
     this.backend.executeMoves(this.#moves);
     this.#moves.clear();
@@ -649,11 +717,10 @@ export class Engine {
       return;
     }
     r.generated.push(token);
-    const text = this.#decodeText(r.generated);
-    const delta = text.startsWith(r.text) ? text.slice(r.text.length) : text;
-    r.text = text;
+    const delta = this.#textDelta(r);
+    r.text += delta;
     this.#push(r, { type: 'token', token, text: delta, index: r.generated.length - 1 });
-    if (r.stopStrings.some((s) => s.length > 0 && text.endsWith(s))) this.#finish(r, 'stop');
+    if (r.stopStrings.length > 0 && r.stopStrings.some((s) => s.length > 0 && r.text.endsWith(s))) this.#finish(r, 'stop');
     else if (r.generated.length >= r.maxTokens) this.#finish(r, 'length');
     else if (this.allocator.nextPosition(r.sequence) + 1 >= this.maxContext) this.#finish(r, 'length');
   }
@@ -661,6 +728,12 @@ export class Engine {
   #finish(r: Request, reason: FinishReason, error?: Error): void {
     if (r.finished) return;
     r.finished = true;
+    // Text held back while a character was incomplete belongs to the final text.
+    if (this.tokenizer !== null && r.readOffset < r.generated.length) {
+      const prefix = this.tokenizer.decode(r.generated.slice(r.prefixOffset, r.readOffset));
+      const rest = this.tokenizer.decode(r.generated.slice(r.prefixOffset));
+      if (rest.length > prefix.length) r.text += rest.slice(prefix.length);
+    }
     let blocksPerHead: Int32Array = new Int32Array(this.#units);
     if (r.sequence >= 0 && this.allocator.isActive(r.sequence)) {
       blocksPerHead = this.allocator.blocksPerHead(r.sequence);
@@ -689,8 +762,22 @@ export class Engine {
     r.wake?.();
   }
 
-  #decodeText(ids: readonly number[]): string {
-    return this.tokenizer === null ? '' : this.tokenizer.decode(ids);
+  /**
+   * Text the newest token adds. Decodes a short window (from `prefixOffset`) instead of the
+   * whole output, so each token costs O(1): the window's first tokens give the context that
+   * tokenizers need (leading-space rules, multi-byte characters split over tokens), and text
+   * ending in U+FFFD (an incomplete character) is held back until the next token.
+   */
+  #textDelta(r: Request): string {
+    const tok = this.tokenizer;
+    if (tok === null) return '';
+    const ids = r.generated;
+    const prefix = tok.decode(ids.slice(r.prefixOffset, r.readOffset));
+    const full = tok.decode(ids.slice(r.prefixOffset));
+    if (full.length <= prefix.length || full.endsWith('\uFFFD')) return '';
+    r.prefixOffset = r.readOffset;
+    r.readOffset = ids.length;
+    return full.slice(prefix.length);
   }
 
   #emitStep(kind: 'prefill' | 'decode', rows: number, ms: number): void {
