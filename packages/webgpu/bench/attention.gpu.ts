@@ -25,7 +25,7 @@ async function time(fn: () => void, iters: number): Promise<number> {
 }
 
 // The copy ceiling: a grid-stride vec4<f32> copy of 1 GiB, as in shared/device/smoke.mjs.
-{
+if (process.env['COPY_BYTES'] !== '0') {
   const bytes = Number(process.env['COPY_BYTES'] ?? 2 ** 30);
   const usage = GPUBufferUsage.STORAGE;
   const a = device.createBuffer({ size: bytes, usage });

@@ -1,38 +1,83 @@
 /// <reference types="@webgpu/types" />
-// Reproducer for the open Dawn-in-Node problem (see BENCHMARKS.md): compiles one kernel
-// variant per run. On the H100 machine (webgpu@0.6.2, driver 580.159.04) even the trivial
-// `vec4` variant hung for 180 s in createComputePipelineAsync/getCompilationInfo, and the
-// paged-attention pipeline crashed the process when first submitted.
+// Reproducer for the open Dawn-in-Node problem (see BENCHMARKS.md): compiles and dispatches
+// one kernel variant per run with synchronous pipeline creation, printing each stage.
 // Build like run-gpu.sh (entry bench/dawn-repro.gpu.ts -> .gpu/dawn-repro.mjs) and run
-//   "$GPU_NODE" .gpu/dawn-repro.mjs vec4|wul|attention32|attention
+//   "$GPU_NODE" .gpu/dawn-repro.mjs attention|attention-nowul|attention32|matmul
 import { requestWebGpuDevice } from '../src/device.ts';
-import { attentionKernel } from '../src/kernels.ts';
+import { attentionKernel, matmulKernel } from '../src/kernels.ts';
+import { WebGpuBackend } from '../src/webgpu-backend.ts';
 
+const log = (s: string) => process.stdout.write(`${s}\n`);
 const device = await requestWebGpuDevice();
-const which = process.argv[2] ?? 'wul';
+const which = process.argv[2] ?? 'attention';
+const att = attentionKernel('f16', 128, 4).code;
 const variants: Record<string, string> = {
-  wul: `var<workgroup> w: u32;
-@group(0) @binding(0) var<storage, read_write> out: array<u32>;
-@compute @workgroup_size(64) fn main(@builtin(local_invocation_index) li: u32) {
-  if (li == 0u) { w = out[0] + 3u; }
-  let n = workgroupUniformLoad(&w);
-  var s = 0u;
-  for (var i = 0u; i < n; i++) { s += i; workgroupBarrier(); }
-  if (li == 0u) { out[1] = s; }
-}`,
-  vec4: `@group(0) @binding(0) var<storage, read_write> out: array<u32>;
-@group(0) @binding(1) var<storage, read> info: array<vec4<i32>>;
-@compute @workgroup_size(64) fn main(@builtin(local_invocation_index) li: u32) { out[li] = u32(info[0].y); }`,
-  attention: attentionKernel('f16', 128, 4).code,
+  attention: att,
+  'attention-nowul': att
+    .replace('let range = workgroupUniformLoad(&wrange);', 'let range = vec2u(0u, p.scoreStride);')
+    .replace('var<workgroup> wrange: vec2<u32>;', ''),
   attention32: attentionKernel('f32', 8, 2).code,
+  matmul: matmulKernel('f16', true).code,
 };
-console.error('compiling', which);
+if (which.startsWith('backend')) {
+  // The same attention through WebGpuBackend, with a small synthetic paged cache.
+  const be = new WebGpuBackend(device);
+  be.createKvCache(1024, 128, 'f16');
+  log('kv cache');
+  const cache = {
+    blockSize: 16,
+    maxSequences: 1,
+    maxBlocksPerHead: 8,
+    blockTables: Int32Array.from({ length: 2 * 8 * 8 }, (_, i) => i % 64),
+    headLengths: new Int32Array(2 * 8).fill(128),
+    slotPositions: Int32Array.from({ length: 1024 }, (_, i) => i % 128),
+  };
+  const q = be.createBuffer(32 * 128);
+  be.write(q, new Float32Array(32 * 128).fill(0.01));
+  const seqs = be.createBuffer(1, 'i32');
+  be.write(seqs, new Int32Array([0]));
+  const pos = be.createBuffer(1, 'i32');
+  be.write(pos, new Int32Array([127]));
+  const out = be.createBuffer(32 * 128);
+  log('inputs');
+  device.pushErrorScope('validation');
+  be.attention(out, q, 0, { rows: 1, sequences: seqs, positions: pos }, cache, 32, 8);
+  log('recorded');
+  be.flush();
+  log('flushed');
+  if (which === 'backend-wait') await device.queue.onSubmittedWorkDone();
+  log('waited');
+  const r = new Float32Array(8);
+  await be.read(out, r);
+  log(`read ${r[0]} validation: ${(await device.popErrorScope())?.message ?? 'none'}`);
+  process.exit(0);
+}
+device.pushErrorScope('validation');
+log(`compile ${which}`);
 const module = device.createShaderModule({ code: variants[which] as string });
-const info = await module.getCompilationInfo();
-console.error('info', info.messages.length);
-const pipeline = await device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' } });
-console.error('pipeline ok');
+const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+log('pipeline created');
+const layout = pipeline.getBindGroupLayout(0);
+const count = which.startsWith('attention') ? 10 : which === 'matmul' ? 5 : 1;
+const entries: GPUBindGroupEntry[] = [];
+const uniform = device.createBuffer({ size: 64, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+device.queue.writeBuffer(uniform, 0, new Uint32Array([1, 4, 1, 1, 1, 16, 0, 16, 0, 1, 0, 0, 0, 0, 0, 0]));
+entries.push({ binding: 0, resource: { buffer: uniform } });
+for (let i = 1; i < count; i++) {
+  entries.push({ binding: i, resource: { buffer: device.createBuffer({ size: 1 << 20, usage: GPUBufferUsage.STORAGE }) } });
+}
+const bg = device.createBindGroup({ layout, entries });
+log('bind group');
+const e = device.createCommandEncoder();
+const pass = e.beginComputePass();
+pass.setPipeline(pipeline);
+pass.setBindGroup(0, bg);
+pass.dispatchWorkgroups(1);
+pass.end();
+device.queue.submit([e.finish()]);
+log('submitted');
+log(`validation: ${(await device.popErrorScope())?.message ?? 'none'}`);
 await device.queue.onSubmittedWorkDone();
-console.error('idle ok');
-(globalThis as unknown as { keep: unknown }).keep = [module, pipeline];
+log('done');
+(globalThis as unknown as { keep: unknown }).keep = [module, pipeline, bg];
 process.exit(0);

@@ -116,6 +116,12 @@ export class WebGpuBackend implements Backend {
   #bindGroups = new Map<string, GPUBindGroup>();
   #uniforms: GPUBuffer;
   #uniformSlot = 0;
+  /**
+   * Host copy of the uniform ring: each dispatch's parameters go to its own 256-byte slot,
+   * and the used range is written to the device once, just before the submit. One upload per
+   * submit, and no dispatch ever shares a staging area with another.
+   */
+  #uniformHost = new Uint32Array((UNIFORM_SLOT * UNIFORM_SLOTS) / 4);
   #uniformScratch = new ArrayBuffer(48);
   #u32 = new Uint32Array(this.#uniformScratch);
   #f32 = new Float32Array(this.#uniformScratch);
@@ -211,8 +217,8 @@ export class WebGpuBackend implements Backend {
     const encoder = this.#encoder ?? this.device.createCommandEncoder();
     this.#encoder = null;
     encoder.copyBufferToBuffer(src, byteOffset, staging, 0, bytes);
+    this.#uploadUniforms();
     this.device.queue.submit([encoder.finish()]);
-    this.#uniformSlot = 0;
     await staging.mapAsync(GPUMapMode.READ, 0, bytes);
     this.#checkAlive();
     const view = staging.getMappedRange(0, bytes);
@@ -225,8 +231,16 @@ export class WebGpuBackend implements Backend {
   flush(): void {
     if (this.#encoder === null) return;
     this.#endPass();
+    this.#uploadUniforms();
     this.device.queue.submit([this.#encoder.finish()]);
     this.#encoder = null;
+  }
+
+  /** Sends the parameters of the dispatches recorded since the last submit. */
+  #uploadUniforms(): void {
+    if (this.#uniformSlot === 0) return;
+    const h = this.#uniformHost;
+    this.device.queue.writeBuffer(this.#uniforms, 0, h.buffer, h.byteOffset, this.#uniformSlot * UNIFORM_SLOT);
     this.#uniformSlot = 0;
   }
 
@@ -657,7 +671,7 @@ export class WebGpuBackend implements Backend {
     if (this.#uniformSlot >= UNIFORM_SLOTS) this.flush();
     const offset = this.#uniformSlot * UNIFORM_SLOT;
     this.#uniformSlot++;
-    this.device.queue.writeBuffer(this.#uniforms, offset, this.#uniformScratch, 0, 48);
+    this.#uniformHost.set(this.#u32, offset / 4);
     const pass = this.#beginPass();
     pass.setPipeline(p.pipeline);
     pass.setBindGroup(0, this.#bindGroup(p, buffers, offset));
