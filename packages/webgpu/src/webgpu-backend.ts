@@ -7,6 +7,7 @@ import {
   type DeviceWeight,
   dequantize,
   elementCount,
+  f16ToF32,
   f32ToF16,
   InvalidArgumentError,
   KvCompressError,
@@ -535,7 +536,7 @@ export class WebGpuBackend implements Backend {
     await this.#readGpu(which === 'k' ? K : V, slot * D * 2, words);
     const out = new Float32Array(D);
     const u16 = new Uint16Array(words.buffer);
-    for (let i = 0; i < D; i++) out[i] = halfToFloat(u16[i] as number);
+    for (let i = 0; i < D; i++) out[i] = f16ToF32(u16[i] as number);
     return out;
   }
 
@@ -732,11 +733,3 @@ function rowsGroupedBySequence(rows: Int32Array, n: number, seqs: Int32Array): b
   return true;
 }
 
-function halfToFloat(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 31) return frac === 0 ? sign * Number.POSITIVE_INFINITY : Number.NaN;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
-}
