@@ -732,4 +732,3 @@ function rowsGroupedBySequence(rows: Int32Array, n: number, seqs: Int32Array): b
   }
   return true;
 }
-
