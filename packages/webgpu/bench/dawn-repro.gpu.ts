@@ -22,26 +22,43 @@ const variants: Record<string, string> = {
 if (which.startsWith('backend')) {
   // The same attention through WebGpuBackend, with a small synthetic paged cache.
   const be = new WebGpuBackend(device);
-  be.createKvCache(1024, 128, 'f16');
-  log('kv cache');
+  const ctx = Number(process.env['CTX'] ?? 128);
+  const D = Number(process.env['D'] ?? 128);
+  const HEADS = Number(process.env['HEADS'] ?? 32);
+  const blocks = ctx / 16;
+  const slots = 8 * ctx;
+  be.createKvCache(slots, D, (process.env['KV'] ?? 'f16') as 'f16' | 'f32');
+  log(`kv cache ctx ${ctx}`);
+  if (process.env['CLEAR'] === '1') {
+    be.clearKvCache();
+    log('cleared');
+  }
+  const order = Int32Array.from({ length: 8 * blocks }, (_, i) => i);
+  if (process.env['SHUFFLE'] === '1') order.reverse();
+  const tables = new Int32Array(2 * 8 * blocks);
+  tables.set(order, 0);
+  tables.set(order, order.length);
+  const slotPositions = new Int32Array(slots);
+  for (let h = 0; h < 8; h++)
+    for (let j = 0; j < blocks; j++) for (let o = 0; o < 16; o++) slotPositions[(order[h * blocks + j] as number) * 16 + o] = j * 16 + o;
   const cache = {
     blockSize: 16,
     maxSequences: 1,
-    maxBlocksPerHead: 8,
-    blockTables: Int32Array.from({ length: 2 * 8 * 8 }, (_, i) => i % 64),
-    headLengths: new Int32Array(2 * 8).fill(128),
-    slotPositions: Int32Array.from({ length: 1024 }, (_, i) => i % 128),
+    maxBlocksPerHead: blocks,
+    blockTables: tables,
+    headLengths: new Int32Array(16).fill(ctx),
+    slotPositions,
   };
-  const q = be.createBuffer(32 * 128);
-  be.write(q, new Float32Array(32 * 128).fill(0.01));
+  const q = be.createBuffer(HEADS * D);
+  be.write(q, new Float32Array(HEADS * D).fill(0.01));
   const seqs = be.createBuffer(1, 'i32');
   be.write(seqs, new Int32Array([0]));
   const pos = be.createBuffer(1, 'i32');
-  be.write(pos, new Int32Array([127]));
-  const out = be.createBuffer(32 * 128);
+  be.write(pos, new Int32Array([ctx - 1]));
+  const out = be.createBuffer(HEADS * D);
   log('inputs');
   device.pushErrorScope('validation');
-  be.attention(out, q, 0, { rows: 1, sequences: seqs, positions: pos }, cache, 32, 8);
+  be.attention(out, q, 0, { rows: 1, sequences: seqs, positions: pos }, cache, HEADS, 8);
   log('recorded');
   be.flush();
   log('flushed');

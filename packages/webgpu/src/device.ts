@@ -23,7 +23,9 @@ async function gpu(): Promise<GPU> {
   }
   // GPUBufferUsage, GPUMapMode and friends, which browsers define globally.
   Object.assign(globalThis, dawn.globals);
-  return dawn.create([]);
+  // KVC_DAWN_FLAGS: extra Dawn options for diagnosis, comma separated (Node only).
+  const flags = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env['KVC_DAWN_FLAGS'];
+  return dawn.create(flags ? flags.split(',') : []);
 }
 
 export interface DeviceOptions {

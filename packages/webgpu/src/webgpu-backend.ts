@@ -269,6 +269,16 @@ export class WebGpuBackend implements Backend {
     this.#numSlots = numSlots;
   }
 
+  /** Zeroes K, V and the metrics on the device (they start zeroed; this makes it explicit). */
+  clearKvCache(): void {
+    const { K, V } = this.#cache();
+    this.#endPass();
+    this.#encoder ??= this.device.createCommandEncoder();
+    this.#encoder.clearBuffer(K);
+    this.#encoder.clearBuffer(V);
+    if (this.#metrics !== null) this.#encoder.clearBuffer(this.#metrics);
+  }
+
   // ---------------------------------------------------------------------------------------
   // Dense ops
 
