@@ -3,7 +3,7 @@ import type { Budget } from '@kvcompress/eviction';
 import { policies } from '@kvcompress/eviction';
 import { loadModel } from '@kvcompress/models';
 import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
-import { firstDifference, formatBytes, formatHeadGrid } from './format.ts';
+import { formatBytes, formatHeadGrid } from './format.ts';
 import { defaultModelPath, NO_DEFAULT_MODEL } from './paths.ts';
 import { runComparison } from './run.ts';
 
@@ -94,7 +94,7 @@ program
     );
     console.log(`--- full cache ---\n${full.text}\n`);
     console.log(`--- ${compressed.label} ---\n${compressed.text}\n`);
-    const d = firstDifference(full.tokens, compressed.tokens);
+    const d = report.firstDifference;
     if (d < 0) console.log(`Both outputs are identical (${full.tokens.length} tokens).`);
     else {
       const tok = model.tokenizer;

@@ -3,6 +3,7 @@ import { type DoneEvent, Engine, type GenerateOptions } from '@kvcompress/engine
 import type { Budget } from '@kvcompress/eviction';
 import type { LoadedModel } from '@kvcompress/models';
 import { SingleBar } from 'cli-progress';
+import { firstDifference } from './format.ts';
 
 export interface RunOptions {
   readonly prompt: string;
@@ -112,21 +113,12 @@ export async function runComparison(model: LoadedModel, o: RunOptions): Promise<
   const full = await generateOnce(model, 'full cache', 'none', null, o, promptIds);
   const compressed = await generateOnce(model, o.policy, o.policy, o.budget, o, promptIds);
   const shape = kvShapeOf(model.config);
-  let diff = -1;
-  const n = Math.min(full.tokens.length, compressed.tokens.length);
-  for (let i = 0; i < n; i++) {
-    if (full.tokens[i] !== compressed.tokens[i]) {
-      diff = i;
-      break;
-    }
-  }
-  if (diff < 0 && full.tokens.length !== compressed.tokens.length) diff = n;
   return {
     model: { architecture: model.config.architecture, layers: shape.layers, kvHeads: shape.kvHeads, headDim: shape.headDim },
     promptTokens: promptIds.length,
     full,
     compressed,
-    firstDifference: diff,
+    firstDifference: firstDifference(full.tokens, compressed.tokens),
     memoryRatio: compressed.kvBytes > 0 ? full.kvBytes / compressed.kvBytes : Number.POSITIVE_INFINITY,
     kvBytesPerToken: kvBytesPerToken(shape, 'f32'),
   };

@@ -372,13 +372,22 @@ export class Engine {
 
   /** Runs `fn` when no other forward pass is in flight. */
   async #exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.#locked) await new Promise<void>((resolve) => this.#lockWaiters.push(resolve));
-    else this.#locked = true;
+    const wait = this.#lock();
+    if (wait !== undefined) await wait;
     try {
       return await fn();
     } finally {
       this.#unlock();
     }
+  }
+
+  /** Takes the lock: undefined when it was free (no promise), else a promise of the turn. */
+  #lock(): Promise<void> | undefined {
+    if (!this.#locked) {
+      this.#locked = true;
+      return undefined;
+    }
+    return new Promise<void>((resolve) => this.#lockWaiters.push(resolve));
   }
 
   /** Hands the lock to the next waiter, or frees it. */
@@ -480,8 +489,8 @@ export class Engine {
     const loop = async (): Promise<void> => {
       try {
         while (this.#waiting.length > 0 || this.#running.length > 0) {
-          if (this.#locked) await new Promise<void>((resolve) => this.#lockWaiters.push(resolve));
-          else this.#locked = true;
+          const wait = this.#lock();
+          if (wait !== undefined) await wait;
           try {
             if (this.#waiting.length > 0) await this.#admit();
             if (this.#running.length > 0) {

@@ -48,7 +48,6 @@ export class DeviceLostError extends KvCompressError {
 let nextBufferId = 1;
 
 export class GpuBuffer implements DeviceBuffer {
-  readonly id = nextBufferId++;
   readonly buffer: GPUBuffer;
   readonly length: number;
   readonly kind: 'f32' | 'i32';
@@ -64,7 +63,6 @@ export class GpuBuffer implements DeviceBuffer {
 }
 
 export class GpuWeight implements DeviceWeight {
-  readonly id = nextBufferId++;
   readonly name: string;
   readonly shape: readonly number[];
   readonly buffer: GPUBuffer;
