@@ -1,3 +1,4 @@
+import type { ChangeLog } from './change-log.ts';
 import type { RopeLayout, RopeScaling, Tensor } from './model.ts';
 import type { KvDtype } from './shape.ts';
 import type { SlotMoveList } from './slot-moves.ts';
@@ -27,6 +28,12 @@ export interface PagedCacheView {
   readonly blockTables: Int32Array;
   readonly headLengths: Int32Array;
   readonly slotPositions: Int32Array;
+  /**
+   * Entries of `blockTables` / `slotPositions` changed since the consumer last cleared the
+   * log (see ChangeLog); absent means "assume everything changed".
+   */
+  readonly tableChanges?: ChangeLog;
+  readonly positionChanges?: ChangeLog;
 }
 
 /**
@@ -96,6 +103,12 @@ export interface Backend {
   add(out: DeviceBuffer, a: DeviceBuffer, b: DeviceBuffer, n: number): void;
   /** out[i] = x[rows[i]] for i < count: gathers rows of width `dim`. */
   gatherRows(out: DeviceBuffer, x: DeviceBuffer, rows: DeviceBuffer, count: number, dim: number): void;
+  /**
+   * Greedy token selection: out[r] = index of the largest of logits[r][0..vocab) (the first
+   * on ties), out i32 [rows]. Lets a device backend hand back `rows` integers instead of
+   * `rows * vocab` floats.
+   */
+  argmax(out: DeviceBuffer, logits: DeviceBuffer, rows: number, vocab: number): void;
 
   /**
    * Writes K and V rows [rows][kvHeads][headDim] of one layer into the cache at the slots

@@ -8,6 +8,7 @@ export type {
   RopeSettings,
 } from './backend.ts';
 export { ropeInverseFrequencies } from './backend.ts';
+export { ChangeLog } from './change-log.ts';
 export {
   bf16ToF32,
   bytesForTensor,

@@ -257,6 +257,24 @@ export class CpuBackend implements Backend {
     }
   }
 
+  argmax(out: DeviceBuffer, logits: DeviceBuffer, rows: number, vocab: number): void {
+    const o = (out as CpuBuffer).i32;
+    const x = (logits as CpuBuffer).f32;
+    for (let r = 0; r < rows; r++) {
+      const base = r * vocab;
+      let best = 0;
+      let max = x[base] as number;
+      for (let i = 1; i < vocab; i++) {
+        const v = x[base + i] as number;
+        if (v > max) {
+          max = v;
+          best = i;
+        }
+      }
+      o[r] = best;
+    }
+  }
+
   appendKv(layer: number, k: DeviceBuffer, v: DeviceBuffer, slots: DeviceBuffer, rows: number, kvHeads: number): void {
     const ks = (k as CpuBuffer).f32;
     const vs = (v as CpuBuffer).f32;

@@ -1,6 +1,7 @@
 import {
   assertInteger,
   type Backend,
+  type DeviceBuffer,
   InvalidArgumentError,
   type KvDtype,
   kvShapeOf,
@@ -178,6 +179,8 @@ export class Engine {
   readonly #seqSlots: Int32Array; // one sequence's appendTokens output [layers][kvHeads][n]
   readonly #logitRows: Int32Array;
   readonly #logits: Float32Array; // [rows][vocab] host copy
+  readonly #greedyOut: DeviceBuffer; // i32 [rows]: device argmax of each row's logits
+  readonly #greedyIds: Int32Array; // [rows] host copy of #greedyOut
   readonly #recording: MetricRecording | null;
   readonly #rowFlags: Uint8Array;
   readonly #step: {
@@ -285,6 +288,8 @@ export class Engine {
     this.#seqSlots = new Int32Array(this.#units * maxRows);
     this.#logitRows = new Int32Array(maxRows);
     this.#logits = new Float32Array(maxRows * config.vocabSize);
+    this.#greedyOut = this.backend.createBuffer(maxRows, 'i32');
+    this.#greedyIds = new Int32Array(maxRows);
     this.#rowFlags = new Uint8Array(maxRows);
     const decode = this.scorer.decode;
     const recordsAttention = this.scorer instanceof AttentionScorer && this.compressor !== null && decode !== undefined;
@@ -641,10 +646,19 @@ export class Engine {
       this.#sampleRows(t0, rows);
       return undefined;
     }
+    // Every row greedy: pick on the device and read back one integer per row, not a row of
+    // vocab floats (128 K x 4 B per row for Llama 3).
+    let greedy = true;
+    for (const r of this.#running) greedy &&= r.sampling.temperature === 0;
+    if (greedy) {
+      this.backend.argmax(this.#greedyOut, this.model.logits, rows, vocab);
+      return this.backend.read(this.#greedyOut, this.#greedyIds, 0, rows).then(() => this.#sampleRows(t0, rows, this.#greedyIds));
+    }
     return this.backend.read(this.model.logits, this.#logits, 0, rows * vocab).then(() => this.#sampleRows(t0, rows));
   }
 
-  #sampleRows(t0: number, rows: number): void {
+  /** Samples each running row from #logits, or takes `picked[i]` (device argmax) when given. */
+  #sampleRows(t0: number, rows: number, picked?: Int32Array): void {
     const vocab = this.model.config.vocabSize;
     const ms = performance.now() - t0;
     this.#stats.decodeTokens += rows;
@@ -656,7 +670,7 @@ export class Engine {
     for (let i = 0; i < rows; i++) {
       const r = batch[i] as Request;
       r.decodeMs += ms;
-      this.#accept(r, this.#sampler.sample(this.#logits, i * vocab, r.sampling, r.rng));
+      this.#accept(r, picked !== undefined ? (picked[i] as number) : this.#sampler.sample(this.#logits, i * vocab, r.sampling, r.rng));
     }
     this.#emitStep('decode', rows, ms);
   }

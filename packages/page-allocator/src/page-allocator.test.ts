@@ -1,5 +1,6 @@
 import {
   CapacityExceededError,
+  type ChangeLog,
   InvalidArgumentError,
   InvalidPlanError,
   OutOfBlocksError,
@@ -267,6 +268,17 @@ function runScenario(ops: Op[], numBlocks: number, blockSize: number): void {
   const moves = a.createMoveList();
   const plan = a.createEvictionPlan();
   let nextPayload = 1;
+  // A device copy of the tables kept in sync only through the change logs.
+  const tableMirror = a.blockTables.slice();
+  const positionMirror = a.slotPositions.slice();
+  a.tableChanges.clear();
+  a.positionChanges.clear();
+  const syncMirror = (log: ChangeLog, host: Int32Array, mirror: Int32Array) => {
+    if (log.overflowed) mirror.set(host);
+    else for (let i = 0; i < log.count; i++) mirror[log.indices[i] as number] = host[log.indices[i] as number] as number;
+    log.clear();
+    expect(mirror).toEqual(host);
+  };
 
   const execute = () => {
     // Every move reads the state from before the list: run them against a copy.
@@ -289,6 +301,8 @@ function runScenario(ops: Op[], numBlocks: number, blockSize: number): void {
 
   const verify = () => {
     a.checkInvariants();
+    syncMirror(a.tableChanges, a.blockTables, tableMirror);
+    syncMirror(a.positionChanges, a.slotPositions, positionMirror);
     let referenced = 0;
     const seen = new Set<number>();
     for (const [seq, heads] of model) {

@@ -1,6 +1,7 @@
 import {
   assertInteger,
   CapacityExceededError,
+  ChangeLog,
   InvalidArgumentError,
   InvalidPlanError,
   InvariantViolationError,
@@ -84,6 +85,9 @@ export class PageAllocator {
   readonly blockTables: Int32Array;
   readonly headLengths: Int32Array;
   readonly slotPositions: Int32Array;
+  /** blockTables / slotPositions entries written since a device copy last synchronised. */
+  readonly tableChanges: ChangeLog;
+  readonly positionChanges: ChangeLog;
   readonly refCounts: Int32Array;
   /** Head unit (layer * kvHeads + kvHead) a block belongs to, or -1 when free. */
   readonly blockUnit: Int32Array;
@@ -126,6 +130,9 @@ export class PageAllocator {
     this.blockTables = new Int32Array(tableEntries).fill(EMPTY);
     this.headLengths = new Int32Array(this.headsPerSequence * this.maxSequences);
     this.slotPositions = new Int32Array(this.numBlocks * blockSize);
+    // Past these many changes a full upload is about as cheap as a scatter.
+    this.tableChanges = new ChangeLog(Math.max(4096, tableEntries >>> 4));
+    this.positionChanges = new ChangeLog(Math.max(4096, this.slotPositions.length >>> 4));
     this.refCounts = new Int32Array(this.numBlocks);
     this.blockUnit = new Int32Array(this.numBlocks).fill(EMPTY);
     this.blockTableIndex = new Int32Array(this.numBlocks).fill(EMPTY);
@@ -246,6 +253,7 @@ export class PageAllocator {
         for (let j = 0; j < blocks; j++) {
           this.#release(this.blockTables[t0 + j] as number);
           this.blockTables[t0 + j] = EMPTY;
+          this.tableChanges.mark(t0 + j);
         }
         this.headLengths[h] = 0;
       }
@@ -274,6 +282,7 @@ export class PageAllocator {
         for (let j = 0; j < blocks; j++) {
           const block = this.blockTables[tp + j] as number;
           this.blockTables[tc + j] = block;
+          this.tableChanges.mark(tc + j);
           this.refCounts[block] = (this.refCounts[block] as number) + 1;
         }
         this.headLengths[hc] = len;
@@ -370,18 +379,24 @@ export class PageAllocator {
               const dst = fresh * B + o;
               (moves as SlotMoveList).push(src, dst);
               positions[dst] = positions[src] as number;
+              this.positionChanges.mark(dst);
             }
             this.refCounts[last] = (this.refCounts[last] as number) - 1;
             this.blockTables[t0 + j] = fresh;
+            this.tableChanges.mark(t0 + j);
           }
         }
         const outBase = unit * count;
         for (let t = 0; t < count; t++, len++) {
           const j = (len / B) | 0;
           const o = len - j * B;
-          if (o === 0) this.blockTables[t0 + j] = this.#take(unit, j);
+          if (o === 0) {
+            this.blockTables[t0 + j] = this.#take(unit, j);
+            this.tableChanges.mark(t0 + j);
+          }
           const slot = (this.blockTables[t0 + j] as number) * B + o;
           positions[slot] = position0 + t;
+          this.positionChanges.mark(slot);
           if (outSlots !== undefined) outSlots[outBase + t] = slot;
         }
         this.headLengths[h] = len;
@@ -512,6 +527,7 @@ export class PageAllocator {
           if (marks[block * B + o] === 0) {
             moves.push(block * B + o, fresh * B + o);
             positions[fresh * B + o] = positions[block * B + o] as number;
+            this.positionChanges.mark(fresh * B + o);
           }
         }
       }
@@ -531,6 +547,7 @@ export class PageAllocator {
         const dstSlot = (newTable[jh] as number) * B + oh;
         moves.push(srcSlot, dstSlot);
         positions[dstSlot] = positions[srcSlot] as number;
+        this.positionChanges.mark(dstSlot);
       }
       // Install the copies. The old blocks keep their other references, so none is freed
       // here and none can be handed out again within this call.
@@ -540,6 +557,7 @@ export class PageAllocator {
         if (cur !== old) {
           this.refCounts[old] = (this.refCounts[old] as number) - 1;
           this.blockTables[t0 + j] = cur;
+          this.tableChanges.mark(t0 + j);
         }
       }
       this.#unitNewLength[unit] = survivors;
@@ -559,6 +577,7 @@ export class PageAllocator {
         releasedBlocks++;
         if (this.#release(this.blockTables[t0 + j] as number)) freedBlocks++;
         this.blockTables[t0 + j] = EMPTY;
+        this.tableChanges.mark(t0 + j);
       }
       this.headLengths[h] = survivors;
     }

@@ -12,8 +12,11 @@ const D = 128;
 const B = 16;
 
 const device = await requestWebGpuDevice();
-const adapter = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo;
-console.log(JSON.stringify({ kind: 'adapter', vendor: adapter?.vendor, device: adapter?.device, description: adapter?.description }));
+// Dawn's Node binding resolves promises from its own polling; keep the event loop alive
+// while we wait on them (older webgpu releases let Node exit mid-await otherwise).
+setInterval(() => {}, 1000);
+// The card is recorded by on-gpu.sh (nvidia-smi): reading device.adapterInfo through older
+// dawn.node releases is one suspect of the crashes described in BENCHMARKS.md.
 
 async function time(fn: () => void, iters: number): Promise<number> {
   for (let i = 0; i < 3; i++) fn();

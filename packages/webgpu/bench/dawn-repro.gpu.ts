@@ -1,6 +1,7 @@
 /// <reference types="@webgpu/types" />
-// Reproducer for the open Dawn-in-Node problem (see BENCHMARKS.md): compiles and dispatches
-// one kernel variant per run with synchronous pipeline creation, printing each stage.
+// Reproducer kept from the Dawn-in-Node crash hunt (cause and fix in BENCHMARKS.md: the
+// GPU object was garbage collected): compiles and dispatches one kernel variant per run,
+// printing each stage. Run under `node --expose-gc` to stress object lifetimes.
 // Build like run-gpu.sh (entry bench/dawn-repro.gpu.ts -> .gpu/dawn-repro.mjs) and run
 //   "$GPU_NODE" .gpu/dawn-repro.mjs attention|attention-nowul|attention32|matmul
 import { requestWebGpuDevice } from '../src/device.ts';

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds the GPU attention bench and prints the device command.
+# Builds the GPU benches (attention sweep, end-to-end decode) into .gpu/ and prints how to run them.
 #   bash packages/webgpu/bench/run-gpu.sh        (from the repo root, after pnpm install)
-# Then, on the GPU machine (the `device` tool, carry [".gpu"]):
-#   source .gpu/setup.sh && mkdir -p .gpu/node_modules && ln -sfn ../webgpu .gpu/node_modules/webgpu \
-#     && "$GPU_NODE" .gpu/attention.mjs && python3 packages/webgpu/bench/sdpa.py
+# On the GPU machine (the `device` tool, carry [".gpu"]), from the repo root:
+#   source .gpu/setup.sh && bash packages/webgpu/bench/on-gpu.sh
 set -euo pipefail
 [ -f .gpu/node.xz ] || bash ../shared/device/prepare.sh
-packages/webgpu/node_modules/.bin/esbuild packages/webgpu/bench/attention.gpu.ts --bundle --platform=node --format=esm --target=es2023 \
-  --conditions=source --external:webgpu --outfile=.gpu/attention.mjs --log-level=warning
-ls -la .gpu/attention.mjs
+for bench in attention decode matmul; do
+  packages/webgpu/node_modules/.bin/esbuild "packages/webgpu/bench/$bench.gpu.ts" --bundle --platform=node --format=esm \
+    --target=es2023 --conditions=source --external:webgpu --outfile=".gpu/$bench.mjs" --log-level=warning
+done
+ls -la .gpu/*.mjs

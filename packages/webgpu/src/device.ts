@@ -28,6 +28,14 @@ async function gpu(): Promise<GPU> {
   return dawn.create(flags ? flags.split(',') : []);
 }
 
+/**
+ * The GPU entry points and adapters handed out, referenced for the life of the process: in
+ * Dawn's Node binding, a collected GPU object destroys the native instance under devices
+ * still in use (heap corruption: segfaults, "futex facility returned an unexpected error
+ * code", pthread mutex assertions, at the first submit after a garbage collection).
+ */
+const keptAlive: unknown[] = [];
+
 export interface DeviceOptions {
   readonly powerPreference?: GPUPowerPreference;
 }
@@ -40,6 +48,7 @@ export async function requestWebGpuDevice(options: DeviceOptions = {}): Promise<
   const entry = await gpu();
   const adapter = await entry.requestAdapter({ powerPreference: options.powerPreference ?? 'high-performance' });
   if (adapter === null) throw new WebGpuUnavailableError('requestAdapter() returned null');
+  keptAlive.push(entry, adapter);
   const L = adapter.limits;
   return adapter.requestDevice({
     requiredLimits: {

@@ -149,6 +149,183 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   }));
 }
 
+/**
+ * The matmul for up to R (1, 2, 4 or 8) rows per workgroup when inDim is a multiple of 8:
+ * 64 threads per output j, each reading 8 weights (16 bytes of packed f16) and two vec4 of
+ * each row of x per step, so W streams in 1 KiB coalesced runs; partial sums are reduced in
+ * workgroup memory. Decode steps are bound by reading W once: this is their kernel.
+ */
+export function matvecKernel(weight: StoreType, bias: boolean, rowsPerGroup: 1 | 2 | 4 | 8): KernelSource {
+  const R = rowsPerGroup;
+  const loadW =
+    weight === 'f16'
+      ? `let wq = W[wrow + i8];
+      let w0 = vec4f(unpack2x16float(wq.x), unpack2x16float(wq.y));
+      let w1 = vec4f(unpack2x16float(wq.z), unpack2x16float(wq.w));`
+      : 'let w0 = W[2u * (wrow + i8)]; let w1 = W[2u * (wrow + i8) + 1u];';
+  return memo(`matvec:${weight}:${bias}:${R}`, () => ({
+    workgroupSize: 64,
+    code: /* wgsl */ `
+struct P { rows: u32, inDim: u32, outDim: u32, total: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<vec4f>;
+@group(0) @binding(3) var<storage, read> W: ${weight === 'f16' ? 'array<vec4<u32>>' : 'array<vec4f>'};
+${bias ? '@group(0) @binding(4) var<storage, read> b: array<f32>;' : ''}
+var<workgroup> red: array<f32, ${64 * R}>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  let inRange = wid < p.total;
+  let j = wid % p.outDim;
+  let r0 = (wid / p.outDim) * ${R}u;
+  let steps = p.inDim / 8u;
+  let wrow = j * steps;
+  var acc: array<f32, ${R}>;
+  if (inRange) {
+    for (var i8 = li; i8 < steps; i8 += 64u) {
+      ${loadW}
+      for (var rr = 0u; rr < ${R}u; rr++) {
+        if (r0 + rr < p.rows) {
+          let xb = (r0 + rr) * (p.inDim / 4u) + 2u * i8;
+          acc[rr] += dot(x[xb], w0) + dot(x[xb + 1u], w1);
+        }
+      }
+    }
+  }
+  for (var rr = 0u; rr < ${R}u; rr++) { red[rr * 64u + li] = acc[rr]; }
+  workgroupBarrier();
+  for (var s = 32u; s > 0u; s >>= 1u) {
+    if (li < s) { for (var rr = 0u; rr < ${R}u; rr++) { red[rr * 64u + li] += red[rr * 64u + li + s]; } }
+    workgroupBarrier();
+  }
+  if (inRange && li < ${R}u && r0 + li < p.rows) {
+    out[(r0 + li) * p.outDim + j] = red[li * 64u]${bias ? ' + b[j]' : ''};
+  }
+}`,
+  }));
+}
+
+/** Output columns of a tiled-matmul workgroup. */
+export const TILED_MATMUL_TILE = 64;
+/** Batches of at least this many rows use the tiled matmul (below it, re-reading W per 8 rows in the matvec kernel is faster on an H100: BENCHMARKS.md). */
+export const TILED_MATMUL_MIN_ROWS = 128;
+
+/**
+ * The same product for many rows (prefill, large decode batches): a TM x 64 output tile per
+ * workgroup of 256 threads (TM = 32 or 64 rows), each thread TM/16 x 4 outputs (rows
+ * ty + 16i, outputs tx + 16j, so neighbouring threads read neighbouring shared-memory words),
+ * K in chunks of 32 staged in workgroup memory as f32 (W unpacked from f16 once per tile).
+ * Shared arrays are [k][TM + 1] and [k][65]: the pad keeps the transposing stores off one
+ * bank. TM = 32 doubles the workgroups for batches too small to fill the GPU at 64.
+ */
+export function tiledMatmulKernel(weight: StoreType, bias: boolean, tileRows: 32 | 64): KernelSource {
+  const TM = tileRows;
+  const RI = TM / 16;
+  return memo(`matmul-tiled:${weight}:${bias}:${TM}`, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { rows: u32, inDim: u32, outDim: u32, colTiles: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> W: ${arrayType(weight)};
+${bias ? '@group(0) @binding(4) var<storage, read> b: array<f32>;' : ''}
+${loader('loadW', 'W', weight)}
+const TM = ${TM}u;
+var<workgroup> xs: array<f32, ${32 * (TM + 1)}>;
+var<workgroup> ws: array<f32, ${32 * 65}>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  // Workgroups past the last tile (2-D grid rounding) see r0 >= rows: they load zeros,
+  // write nothing, and still reach every barrier.
+  let r0 = (wid / p.colTiles) * TM;
+  let c0 = (wid % p.colTiles) * 64u;
+  let tx = li % 16u;
+  let ty = li / 16u;
+  var acc: array<array<f32, 4>, ${RI}>;
+  for (var k0 = 0u; k0 < p.inDim; k0 += 32u) {
+    for (var n = 0u; n < ${TM / 8}u; n++) {
+      let e = li + 256u * n;
+      let k = e % 32u;
+      let rr = e / 32u;
+      let kk = k0 + k;
+      var xv = 0.0;
+      if (r0 + rr < p.rows && kk < p.inDim) { xv = x[(r0 + rr) * p.inDim + kk]; }
+      xs[k * (TM + 1u) + rr] = xv;
+    }
+    for (var n = 0u; n < 8u; n++) {
+      let e = li + 256u * n;
+      let k = e % 32u;
+      let cc = e / 32u;
+      let kk = k0 + k;
+      var wv = 0.0;
+      if (c0 + cc < p.outDim && kk < p.inDim) { wv = loadW((c0 + cc) * p.inDim + kk); }
+      ws[k * 65u + cc] = wv;
+    }
+    workgroupBarrier();
+    for (var k = 0u; k < 32u; k++) {
+      var a: array<f32, ${RI}>;
+      var w: array<f32, 4>;
+      for (var i = 0u; i < ${RI}u; i++) { a[i] = xs[k * (TM + 1u) + ty + 16u * i]; }
+      for (var j = 0u; j < 4u; j++) { w[j] = ws[k * 65u + tx + 16u * j]; }
+      for (var i = 0u; i < ${RI}u; i++) { for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(a[i], w[j], acc[i][j]); } }
+    }
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < ${RI}u; i++) {
+    let r = r0 + ty + 16u * i;
+    for (var j = 0u; j < 4u; j++) {
+      let c = c0 + tx + 16u * j;
+      if (r < p.rows && c < p.outDim) { out[r * p.outDim + c] = acc[i][j]${bias ? ' + b[c]' : ''}; }
+    }
+  }
+}`,
+  }));
+}
+
+/**
+ * out[r] = argmax of logits row r (first index on ties; NaN never wins): one workgroup per
+ * row, a strided scan per thread, then a tree over (value, index) pairs.
+ */
+export function argmaxKernel(): KernelSource {
+  return memo('argmax', () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { rows: u32, vocab: u32, p2: u32, p3: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> out: array<i32>;
+@group(0) @binding(2) var<storage, read> logits: array<f32>;
+var<workgroup> bestV: array<f32, 256>;
+var<workgroup> bestI: array<u32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  let r = min(wid, p.rows - 1u);
+  let base = r * p.vocab;
+  var v = bitcast<f32>(0xff7fffffu); // -FLT_MAX
+  var idx = 0xffffffffu;
+  for (var i = li; i < p.vocab; i += 256u) {
+    let x = logits[base + i];
+    if (x > v || (idx == 0xffffffffu && x == v)) { v = x; idx = i; }
+  }
+  bestV[li] = v;
+  bestI[li] = idx;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (li < s) {
+      let ov = bestV[li + s];
+      let oi = bestI[li + s];
+      if (ov > bestV[li] || (ov == bestV[li] && oi < bestI[li])) { bestV[li] = ov; bestI[li] = oi; }
+    }
+    workgroupBarrier();
+  }
+  if (li == 0u && wid < p.rows) { out[r] = select(0, i32(bestI[0]), bestI[0] != 0xffffffffu); }
+}`,
+  }));
+}
+
 /** Rotates pairs by a cos/sin table computed on the host in f64: table [position][half]. */
 export function ropeKernel(interleaved: boolean): KernelSource {
   return memo(`rope:${interleaved}`, () => ({
@@ -425,6 +602,248 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   }));
 }
 
+/** Keys of one split of the wide attention kernel: its scores stay in workgroup memory. */
+export function wideAttentionSplitKeys(group: number): number {
+  return Math.max(128, Math.min(512, Math.floor(2048 / group)));
+}
+
+/** Whether `wideAttentionKernel` serves this head dim and group size (else `attentionKernel`). */
+export function wideAttentionSupports(headDim: number, group: number): boolean {
+  return headDim % 8 === 0 && headDim <= 256 && group <= 16;
+}
+
+/**
+ * Paged decode attention built for memory bandwidth: one workgroup of 256 threads per
+ * (row, kv-head, split of at most S keys). Each key's K (then V) row is read by P = D/8
+ * threads, 8 values (16 bytes of packed f16) each, so a workgroup streams whole 128-256 byte
+ * rows with several keys in flight per thread; the group's G query heads use every loaded
+ * byte. Pass 1 computes the split's scores into workgroup memory (partial dot products
+ * reduced across the P threads of a key), a single softmax over the split follows (no
+ * per-tile rescaling), pass 2 accumulates P·V in registers and reduces across key lanes.
+ * Output, like `attentionKernel`: partials [rows][kvHeads][splits][G][D + 2] (max, sum,
+ * unnormalised output) for `attentionReduceKernel`, and raw scores of recorded rows.
+ */
+export function wideAttentionKernel(kv: StoreType, headDim: number, group: number): KernelSource {
+  const D = headDim;
+  const G = group;
+  const P = D / 8; // threads per key row
+  const LANES = Math.floor(256 / P); // keys handled side by side
+  const U = Math.max(1, Math.min(4, Math.floor(16 / G))); // keys per thread per pass-1 iteration
+  const S = wideAttentionSplitKeys(G);
+  const RED = Math.max(LANES * U * P * G, LANES * D, 256);
+  // Loads 8 values of a key row into x0, x1 (vec4f), zero when `use` is false.
+  const loadRow =
+    kv === 'f16'
+      ? (buf: string, slot: string, use: string, x: string) => `let w${x} = ${buf}[select(0u, ${slot}, ${use}) * ${P}u + j];
+        let ${x}0 = select(vec4f(), vec4f(unpack2x16float(w${x}.x), unpack2x16float(w${x}.y)), ${use});
+        let ${x}1 = select(vec4f(), vec4f(unpack2x16float(w${x}.z), unpack2x16float(w${x}.w)), ${use});`
+      : (
+          buf: string,
+          slot: string,
+          use: string,
+          x: string,
+        ) => `let ${x}0 = select(vec4f(), ${buf}[select(0u, ${slot}, ${use}) * ${2 * P}u + 2u * j], ${use});
+        let ${x}1 = select(vec4f(), ${buf}[select(0u, ${slot}, ${use}) * ${2 * P}u + 2u * j + 1u], ${use});`;
+  const vecType = kv === 'f16' ? 'array<vec4<u32>>' : 'array<vec4<f32>>';
+  return memo(`attention-wide:${kv}:${D}:${G}`, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct Params {
+  rows: u32, heads: u32, kvHeads: u32, maxSeqs: u32,
+  maxBlocks: u32, blockSize: u32, layer: u32, scoreStride: u32,
+  scale: f32, splits: u32, pad1: u32, pad2: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(2) var<storage, read> q: array<f32>;
+@group(0) @binding(3) var<storage, read> K: ${vecType};
+@group(0) @binding(4) var<storage, read> V: ${vecType};
+@group(0) @binding(5) var<storage, read> tables: array<i32>;
+@group(0) @binding(6) var<storage, read> lengths: array<i32>;
+@group(0) @binding(7) var<storage, read> slotPos: array<i32>;
+@group(0) @binding(8) var<storage, read> rowInfo: array<vec4<i32>>;
+@group(0) @binding(9) var<storage, read_write> scores: array<f32>;
+const D = ${D}u;
+const G = ${G}u;
+const P = ${P}u;
+const LANES = ${LANES}u;
+const U = ${U}u;
+const S = ${S}u;
+const MASKED = 0xffffffffu;
+const NEG_INF = -3.0e38;
+var<workgroup> sc: array<f32, ${G * S}>; // [G][S]: scores, then probabilities
+var<workgroup> tslot: array<u32, ${S}>; // slot of each key of the split, MASKED if not attended
+var<workgroup> red: array<f32, ${RED}>;
+var<workgroup> stat: array<f32, ${2 * G}>; // max, sum per query head
+var<workgroup> wrange: vec2<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let wid = wg.x + wg.y * nwg.x;
+  let split = wid % p.splits;
+  let rg = wid / p.splits;
+  let live = rg < p.rows * p.kvHeads;
+  let r = min(rg / p.kvHeads, p.rows - 1u);
+  let g = rg % p.kvHeads;
+  let info = rowInfo[r];
+  let qPos = info.y;
+  let rec = info.z;
+  let hi = (p.layer * p.maxSeqs + u32(info.x)) * p.kvHeads + g;
+  let t0 = hi * p.maxBlocks;
+  if (li == 0u) {
+    var lo = 0u;
+    var hiKey = 0u;
+    if (live) {
+      let len = u32(lengths[hi]);
+      let chunk = (len + p.splits - 1u) / p.splits;
+      lo = min(split * chunk, len);
+      hiKey = min(lo + chunk, len);
+    }
+    wrange = vec2u(lo, hiKey);
+  }
+  let range = workgroupUniformLoad(&wrange);
+  let n = range.y - range.x;
+  let lane = li / P;
+  let j = li % P;
+  let working = lane < LANES;
+  // This thread's 8 dims of the group's G (scaled) queries.
+  var qf: array<vec4f, ${2 * G}>;
+  if (working) {
+    for (var gq = 0u; gq < G; gq++) {
+      let b = (r * p.heads + g * G + gq) * D + j * 8u;
+      qf[2u * gq] = vec4f(q[b], q[b + 1u], q[b + 2u], q[b + 3u]) * p.scale;
+      qf[2u * gq + 1u] = vec4f(q[b + 4u], q[b + 5u], q[b + 6u], q[b + 7u]) * p.scale;
+    }
+  }
+  // Pass 1: scores of the split's keys.
+  for (var base = 0u; base < n; base += LANES * U) {
+    // All U keys' slots and rows are fetched before any is used: U loads in flight per thread.
+    var kx: array<vec4f, ${2 * U}>;
+    for (var u = 0u; u < U; u++) {
+      let t = base + u * LANES + lane;
+      var ok = false;
+      var slot = 0u;
+      if (working && t < n) {
+        let i = range.x + t;
+        slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
+        ok = slotPos[slot] <= qPos;
+        if (j == 0u) { tslot[t] = select(MASKED, slot, ok); }
+      }
+      ${loadRow('K', 'slot', 'ok', 'k')}
+      kx[2u * u] = k0;
+      kx[2u * u + 1u] = k1;
+    }
+    if (working) {
+      for (var u = 0u; u < U; u++) {
+        let tt = u * LANES + lane;
+        for (var gq = 0u; gq < G; gq++) {
+          red[(tt * P + j) * G + gq] = dot(qf[2u * gq], kx[2u * u]) + dot(qf[2u * gq + 1u], kx[2u * u + 1u]);
+        }
+      }
+    }
+    workgroupBarrier();
+    for (var e = li; e < LANES * U * G; e += 256u) {
+      let tt = e / G;
+      let gq = e % G;
+      let t = base + tt;
+      if (t < n) {
+        var s = 0.0;
+        for (var jj = 0u; jj < P; jj++) { s += red[(tt * P + jj) * G + gq]; }
+        let ok = tslot[t] != MASKED;
+        sc[gq * S + t] = select(NEG_INF, s, ok);
+        if (ok && rec >= 0) { scores[(u32(rec) * p.heads + g * G + gq) * p.scoreStride + range.x + t] = s; }
+      }
+    }
+    workgroupBarrier();
+  }
+  // Softmax over the split: 256 / G threads per query head, then one thread per head.
+  let per = 256u / G;
+  let mine = li / per;
+  let lt = li % per;
+  var m = NEG_INF;
+  if (mine < G) { for (var t = lt; t < n; t += per) { m = max(m, sc[mine * S + t]); } }
+  red[li] = m;
+  workgroupBarrier();
+  if (li < G) {
+    var mm = NEG_INF;
+    for (var k = 0u; k < per; k++) { mm = max(mm, red[li * per + k]); }
+    stat[2u * li] = mm;
+  }
+  workgroupBarrier();
+  var sum = 0.0;
+  if (mine < G) {
+    let mm = stat[2u * mine];
+    for (var t = lt; t < n; t += per) {
+      let s = sc[mine * S + t];
+      let e = select(0.0, exp(s - mm), s > NEG_INF);
+      sc[mine * S + t] = e;
+      sum += e;
+    }
+  }
+  red[li] = sum;
+  workgroupBarrier();
+  if (li < G) {
+    var ss = 0.0;
+    for (var k = 0u; k < per; k++) { ss += red[li * per + k]; }
+    stat[2u * li + 1u] = ss;
+  }
+  workgroupBarrier();
+  // Pass 2: P·V, each lane over every LANES-th key, then summed across lanes.
+  var acc: array<vec4f, ${2 * G}>;
+  if (working) {
+    // Four keys per iteration, their V rows fetched together.
+    for (var t = lane; t < n; t += 4u * LANES) {
+      var slots: array<u32, 4>;
+      var uses: array<bool, 4>;
+      for (var u = 0u; u < 4u; u++) {
+        let tu = t + u * LANES;
+        slots[u] = select(MASKED, tslot[min(tu, S - 1u)], tu < n);
+        uses[u] = slots[u] != MASKED;
+      }
+      var vx: array<vec4f, 8>;
+      for (var u = 0u; u < 4u; u++) {
+        ${loadRow('V', 'slots[u]', 'uses[u]', 'v')}
+        vx[2u * u] = v0;
+        vx[2u * u + 1u] = v1;
+      }
+      for (var u = 0u; u < 4u; u++) {
+        if (uses[u]) {
+          let tu = t + u * LANES;
+          for (var gq = 0u; gq < G; gq++) {
+            let pk = sc[gq * S + tu];
+            acc[2u * gq] += pk * vx[2u * u];
+            acc[2u * gq + 1u] += pk * vx[2u * u + 1u];
+          }
+        }
+      }
+    }
+  }
+  let pbase = ((r * p.kvHeads + g) * p.splits + split) * G * (D + 2u);
+  for (var gq = 0u; gq < G; gq++) {
+    if (working) {
+      let o = lane * D + j * 8u;
+      let a0 = acc[2u * gq];
+      let a1 = acc[2u * gq + 1u];
+      red[o] = a0.x; red[o + 1u] = a0.y; red[o + 2u] = a0.z; red[o + 3u] = a0.w;
+      red[o + 4u] = a1.x; red[o + 5u] = a1.y; red[o + 6u] = a1.z; red[o + 7u] = a1.w;
+    }
+    workgroupBarrier();
+    if (live) {
+      for (var d = li; d < D; d += 256u) {
+        var s = 0.0;
+        for (var l = 0u; l < LANES; l++) { s += red[l * D + d]; }
+        partials[pbase + gq * (D + 2u) + 2u + d] = s;
+      }
+    }
+    workgroupBarrier();
+  }
+  if (live && li < G) {
+    partials[pbase + li * (D + 2u)] = stat[2u * li];
+    partials[pbase + li * (D + 2u) + 1u] = stat[2u * li + 1u];
+  }
+}`,
+  }));
+}
+
 /**
  * Combines the splits of `attentionKernel`: one thread per output element of (row, head);
  * out = Σ_s acc_s · e^(m_s - M) / Σ_s l_s · e^(m_s - M). Writes the softmax max and sum of
@@ -572,15 +991,15 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
 }
 
 /** metrics[slots[i]] = values[i]: uploads initial metrics of new slots. */
-export function scatterKernel(): KernelSource {
-  return memo('scatter', () => ({
+export function scatterKernel(type: 'f32' | 'i32' = 'f32'): KernelSource {
+  return memo(`scatter:${type}`, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
 struct P { count: u32, p1: u32, p2: u32, p3: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read_write> metrics: array<f32>;
+@group(0) @binding(1) var<storage, read_write> metrics: array<${type}>;
 @group(0) @binding(2) var<storage, read> slots: array<i32>;
-@group(0) @binding(3) var<storage, read> values: array<f32>;
+@group(0) @binding(3) var<storage, read> values: array<${type}>;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
   ${FLAT_ID}

@@ -3,6 +3,7 @@ import {
   type AttentionRows,
   assertInteger,
   type Backend,
+  type ChangeLog,
   type DeviceBuffer,
   type DeviceWeight,
   dequantize,
@@ -22,6 +23,7 @@ import {
 } from '@kvcompress/core';
 import {
   appendKvKernel,
+  argmaxKernel,
   attentionKernel,
   attentionReduceKernel,
   elementwiseKernel,
@@ -30,12 +32,19 @@ import {
   type KernelSource,
   MATMUL_ROWS,
   matmulKernel,
+  matvecKernel,
   metricKernel,
   movesKernel,
   rmsNormKernel,
   ropeKernel,
   type StoreType,
   scatterKernel,
+  TILED_MATMUL_MIN_ROWS,
+  TILED_MATMUL_TILE,
+  tiledMatmulKernel,
+  wideAttentionKernel,
+  wideAttentionSplitKeys,
+  wideAttentionSupports,
 } from './kernels.ts';
 
 /** The device was lost (driver reset, tab backgrounded, GPU removed). Create a new backend. */
@@ -86,6 +95,10 @@ export interface WebGpuBackendOptions {
    * memory and bandwidth). Default: 'f16' for tensors stored as f16/bf16/quantised, else 'f32'.
    */
   readonly weightStore?: 'f32' | 'f16' | 'auto';
+  /** Matmuls of at least this many rows use the tiled kernel (benchmarks compare the two). */
+  readonly tiledMatmulMinRows?: number;
+  /** Force the tiled kernel's tile height (benchmarks); default picks by workgroup count. */
+  readonly tiledMatmulTileRows?: 32 | 64;
 }
 
 const UNIFORM_SLOT = 256; // minUniformBufferOffsetAlignment
@@ -143,10 +156,16 @@ export class WebGpuBackend implements Backend {
   #rope = new Map<RopeSettings, { cos: GpuBuffer; sin: GpuBuffer; positions: number }>();
   /** Workgroups that keep the device busy: splits are chosen so rows x kv-heads x splits reaches it. */
   #splitTarget = 128;
+  /** The rowInfo buffer whose device contents match its host copy. */
+  #rowInfoUploaded: GpuBuffer | null = null;
+  readonly #tiledMinRows: number;
+  readonly #tileRows: 32 | 64 | null;
 
   constructor(device: GPUDevice, options: WebGpuBackendOptions = {}) {
     this.device = device;
     this.weightStore = options.weightStore ?? 'auto';
+    this.#tiledMinRows = options.tiledMatmulMinRows ?? TILED_MATMUL_MIN_ROWS;
+    this.#tileRows = options.tiledMatmulTileRows ?? null;
     void device.lost.then((info) => {
       this.#lost = info.message || info.reason || 'unknown reason';
     });
@@ -296,6 +315,27 @@ export class WebGpuBackend implements Backend {
 
   matmul(out: DeviceBuffer, x: DeviceBuffer, w: DeviceWeight, rows: number, bias?: DeviceWeight): void {
     const wt = w as GpuWeight;
+    if (rows >= this.#tiledMinRows) {
+      const colTiles = Math.ceil(wt.rows / TILED_MATMUL_TILE);
+      // 64-row tiles when they make enough workgroups to fill a large GPU, else 32-row ones.
+      const tileRows = this.#tileRows ?? (colTiles * Math.ceil(rows / 64) >= 512 ? 64 : 32);
+      const buffers = [(out as GpuBuffer).buffer, (x as GpuBuffer).buffer, wt.buffer];
+      if (bias !== undefined) buffers.push((bias as GpuWeight).buffer);
+      this.#setUniform([rows, wt.cols, wt.rows, colTiles]);
+      const [gx, gy] = grid(colTiles * Math.ceil(rows / tileRows));
+      this.#dispatchRaw(tiledMatmulKernel(wt.store, bias !== undefined, tileRows), buffers, gx, gy);
+      return;
+    }
+    if (wt.cols % 8 === 0) {
+      const R = rows >= 8 ? 8 : rows >= 4 ? 4 : rows >= 2 ? 2 : 1;
+      const total = wt.rows * Math.ceil(rows / R);
+      const buffers = [(out as GpuBuffer).buffer, (x as GpuBuffer).buffer, wt.buffer];
+      if (bias !== undefined) buffers.push((bias as GpuWeight).buffer);
+      this.#setUniform([rows, wt.cols, wt.rows, total]);
+      const [gx, gy] = grid(total);
+      this.#dispatchRaw(matvecKernel(wt.store, bias !== undefined, R), buffers, gx, gy);
+      return;
+    }
     const tiles = Math.ceil(rows / MATMUL_ROWS);
     const total = wt.rows * tiles;
     const buffers = [(out as GpuBuffer).buffer, (x as GpuBuffer).buffer, wt.buffer];
@@ -348,6 +388,12 @@ export class WebGpuBackend implements Backend {
   // ---------------------------------------------------------------------------------------
   // Paged cache
 
+  argmax(out: DeviceBuffer, logits: DeviceBuffer, rows: number, vocab: number): void {
+    this.#setUniform([rows, vocab, 0, 0]);
+    const [gx, gy] = grid(rows);
+    this.#dispatchRaw(argmaxKernel(), [(out as GpuBuffer).buffer, (logits as GpuBuffer).buffer], gx, gy);
+  }
+
   appendKv(layer: number, k: DeviceBuffer, v: DeviceBuffer, slots: DeviceBuffer, rows: number, kvHeads: number): void {
     const { K, V } = this.#cache();
     const per = this.#kvStore === 'f32' ? 1 : 2;
@@ -384,18 +430,45 @@ export class WebGpuBackend implements Backend {
     const rowInfo = this.#ensureI32('rowInfo', 4 * rows);
     const info = rowInfo.host as Int32Array;
     let recorded = 0;
+    // Every layer of a step has the same rows: upload (a write, hence a submit) only when
+    // they changed, not once per layer.
+    let changed = rowInfo !== this.#rowInfoUploaded;
     for (let r = 0; r < rows; r++) {
-      info[4 * r] = seqHost[r] as number;
-      info[4 * r + 1] = posHost[r] as number;
-      info[4 * r + 2] = metrics !== undefined && metrics.rowFlags[r] === 1 ? recorded++ : -1;
-      info[4 * r + 3] = 0;
+      const seq = seqHost[r] as number;
+      const pos = posHost[r] as number;
+      const rec = metrics !== undefined && metrics.rowFlags[r] === 1 ? recorded++ : -1;
+      if (info[4 * r] !== seq || info[4 * r + 1] !== pos || info[4 * r + 2] !== rec) {
+        info[4 * r] = seq;
+        info[4 * r + 1] = pos;
+        info[4 * r + 2] = rec;
+        changed = true;
+      }
     }
-    this.#writeI32(rowInfo, 4 * rows);
+    if (changed) {
+      this.#writeI32(rowInfo, 4 * rows);
+      this.#rowInfoUploaded = rowInfo;
+    }
     const scoreStride = maxLen;
     const scores = this.#ensureF32('scores', Math.max(1, recorded * heads * scoreStride));
     const stats = this.#ensureF32('stats', Math.max(1, recorded * heads * 2));
-    // Split long contexts across workgroups so that even one sequence fills the GPU.
-    const splits = Math.max(1, Math.min(64, Math.ceil(maxLen / 1024), Math.ceil((4 * this.#splitTarget) / Math.max(1, rows * kvHeads))));
+    const wide = wideAttentionSupports(D, group);
+    // Split long contexts across workgroups so that even one sequence fills the GPU. The
+    // wide kernel keeps a split's scores in workgroup memory: at most S keys per split, S
+    // sized from the longest head these rows attend to (not the table capacity).
+    let splits: number;
+    if (wide) {
+      let longest = 1;
+      const lengths = cache.headLengths;
+      for (let r = 0; r < rows; r++) {
+        const h0 = (layer * cache.maxSequences + (seqHost[r] as number)) * kvHeads;
+        for (let g = 0; g < kvHeads; g++) longest = Math.max(longest, lengths[h0 + g] as number);
+      }
+      const needed = Math.ceil(longest / wideAttentionSplitKeys(group));
+      const toFill = Math.ceil((4 * this.#splitTarget) / Math.max(1, rows * kvHeads));
+      splits = Math.max(needed, Math.min(toFill, Math.ceil(longest / 256)));
+    } else {
+      splits = Math.max(1, Math.min(64, Math.ceil(maxLen / 1024), Math.ceil((4 * this.#splitTarget) / Math.max(1, rows * kvHeads))));
+    }
     const partials = this.#ensureF32('partials', rows * kvHeads * splits * group * (D + 2));
     this.#setUniform([
       rows,
@@ -414,7 +487,7 @@ export class WebGpuBackend implements Backend {
     this.#f32[8] = 1 / Math.sqrt(D);
     const [ax, ay] = grid(rows * kvHeads * splits);
     this.#dispatchRaw(
-      attentionKernel(this.#kvStore, D, group),
+      wide ? wideAttentionKernel(this.#kvStore, D, group) : attentionKernel(this.#kvStore, D, group),
       [
         partials.buffer,
         (q as GpuBuffer).buffer,
@@ -559,6 +632,7 @@ export class WebGpuBackend implements Backend {
     this.#staging.clear();
     this.#bindGroups.clear();
     this.#tablesVersion = -1;
+    this.#rowInfoUploaded = null;
   }
 
   /** Destroys the device: every backend on it stops working. */
@@ -587,14 +661,41 @@ export class WebGpuBackend implements Backend {
     const t = this.#ensureI32('tables', cache.blockTables.length);
     const l = this.#ensureI32('lengths', cache.headLengths.length);
     const s = this.#ensureI32('slotPos', cache.slotPositions.length);
+    this.flush();
+    // Block tables and slot positions are large (up to tens of MiB) but a decode step changes
+    // a few entries: patch the device copy from the change logs when it is known to hold
+    // everything before them, else upload it whole.
+    this.#syncTable(0, t, t !== this.#tables, cache.blockTables, cache.tableChanges);
+    this.#syncTable(1, s, s !== this.#slotPos, cache.slotPositions, cache.positionChanges);
+    this.device.queue.writeBuffer(l.buffer, 0, cache.headLengths.buffer, cache.headLengths.byteOffset, cache.headLengths.byteLength);
     this.#tables = t;
     this.#lengths = l;
     this.#slotPos = s;
-    this.flush();
-    this.device.queue.writeBuffer(t.buffer, 0, cache.blockTables.buffer, cache.blockTables.byteOffset, cache.blockTables.byteLength);
-    this.device.queue.writeBuffer(l.buffer, 0, cache.headLengths.buffer, cache.headLengths.byteOffset, cache.headLengths.byteLength);
-    this.device.queue.writeBuffer(s.buffer, 0, cache.slotPositions.buffer, cache.slotPositions.byteOffset, cache.slotPositions.byteLength);
+    this.#tableSources[0] = cache.blockTables;
+    this.#tableSources[1] = cache.slotPositions;
     this.#tablesVersion = layer === 0 ? 0 : -1;
+  }
+
+  /** The host arrays last uploaded into the tables / slot-position buffers. */
+  #tableSources: (Int32Array | null)[] = [null, null];
+
+  #syncTable(which: 0 | 1, target: GpuBuffer, fresh: boolean, host: Int32Array, log: ChangeLog | undefined): void {
+    const known = !fresh && this.#tableSources[which] === host;
+    if (log === undefined || log.overflowed || !known) {
+      this.device.queue.writeBuffer(target.buffer, 0, host.buffer, host.byteOffset, host.byteLength);
+    } else if (log.count > 0) {
+      const n = log.count;
+      const idx = this.#ensureI32('patchIndex', n);
+      const val = this.#ensureI32('patchValue', n);
+      const values = val.host as Int32Array;
+      for (let i = 0; i < n; i++) values[i] = host[log.indices[i] as number] as number;
+      this.device.queue.writeBuffer(idx.buffer, 0, log.indices.buffer, log.indices.byteOffset, n * 4);
+      this.device.queue.writeBuffer(val.buffer, 0, values.buffer, values.byteOffset, n * 4);
+      this.#dispatch(scatterKernel('i32'), [n, 0, 0, 0], [target.buffer, idx.buffer, val.buffer], n);
+      // The scatter reads patchIndex/patchValue: submit before the next sync rewrites them.
+      this.flush();
+    }
+    log?.clear();
   }
 
   #named = new Map<string, GpuBuffer>();

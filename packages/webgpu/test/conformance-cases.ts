@@ -164,10 +164,18 @@ function attentionCase(
 
 export const cases: readonly ConformanceCase[] = [
   matmulCase(1, 64, 96, false, 'f32'),
+  // inDim a multiple of 8: the vectorised matvec kernel (R = 4, two row tiles).
+  matmulCase(5, 24, 37, true, 'f32'),
   matmulCase(3, 172, 64, true, 'f32'),
   matmulCase(11, 30, 7, false, 'f32'),
   matmulCase(2, 64, 40, false, 'f16'),
   matmulCase(9, 128, 33, true, 'f16'),
+  // Tiled path (rows >= 32): partial row and column tiles, inDim not a multiple of 32.
+  matmulCase(70, 96, 100, true, 'f32'),
+  matmulCase(33, 50, 64, false, 'f16'),
+  matmulCase(129, 256, 130, true, 'f16'),
+  // Enough column tiles for the 64-row tile variant.
+  matmulCase(65, 40, 16389, false, 'f16'),
   {
     name: 'embed, rmsnorm, silu-mul, add (in place and not), gather rows',
     tolerance: 1e-5,
@@ -191,6 +199,26 @@ export const cases: readonly ConformanceCase[] = [
       return [await read(b, x, rows * dim), await read(b, y, rows * dim), await read(b, z, rows * dim), await read(b, g, 2 * dim)];
     },
   },
+  {
+    name: 'argmax over 1000-wide rows, ties to the first index',
+    // Ids compared as floats relative to the largest id: any differing id is >= 1e-3 off.
+    tolerance: 1e-6,
+    async run(b) {
+      const rand = rng(21);
+      const rows = 37;
+      const vocab = 1000;
+      const logits = Float32Array.from({ length: rows * vocab }, rand);
+      // Row 1: a tie between indices 10 and 900; row 2: the maximum at the last index.
+      logits[vocab + 10] = 5;
+      logits[vocab + 900] = 5;
+      logits[2 * vocab + vocab - 1] = 7;
+      const out = b.createBuffer(rows, 'i32');
+      b.argmax(out, upload(b, logits), rows, vocab);
+      const ids = new Int32Array(rows);
+      await b.read(out, ids);
+      return [Float32Array.from(ids)];
+    },
+  },
   ropeCase('interleaved'),
   ropeCase('rotate-half'),
   attentionCase('f32', 2, 2, 8, 37, 4),
@@ -200,8 +228,12 @@ export const cases: readonly ConformanceCase[] = [
   // Longer than 1024 keys: the context is split across workgroups and reduced.
   attentionCase('f16', 2, 4, 16, 2100, 16),
   attentionCase('f32', 1, 2, 8, 3000, 4),
-  // A pool over 1 MiB per K/V buffer (head dim 128), the size at which Dawn in Node aborts on the H100.
-  attentionCase('f16', 2, 4, 128, 1024, 16),
+  // Head dim 128 (a 2 MiB pool), long enough for several wide-kernel splits.
+  attentionCase('f16', 2, 4, 128, 1300, 16),
+  // Group of 16 (the widest the wide kernel takes), and a head dim off the multiple of 8
+  // (the tiled fallback kernel).
+  attentionCase('f16', 1, 16, 32, 700, 16),
+  attentionCase('f32', 2, 2, 20, 300, 16),
   {
     name: 'cache moves carry K, V (f16) and metrics',
     tolerance: 1e-6,

@@ -1,0 +1,387 @@
+// End-to-end decode throughput at a fixed KV memory budget, on a real GPU through Dawn.
+//
+// A Llama-3.1-8B- or Llama-3.2-1B-shaped model with random f16 weights generated on the
+// device runs greedy decode steps (LlamaModel.forward + device argmax, as the engine does)
+// for as many sequences as the KV pool holds at each compression rate. Every sequence first
+// takes CONTEXT tokens of cache through the PageAllocator; at rates above 1x the real
+// KV-Compress Compressor (random metrics: the values do not change the speed) evicts and
+// compacts it, freeing blocks, before the next sequence is admitted. Then STEPS decode steps
+// append one token per sequence and are timed, host work included. Prefill is not run: the
+// prompt K/V are whatever the pool holds (zeros), which costs the same to attend over.
+//
+// Then one compression round (metrics download -> plan -> compaction -> moves on the GPU)
+// is timed for ROUND_SEQS sequences of ROUND_CONTEXT tokens and compared with a decode step
+// of that batch.
+//
+// Env: SHAPE=8b|1b, KV_MIB (K+V pool), CONTEXT, RATES, STEPS, MAX_SEQS, WINDOW.
+// Prints one JSON line per measurement. Build and run: see bench/run-gpu.sh.
+/// <reference types="@webgpu/types" />
+import { kvShapeOf, type ModelConfig, type SlotMoveList, type Tensor } from '@kvcompress/core';
+import { Compressor, getPolicy } from '@kvcompress/eviction';
+import { MetricStore } from '@kvcompress/metrics';
+import { type ForwardStep, LlamaModel, type LoadedModel } from '@kvcompress/models';
+import { PageAllocator } from '@kvcompress/page-allocator';
+import { requestWebGpuDevice } from '../src/device.ts';
+import { GpuWeight, WebGpuBackend } from '../src/webgpu-backend.ts';
+
+const env = (name: string, fallback: string): string => process.env[name] ?? fallback;
+const SHAPE = env('SHAPE', '8b');
+const KV_MIB = Number(env('KV_MIB', '3584'));
+const CONTEXT = Number(env('CONTEXT', '4096'));
+const RATES = env('RATES', '1,2,4,8,16,32,64').split(',').map(Number);
+const STEPS = Number(env('STEPS', '24'));
+const WARMUP = 3;
+const MAX_SEQS = Number(env('MAX_SEQS', '256'));
+const WINDOW = Number(env('WINDOW', '16'));
+const ROUND_SEQS = Number(env('ROUND_SEQS', '64'));
+const B = 16;
+
+const llama3Scaling = { type: 'llama3' as const, factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 };
+const shapes: Record<string, ModelConfig> = {
+  '8b': {
+    architecture: 'llama',
+    hiddenSize: 4096,
+    intermediateSize: 14336,
+    numLayers: 32,
+    numHeads: 32,
+    numKvHeads: 8,
+    headDim: 128,
+    vocabSize: 128256,
+    maxContext: 131072,
+    rmsNormEps: 1e-5,
+    ropeTheta: 500000,
+    ropeLayout: 'rotate-half',
+    ropeScaling: llama3Scaling,
+    ropeDim: 128,
+    tiedEmbeddings: false,
+    attentionBias: false,
+    bosTokenId: 128000,
+    eosTokenIds: [128001],
+  },
+  '1b': {
+    architecture: 'llama',
+    hiddenSize: 2048,
+    intermediateSize: 8192,
+    numLayers: 16,
+    numHeads: 32,
+    numKvHeads: 8,
+    headDim: 64,
+    vocabSize: 128256,
+    maxContext: 131072,
+    rmsNormEps: 1e-5,
+    ropeTheta: 500000,
+    ropeLayout: 'rotate-half',
+    ropeScaling: llama3Scaling,
+    ropeDim: 64,
+    tiedEmbeddings: true,
+    attentionBias: false,
+    bosTokenId: 128000,
+    eosTokenIds: [128001],
+  },
+};
+// A small shape to check the bench itself on SwiftShader.
+shapes['tiny'] = { ...(shapes['1b'] as ModelConfig), hiddenSize: 256, intermediateSize: 512, numLayers: 2, vocabSize: 1000 };
+const chosen = shapes[SHAPE];
+if (chosen === undefined) throw new Error(`SHAPE must be one of ${Object.keys(shapes).join(', ')}`);
+const config: ModelConfig = chosen;
+
+const device = await requestWebGpuDevice();
+// Dawn's Node binding resolves promises from its own polling; keep the event loop alive
+// while we wait on them (older webgpu releases let Node exit mid-await otherwise).
+const keepAlive = setInterval(() => {}, 1000);
+const print = (o: object) => console.log(JSON.stringify({ shape: SHAPE, ...o }));
+const tStart = performance.now();
+const debug = (m: string) => process.env['DEBUG'] && process.stderr.write(`[${((performance.now() - tStart) / 1000).toFixed(2)} s] ${m}\n`);
+// The card is recorded by on-gpu.sh (nvidia-smi): reading device.adapterInfo through older
+// dawn.node releases is one suspect of the crashes described in BENCHMARKS.md.
+
+// Random weights, generated on the device: uniform in ±sqrt(3 / inDim) (unit-variance outputs),
+// packed f16; norm weights are ones.
+const fill = device.createComputePipeline({
+  layout: 'auto',
+  compute: {
+    entryPoint: 'main',
+    module: device.createShaderModule({
+      code: /* wgsl */ `
+struct P { n: u32, seed: u32, scale: f32, p3: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> w: array<u32>;
+fn hash(x: u32) -> u32 {
+  var h = x * 747796405u + 2891336453u;
+  h = ((h >> ((h >> 28u) + 4u)) ^ h) * 277803737u;
+  return (h >> 22u) ^ h;
+}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nw: vec3u) {
+  for (var i = g.x; i < p.n; i += nw.x * 256u) {
+    let h = hash(i ^ (p.seed * 2654435761u));
+    let a = f32(h & 0xffffu) / 32768.0 - 1.0;
+    let b = f32(h >> 16u) / 32768.0 - 1.0;
+    w[i] = pack2x16float(vec2f(a, b) * p.scale);
+  }
+}`,
+    }),
+  },
+});
+let seed = 1;
+
+class RandomWeightBackend extends WebGpuBackend {
+  override uploadWeight(tensor: Tensor): GpuWeight {
+    const n = tensor.shape.reduce((a, b) => a * b, 1);
+    if (tensor.shape.length === 1) {
+      const buffer = device.createBuffer({ size: n * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+      device.queue.writeBuffer(buffer, 0, new Float32Array(n).fill(1));
+      return new GpuWeight(tensor.name, tensor.shape, buffer, 'f32');
+    }
+    const buffer = device.createBuffer({ size: n * 2, usage: GPUBufferUsage.STORAGE });
+    const params = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+    const u = new ArrayBuffer(16);
+    new Uint32Array(u, 0, 2).set([n / 2, seed++]);
+    new Float32Array(u, 8, 1)[0] = Math.sqrt(3 / (tensor.shape[1] as number));
+    device.queue.writeBuffer(params, 0, u);
+    const e = device.createCommandEncoder();
+    const pass = e.beginComputePass();
+    pass.setPipeline(fill);
+    pass.setBindGroup(
+      0,
+      device.createBindGroup({
+        layout: fill.getBindGroupLayout(0),
+        entries: [
+          { binding: 0, resource: { buffer: params } },
+          { binding: 1, resource: { buffer } },
+        ],
+      }),
+    );
+    pass.dispatchWorkgroups(132 * 8);
+    pass.end();
+    device.queue.submit([e.finish()]);
+    debug(`weight ${tensor.name} [${tensor.shape.join(', ')}]`);
+    return new GpuWeight(tensor.name, tensor.shape, buffer, 'f16');
+  }
+}
+
+/** Canonical tensor names and shapes, no data: RandomWeightBackend makes them on the device. */
+function syntheticModel(c: ModelConfig): LoadedModel {
+  const tensors = new Map<string, Tensor>();
+  const add = (name: string, shape: number[]) => tensors.set(name, { name, shape, dtype: 'f16', data: new Uint8Array(0) });
+  const q = c.numHeads * c.headDim;
+  const kv = c.numKvHeads * c.headDim;
+  add('token_embd.weight', [c.vocabSize, c.hiddenSize]);
+  for (let l = 0; l < c.numLayers; l++) {
+    const p = `blk.${l}.`;
+    add(`${p}attn_norm.weight`, [c.hiddenSize]);
+    add(`${p}attn_q.weight`, [q, c.hiddenSize]);
+    add(`${p}attn_k.weight`, [kv, c.hiddenSize]);
+    add(`${p}attn_v.weight`, [kv, c.hiddenSize]);
+    add(`${p}attn_output.weight`, [c.hiddenSize, q]);
+    add(`${p}ffn_norm.weight`, [c.hiddenSize]);
+    add(`${p}ffn_gate.weight`, [c.intermediateSize, c.hiddenSize]);
+    add(`${p}ffn_up.weight`, [c.intermediateSize, c.hiddenSize]);
+    add(`${p}ffn_down.weight`, [c.hiddenSize, c.intermediateSize]);
+  }
+  add('output_norm.weight', [c.hiddenSize]);
+  if (!c.tiedEmbeddings) add('output.weight', [c.vocabSize, c.hiddenSize]);
+  return { format: 'safetensors', config: c, tensors, tokenizer: null, metadata: {} };
+}
+
+debug('fill pipeline ready');
+const backend = new RandomWeightBackend(device);
+const t0 = performance.now();
+const model = new LlamaModel(syntheticModel(config), backend, { maxRows: MAX_SEQS });
+debug('weights submitted');
+await device.queue.onSubmittedWorkDone();
+debug('weights done');
+const weightBytes = [...syntheticModel(config).tensors.values()].reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1) * 2, 0);
+print({ kind: 'weights', bytes: weightBytes, ms: performance.now() - t0 });
+
+const shape = kvShapeOf(config);
+const units = shape.layers * shape.kvHeads;
+const slotBytes = config.headDim * 2 * 2; // K + V, f16
+const numBlocks = Math.floor((KV_MIB * 2 ** 20) / (slotBytes * B));
+backend.createKvCache(numBlocks * B, config.headDim, 'f16');
+
+interface Batch {
+  allocator: PageAllocator;
+  sequences: number[];
+  compressor: Compressor | null;
+  metrics: MetricStore;
+  moves: SlotMoveList;
+}
+
+/** Admits sequences of `context` tokens, compressing each at `rate`, while the pool holds them and `reserve` decode tokens each. */
+function admit(rate: number, context: number, reserve: number, maxSequences: number, compress: boolean): Batch {
+  const allocator = new PageAllocator({ shape, numBlocks, blockSize: B, maxSequences, maxContext: context + reserve + B });
+  const metrics = new MetricStore(allocator.numSlots);
+  const compressor =
+    rate > 1
+      ? new Compressor({
+          allocator,
+          metrics,
+          policy: getPolicy('kv-compress'),
+          config: { budget: { targetCompressionRate: rate }, protectedWindow: WINDOW },
+        })
+      : null;
+  const moves = allocator.createMoveList();
+  const sequences: number[] = [];
+  let rnd = 12345;
+  while (sequences.length < maxSequences) {
+    if (allocator.freeBlocks < units * Math.ceil((context + reserve) / B)) break;
+    const seq = allocator.addSequence();
+    allocator.appendTokens(seq, context);
+    if (compressor !== null && compress) {
+      for (let u = 0; u < units; u++) {
+        for (let i = 0; i < context; i++) {
+          rnd = (Math.imul(rnd, 1664525) + 1013904223) | 0;
+          metrics.values[allocator.slot(seq, (u / shape.kvHeads) | 0, u % shape.kvHeads, i)] = (rnd >>> 8) / 2 ** 24;
+        }
+      }
+      compressor.compress(seq, moves);
+      moves.clear();
+    }
+    sequences.push(seq);
+    // The next sequence must fit uncompressed first; stop when what is left cannot hold the
+    // decode growth of the admitted ones.
+    const growth = sequences.length * units * Math.ceil(reserve / B + 1);
+    if (allocator.freeBlocks < growth + units * Math.ceil(context / B)) break;
+  }
+  return { allocator, sequences, compressor, metrics, moves };
+}
+
+const stepTokens = new Int32Array(MAX_SEQS);
+const stepSequences = new Int32Array(MAX_SEQS);
+const stepPositions = new Int32Array(MAX_SEQS);
+const stepSlots = new Int32Array(units * MAX_SEQS);
+const seqSlots = new Int32Array(units);
+const logitRows = Int32Array.from({ length: MAX_SEQS }, (_, i) => i);
+const greedy = backend.createBuffer(MAX_SEQS, 'i32');
+const greedyHost = new Int32Array(MAX_SEQS);
+
+/** One greedy decode step over every sequence of the batch; returns after the ids are back. */
+/** Host time spent building and recording steps (the GPU runs behind it). */
+let hostMs = 0;
+
+async function decodeStep(batch: Batch): Promise<void> {
+  const t = performance.now();
+  const { allocator, sequences } = batch;
+  const rows = sequences.length;
+  for (let i = 0; i < rows; i++) {
+    const seq = sequences[i] as number;
+    stepSequences[i] = seq;
+    stepPositions[i] = allocator.nextPosition(seq);
+    stepTokens[i] = greedyHost[i] as number;
+    allocator.appendTokens(seq, 1, seqSlots);
+    for (let u = 0; u < units; u++) stepSlots[u * rows + i] = seqSlots[u] as number;
+  }
+  const step: ForwardStep = {
+    rows,
+    tokens: stepTokens,
+    sequences: stepSequences,
+    positions: stepPositions,
+    slots: stepSlots,
+    logitRows,
+    logitCount: rows,
+  };
+  model.forward(step, allocator);
+  backend.argmax(greedy, model.logits, rows, config.vocabSize);
+  backend.flush();
+  hostMs += performance.now() - t;
+  await backend.read(greedy, greedyHost, 0, rows);
+}
+
+let lastHostMs = 0;
+async function timeSteps(batch: Batch, steps: number): Promise<number> {
+  for (let i = 0; i < WARMUP; i++) {
+    await decodeStep(batch);
+    debug(`warm-up step ${i}`);
+  }
+  const t = performance.now();
+  hostMs = 0;
+  for (let i = 0; i < steps; i++) await decodeStep(batch);
+  lastHostMs = hostMs / steps;
+  return (performance.now() - t) / steps;
+}
+
+// 1. Throughput at a fixed KV budget for each rate.
+let baseline = 0;
+for (const rate of RATES) {
+  backend.clearKvCache();
+  greedyHost.fill(0);
+  const t = performance.now();
+  debug(`rate ${rate}: admitting`);
+  const batch = admit(rate, CONTEXT, WARMUP + STEPS, MAX_SEQS, true);
+  debug(`rate ${rate}: ${batch.sequences.length} sequences`);
+  const admitMs = performance.now() - t;
+  const usage = batch.allocator.usage();
+  const ms = await timeSteps(batch, STEPS);
+  const tokensPerSecond = (batch.sequences.length * 1000) / ms;
+  if (rate === 1) baseline = tokensPerSecond;
+  print({
+    kind: 'throughput',
+    kvMiB: KV_MIB,
+    context: CONTEXT,
+    window: WINDOW,
+    rate,
+    sequences: batch.sequences.length,
+    usedBlocks: usage.usedBlocks,
+    totalBlocks: numBlocks,
+    admitMs: Math.round(admitMs),
+    stepMs: ms,
+    hostMsPerStep: lastHostMs,
+    tokensPerSecond,
+    vsRate1: baseline > 0 ? tokensPerSecond / baseline : null,
+  });
+}
+
+// 2. One compression round for ROUND_SEQS sequences filling the pool, against a decode step.
+if (ROUND_SEQS > 0) {
+  backend.clearKvCache();
+  const roundContext = Math.floor((numBlocks / (ROUND_SEQS * units)) * 0.95) * B - 2 * B;
+  const rate = Number(env('ROUND_RATE', '8'));
+  const batch = admit(rate, roundContext, WARMUP + 4, ROUND_SEQS, false);
+  const stepMs = await timeSteps(batch, 4);
+  const compressor = batch.compressor as Compressor;
+  const metricsHost = batch.metrics.values;
+  let rnd = 777;
+  for (let i = 0; i < metricsHost.length; i++) {
+    rnd = (Math.imul(rnd, 1664525) + 1013904223) | 0;
+    metricsHost[i] = (rnd >>> 8) / 2 ** 24;
+  }
+  batch.allocator.positionChanges.clear();
+  // The device metric store holds what attention recorded; upload random ones over it.
+  const allSlots = Int32Array.from({ length: metricsHost.length }, (_, i) => i);
+  backend.uploadMetrics(allSlots, metricsHost, metricsHost.length);
+  await device.queue.onSubmittedWorkDone();
+  const freeBefore = batch.allocator.freeBlocks;
+  const t = performance.now();
+  await backend.downloadMetrics(metricsHost);
+  const tDownload = performance.now();
+  let moves = 0;
+  let planMs = 0;
+  for (const seq of batch.sequences) {
+    const p = performance.now();
+    compressor.compress(seq, batch.moves);
+    planMs += performance.now() - p;
+    moves += batch.moves.count;
+    backend.executeMoves(batch.moves);
+    batch.moves.clear();
+  }
+  backend.flush();
+  await device.queue.onSubmittedWorkDone();
+  const roundMs = performance.now() - t;
+  print({
+    kind: 'compression-round',
+    sequences: batch.sequences.length,
+    context: roundContext,
+    rate,
+    metricSlots: metricsHost.length,
+    downloadMs: tDownload - t,
+    planMs,
+    moves,
+    freedBlocks: batch.allocator.freeBlocks - freeBefore,
+    roundMs,
+    decodeStepMs: stepMs,
+    roundOverStep: roundMs / stepMs,
+  });
+}
+clearInterval(keepAlive);
+process.exit(0);
