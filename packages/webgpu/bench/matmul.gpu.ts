@@ -30,7 +30,9 @@ for (const [outDim, inDim] of shapes as [number, number][]) {
     const out = backend.createBuffer(maxRows * outDim);
     for (const rows of rowsList) {
       const iters = 20;
-      for (let i = 0; i < 3; i++) backend.matmul(out, x, w, rows);
+      // Warm up with as many dispatches as are timed: each uses its own uniform slot, and its
+      // bind group is created on first use.
+      for (let i = 0; i < iters; i++) backend.matmul(out, x, w, rows);
       backend.flush();
       await device.queue.onSubmittedWorkDone();
       const t = performance.now();

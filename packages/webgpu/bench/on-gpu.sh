@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine after `source .gpu/setup.sh` (which unpacks Node and Dawn): runs the
 # benches, writing JSON lines to $OUT (or .gpu/out).
-#   BENCHES="attention sdpa decode-8b decode-1b"   which to run (default all)
+#   BENCHES="conformance attention sdpa matmul decode-8b decode-1b"   which to run (default all)
 #   CONTEXT_8B=4096 CONTEXT_1B=16384 KV_MIB=3584    decode settings (see decode.gpu.ts)
 #   WEBGPU=webgpu-0.5.0                             another carried Dawn build (default .gpu/webgpu)
 set -uo pipefail
@@ -15,10 +15,11 @@ else
   ln -sfn ../webgpu .gpu/node_modules/webgpu
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-for b in ${BENCHES:-attention sdpa decode-8b decode-1b}; do
+for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
   echo "== $b"
   case $b in
     attention) timeout 240 "$GPU_NODE" .gpu/attention.mjs | tee "$out/attention.jsonl" ;;
+    conformance) timeout 240 "$GPU_NODE" .gpu/conformance.mjs | tee "$out/conformance.jsonl" ;;
     matmul) timeout 240 "$GPU_NODE" .gpu/matmul.mjs | tee "$out/matmul.jsonl" ;;
     sdpa) timeout 120 python3 packages/webgpu/bench/sdpa.py | tee "$out/sdpa.jsonl" ;;
     decode-8b) c=${CONTEXT_8B:-4096}; SHAPE=8b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-8b-$c.jsonl" ;;

@@ -38,6 +38,8 @@ const keptAlive: unknown[] = [];
 
 export interface DeviceOptions {
   readonly powerPreference?: GPUPowerPreference;
+  /** Request the `subgroups` feature when the adapter has it (default true): faster kernels. */
+  readonly subgroups?: boolean;
 }
 
 /**
@@ -50,7 +52,10 @@ export async function requestWebGpuDevice(options: DeviceOptions = {}): Promise<
   if (adapter === null) throw new WebGpuUnavailableError('requestAdapter() returned null');
   keptAlive.push(entry, adapter);
   const L = adapter.limits;
+  const features: GPUFeatureName[] = [];
+  if ((options.subgroups ?? true) && adapter.features.has('subgroups')) features.push('subgroups' as GPUFeatureName);
   return adapter.requestDevice({
+    requiredFeatures: features,
     requiredLimits: {
       maxStorageBufferBindingSize: L.maxStorageBufferBindingSize,
       maxBufferSize: L.maxBufferSize,

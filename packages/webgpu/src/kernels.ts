@@ -206,6 +206,77 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   }));
 }
 
+/** Outputs per workgroup of the subgroup matvec kernel (four per subgroup). */
+export const MATVEC_SUBGROUP_OUTPUTS = 32;
+
+/**
+ * The matvec kernel for devices with subgroups (outDim a multiple of 4): each subgroup
+ * computes four consecutive outputs for R rows, its lanes striding K 8 weights (16 bytes of
+ * packed f16) at a time, so each x value loaded serves four weight rows; sums are reduced
+ * with subgroupAdd: no workgroup memory, no barriers. Any subgroup size works.
+ */
+export function matvecSubgroupKernel(weight: StoreType, bias: boolean, rowsPerGroup: 1 | 2 | 4 | 8): KernelSource {
+  const R = rowsPerGroup;
+  const O = MATVEC_SUBGROUP_OUTPUTS;
+  const J = [0, 1, 2, 3];
+  const loadW = (u: number) =>
+    weight === 'f16'
+      ? `let wq${u} = W[wrow + ${u}u * steps + i8];
+        let w${u}0 = vec4f(unpack2x16float(wq${u}.x), unpack2x16float(wq${u}.y));
+        let w${u}1 = vec4f(unpack2x16float(wq${u}.z), unpack2x16float(wq${u}.w));`
+      : `let w${u}0 = W[2u * (wrow + ${u}u * steps + i8)]; let w${u}1 = W[2u * (wrow + ${u}u * steps + i8) + 1u];`;
+  return memo(`matvec-sg:${weight}:${bias}:${R}`, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+enable subgroups;
+struct P { rows: u32, inDim: u32, outDim: u32, total: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<vec4f>;
+@group(0) @binding(3) var<storage, read> W: ${weight === 'f16' ? 'array<vec4<u32>>' : 'array<vec4f>'};
+${bias ? '@group(0) @binding(4) var<storage, read> b: array<f32>;' : ''}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32,
+        @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32) {
+  ${FLAT_ID}
+  let sg = li / sgs;
+  let nsg = 256u / sgs;
+  let steps = p.inDim / 8u;
+  // A trip count uniform across the workgroup keeps subgroupAdd in uniform control flow.
+  for (var k = 0u; k < max(1u, ${O / 4}u / nsg); k++) {
+    let blk = sg + k * nsg;
+    // Items are (row tile) * outDim + j; outDim % 4 == 0, so a block of four shares its tile.
+    let item = wid * ${O}u + blk * 4u;
+    let live = blk < ${O / 4}u && item < p.total;
+    let j = min(item, p.total - 4u) % p.outDim;
+    let r0 = (min(item, p.total - 4u) / p.outDim) * ${R}u;
+    let wrow = j * steps;
+    var acc: array<vec4f, ${R}>; // [row] (output 0..3)
+    if (live) {
+      for (var i8 = lane; i8 < steps; i8 += sgs) {
+        ${J.map(loadW).join('\n        ')}
+        for (var rr = 0u; rr < ${R}u; rr++) {
+          if (r0 + rr < p.rows) {
+            let xb = (r0 + rr) * (p.inDim / 4u) + 2u * i8;
+            let x0 = x[xb];
+            let x1 = x[xb + 1u];
+            acc[rr] += vec4f(${J.map((u) => `dot(x0, w${u}0) + dot(x1, w${u}1)`).join(', ')});
+          }
+        }
+      }
+    }
+    for (var rr = 0u; rr < ${R}u; rr++) {
+      let total = subgroupAdd(acc[rr]);
+      if (live && lane == 0u && r0 + rr < p.rows) {
+        let o = (r0 + rr) * p.outDim + j;
+        ${J.map((u) => `out[o + ${u}u] = total[${u}]${bias ? ` + b[j + ${u}u]` : ''};`).join('\n        ')}
+      }
+    }
+  }
+}`,
+  }));
+}
+
 /** Output columns of a tiled-matmul workgroup. */
 export const TILED_MATMUL_TILE = 64;
 /** Batches of at least this many rows use the tiled matmul (below it, re-reading W per 8 rows in the matvec kernel is faster on an H100: BENCHMARKS.md). */
@@ -631,19 +702,19 @@ export function wideAttentionKernel(kv: StoreType, headDim: number, group: numbe
   const U = Math.max(1, Math.min(4, Math.floor(16 / G))); // keys per thread per pass-1 iteration
   const S = wideAttentionSplitKeys(G);
   const RED = Math.max(LANES * U * P * G, LANES * D, 256);
-  // Loads 8 values of a key row into x0, x1 (vec4f), zero when `use` is false.
-  const loadRow =
+  // Per-thread state lives in named registers, every loop over query heads or keys unrolled
+  // here: private arrays indexed in a loop may be placed in (slow) local memory.
+  const gs = Array.from({ length: G }, (_, g) => g);
+  const us = Array.from({ length: U }, (_, u) => u);
+  const each = <T>(xs: T[], f: (x: T) => string, sep = '\n    ') => xs.map(f).join(sep);
+  // Loads 8 values of a key row into ${x}0, ${x}1 (vec4f), zero when `use` is false.
+  const loadRow = (buf: string, slot: string, use: string, x: string) =>
     kv === 'f16'
-      ? (buf: string, slot: string, use: string, x: string) => `let w${x} = ${buf}[select(0u, ${slot}, ${use}) * ${P}u + j];
-        let ${x}0 = select(vec4f(), vec4f(unpack2x16float(w${x}.x), unpack2x16float(w${x}.y)), ${use});
-        let ${x}1 = select(vec4f(), vec4f(unpack2x16float(w${x}.z), unpack2x16float(w${x}.w)), ${use});`
-      : (
-          buf: string,
-          slot: string,
-          use: string,
-          x: string,
-        ) => `let ${x}0 = select(vec4f(), ${buf}[select(0u, ${slot}, ${use}) * ${2 * P}u + 2u * j], ${use});
-        let ${x}1 = select(vec4f(), ${buf}[select(0u, ${slot}, ${use}) * ${2 * P}u + 2u * j + 1u], ${use});`;
+      ? `let w${x} = ${buf}[select(0u, ${slot}, ${use}) * ${P}u + j];
+      let ${x}0 = select(vec4f(), vec4f(unpack2x16float(w${x}.x), unpack2x16float(w${x}.y)), ${use});
+      let ${x}1 = select(vec4f(), vec4f(unpack2x16float(w${x}.z), unpack2x16float(w${x}.w)), ${use});`
+      : `let ${x}0 = select(vec4f(), ${buf}[select(0u, ${slot}, ${use}) * ${2 * P}u + 2u * j], ${use});
+      let ${x}1 = select(vec4f(), ${buf}[select(0u, ${slot}, ${use}) * ${2 * P}u + 2u * j + 1u], ${use});`;
   const vecType = kv === 'f16' ? 'array<vec4<u32>>' : 'array<vec4<f32>>';
   return memo(`attention-wide:${kv}:${D}:${G}`, () => ({
     workgroupSize: 256,
@@ -706,39 +777,30 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let j = li % P;
   let working = lane < LANES;
   // This thread's 8 dims of the group's G (scaled) queries.
-  var qf: array<vec4f, ${2 * G}>;
-  if (working) {
-    for (var gq = 0u; gq < G; gq++) {
-      let b = (r * p.heads + g * G + gq) * D + j * 8u;
-      qf[2u * gq] = vec4f(q[b], q[b + 1u], q[b + 2u], q[b + 3u]) * p.scale;
-      qf[2u * gq + 1u] = vec4f(q[b + 4u], q[b + 5u], q[b + 6u], q[b + 7u]) * p.scale;
-    }
-  }
-  // Pass 1: scores of the split's keys.
+  let qb = (r * p.heads + g * G) * D + min(j, P - 1u) * 8u;
+  ${each(
+    gs,
+    (q) => `let q${q}a = vec4f(q[qb + ${q * D}u], q[qb + ${q * D + 1}u], q[qb + ${q * D + 2}u], q[qb + ${q * D + 3}u]) * p.scale;
+  let q${q}b = vec4f(q[qb + ${q * D + 4}u], q[qb + ${q * D + 5}u], q[qb + ${q * D + 6}u], q[qb + ${q * D + 7}u]) * p.scale;`,
+    '\n  ',
+  )}
+  // Pass 1: scores of the split's keys; all U keys' rows are fetched before any is used.
   for (var base = 0u; base < n; base += LANES * U) {
-    // All U keys' slots and rows are fetched before any is used: U loads in flight per thread.
-    var kx: array<vec4f, ${2 * U}>;
-    for (var u = 0u; u < U; u++) {
-      let t = base + u * LANES + lane;
-      var ok = false;
-      var slot = 0u;
-      if (working && t < n) {
-        let i = range.x + t;
-        slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
-        ok = slotPos[slot] <= qPos;
-        if (j == 0u) { tslot[t] = select(MASKED, slot, ok); }
-      }
-      ${loadRow('K', 'slot', 'ok', 'k')}
-      kx[2u * u] = k0;
-      kx[2u * u + 1u] = k1;
-    }
+    ${each(
+      us,
+      (u) => `let key${u} = base + ${u}u * LANES + lane;
+    var ok${u} = false;
+    var slot${u} = 0u;
+    if (working && key${u} < n) {
+      let i = range.x + key${u};
+      slot${u} = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
+      ok${u} = slotPos[slot${u}] <= qPos;
+      if (j == 0u) { tslot[key${u}] = select(MASKED, slot${u}, ok${u}); }
+    }`,
+    )}
+    ${each(us, (u) => loadRow('K', `slot${u}`, `ok${u}`, `k${u}`))}
     if (working) {
-      for (var u = 0u; u < U; u++) {
-        let tt = u * LANES + lane;
-        for (var gq = 0u; gq < G; gq++) {
-          red[(tt * P + j) * G + gq] = dot(qf[2u * gq], kx[2u * u]) + dot(qf[2u * gq + 1u], kx[2u * u + 1u]);
-        }
-      }
+      ${each(us, (u) => each(gs, (q) => `red[((${u}u * LANES + lane) * P + j) * G + ${q}u] = dot(q${q}a, k${u}0) + dot(q${q}b, k${u}1);`, '\n      '), '\n      ')}
     }
     workgroupBarrier();
     for (var e = li; e < LANES * U * G; e += 256u) {
@@ -787,55 +849,57 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
     stat[2u * li + 1u] = ss;
   }
   workgroupBarrier();
-  // Pass 2: P·V, each lane over every LANES-th key, then summed across lanes.
-  var acc: array<vec4f, ${2 * G}>;
+  // Pass 2: P·V, each lane over every LANES-th key (four at a time), then summed across lanes.
+  ${each(
+    gs,
+    (q) => `var acc${q}a = vec4f();
+  var acc${q}b = vec4f();`,
+    '\n  ',
+  )}
   if (working) {
-    // Four keys per iteration, their V rows fetched together.
     for (var t = lane; t < n; t += 4u * LANES) {
-      var slots: array<u32, 4>;
-      var uses: array<bool, 4>;
-      for (var u = 0u; u < 4u; u++) {
-        let tu = t + u * LANES;
-        slots[u] = select(MASKED, tslot[min(tu, S - 1u)], tu < n);
-        uses[u] = slots[u] != MASKED;
-      }
-      var vx: array<vec4f, 8>;
-      for (var u = 0u; u < 4u; u++) {
-        ${loadRow('V', 'slots[u]', 'uses[u]', 'v')}
-        vx[2u * u] = v0;
-        vx[2u * u + 1u] = v1;
-      }
-      for (var u = 0u; u < 4u; u++) {
-        if (uses[u]) {
-          let tu = t + u * LANES;
-          for (var gq = 0u; gq < G; gq++) {
-            let pk = sc[gq * S + tu];
-            acc[2u * gq] += pk * vx[2u * u];
-            acc[2u * gq + 1u] += pk * vx[2u * u + 1u];
-          }
-        }
-      }
+      ${each(
+        [0, 1, 2, 3],
+        (u) => `let tv${u} = t + ${u}u * LANES;
+      let sv${u} = select(MASKED, tslot[min(tv${u}, S - 1u)], tv${u} < n);
+      let use${u} = sv${u} != MASKED;`,
+        '\n      ',
+      )}
+      ${each([0, 1, 2, 3], (u) => loadRow('V', `sv${u}`, `use${u}`, `v${u}`), '\n      ')}
+      ${each(
+        [0, 1, 2, 3],
+        (u) => `if (use${u}) {
+        ${each(
+          gs,
+          (q) => `let p${q}_${u} = sc[${q}u * S + tv${u}];
+        acc${q}a += p${q}_${u} * v${u}0;
+        acc${q}b += p${q}_${u} * v${u}1;`,
+          '\n        ',
+        )}
+      }`,
+        '\n      ',
+      )}
     }
   }
   let pbase = ((r * p.kvHeads + g) * p.splits + split) * G * (D + 2u);
-  for (var gq = 0u; gq < G; gq++) {
-    if (working) {
-      let o = lane * D + j * 8u;
-      let a0 = acc[2u * gq];
-      let a1 = acc[2u * gq + 1u];
-      red[o] = a0.x; red[o + 1u] = a0.y; red[o + 2u] = a0.z; red[o + 3u] = a0.w;
-      red[o + 4u] = a1.x; red[o + 5u] = a1.y; red[o + 6u] = a1.z; red[o + 7u] = a1.w;
-    }
-    workgroupBarrier();
-    if (live) {
-      for (var d = li; d < D; d += 256u) {
-        var s = 0.0;
-        for (var l = 0u; l < LANES; l++) { s += red[l * D + d]; }
-        partials[pbase + gq * (D + 2u) + 2u + d] = s;
-      }
-    }
-    workgroupBarrier();
+  ${each(
+    gs,
+    (q) => `if (working) {
+    let o = lane * D + j * 8u;
+    red[o] = acc${q}a.x; red[o + 1u] = acc${q}a.y; red[o + 2u] = acc${q}a.z; red[o + 3u] = acc${q}a.w;
+    red[o + 4u] = acc${q}b.x; red[o + 5u] = acc${q}b.y; red[o + 6u] = acc${q}b.z; red[o + 7u] = acc${q}b.w;
   }
+  workgroupBarrier();
+  if (live) {
+    for (var d = li; d < D; d += 256u) {
+      var s = 0.0;
+      for (var l = 0u; l < LANES; l++) { s += red[l * D + d]; }
+      partials[pbase + ${q}u * (D + 2u) + 2u + d] = s;
+    }
+  }
+  workgroupBarrier();`,
+    '\n  ',
+  )}
   if (live && li < G) {
     partials[pbase + li * (D + 2u)] = stat[2u * li];
     partials[pbase + li * (D + 2u) + 1u] = stat[2u * li + 1u];

@@ -31,8 +31,10 @@ import {
   gatherRowsKernel,
   type KernelSource,
   MATMUL_ROWS,
+  MATVEC_SUBGROUP_OUTPUTS,
   matmulKernel,
   matvecKernel,
+  matvecSubgroupKernel,
   metricKernel,
   movesKernel,
   rmsNormKernel,
@@ -95,6 +97,8 @@ export interface WebGpuBackendOptions {
    * memory and bandwidth). Default: 'f16' for tensors stored as f16/bf16/quantised, else 'f32'.
    */
   readonly weightStore?: 'f32' | 'f16' | 'auto';
+  /** Use subgroup kernels when the device has the `subgroups` feature (default true). */
+  readonly subgroups?: boolean;
   /** Matmuls of at least this many rows use the tiled kernel (benchmarks compare the two). */
   readonly tiledMatmulMinRows?: number;
   /** Force the tiled kernel's tile height (benchmarks); default picks by workgroup count. */
@@ -123,6 +127,8 @@ export class WebGpuBackend implements Backend {
   readonly device: GPUDevice;
   readonly deviceMetrics = true;
   readonly weightStore: 'f32' | 'f16' | 'auto';
+  /** Whether subgroup kernels are used (the device has `subgroups` and the option allows). */
+  readonly subgroups: boolean;
   #lost: string | null = null;
   #pipelines = new Map<string, Pipeline>();
   #bindGroups = new Map<string, GPUBindGroup>();
@@ -164,7 +170,9 @@ export class WebGpuBackend implements Backend {
   constructor(device: GPUDevice, options: WebGpuBackendOptions = {}) {
     this.device = device;
     this.weightStore = options.weightStore ?? 'auto';
-    this.#tiledMinRows = options.tiledMatmulMinRows ?? TILED_MATMUL_MIN_ROWS;
+    this.subgroups = (options.subgroups ?? true) && device.features.has('subgroups');
+    // With subgroups the matvec kernel keeps up with the tiled one to 256 rows (BENCHMARKS.md).
+    this.#tiledMinRows = options.tiledMatmulMinRows ?? (this.subgroups ? 2 * TILED_MATMUL_MIN_ROWS : TILED_MATMUL_MIN_ROWS);
     this.#tileRows = options.tiledMatmulTileRows ?? null;
     void device.lost.then((info) => {
       this.#lost = info.message || info.reason || 'unknown reason';
@@ -332,8 +340,13 @@ export class WebGpuBackend implements Backend {
       const buffers = [(out as GpuBuffer).buffer, (x as GpuBuffer).buffer, wt.buffer];
       if (bias !== undefined) buffers.push((bias as GpuWeight).buffer);
       this.#setUniform([rows, wt.cols, wt.rows, total]);
-      const [gx, gy] = grid(total);
-      this.#dispatchRaw(matvecKernel(wt.store, bias !== undefined, R), buffers, gx, gy);
+      if (this.subgroups && wt.rows % 4 === 0) {
+        const [gx, gy] = grid(total, MATVEC_SUBGROUP_OUTPUTS);
+        this.#dispatchRaw(matvecSubgroupKernel(wt.store, bias !== undefined, R), buffers, gx, gy);
+      } else {
+        const [gx, gy] = grid(total);
+        this.#dispatchRaw(matvecKernel(wt.store, bias !== undefined, R), buffers, gx, gy);
+      }
       return;
     }
     const tiles = Math.ceil(rows / MATMUL_ROWS);

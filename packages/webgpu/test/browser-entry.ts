@@ -7,19 +7,7 @@ import { Engine } from '@kvcompress/engine';
 import { loadLlama2cModel } from '@kvcompress/models';
 import { requestWebGpuDevice } from '../src/device.ts';
 import { WebGpuBackend } from '../src/webgpu-backend.ts';
-import { cases } from './conformance-cases.ts';
-
-function maxRelError(a: Float32Array, b: Float32Array): number {
-  if (a.length !== b.length) return Number.POSITIVE_INFINITY;
-  let diff = 0;
-  let scale = 1e-6;
-  for (let i = 0; i < b.length; i++) {
-    const d = Math.abs((a[i] as number) - (b[i] as number));
-    diff = Number.isNaN(d) ? Number.POSITIVE_INFINITY : Math.max(diff, d);
-    scale = Math.max(scale, Math.abs(b[i] as number));
-  }
-  return diff / scale;
-}
+import { cases, maxRelError } from './conformance-cases.ts';
 
 const device = await requestWebGpuDevice();
 

@@ -13,6 +13,19 @@ export interface ConformanceCase {
   run(b: Backend): Promise<Float32Array[]>;
 }
 
+/** max|a - b| / max|b|: how far a backend's output is from the reference's. */
+export function maxRelError(a: Float32Array, b: Float32Array): number {
+  if (a.length !== b.length) return Number.POSITIVE_INFINITY;
+  let diff = 0;
+  let scale = 1e-6;
+  for (let i = 0; i < b.length; i++) {
+    const d = Math.abs((a[i] as number) - (b[i] as number));
+    diff = Number.isNaN(d) ? Number.POSITIVE_INFINITY : Math.max(diff, d);
+    scale = Math.max(scale, Math.abs(b[i] as number));
+  }
+  return diff / scale;
+}
+
 function rng(seed: number): () => number {
   let s = seed | 0;
   return () => {
