@@ -107,6 +107,15 @@ afterAll(async () => {
 type Kvc = {
   runCase(name: string): Promise<{ worst: number; tolerance: number; validation: string | null }>;
   greedy(compress: boolean, tokens: number): Promise<{ cpu: number[]; gpu: number[]; validation: string | null; gpuMs: number }>;
+  deviceLoss(): Promise<{
+    reason: string;
+    code: string | null;
+    message: string;
+    tokensBefore: number;
+    freeBlocks: number;
+    totalBlocks: number;
+    recovered: boolean;
+  }>;
 };
 
 describe.skipIf(!haveChromium)('WebGPU kernels against the CPU reference (headless Chromium)', () => {
@@ -128,4 +137,15 @@ describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'
     },
     300_000,
   );
+
+  it('a lost device ends the request with DeviceLostError, frees its blocks, and a new engine recovers', async () => {
+    const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.deviceLoss());
+    expect(r.reason).toBe('error');
+    expect(r.code).toBe('DEVICE_LOST');
+    expect(r.message).toMatch(/Create a new engine/);
+    expect(r.tokensBefore).toBeGreaterThanOrEqual(11);
+    expect(r.tokensBefore).toBeLessThan(200);
+    expect(r.freeBlocks).toBe(r.totalBlocks);
+    expect(r.recovered).toBe(true);
+  }, 300_000);
 });

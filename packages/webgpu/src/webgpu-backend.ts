@@ -245,7 +245,21 @@ export class WebGpuBackend implements Backend {
     encoder.copyBufferToBuffer(src, byteOffset, staging, 0, bytes);
     this.#uploadUniforms();
     this.device.queue.submit([encoder.finish()]);
-    await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+    try {
+      await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+    } catch (error) {
+      // A lost or destroyed device rejects pending maps: report the loss as such (the lost
+      // promise may settle just after the rejection).
+      const lost = await Promise.race([
+        this.device.lost.then((info) => info.message || info.reason || 'unknown reason'),
+        new Promise<null>((resolve) => setTimeout(() => resolve(null), 200)),
+      ]);
+      if (lost !== null) {
+        this.#lost = lost;
+        throw new DeviceLostError(lost);
+      }
+      throw error;
+    }
     this.#checkAlive();
     const view = staging.getMappedRange(0, bytes);
     if (out instanceof Float32Array) out.set(new Float32Array(view));

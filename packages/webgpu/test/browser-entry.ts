@@ -3,7 +3,7 @@
 // CPU reference, and whole-model greedy decoding on both backends. Driven by
 // ../src/webgpu-backend.test.ts through window.kvc.
 import { CpuBackend } from '@kvcompress/cpu';
-import { Engine } from '@kvcompress/engine';
+import { type DoneEvent, Engine } from '@kvcompress/engine';
 import { loadLlama2cModel } from '@kvcompress/models';
 import { requestWebGpuDevice } from '../src/device.ts';
 import { WebGpuBackend } from '../src/webgpu-backend.ts';
@@ -46,9 +46,51 @@ async function greedy(
   return { cpu: [...cpu.tokens], gpu: [...gpu.tokens], validation: error === null ? null : error.message, gpuMs };
 }
 
+/**
+ * Destroys the device mid-generation: the request must end with DeviceLostError (not hang),
+ * the engine must give back every block, and a new engine on a new device must work.
+ */
+async function deviceLoss(): Promise<{
+  reason: string;
+  code: string | null;
+  message: string;
+  tokensBefore: number;
+  freeBlocks: number;
+  totalBlocks: number;
+  recovered: boolean;
+}> {
+  const bytes = new Uint8Array(await (await fetch('/shared/models/stories260K/stories260K.bin')).arrayBuffer());
+  const model = loadLlama2cModel(bytes);
+  const doomed = await requestWebGpuDevice();
+  const engine = new Engine({ model, maxSequences: 2, backend: new WebGpuBackend(doomed) });
+  let tokensBefore = 0;
+  let done: DoneEvent | null = null;
+  for await (const e of engine.generate([1], { maxTokens: 200, stopTokens: [] })) {
+    if (e.type === 'token') {
+      tokensBefore++;
+      if (e.index === 10) doomed.destroy();
+    } else done = e;
+  }
+  const error = done?.error as (Error & { code?: string }) | undefined;
+  const stats = engine.stats();
+  const fresh = new Engine({ model, maxSequences: 1, backend: new WebGpuBackend(await requestWebGpuDevice()) });
+  const cpu = await new Engine({ model, maxSequences: 1 }).complete([1], { maxTokens: 24, stopTokens: [] });
+  const gpu = await fresh.complete([1], { maxTokens: 24, stopTokens: [] });
+  return {
+    reason: done?.reason ?? 'none',
+    code: error?.code ?? null,
+    message: error?.message ?? '',
+    tokensBefore,
+    freeBlocks: stats.freeBlocks,
+    totalBlocks: stats.totalBlocks,
+    recovered: gpu.tokens.length === 24 && gpu.tokens.every((t, i) => t === cpu.tokens[i]),
+  };
+}
+
 (globalThis as unknown as { kvc: unknown }).kvc = {
   names: cases.map((c) => c.name),
   runCase,
   greedy,
+  deviceLoss,
   adapter: device.adapterInfo?.description ?? '',
 };
