@@ -545,7 +545,7 @@ struct P {
 @group(0) @binding(5) var<storage, read> tables: array<i32>;
 @group(0) @binding(6) var<storage, read> lengths: array<i32>;
 @group(0) @binding(7) var<storage, read> slotPos: array<i32>;
-// rowInfo [rows][4]: sequence, position, recorded-row index (-1: not recorded), unused.
+// rowInfo [rows][4]: sequence, position, recorded-row index (-1: not recorded), may-see-later-keys (unused here: always masks).
 @group(0) @binding(8) var<storage, read> rowInfo: array<vec4<i32>>;
 @group(0) @binding(9) var<storage, read_write> scores: array<f32>;
 ${loader('loadK', 'K', kv)}
@@ -784,19 +784,24 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let q${q}b = vec4f(q[qb + ${q * D + 4}u], q[qb + ${q * D + 5}u], q[qb + ${q * D + 6}u], q[qb + ${q * D + 7}u]) * p.scale;`,
     '\n  ',
   )}
+  // Prologue: every key's slot (MASKED where the key is later than the query) in workgroup
+  // memory, looked up by all threads at once, so the passes below wait on one global read
+  // per key (its K or V row). rowInfo.w says whether this row can see later keys at all
+  // (another row of its sequence later in the same step); if not, positions are not read.
+  let masking = info.w != 0;
+  for (var t = li; t < n; t += 256u) {
+    let i = range.x + t;
+    let slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
+    tslot[t] = select(slot, MASKED, masking && slotPos[slot] > qPos);
+  }
+  workgroupBarrier();
   // Pass 1: scores of the split's keys; all U keys' rows are fetched before any is used.
   for (var base = 0u; base < n; base += LANES * U) {
     ${each(
       us,
       (u) => `let key${u} = base + ${u}u * LANES + lane;
-    var ok${u} = false;
-    var slot${u} = 0u;
-    if (working && key${u} < n) {
-      let i = range.x + key${u};
-      slot${u} = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
-      ok${u} = slotPos[slot${u}] <= qPos;
-      if (j == 0u) { tslot[key${u}] = select(MASKED, slot${u}, ok${u}); }
-    }`,
+    let slot${u} = select(MASKED, tslot[min(key${u}, S - 1u)], working && key${u} < n);
+    let ok${u} = slot${u} != MASKED;`,
     )}
     ${each(us, (u) => loadRow('K', `slot${u}`, `ok${u}`, `k${u}`))}
     if (working) {

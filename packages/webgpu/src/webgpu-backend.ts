@@ -450,7 +450,7 @@ export class WebGpuBackend implements Backend {
     const seqs = batch.sequences as GpuBuffer;
     const positions = batch.positions as GpuBuffer;
     // Row metadata for the kernels, from the host copies of what the adapter wrote:
-    // rowInfo [rows][4] = (sequence, position, recorded-row index or -1, 0).
+    // rowInfo [rows][4] = (sequence, position, recorded-row index or -1, may-see-later-keys 0|1).
     const maxLen = cache.maxBlocksPerHead * cache.blockSize;
     const seqHost = seqs.host as Int32Array;
     const posHost = positions.host as Int32Array;
@@ -460,17 +460,27 @@ export class WebGpuBackend implements Backend {
     // Every layer of a step has the same rows: upload (a write, hence a submit) only when
     // they changed, not once per layer.
     let changed = rowInfo !== this.#rowInfoUploaded;
+    // rowInfo.w = 1 where a row may see keys later than itself (another row of its sequence
+    // in this step has a later position): only those rows read slot positions to mask.
+    const latest = this.#latestPosition(cache.maxSequences);
+    for (let r = 0; r < rows; r++) {
+      const seq = seqHost[r] as number;
+      latest[seq] = Math.max(latest[seq] as number, posHost[r] as number);
+    }
     for (let r = 0; r < rows; r++) {
       const seq = seqHost[r] as number;
       const pos = posHost[r] as number;
       const rec = metrics !== undefined && metrics.rowFlags[r] === 1 ? recorded++ : -1;
-      if (info[4 * r] !== seq || info[4 * r + 1] !== pos || info[4 * r + 2] !== rec) {
+      const mask = (latest[seq] as number) > pos ? 1 : 0;
+      if (info[4 * r] !== seq || info[4 * r + 1] !== pos || info[4 * r + 2] !== rec || info[4 * r + 3] !== mask) {
         info[4 * r] = seq;
         info[4 * r + 1] = pos;
         info[4 * r + 2] = rec;
+        info[4 * r + 3] = mask;
         changed = true;
       }
     }
+    for (let r = 0; r < rows; r++) latest[seqHost[r] as number] = -1;
     if (changed) {
       this.#writeI32(rowInfo, 4 * rows);
       this.#rowInfoUploaded = rowInfo;
@@ -723,6 +733,14 @@ export class WebGpuBackend implements Backend {
       this.flush();
     }
     log?.clear();
+  }
+
+  /** Scratch per sequence row, all -1 between calls: the latest position among a step's rows. */
+  #latest = new Int32Array(0);
+
+  #latestPosition(maxSequences: number): Int32Array {
+    if (this.#latest.length < maxSequences) this.#latest = new Int32Array(maxSequences).fill(-1);
+    return this.#latest;
   }
 
   #named = new Map<string, GpuBuffer>();
