@@ -1,4 +1,6 @@
 import { execFile } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { hasShared } from '@kvcompress/test-support';
@@ -89,3 +91,32 @@ describe('kvc without a model', () => {
     expect(stderr).toMatch(/--model/);
   });
 });
+
+describe.skipIf(!hasShared('models/stories260K/stories260K.gguf', 'data/tinystories-valid/TinyStories-valid-first1000.txt'))(
+  'kvc eval',
+  () => {
+    it('writes cells, results, a table and plots; a second run resumes without recomputing', async () => {
+      const out = mkdtempSync(path.join(tmpdir(), 'kvc-eval-'));
+      const args = ['eval', '--policies', 'kv-compress,streaming-llm', '--rates', '1,4', '--contexts', '320', '--tasks', 'kl,passkey'];
+      const first = await kvc(...args, '--examples', '2', '--continuation', '16', '--out', out);
+      expect(first.code).toBe(0);
+      const files = readdirSync(out).sort();
+      expect(files).toEqual(['cells.jsonl', 'plot-kl-320.svg', 'plot-passkey-320.svg', 'results.json', 'results.md']);
+      const cells = readFileSync(path.join(out, 'cells.jsonl'), 'utf8').trim().split('\n');
+      expect(cells).toHaveLength(2 * 2 * 2);
+      expect(readFileSync(path.join(out, 'results.md'), 'utf8')).toContain('| streaming-llm |');
+      const again = await kvc(...args, '--examples', '2', '--continuation', '16', '--out', out);
+      expect(again.code).toBe(0);
+      expect(readFileSync(path.join(out, 'cells.jsonl'), 'utf8').trim().split('\n')).toHaveLength(cells.length);
+    }, 120_000);
+
+    it('rejects unknown tasks and policies with a clear message', async () => {
+      const bad = await kvc('eval', '--tasks', 'telepathy');
+      expect(bad.code).not.toBe(0);
+      expect(bad.stderr).toMatch(/Unknown task "telepathy"/);
+      const badPolicy = await kvc('eval', '--policies', 'oracle');
+      expect(badPolicy.code).not.toBe(0);
+      expect(badPolicy.stderr).toMatch(/Unknown policy "oracle"/);
+    });
+  },
+);

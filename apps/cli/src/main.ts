@@ -1,10 +1,13 @@
 import { KvCompressError, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
+import { ALL_TASKS, type EvalTask } from '@kvcompress/eval';
 import type { Budget } from '@kvcompress/eviction';
 import { policies } from '@kvcompress/eviction';
 import { loadModel } from '@kvcompress/models';
+import { Presets, SingleBar } from 'cli-progress';
 import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
+import { evalCommand } from './eval.ts';
 import { formatBytes, formatHeadGrid } from './format.ts';
-import { defaultModelPath, NO_DEFAULT_MODEL } from './paths.ts';
+import { defaultEvalModelPath, defaultEvalTextPath, defaultModelPath, NO_DEFAULT_MODEL } from './paths.ts';
 import { runComparison } from './run.ts';
 
 const DEFAULT_PROMPT =
@@ -172,6 +175,57 @@ program
       );
     } else console.log('tokenizer     none');
     console.log(`KV per token  ${formatBytes(info.kvBytesPerToken.f16)} in f16, ${formatBytes(info.kvBytesPerToken.f32)} in f32`);
+  });
+
+program
+  .command('eval')
+  .description('Score eviction policies against the full cache at equal KV memory: retrieval tasks, perplexity, KL, greedy agreement.')
+  .option('-m, --model <path>', 'model with a tokenizer (default: ../shared/models/stories260K GGUF)')
+  .option('--text <path>', 'held-out text: haystacks and scored text (default: ../shared TinyStories validation)')
+  .option('--policies <names>', 'comma-separated registered policies', 'kv-compress,snapkv,pyramidkv,ada-kv,h2o,streaming-llm,random')
+  .option('--rates <list>', 'compression rates (1 = full cache)', '1,2,4,8,16,32,64')
+  .option('--contexts <list>', 'context lengths in tokens', '512')
+  .option('--tasks <list>', `tasks: ${ALL_TASKS.join(', ')}`, 'perplexity,kl,greedy-agreement')
+  .option('--examples <n>', 'examples per (task, context)', number('examples', 1, true), 8)
+  .option('--seed <n>', 'seed of the generated examples', number('seed', 0, true), 1)
+  .option('--continuation <n>', 'tokens scored after each text context', number('continuation', 1, true), 64)
+  .option('--window <n>', 'protected recent window', number('window', 0, true), 16)
+  .option('-o, --out <dir>', 'output folder (an existing cells.jsonl there is resumed)', 'eval-out')
+  .action(async (opts) => {
+    const list = (s: string) =>
+      s
+        .split(',')
+        .map((x) => x.trim())
+        .filter((x) => x !== '');
+    const numbers = (name: string, s: string) => list(s).map((x) => number(name, 1)(x));
+    const tasks = list(opts.tasks) as EvalTask[];
+    for (const t of tasks)
+      if (!ALL_TASKS.includes(t)) throw new CommanderArgumentError(`Unknown task "${t}"; tasks: ${ALL_TASKS.join(', ')}.`);
+    for (const p of list(opts.policies)) if (!policies.has(p)) throw new CommanderArgumentError(`Unknown policy "${p}"; see kvc policies.`);
+    const bar = new SingleBar({ format: 'eval [{bar}] {value}/{total} {label}', hideCursor: true }, Presets.shades_classic);
+    let started = false;
+    const { files } = await evalCommand({
+      modelPath: opts.model ?? defaultEvalModelPath(),
+      textPath: opts.text ?? defaultEvalTextPath(),
+      policies: list(opts.policies),
+      rates: numbers('rates', opts.rates),
+      contexts: numbers('contexts', opts.contexts),
+      tasks,
+      examples: opts.examples,
+      seed: opts.seed,
+      continuation: opts.continuation,
+      window: opts.window,
+      outDir: opts.out,
+      onProgress: (done, total, label) => {
+        if (!started) {
+          bar.start(total, 0, { label });
+          started = true;
+        }
+        bar.update(done, { label });
+      },
+    });
+    bar.stop();
+    for (const f of files) console.log(f);
   });
 
 program

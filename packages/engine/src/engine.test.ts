@@ -76,6 +76,46 @@ describe.skipIf(!haveStories)('engine on stories260K (CPU)', () => {
     expect(Math.abs(mean - 1.283) / 1.283).toBeLessThan(0.01);
   }, 180_000);
 
+  it('teacher forcing: with the full cache the logits are forwardLogits rows; with a budget they differ and memory shrinks', async () => {
+    const model = stories();
+    const ids = referenceIds().slice(0, 200);
+    const context = [1, ...ids.slice(0, 150)];
+    const continuation = ids.slice(150, 200);
+    const vocab = model.config.vocabSize;
+    const collect = async (engine: Engine) => {
+      const rows: Float32Array[] = [];
+      const done = await engine.complete(context, {
+        teacherForcing: { tokens: continuation, onLogits: (i, logits) => (rows[i] = logits.slice()) },
+      });
+      return { done, rows };
+    };
+    const full = await collect(new Engine({ model, maxSequences: 1 }));
+    expect(full.done.reason).toBe('length');
+    expect(full.done.tokens).toEqual(continuation);
+    const reference = await new Engine({ model, maxSequences: 1 }).forwardLogits([...context, ...continuation]);
+    for (let i = 0; i < continuation.length; i++) {
+      const row = reference.subarray((context.length - 1 + i) * vocab, (context.length + i) * vocab);
+      let worst = 0;
+      for (let v = 0; v < vocab; v++) worst = Math.max(worst, Math.abs(((full.rows[i] as Float32Array)[v] as number) - (row[v] as number)));
+      expect(worst).toBeLessThan(1e-4);
+    }
+    const compressed = await collect(
+      new Engine({ model, maxSequences: 1, budget: { targetCompressionRate: 8 }, protectedWindow: 8, compressOnce: true }),
+    );
+    expect(compressed.done.tokens).toEqual(continuation);
+    expect(compressed.done.compressions).toBeGreaterThan(0);
+    // Row 0 comes from the prefill, before the first compression: identical. Later rows
+    // attend over the compressed cache.
+    expect(compressed.rows[0]).toEqual(full.rows[0]);
+    let differs = false;
+    for (let i = 1; i < continuation.length; i++) {
+      for (let v = 0; v < vocab; v++) differs ||= (compressed.rows[i] as Float32Array)[v] !== (full.rows[i] as Float32Array)[v];
+    }
+    expect(differs).toBe(true);
+    const blocks = (d: DoneEvent) => d.blocksPerHead.reduce((a, b) => a + b, 0);
+    expect(blocks(compressed.done)).toBeLessThan(blocks(full.done) / 2);
+  });
+
   it('decodes several sequences together with the same greedy tokens as one at a time', async () => {
     const model = stories();
     const prompts = [[1], [1, 403, 407], [1, 261, 378, 432], [1, 376, 298]];

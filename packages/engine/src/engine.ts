@@ -61,6 +61,16 @@ export interface GenerateOptions {
   /** Prepend BOS when encoding a string prompt (default true). */
   readonly addBos?: boolean;
   readonly signal?: AbortSignal;
+  /**
+   * Teacher forcing (evaluation): the request's tokens are these instead of sampled ones,
+   * with the cache compressed as usual, and `onLogits` sees the logits each was chosen
+   * from: onLogits(i, logits) for the distribution that predicted tokens[i]. Generation
+   * ends after the last one; stop tokens default to none.
+   */
+  readonly teacherForcing?: {
+    readonly tokens: readonly number[];
+    readonly onLogits?: (index: number, logits: Float32Array) => void;
+  };
 }
 
 export type FinishReason = 'stop' | 'length' | 'abort' | 'error';
@@ -147,6 +157,9 @@ interface Request {
   events: GenerationEvent[];
   wake: (() => void) | null;
   finished: boolean;
+  /** Teacher-forced tokens and their logits callback, or null. */
+  readonly forced: readonly number[] | null;
+  readonly onLogits: ((index: number, logits: Float32Array) => void) | null;
 }
 
 /**
@@ -457,7 +470,15 @@ export class Engine {
       if (!Number.isInteger(id) || id < 0 || id >= vocab)
         throw new InvalidArgumentError(`Prompt token ${id} is outside the vocabulary (${vocab}).`);
     }
-    const maxTokens = options.maxTokens ?? 256;
+    const forced = options.teacherForcing?.tokens ?? null;
+    if (forced !== null) {
+      if (forced.length === 0) throw new InvalidArgumentError('teacherForcing.tokens is empty.');
+      for (const id of forced) {
+        if (!Number.isInteger(id) || id < 0 || id >= vocab)
+          throw new InvalidArgumentError(`Teacher-forced token ${id} is outside the vocabulary (${vocab}).`);
+      }
+    }
+    const maxTokens = forced?.length ?? options.maxTokens ?? 256;
     assertInteger('maxTokens', maxTokens, 1, 1 << 24);
     if (promptIds.length >= this.maxContext) {
       throw new InvalidArgumentError(`The prompt has ${promptIds.length} tokens; the context holds ${this.maxContext}.`);
@@ -471,7 +492,7 @@ export class Engine {
       maxTokens,
       sampling,
       rng: new Rng(sampling.seed),
-      stopTokens: new Set(options.stopTokens ?? this.model.config.eosTokenIds),
+      stopTokens: new Set(options.stopTokens ?? (forced !== null ? [] : this.model.config.eosTokenIds)),
       stopStrings: options.stopStrings ?? [],
       signal: options.signal,
       sequence: -1,
@@ -485,7 +506,17 @@ export class Engine {
       events: [],
       wake: null,
       finished: false,
+      forced: forced === null ? null : [...forced],
+      onLogits: options.teacherForcing?.onLogits ?? null,
     };
+  }
+
+  /** The next token of `r` from its logits at `offset` in #logits: sampled, or teacher-forced. */
+  #pick(r: Request, offset: number): number {
+    if (r.forced === null) return this.#sampler.sample(this.#logits, offset, r.sampling, r.rng);
+    const index = r.generated.length;
+    r.onLogits?.(index, this.#logits.subarray(offset, offset + this.model.config.vocabSize));
+    return r.forced[index] as number;
   }
 
   #pump(): void {
@@ -568,7 +599,7 @@ export class Engine {
     r.prefillMs += ms;
     this.#stats.prefillMs += ms;
     this.#emitStep('prefill', ids.length, ms);
-    this.#accept(r, this.#sampler.sample(this.#logits, 0, r.sampling, r.rng));
+    this.#accept(r, this.#pick(r, 0));
   }
 
   /**
@@ -649,7 +680,7 @@ export class Engine {
     // Every row greedy: pick on the device and read back one integer per row, not a row of
     // vocab floats (128 K x 4 B per row for Llama 3).
     let greedy = true;
-    for (const r of this.#running) greedy &&= r.sampling.temperature === 0;
+    for (const r of this.#running) greedy &&= r.sampling.temperature === 0 && r.forced === null;
     if (greedy) {
       this.backend.argmax(this.#greedyOut, this.model.logits, rows, vocab);
       return this.backend.read(this.#greedyOut, this.#greedyIds, 0, rows).then(() => this.#sampleRows(t0, rows, this.#greedyIds));
@@ -670,7 +701,7 @@ export class Engine {
     for (let i = 0; i < rows; i++) {
       const r = batch[i] as Request;
       r.decodeMs += ms;
-      this.#accept(r, picked !== undefined ? (picked[i] as number) : this.#sampler.sample(this.#logits, i * vocab, r.sampling, r.rng));
+      this.#accept(r, picked !== undefined ? (picked[i] as number) : this.#pick(r, i * vocab));
     }
     this.#emitStep('decode', rows, ms);
   }
