@@ -4,9 +4,9 @@ function groups(cells: readonly CellResult[]): Map<string, CellResult[]> {
   const out = new Map<string, CellResult[]>();
   for (const c of cells) {
     const k = `${c.model}|${c.task}|${c.context}`;
-    let g = out.get(k);
-    if (g === undefined) out.set(k, (g = []));
-    g.push(c);
+    const g = out.get(k);
+    if (g === undefined) out.set(k, [c]);
+    else g.push(c);
   }
   return out;
 }
