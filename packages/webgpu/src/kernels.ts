@@ -8,7 +8,13 @@
  * `shader-f16`; element e of a packed array is `unpack2x16float(a[e / 2])[e % 2]`.
  */
 
-export type StoreType = 'f32' | 'f16';
+/**
+ * How a buffer stores values. 'q8' (weights only): Q8_0 repacked for 4-byte loads, one
+ * buffer holding first the int8 quants of every row, four per u32 ([rows][inDim / 4]), then
+ * each 32-value block's scale as f32 bits ([rows][inDim / 32]), so a kernel finds the scales
+ * at word rows * inDim / 4.
+ */
+export type StoreType = 'f32' | 'f16' | 'q8';
 
 const built = new Map<string, KernelSource>();
 /** Builds each kernel's source once per key; dispatches then look it up without allocating. */
@@ -30,9 +36,28 @@ export interface KernelSource {
 
 /** Reads element e of a weight/KV array of the given storage type as f32. */
 function loader(name: string, array: string, type: StoreType): string {
-  return type === 'f32'
-    ? `fn ${name}(e: u32) -> f32 { return ${array}[e]; }`
-    : `fn ${name}(e: u32) -> f32 { return unpack2x16float(${array}[e >> 1u])[e & 1u]; }`;
+  if (type === 'f32') return `fn ${name}(e: u32) -> f32 { return ${array}[e]; }`;
+  if (type === 'f16') return `fn ${name}(e: u32) -> f32 { return unpack2x16float(${array}[e >> 1u])[e & 1u]; }`;
+  // Q8_0 weights of a matmul (its uniform p names outDim and inDim): sign-extend the byte, scale by its block.
+  return `fn ${name}(e: u32) -> f32 {
+  let q = bitcast<i32>(${array}[e >> 2u] << (24u - 8u * (e & 3u))) >> 24u;
+  return f32(q) * bitcast<f32>(${array}[p.outDim * p.inDim / 4u + e / 32u]);
+}`;
+}
+
+/** WGSL that sets ${x}0, ${x}1 (vec4f) to 8 Q8_0 weights starting at element `e` (a multiple of 8) of W. */
+function loadQ8x8(x: string, e: string): string {
+  return `let qw${x} = (${e}) >> 2u;
+        let qs${x} = bitcast<f32>(W[p.outDim * p.inDim / 4u + (${e}) / 32u]);
+        let qa${x} = W[qw${x}];
+        let qb${x} = W[qw${x} + 1u];
+        let ${x}0 = vec4f(vec4i(bitcast<i32>(qa${x} << 24u), bitcast<i32>(qa${x} << 16u), bitcast<i32>(qa${x} << 8u), bitcast<i32>(qa${x})) >> vec4u(24u)) * qs${x};
+        let ${x}1 = vec4f(vec4i(bitcast<i32>(qb${x} << 24u), bitcast<i32>(qb${x} << 16u), bitcast<i32>(qb${x} << 8u), bitcast<i32>(qb${x})) >> vec4u(24u)) * qs${x};`;
+}
+
+/** The binding type of a weight array in the vectorised matvec kernels. */
+function vecWeightType(weight: StoreType): string {
+  return weight === 'f16' ? 'array<vec4<u32>>' : weight === 'q8' ? 'array<u32>' : 'array<vec4f>';
 }
 
 function arrayType(type: StoreType): string {
@@ -101,9 +126,9 @@ export const MATMUL_ROWS = 8;
 export function matmulKernel(weight: StoreType, bias: boolean): KernelSource {
   const R = MATMUL_ROWS;
   const body =
-    weight === 'f32'
+    weight !== 'f16'
       ? `for (var i = li; i < p.inDim; i += 64u) {
-      let wv = W[wrow + i];
+      let wv = loadW(wrow + i);
       for (var rr = 0u; rr < ${R}u; rr++) { if (r0 + rr < p.rows) { acc[rr] += x[(r0 + rr) * p.inDim + i] * wv; } }
     }`
       : `for (var i2 = li; i2 < p.inDim / 2u; i2 += 64u) {
@@ -124,6 +149,7 @@ struct P { rows: u32, inDim: u32, outDim: u32, total: u32 }
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> W: ${arrayType(weight)};
 ${bias ? '@group(0) @binding(4) var<storage, read> b: array<f32>;' : ''}
+${weight === 'f16' ? '' : loader('loadW', 'W', weight)}
 var<workgroup> red: array<f32, ${64 * R}>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -162,7 +188,9 @@ export function matvecKernel(weight: StoreType, bias: boolean, rowsPerGroup: 1 |
       ? `let wq = W[wrow + i8];
       let w0 = vec4f(unpack2x16float(wq.x), unpack2x16float(wq.y));
       let w1 = vec4f(unpack2x16float(wq.z), unpack2x16float(wq.w));`
-      : 'let w0 = W[2u * (wrow + i8)]; let w1 = W[2u * (wrow + i8) + 1u];';
+      : weight === 'q8'
+        ? loadQ8x8('w', '8u * (wrow + i8)')
+        : 'let w0 = W[2u * (wrow + i8)]; let w1 = W[2u * (wrow + i8) + 1u];';
   return memo(`matvec:${weight}:${bias}:${R}`, () => ({
     workgroupSize: 64,
     code: /* wgsl */ `
@@ -170,7 +198,7 @@ struct P { rows: u32, inDim: u32, outDim: u32, total: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<vec4f>;
-@group(0) @binding(3) var<storage, read> W: ${weight === 'f16' ? 'array<vec4<u32>>' : 'array<vec4f>'};
+@group(0) @binding(3) var<storage, read> W: ${vecWeightType(weight)};
 ${bias ? '@group(0) @binding(4) var<storage, read> b: array<f32>;' : ''}
 var<workgroup> red: array<f32, ${64 * R}>;
 @compute @workgroup_size(64)
@@ -224,7 +252,9 @@ export function matvecSubgroupKernel(weight: StoreType, bias: boolean, rowsPerGr
       ? `let wq${u} = W[wrow + ${u}u * steps + i8];
         let w${u}0 = vec4f(unpack2x16float(wq${u}.x), unpack2x16float(wq${u}.y));
         let w${u}1 = vec4f(unpack2x16float(wq${u}.z), unpack2x16float(wq${u}.w));`
-      : `let w${u}0 = W[2u * (wrow + ${u}u * steps + i8)]; let w${u}1 = W[2u * (wrow + ${u}u * steps + i8) + 1u];`;
+      : weight === 'q8'
+        ? loadQ8x8(`w${u}`, `8u * (wrow + ${u}u * steps + i8)`)
+        : `let w${u}0 = W[2u * (wrow + ${u}u * steps + i8)]; let w${u}1 = W[2u * (wrow + ${u}u * steps + i8) + 1u];`;
   return memo(`matvec-sg:${weight}:${bias}:${R}`, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
@@ -233,7 +263,7 @@ struct P { rows: u32, inDim: u32, outDim: u32, total: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<vec4f>;
-@group(0) @binding(3) var<storage, read> W: ${weight === 'f16' ? 'array<vec4<u32>>' : 'array<vec4f>'};
+@group(0) @binding(3) var<storage, read> W: ${vecWeightType(weight)};
 ${bias ? '@group(0) @binding(4) var<storage, read> b: array<f32>;' : ''}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32,

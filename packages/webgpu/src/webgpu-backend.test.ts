@@ -105,7 +105,7 @@ afterAll(async () => {
 });
 
 type Kvc = {
-  runCase(name: string): Promise<{ worst: number; tolerance: number; validation: string | null }>;
+  runCase(name: string, subgroups?: boolean): Promise<{ worst: number; tolerance: number; validation: string | null; subgroups: boolean }>;
   greedy(compress: boolean, tokens: number): Promise<{ cpu: number[]; gpu: number[]; validation: string | null; gpuMs: number }>;
   deviceLoss(): Promise<{
     reason: string;
@@ -121,6 +121,13 @@ type Kvc = {
 describe.skipIf(!haveChromium)('WebGPU kernels against the CPU reference (headless Chromium)', () => {
   it.each(cases.map((c) => c.name))('%s', async (name) => {
     const r = await page.evaluate((n) => (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n), name);
+    expect(r.validation).toBeNull();
+    expect(r.worst).toBeLessThan(r.tolerance);
+  });
+  // The same cases with the subgroup kernels turned off (the path for devices without them).
+  it.each(cases.map((c) => c.name))('%s (no subgroups)', async (name) => {
+    const r = await page.evaluate((n) => (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n, false), name);
+    expect(r.subgroups).toBe(false);
     expect(r.validation).toBeNull();
     expect(r.worst).toBeLessThan(r.tolerance);
   });

@@ -15,6 +15,7 @@ import {
   type KvDtype,
   type MetricRecording,
   type PagedCacheView,
+  quantizeQ8_0,
   type RopeSettings,
   ropeInverseFrequencies,
   type SlotMoveList,
@@ -93,10 +94,13 @@ export class GpuWeight implements DeviceWeight {
 
 export interface WebGpuBackendOptions {
   /**
-   * How matrices are stored on the device: 'f32', or 'f16' packed two per u32 (half the
-   * memory and bandwidth). Default: 'f16' for tensors stored as f16/bf16/quantised, else 'f32'.
+   * How matrices are stored on the device: 'f32'; 'f16' packed two per u32 (half the memory
+   * and bandwidth); 'q8' as Q8_0 (int8 with a scale per 32 values: ~53% of f16, matrices
+   * with inDim a multiple of 32, quantising others on upload). Default 'auto': Q8_0 files
+   * stay Q8_0, other f16/bf16/quantised tensors become f16, f32 stays f32. The token
+   * embedding is never Q8_0 (it is gathered, not multiplied).
    */
-  readonly weightStore?: 'f32' | 'f16' | 'auto';
+  readonly weightStore?: 'f32' | 'f16' | 'q8' | 'auto';
   /** Use subgroup kernels when the device has the `subgroups` feature (default true). */
   readonly subgroups?: boolean;
   /** Matmuls of at least this many rows use the tiled kernel (benchmarks compare the two). */
@@ -126,7 +130,7 @@ export class WebGpuBackend implements Backend {
   readonly name = 'webgpu';
   readonly device: GPUDevice;
   readonly deviceMetrics = true;
-  readonly weightStore: 'f32' | 'f16' | 'auto';
+  readonly weightStore: 'f32' | 'f16' | 'q8' | 'auto';
   /** Whether subgroup kernels are used (the device has `subgroups` and the option allows). */
   readonly subgroups: boolean;
   #lost: string | null = null;
@@ -187,7 +191,17 @@ export class WebGpuBackend implements Backend {
     this.#checkAlive();
     const n = elementCount(tensor.shape);
     const isVector = tensor.shape.length === 1;
-    const wantF16 = !isVector && n % 2 === 0 && (this.weightStore === 'f16' || (this.weightStore === 'auto' && tensor.dtype !== 'f32'));
+    const cols = tensor.shape[tensor.shape.length - 1] ?? 1;
+    const wantQ8 =
+      !isVector &&
+      cols % 32 === 0 &&
+      tensor.name !== 'token_embd.weight' &&
+      (this.weightStore === 'q8' || (this.weightStore === 'auto' && tensor.dtype === 'q8_0'));
+    if (wantQ8) return this.#uploadQ8(tensor, n);
+    const wantF16 =
+      !isVector &&
+      n % 2 === 0 &&
+      (this.weightStore === 'f16' || this.weightStore === 'q8' || (this.weightStore === 'auto' && tensor.dtype !== 'f32'));
     const values = dequantize(tensor, new Float32Array(n));
     let data: Uint32Array | Float32Array;
     if (wantF16) {
@@ -202,6 +216,30 @@ export class WebGpuBackend implements Backend {
     });
     this.device.queue.writeBuffer(buffer, 0, data);
     return new GpuWeight(tensor.name, tensor.shape, buffer, wantF16 ? 'f16' : 'f32');
+  }
+
+  /**
+   * Q8_0 repacked for the GPU (see StoreType 'q8'): the file's blocks when the tensor is
+   * Q8_0, else the values quantised here exactly as ggml does.
+   */
+  #uploadQ8(tensor: Tensor, n: number): DeviceWeight {
+    const blocks = tensor.dtype === 'q8_0' ? tensor.data : quantizeQ8_0(dequantize(tensor, new Float32Array(n)));
+    const nb = n / 32;
+    const words = new Uint32Array(n / 4 + nb);
+    const quants = new Uint8Array(words.buffer, 0, n);
+    const scales = new Float32Array(words.buffer, n, nb);
+    for (let b = 0; b < nb; b++) {
+      const o = b * 34;
+      scales[b] = f16ToF32((blocks[o] as number) | ((blocks[o + 1] as number) << 8));
+      quants.set(blocks.subarray(o + 2, o + 34), b * 32);
+    }
+    const buffer = this.device.createBuffer({
+      size: words.byteLength,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      label: tensor.name,
+    });
+    this.device.queue.writeBuffer(buffer, 0, words);
+    return new GpuWeight(tensor.name, tensor.shape, buffer, 'q8');
   }
 
   createBuffer(length: number, kind: 'f32' | 'i32' = 'f32'): DeviceBuffer {

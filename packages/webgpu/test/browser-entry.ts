@@ -11,18 +11,22 @@ import { cases, maxRelError } from './conformance-cases.ts';
 
 const device = await requestWebGpuDevice();
 
-async function runCase(name: string): Promise<{ worst: number; tolerance: number; validation: string | null }> {
+async function runCase(
+  name: string,
+  subgroups = true,
+): Promise<{ worst: number; tolerance: number; validation: string | null; subgroups: boolean }> {
   const c = cases.find((x) => x.name === name);
   if (c === undefined) throw new Error(`no case ${name}`);
   const expected = await c.run(new CpuBackend());
   device.pushErrorScope('validation');
-  const actual = await c.run(new WebGpuBackend(device, { weightStore: c.weightStore ?? 'f32' }));
+  const backend = new WebGpuBackend(device, { weightStore: c.weightStore ?? 'f32', subgroups });
+  const actual = await c.run(backend);
   const error = await device.popErrorScope();
   let worst = 0;
   expected.forEach((e, i) => {
     worst = Math.max(worst, maxRelError(actual[i] as Float32Array, e));
   });
-  return { worst, tolerance: c.tolerance, validation: error === null ? null : error.message };
+  return { worst, tolerance: c.tolerance, validation: error === null ? null : error.message, subgroups: backend.subgroups };
 }
 
 /** Greedy ids of stories260K from BOS on both backends, with the full cache or KV-Compress. */

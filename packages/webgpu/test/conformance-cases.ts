@@ -1,7 +1,7 @@
 // Declarative kernel conformance cases: each performs the same calls on a backend and returns
 // the outputs; the harness runs it on the CPU reference and on WebGPU (with fresh random
 // inputs from a fixed seed) and compares. Runs in the browser (see browser-entry.ts).
-import { type Backend, type DeviceBuffer, SlotMoveList, type Tensor } from '@kvcompress/core';
+import { type Backend, type DeviceBuffer, quantizeQ8_0, SlotMoveList, type Tensor } from '@kvcompress/core';
 import { PageAllocator } from '@kvcompress/page-allocator';
 
 export interface ConformanceCase {
@@ -9,7 +9,7 @@ export interface ConformanceCase {
   /** Largest allowed max|gpu - cpu| / max|cpu| over every output. */
   readonly tolerance: number;
   /** How the WebGPU backend stores matrices for this case. */
-  readonly weightStore?: 'f32' | 'f16';
+  readonly weightStore?: 'f32' | 'f16' | 'q8' | 'auto';
   run(b: Backend): Promise<Float32Array[]>;
 }
 
@@ -34,8 +34,9 @@ function rng(seed: number): () => number {
   };
 }
 
-function tensor(name: string, shape: number[], rand: () => number, dtype: 'f32' | 'f16' = 'f32'): Tensor {
+function tensor(name: string, shape: number[], rand: () => number, dtype: 'f32' | 'f16' | 'q8_0' = 'f32'): Tensor {
   const n = shape.reduce((a, b) => a * b, 1);
+  if (dtype === 'q8_0') return { name, shape, dtype, data: quantizeQ8_0(Float32Array.from({ length: n }, rand)) };
   if (dtype === 'f32') {
     const values = Float32Array.from({ length: n }, rand);
     return { name, shape, dtype, data: new Uint8Array(values.buffer) };
@@ -57,11 +58,12 @@ async function read(b: Backend, buf: DeviceBuffer, n: number): Promise<Float32Ar
   return out;
 }
 
-function matmulCase(rows: number, inDim: number, outDim: number, bias: boolean, dtype: 'f32' | 'f16'): ConformanceCase {
+function matmulCase(rows: number, inDim: number, outDim: number, bias: boolean, dtype: 'f32' | 'f16' | 'q8_0'): ConformanceCase {
   return {
     name: `matmul ${rows}x${inDim}->${outDim}${bias ? ' +bias' : ''} (${dtype} weights)`,
     tolerance: 1e-5,
-    weightStore: dtype,
+    // Q8_0 tensors stay Q8_0 under 'auto'.
+    weightStore: dtype === 'q8_0' ? 'auto' : dtype,
     async run(b) {
       const rand = rng(rows * 31 + inDim + outDim);
       const w = tensor('w', [outDim, inDim], rand, dtype);
@@ -189,6 +191,11 @@ export const cases: readonly ConformanceCase[] = [
   matmulCase(129, 256, 130, true, 'f16'),
   // Enough column tiles for the 64-row tile variant.
   matmulCase(65, 40, 16389, false, 'f16'),
+  // Q8_0 weights: matvec (1, 5 and 9 rows), the tiled kernel (40 rows), with and without bias.
+  matmulCase(1, 64, 96, false, 'q8_0'),
+  matmulCase(5, 96, 36, true, 'q8_0'),
+  matmulCase(9, 128, 40, false, 'q8_0'),
+  matmulCase(300, 64, 70, true, 'q8_0'),
   {
     name: 'embed, rmsnorm, silu-mul, add (in place and not), gather rows',
     tolerance: 1e-5,
