@@ -5,6 +5,8 @@ import { loadModel } from '@kvcompress/models';
 
 export interface EvalCommandOptions {
   readonly modelPath: string;
+  /** Recorded in the results (default: the path). */
+  readonly modelName?: string;
   readonly textPath: string;
   readonly policies: readonly string[];
   readonly rates: readonly number[];
@@ -34,7 +36,7 @@ export async function evalCommand(o: EvalCommandOptions): Promise<{ cells: CellR
     : [];
   const model = await loadModel(o.modelPath);
   const cells = await runEval({
-    modelName: o.modelPath,
+    modelName: o.modelName ?? o.modelPath,
     model,
     policies: o.policies,
     rates: o.rates,

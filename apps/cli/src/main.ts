@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { KvCompressError, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
 import { ALL_TASKS, type EvalTask } from '@kvcompress/eval';
 import type { Budget } from '@kvcompress/eviction';
@@ -206,6 +207,7 @@ program
     let started = false;
     const { files } = await evalCommand({
       modelPath: opts.model ?? defaultEvalModelPath(),
+      modelName: path.basename(opts.model ?? defaultEvalModelPath()),
       textPath: opts.text ?? defaultEvalTextPath(),
       policies: list(opts.policies),
       rates: numbers('rates', opts.rates),

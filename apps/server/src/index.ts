@@ -1,0 +1,2 @@
+export type { ServerOptions } from './server.ts';
+export { createServer } from './server.ts';

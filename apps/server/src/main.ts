@@ -1,0 +1,79 @@
+// kvc-server: serve a model over the OpenAI API with a compressed KV cache.
+//   node --conditions=source apps/server/src/main.ts --model <path> [--port 8000] [--rate 4]
+import path from 'node:path';
+import { KvCompressError } from '@kvcompress/core';
+import { Engine } from '@kvcompress/engine';
+import { loadModel } from '@kvcompress/models';
+import { Command, InvalidArgumentError } from 'commander';
+import { createServer } from './server.ts';
+
+const positive = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number, got "${v}".`);
+  return n;
+};
+
+const program = new Command()
+  .name('kvc-server')
+  .description('An OpenAI-compatible server (completions, chat, streaming, /metrics) over a per-head compressed KV cache.')
+  .requiredOption('-m, --model <path>', 'model: .gguf, llama2.c .bin, or a Hugging Face folder')
+  .option('--host <host>', 'address to listen on', process.env['KVC_HOST'] ?? '127.0.0.1')
+  .option('--port <n>', 'port', positive('port'), Number(process.env['KVC_PORT'] ?? 8000))
+  .option('--api-key <key>', 'require "Authorization: Bearer <key>" (default: $KVC_API_KEY; none = open)', process.env['KVC_API_KEY'])
+  .option('--policy <name>', 'eviction policy (see kvc policies)', process.env['KVC_POLICY'] ?? 'kv-compress')
+  .option('--rate <x>', 'compression rate per sequence (1 = full cache)', positive('rate'), Number(process.env['KVC_RATE'] ?? 1))
+  .option('--window <n>', 'protected recent positions', positive('window'), Number(process.env['KVC_WINDOW'] ?? 64))
+  .option('--max-sequences <n>', 'sequences decoded together', positive('max-sequences'), 16)
+  .option('--kv-blocks <n>', 'KV blocks in the pool: the memory budget (default: every sequence at full context)', positive('kv-blocks'))
+  .option('--max-queue <n>', 'accepted requests in flight before 429', positive('max-queue'), 256)
+  .option('--max-tokens-limit <n>', 'largest max_tokens a request may ask', positive('max-tokens-limit'), 4096)
+  .option('--model-id <id>', 'the id clients use (default: the file name)');
+
+program.parse();
+const o = program.opts<{
+  model: string;
+  host: string;
+  port: number;
+  apiKey?: string;
+  policy: string;
+  rate: number;
+  window: number;
+  maxSequences: number;
+  kvBlocks?: number;
+  maxQueue: number;
+  maxTokensLimit: number;
+  modelId?: string;
+}>();
+try {
+  const model = await loadModel(o.model);
+  const engine = new Engine({
+    model,
+    maxSequences: o.maxSequences,
+    kvBlocks: o.kvBlocks,
+    ...(o.rate > 1 ? { policy: o.policy, budget: { targetCompressionRate: o.rate }, protectedWindow: o.window } : {}),
+  });
+  const app = createServer({
+    engine,
+    modelId: o.modelId ?? path.basename(o.model),
+    apiKey: o.apiKey,
+    maxQueue: o.maxQueue,
+    maxTokensLimit: o.maxTokensLimit,
+  });
+  await app.listen({ host: o.host, port: o.port });
+  console.log(
+    `kvc-server: ${o.modelId ?? path.basename(o.model)} on http://${o.host}:${o.port}/v1 (policy ${o.rate > 1 ? `${o.policy} at ${o.rate}x` : 'none'})`,
+  );
+  const stop = async () => {
+    console.log('kvc-server: shutting down (finishing in-flight requests)');
+    await (app as unknown as { shutdown: (ms?: number) => Promise<void> }).shutdown(30_000);
+    process.exit(0);
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+} catch (error) {
+  if (error instanceof KvCompressError) {
+    console.error(`kvc-server: ${error.message}`);
+    process.exit(2);
+  }
+  throw error;
+}

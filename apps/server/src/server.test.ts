@@ -1,0 +1,214 @@
+import type { AddressInfo } from 'node:net';
+import { Engine } from '@kvcompress/engine';
+import { type LoadedModel, loadModel, type Tokenizer } from '@kvcompress/models';
+import { hasShared, sharedPath } from '@kvcompress/test-support';
+import type { FastifyInstance } from 'fastify';
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createServer } from './server.ts';
+
+const GGUF = 'models/stories260K/stories260K.gguf';
+const KEY = 'sk-test-key';
+const MODEL = 'stories260K';
+
+/** stories260K with a plain chat template (the model has none), to exercise /v1/chat/completions. */
+function withChatTemplate(model: LoadedModel): LoadedModel {
+  const t = model.tokenizer as Tokenizer;
+  const tokenizer: Tokenizer = {
+    vocabSize: t.vocabSize,
+    bosTokenId: t.bosTokenId,
+    eosTokenIds: t.eosTokenIds,
+    encode: (text, o) => t.encode(text, o),
+    decode: (ids, o) => t.decode(ids, o),
+    chatTemplate:
+      '{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}',
+  };
+  return { ...model, tokenizer };
+}
+
+describe.skipIf(!hasShared(GGUF))('OpenAI-compatible server on stories260K', () => {
+  let model: LoadedModel;
+  let engine: Engine;
+  let app: FastifyInstance;
+  let base: string;
+  let client: OpenAI;
+
+  beforeAll(async () => {
+    model = withChatTemplate(await loadModel(sharedPath(GGUF)));
+    engine = new Engine({ model, maxSequences: 16, budget: { targetCompressionRate: 2 }, protectedWindow: 16 });
+    app = createServer({ engine, modelId: MODEL, apiKey: KEY, maxTokensLimit: 256, maxBodyBytes: 64 * 1024 });
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    base = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+    client = new OpenAI({ apiKey: KEY, baseURL: `${base}/v1`, maxRetries: 0 });
+  });
+
+  afterAll(async () => {
+    await app?.close();
+  });
+
+  it('lists the model and reports health', async () => {
+    const models = await client.models.list();
+    expect(models.data.map((m) => m.id)).toEqual([MODEL]);
+    expect(await (await fetch(`${base}/health`)).json()).toEqual({ status: 'ok' });
+  });
+
+  it('completes through the official client, equal to the engine run directly; streaming gives the same text', async () => {
+    const prompt = 'Once upon a time, there was a little dog';
+    const r = await client.completions.create({ model: MODEL, prompt, max_tokens: 40, temperature: 0 });
+    const direct = await new Engine({ model, maxSequences: 1, budget: { targetCompressionRate: 2 }, protectedWindow: 16 }).complete(
+      prompt,
+      {
+        maxTokens: 40,
+        sampling: { temperature: 0 },
+      },
+    );
+    expect(r.choices[0]?.text).toBe(direct.text);
+    expect(r.usage?.completion_tokens).toBe(direct.tokens.length);
+    const stream = await client.completions.create({ model: MODEL, prompt, max_tokens: 40, temperature: 0, stream: true });
+    let text = '';
+    let finish: string | null = null;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.text ?? '';
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    expect(text).toBe(direct.text);
+    expect(finish).not.toBeNull();
+  });
+
+  it('chats, streaming and not', async () => {
+    const messages = [{ role: 'user' as const, content: 'Tell me a story about a cat.' }];
+    const r = await client.chat.completions.create({ model: MODEL, messages, max_tokens: 30, temperature: 0 });
+    expect(r.object).toBe('chat.completion');
+    expect(r.choices[0]?.message.role).toBe('assistant');
+    expect((r.choices[0]?.message.content ?? '').length).toBeGreaterThan(0);
+    const stream = await client.chat.completions.create({ model: MODEL, messages, max_tokens: 30, temperature: 0, stream: true });
+    let text = '';
+    for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
+    expect(text).toBe(r.choices[0]?.message.content);
+  });
+
+  it('rejects bad requests with OpenAI-style 4xx errors and stays up', async () => {
+    const post = (body: string, key = KEY) =>
+      fetch(`${base}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
+        body,
+      });
+    const cases: [Promise<Response>, number, RegExp][] = [
+      [post('{"model": "stories260K", "prompt": '), 400, /Invalid request/],
+      [post(JSON.stringify({ model: MODEL, prompt: 'hi', temperature: 7 })), 400, /temperature/],
+      [post(JSON.stringify({ model: MODEL, prompt: 'hi', max_tokens: 100000 })), 400, /max_tokens/],
+      [post(JSON.stringify({ model: 'gpt-9', prompt: 'hi' })), 404, /does not exist/],
+      [post(JSON.stringify({ model: MODEL })), 400, /prompt/],
+      [post(JSON.stringify({ model: MODEL, prompt: 'hi' }), 'wrong'), 401, /API key/],
+      [post(JSON.stringify({ model: MODEL, prompt: 'x'.repeat(100_000) })), 413, /too large/],
+      [post(JSON.stringify({ model: MODEL, prompt: 'story '.repeat(2000) })), 400, /tokens/],
+      [post(JSON.stringify({ model: MODEL, prompt: [1, 999999] })), 400, /vocabulary/],
+    ];
+    for (const [response, status, message] of cases) {
+      const res = await response;
+      expect(res.status).toBe(status);
+      const body = (await res.json()) as { error: { message: string; type: string } };
+      expect(body.error.message).toMatch(message);
+      expect(typeof body.error.type).toBe('string');
+    }
+    expect((await fetch(`${base}/health`)).status).toBe(200);
+  });
+
+  it('a client that disconnects mid-stream cancels its sequence and frees its blocks', async () => {
+    const abort = new AbortController();
+    const res = await fetch(`${base}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+      body: JSON.stringify({ model: MODEL, prompt: 'Once upon a time', max_tokens: 250, temperature: 0, stream: true }),
+      signal: abort.signal,
+    });
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    await reader.read();
+    abort.abort();
+    for (let i = 0; i < 100 && engine.allocator.usedBlocks > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(engine.allocator.usedBlocks).toBe(0);
+  });
+
+  it('serves 520 requests at 32 concurrency with faults mixed in; every valid one completes, the pool ends empty', async () => {
+    const kinds = ['ok', 'ok', 'ok', 'stream', 'chat', 'badjson', 'badparam', 'wrongkey', 'disconnect', 'toolong'] as const;
+    const outcomes: Record<string, number[]> = {};
+    let next = 0;
+    const one = async (i: number) => {
+      const kind = kinds[i % kinds.length] as (typeof kinds)[number];
+      const headers = { 'content-type': 'application/json', authorization: `Bearer ${kind === 'wrongkey' ? 'nope' : KEY}` };
+      const body = {
+        model: MODEL,
+        prompt: `Once upon a time ${i}`,
+        max_tokens: 12,
+        temperature: 0.8,
+        seed: i,
+        stream: kind === 'stream' || kind === 'disconnect',
+      };
+      let status: number;
+      if (kind === 'chat') {
+        const r = await client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: `Hi ${i}` }], max_tokens: 12 });
+        status = r.choices[0]?.message.content === undefined ? 0 : 200;
+      } else if (kind === 'disconnect') {
+        const abort = new AbortController();
+        const res = await fetch(`${base}/v1/completions`, { method: 'POST', headers, body: JSON.stringify(body), signal: abort.signal });
+        await (res.body as ReadableStream<Uint8Array>).getReader().read();
+        abort.abort();
+        status = -1;
+      } else {
+        const text =
+          kind === 'badjson'
+            ? '{"model":'
+            : JSON.stringify(
+                kind === 'badparam' ? { ...body, top_p: 0 } : kind === 'toolong' ? { ...body, prompt: 'story '.repeat(2000) } : body,
+              );
+        const res = await fetch(`${base}/v1/completions`, { method: 'POST', headers, body: text });
+        status = res.status;
+        if (kind === 'stream') {
+          const all = await res.text();
+          expect(all.trim().endsWith('data: [DONE]')).toBe(true);
+        } else {
+          const json = (await res.json()) as { choices?: { text: string }[]; error?: unknown };
+          if (status === 200) expect(typeof json.choices?.[0]?.text).toBe('string');
+          else expect(json.error).toBeDefined();
+        }
+      }
+      (outcomes[kind] ??= []).push(status);
+    };
+    await Promise.all(
+      Array.from({ length: 32 }, async () => {
+        for (let i = next++; i < 520; i = next++) await one(i);
+      }),
+    );
+    for (const k of ['ok', 'stream', 'chat']) expect(new Set(outcomes[k])).toEqual(new Set([200]));
+    expect(new Set(outcomes['badjson'])).toEqual(new Set([400]));
+    expect(new Set(outcomes['badparam'])).toEqual(new Set([400]));
+    expect(new Set(outcomes['toolong'])).toEqual(new Set([400]));
+    expect(new Set(outcomes['wrongkey'])).toEqual(new Set([401]));
+    for (let i = 0; i < 200 && engine.allocator.usedBlocks > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(engine.allocator.usedBlocks).toBe(0);
+    expect((await fetch(`${base}/health`)).status).toBe(200);
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    expect(metrics).toMatch(/kvc_kv_pages_free \d+/);
+    expect(metrics).toMatch(/kvc_requests_total\{outcome="length"\} \d+/);
+    expect(metrics).toMatch(/kvc_generated_tokens_total \d+/);
+  }, 300_000);
+
+  it('answers 429 past its queue bound', async () => {
+    const small = createServer({ engine: new Engine({ model, maxSequences: 1 }), modelId: MODEL, maxQueue: 2 });
+    await small.listen({ host: '127.0.0.1', port: 0 });
+    const url = `http://127.0.0.1:${(small.server.address() as AddressInfo).port}/v1/completions`;
+    const statuses = await Promise.all(
+      Array.from({ length: 8 }, (_, i) =>
+        fetch(url, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ model: MODEL, prompt: `Hi ${i}`, max_tokens: 30 }),
+        }).then((r) => r.status),
+      ),
+    );
+    expect(statuses.filter((s) => s === 429).length).toBeGreaterThan(0);
+    expect(statuses.filter((s) => s === 200).length).toBeGreaterThanOrEqual(2);
+    await small.close();
+  });
+});
