@@ -173,7 +173,9 @@ describe.skipIf(!hasShared(GGUF))('OpenAI-compatible server on stories260K', () 
           else expect(json.error).toBeDefined();
         }
       }
-      (outcomes[kind] ??= []).push(status);
+      const list = outcomes[kind] ?? [];
+      list.push(status);
+      outcomes[kind] = list;
     };
     await Promise.all(
       Array.from({ length: 32 }, async () => {

@@ -73,6 +73,7 @@ export function svgPlot(cells: readonly CellResult[]): string {
   const y = (v: number) => H - m.b - ((H - m.t - m.b) * (v - lo)) / (hi - lo);
   const out: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,
+    `<title>${first.task} against compression rate, ${first.context} tokens, ${first.model}</title>`,
     `<rect width="${W}" height="${H}" fill="white"/>`,
     `<text x="${m.l}" y="20" font-size="14">${first.task}, ${first.context} tokens: ${lowerIsBetter(first.task) ? 'lower' : 'higher'} is better</text>`,
     `<line x1="${m.l}" y1="${H - m.b}" x2="${W - m.r}" y2="${H - m.b}" stroke="black"/>`,
