@@ -722,6 +722,9 @@ export class Engine {
     byBlocks.sort((a, b) => this.allocator.sequenceBlocks(b.sequence) - this.allocator.sequenceBlocks(a.sequence));
     for (const r of byBlocks) {
       if (needed <= this.allocator.freeBlocks) return;
+      // A sequence already within its budget would free nothing: planning it is wasted work
+      // (without this, a nearly full pool re-planned every sequence on every step).
+      if (this.allocator.sequenceBlocks(r.sequence) <= this.compressor.targetBlocks(r.sequence)) continue;
       this.#compressNow(r, 'memory-pressure');
     }
   }
