@@ -121,8 +121,9 @@ export async function runEval(config: EvalConfig): Promise<CellResult[]> {
   const total = config.contexts.length * config.tasks.length * config.policies.length * config.rates.length;
   let finished = 0;
   for (const context of config.contexts) {
+    // Full-cache references of the text examples, shared by the text tasks of this context.
+    const references = new Map<number, TextReference>();
     for (const task of config.tasks) {
-      const references = new Map<number, TextReference>();
       for (const rate of config.rates) {
         for (const policy of config.policies) {
           const base = { model: config.modelName, context, task, policy, rate, examples: config.examples, seed: config.seed };
