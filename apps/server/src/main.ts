@@ -13,6 +13,12 @@ const positive = (name: string) => (v: string) => {
   return n;
 };
 
+/** The WebGPU backend on Dawn, loaded only when asked for. */
+async function webGpuBackend() {
+  const { requestWebGpuDevice, WebGpuBackend } = await import('@kvcompress/webgpu');
+  return new WebGpuBackend(await requestWebGpuDevice());
+}
+
 const program = new Command()
   .name('kvc-server')
   .description('An OpenAI-compatible server (completions, chat, streaming, /metrics) over a per-head compressed KV cache.')
@@ -27,7 +33,12 @@ const program = new Command()
   .option('--kv-blocks <n>', 'KV blocks in the pool: the memory budget (default: every sequence at full context)', positive('kv-blocks'))
   .option('--max-queue <n>', 'accepted requests in flight before 429', positive('max-queue'), 256)
   .option('--max-tokens-limit <n>', 'largest max_tokens a request may ask', positive('max-tokens-limit'), 4096)
-  .option('--model-id <id>', 'the id clients use (default: the file name)');
+  .option('--model-id <id>', 'the id clients use (default: the file name)')
+  .option(
+    '--backend <name>',
+    'cpu, or webgpu (Dawn: a Vulkan GPU, or SwiftShader via VK_ICD_FILENAMES)',
+    process.env['KVC_BACKEND'] ?? 'cpu',
+  );
 
 program.parse();
 const o = program.opts<{
@@ -43,11 +54,18 @@ const o = program.opts<{
   maxQueue: number;
   maxTokensLimit: number;
   modelId?: string;
+  backend: string;
 }>();
+if (o.backend !== 'cpu' && o.backend !== 'webgpu') {
+  console.error(`kvc-server: --backend must be cpu or webgpu, got "${o.backend}".`);
+  process.exit(2);
+}
 try {
   const model = await loadModel(o.model);
+  const backend = o.backend === 'webgpu' ? await webGpuBackend() : undefined;
   const engine = new Engine({
     model,
+    backend,
     maxSequences: o.maxSequences,
     kvBlocks: o.kvBlocks,
     ...(o.rate > 1 ? { policy: o.policy, budget: { targetCompressionRate: o.rate }, protectedWindow: o.window } : {}),
@@ -61,7 +79,7 @@ try {
   });
   await app.listen({ host: o.host, port: o.port });
   console.log(
-    `kvc-server: ${o.modelId ?? path.basename(o.model)} on http://${o.host}:${o.port}/v1 (policy ${o.rate > 1 ? `${o.policy} at ${o.rate}x` : 'none'})`,
+    `kvc-server: ${o.modelId ?? path.basename(o.model)} on http://${o.host}:${o.port}/v1 (policy ${o.rate > 1 ? `${o.policy} at ${o.rate}x` : 'none'}, ${o.backend})`,
   );
   const stop = async () => {
     console.log('kvc-server: shutting down (finishing in-flight requests)');

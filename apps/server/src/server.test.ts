@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { Engine } from '@kvcompress/engine';
 import { type LoadedModel, loadModel, type Tokenizer } from '@kvcompress/models';
@@ -213,4 +214,32 @@ describe.skipIf(!hasShared(GGUF))('OpenAI-compatible server on stories260K', () 
     expect(statuses.filter((s) => s === 200).length).toBeGreaterThanOrEqual(2);
     await small.close();
   });
+});
+
+// Dawn (the `webgpu` package) on SwiftShader, shipped in Debian's chromium: the server on the
+// WebGPU backend in Node.js, greedy output equal to the CPU backend's.
+const SWIFTSHADER = '/usr/lib/chromium/vk_swiftshader_icd.json';
+describe.skipIf(!hasShared(GGUF) || !existsSync(SWIFTSHADER))('the server on the WebGPU backend (Dawn in Node.js)', () => {
+  it('completes through the official client with the same greedy text as the CPU backend', async () => {
+    process.env['VK_ICD_FILENAMES'] ??= SWIFTSHADER;
+    const { requestWebGpuDevice, WebGpuBackend } = await import('@kvcompress/webgpu');
+    const model = await loadModel(sharedPath(GGUF));
+    const engine = new Engine({ model, maxSequences: 4, backend: new WebGpuBackend(await requestWebGpuDevice()) });
+    const app = createServer({ engine, modelId: MODEL });
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const client = new OpenAI({
+        apiKey: 'none',
+        baseURL: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}/v1`,
+        maxRetries: 0,
+      });
+      const prompt = 'Once upon a time';
+      const r = await client.completions.create({ model: MODEL, prompt, max_tokens: 16, temperature: 0 });
+      const cpu = await new Engine({ model, maxSequences: 1 }).complete(prompt, { maxTokens: 16, sampling: { temperature: 0 } });
+      expect(r.choices[0]?.text).toBe(cpu.text);
+      expect(engine.allocator.usedBlocks).toBe(0);
+    } finally {
+      await app.close();
+    }
+  }, 120_000);
 });
