@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -118,5 +118,22 @@ describe.skipIf(!hasShared('models/stories260K/stories260K.gguf', 'data/tinystor
       expect(badPolicy.code).not.toBe(0);
       expect(badPolicy.stderr).toMatch(/Unknown policy "oracle"/);
     });
+  },
+);
+
+const SWIFTSHADER = '/usr/lib/chromium/vk_swiftshader_icd.json';
+describe.skipIf(!hasShared('models/stories260K/stories260K.bin', 'models/stories260K/tok512.bin') || !existsSync(SWIFTSHADER))(
+  'kvc run --backend webgpu (Dawn on SwiftShader)',
+  () => {
+    it('gives the same text as the CPU backend, full cache and compressed', async () => {
+      const args = ['run', '--json', '--max-tokens', '12', '--rate', '4', '--protected-window', '4', '--compression-interval', '4'];
+      const cpu = await kvc(...args);
+      const gpu = await kvcWith({ ...process.env, VK_ICD_FILENAMES: SWIFTSHADER }, ...args, '--backend', 'webgpu');
+      expect(gpu.code).toBe(0);
+      const a = JSON.parse(cpu.stdout);
+      const b = JSON.parse(gpu.stdout);
+      expect(b.full.text).toBe(a.full.text);
+      expect(b.compressed.text).toBe(a.compressed.text);
+    }, 120_000);
   },
 );

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { KvCompressError, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
+import { type Backend, KvCompressError, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
 import { ALL_TASKS, type EvalTask } from '@kvcompress/eval';
 import type { Budget } from '@kvcompress/eviction';
 import { policies } from '@kvcompress/eviction';
@@ -33,6 +33,13 @@ function resolveModelPath(given: string | undefined): string {
   return p;
 }
 
+/** WebGPU backends on one Dawn device, loaded only when asked for. */
+async function webGpuBackendFactory(): Promise<() => Backend> {
+  const { requestWebGpuDevice, WebGpuBackend } = await import('@kvcompress/webgpu');
+  const device = await requestWebGpuDevice();
+  return () => new WebGpuBackend(device);
+}
+
 const program = new Command()
   .name('kvc')
   .description('Run LLMs with a paged KV cache compressed per attention head (KV-Compress and baselines).')
@@ -64,6 +71,11 @@ program
   .option('--top-p <p>', 'top-p sampling (1 = off)', number('--top-p', 0), 1)
   .option('--seed <n>', 'sampling seed', number('--seed', 0, true), 0)
   .option('--json', 'print the report as JSON')
+  .addOption(
+    new Option('--backend <name>', 'cpu, or webgpu (Dawn: a Vulkan GPU, or SwiftShader via VK_ICD_FILENAMES)')
+      .choices(['cpu', 'webgpu'])
+      .default('cpu'),
+  )
   .action(async (opts) => {
     if (!policies.has(opts.policy))
       throw new CommanderArgumentError(`Unknown policy "${opts.policy}". Registered: ${policies.names().join(', ')}.`);
@@ -84,6 +96,7 @@ program
       topP: opts.topP,
       seed: opts.seed,
       progress: opts.json !== true && process.stderr.isTTY === true,
+      backend: opts.backend === 'webgpu' ? await webGpuBackendFactory() : undefined,
     });
     if (opts.json === true) {
       const side = (s: typeof report.full) => ({ ...s, blocksPerHead: Array.from(s.blocksPerHead) });

@@ -1,4 +1,4 @@
-import { InvalidArgumentError, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
+import { type Backend, InvalidArgumentError, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
 import { type DoneEvent, Engine, type GenerateOptions } from '@kvcompress/engine';
 import type { Budget } from '@kvcompress/eviction';
 import type { LoadedModel } from '@kvcompress/models';
@@ -18,6 +18,8 @@ export interface RunOptions {
   readonly topP: number;
   readonly seed: number;
   readonly progress: boolean;
+  /** A backend per engine (default: the CPU backend). */
+  readonly backend?: () => Backend;
 }
 
 /** One generation's figures. */
@@ -60,6 +62,7 @@ async function generateOnce(
 ): Promise<RunSide> {
   const engine = new Engine({
     model,
+    backend: o.backend?.(),
     maxSequences: 1,
     policy,
     budget,
