@@ -116,6 +116,31 @@ describe.skipIf(!hasShared(GGUF))('OpenAI-compatible server on stories260K', () 
     expect((await fetch(`${base}/health`)).status).toBe(200);
   });
 
+  it('kv_compression sets the budget of one request, under the server policy', async () => {
+    const post = (kv: object) =>
+      fetch(`${base}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+        body: JSON.stringify({ model: MODEL, prompt: 'Once upon a time, '.repeat(40), max_tokens: 40, temperature: 0, kv_compression: kv }),
+      });
+    const blocks = async (kv: object) => {
+      const res = await post(kv);
+      expect(res.status).toBe(200);
+      return ((await res.json()) as { kvcompress: { kv_blocks: number; compressions: number } }).kvcompress;
+    };
+    const full = await blocks({ rate: 1 });
+    const eight = await blocks({ rate: 8, protected_window: 8 });
+    const capped = await blocks({ max_cache_tokens: 64 });
+    expect(full.compressions).toBe(0);
+    expect(eight.kv_blocks).toBeLessThan(full.kv_blocks);
+    expect(capped.kv_blocks).toBeLessThan(full.kv_blocks);
+    const other = await post({ policy: 'h2o' });
+    expect(other.status).toBe(400);
+    expect(((await other.json()) as { error: { message: string } }).error.message).toMatch(/runs the "kv-compress" policy/);
+    expect((await post({ rate: 4, max_cache_tokens: 64 })).status).toBe(400);
+    expect((await post({ rate: 0.5 })).status).toBe(400);
+  });
+
   it('a client that disconnects mid-stream cancels its sequence and frees its blocks', async () => {
     const abort = new AbortController();
     const res = await fetch(`${base}/v1/completions`, {

@@ -1,5 +1,5 @@
 import { KvCompressError } from '@kvcompress/core';
-import type { DoneEvent, Engine, GenerationEvent } from '@kvcompress/engine';
+import type { DoneEvent, Engine, GenerateOptions, GenerationEvent } from '@kvcompress/engine';
 import { renderChat } from '@kvcompress/models';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
@@ -40,6 +40,17 @@ const common = {
   stop,
   user: z.string().optional(),
   n: z.literal(1).optional(),
+  /** kvcompress extension: this request's KV budget (rate or max cache tokens) and protected window. */
+  kv_compression: z
+    .object({
+      policy: z.string().optional(),
+      rate: z.number().min(1).max(1024).optional(),
+      max_cache_tokens: z.number().int().min(1).optional(),
+      protected_window: z.number().int().min(0).optional(),
+    })
+    .strict()
+    .refine((c) => c.rate === undefined || c.max_cache_tokens === undefined, 'give rate or max_cache_tokens, not both')
+    .optional(),
 };
 const completionBody = z.object({ ...common, prompt: z.union([z.string(), z.array(z.number().int().min(0)).min(1)]) });
 const chatBody = z.object({
@@ -240,6 +251,49 @@ export function createServer(options: ServerOptions): FastifyInstance {
         .send(errorBody(`The server is busy (${maxQueue} requests in flight); retry later.`, 'rate_limit_error', 'queue_full'));
     }
     const { ids, maxTokens, parsed } = prepared;
+    // The kv_compression extension, under the server's policy.
+    const kv = parsed.kv_compression;
+    let compression: GenerateOptions['compression'];
+    if (kv !== undefined) {
+      const compressor = engine.compressor;
+      const policy = compressor?.policy.name ?? 'none';
+      if (kv.policy !== undefined && kv.policy !== policy) {
+        return reply
+          .code(400)
+          .send(
+            errorBody(
+              `This server runs the "${policy}" policy; kv_compression.policy cannot change it per request.`,
+              'invalid_request_error',
+              'unsupported',
+              'kv_compression.policy',
+            ),
+          );
+      }
+      if (compressor === null) {
+        if (kv.max_cache_tokens !== undefined || (kv.rate ?? 1) > 1) {
+          return reply
+            .code(400)
+            .send(
+              errorBody(
+                'This server keeps the full cache (started without a compression rate); it cannot compress per request.',
+                'invalid_request_error',
+                'unsupported',
+                'kv_compression',
+              ),
+            );
+        }
+      } else {
+        const budget =
+          kv.max_cache_tokens !== undefined
+            ? { maxCacheTokens: kv.max_cache_tokens }
+            : kv.rate === undefined
+              ? compressor.config.budget
+              : kv.rate === 1
+                ? null
+                : { targetCompressionRate: kv.rate };
+        compression = { budget, protectedWindow: kv.protected_window };
+      }
+    }
     const abort = new AbortController();
     // A client that goes away cancels its sequence: the engine frees its blocks. (The
     // response's 'close' fires on a dropped connection; the request's fires once its body is read.)
@@ -259,6 +313,7 @@ export function createServer(options: ServerOptions): FastifyInstance {
         signal: abort.signal,
         stopStrings,
         sampling: { temperature: parsed.temperature ?? 1, topP: parsed.top_p ?? 1, seed: parsed.seed },
+        ...(compression === undefined ? {} : { compression }),
       });
       if (parsed.stream === true) {
         reply.hijack();

@@ -3,7 +3,7 @@ import { InvalidArgumentError } from '@kvcompress/core';
 import { type LoadedModel, loadLlama2cModel, loadModel } from '@kvcompress/models';
 import { hasShared, sharedPath } from '@kvcompress/test-support';
 import { describe, expect, it } from 'vitest';
-import { type DoneEvent, Engine, type EngineOptions } from './engine.ts';
+import { type DoneEvent, Engine, type EngineOptions, type GenerateOptions } from './engine.ts';
 
 const STORIES = 'models/stories260K/stories260K.bin';
 const REFERENCE = 'models/stories260K/reference_greedy.json';
@@ -114,6 +114,30 @@ describe.skipIf(!haveStories)('engine on stories260K (CPU)', () => {
     expect(differs).toBe(true);
     const blocks = (d: DoneEvent) => d.blocksPerHead.reduce((a, b) => a + b, 0);
     expect(blocks(compressed.done)).toBeLessThan(blocks(full.done) / 2);
+  });
+
+  it('per-request compression: one engine, three budgets side by side', async () => {
+    const engine = new Engine({
+      model: stories(),
+      maxSequences: 3,
+      budget: { targetCompressionRate: 2 },
+      protectedWindow: 16,
+      compressionInterval: 16,
+    });
+    const prompt = referenceIds().slice(0, 200);
+    const run = (compression?: GenerateOptions['compression']) =>
+      engine.complete([1, ...prompt], { maxTokens: 60, stopTokens: [], ...(compression === undefined ? {} : { compression }) });
+    const [engineDefault, eightX, full] = await Promise.all([run(), run({ budget: { targetCompressionRate: 8 } }), run({ budget: null })]);
+    const blocks = (d: DoneEvent) => d.blocksPerHead.reduce((a, b) => a + b, 0);
+    expect(full.compressions).toBe(0);
+    expect(engineDefault.compressions).toBeGreaterThan(0);
+    expect(eightX.compressions).toBeGreaterThan(0);
+    expect(blocks(eightX)).toBeLessThan(blocks(engineDefault));
+    expect(blocks(engineDefault)).toBeLessThan(blocks(full));
+    // Without a policy, a per-request budget is an error, not silently ignored.
+    await expect(
+      new Engine({ model: stories(), maxSequences: 1 }).complete([1], { compression: { budget: { targetCompressionRate: 4 } } }),
+    ).rejects.toThrow(/no eviction policy/);
   });
 
   it('decodes several sequences together with the same greedy tokens as one at a time', async () => {

@@ -20,6 +20,8 @@ import {
   type EvictionPolicy,
   getPolicy,
   nonePolicy,
+  type ResolvedCompressionConfig,
+  resolveCompressionConfig,
 } from '@kvcompress/eviction';
 import { AttentionScorer, MetricStore, type Scorer } from '@kvcompress/metrics';
 import { LlamaModel, type LoadedModel, type Tokenizer } from '@kvcompress/models';
@@ -67,6 +69,16 @@ export interface GenerateOptions {
    * from: onLogits(i, logits) for the distribution that predicted tokens[i]. Generation
    * ends after the last one; stop tokens default to none.
    */
+  /**
+   * This request's own KV budget and protected window, under the engine's policy (the
+   * engine must have one: created with a `budget`). `budget: null` keeps its full cache.
+   * Default: the engine's.
+   */
+  readonly compression?: {
+    readonly budget: Budget | null;
+    readonly protectedWindow?: number;
+    readonly sinks?: number;
+  };
   readonly teacherForcing?: {
     readonly tokens: readonly number[];
     readonly onLogits?: (index: number, logits: Float32Array) => void;
@@ -157,6 +169,8 @@ interface Request {
   events: GenerationEvent[];
   wake: (() => void) | null;
   finished: boolean;
+  /** This request's compression settings: undefined = the engine's, null = never compress. */
+  readonly compression: ResolvedCompressionConfig | null | undefined;
   /** Teacher-forced tokens and their logits callback, or null. */
   readonly forced: readonly number[] | null;
   readonly onLogits: ((index: number, logits: Float32Array) => void) | null;
@@ -484,6 +498,21 @@ export class Engine {
       throw new InvalidArgumentError(`The prompt has ${promptIds.length} tokens; the context holds ${this.maxContext}.`);
     }
     const sampling = resolveSampling(options.sampling);
+    let compression: ResolvedCompressionConfig | null | undefined;
+    if (options.compression !== undefined) {
+      if (this.compressor === null) {
+        throw new InvalidArgumentError('This engine has no eviction policy: create it with a budget to set one per request.');
+      }
+      const c = options.compression;
+      compression =
+        c.budget === null
+          ? null
+          : resolveCompressionConfig({
+              budget: c.budget,
+              protectedWindow: c.protectedWindow ?? this.compressor.config.protectedWindow,
+              sinks: c.sinks ?? this.compressor.config.sinks,
+            });
+    }
     return {
       id: this.#nextId++,
       promptIds,
@@ -506,6 +535,7 @@ export class Engine {
       events: [],
       wake: null,
       finished: false,
+      compression,
       forced: forced === null ? null : [...forced],
       onLogits: options.teacherForcing?.onLogits ?? null,
     };
@@ -724,7 +754,8 @@ export class Engine {
       if (needed <= this.allocator.freeBlocks) return;
       // A sequence already within its budget would free nothing: planning it is wasted work
       // (without this, a nearly full pool re-planned every sequence on every step).
-      if (this.allocator.sequenceBlocks(r.sequence) <= this.compressor.targetBlocks(r.sequence)) continue;
+      if (r.compression === null) continue;
+      if (this.allocator.sequenceBlocks(r.sequence) <= this.compressor.targetBlocks(r.sequence, r.compression)) continue;
       this.#compressNow(r, 'memory-pressure');
     }
   }
@@ -752,8 +783,8 @@ export class Engine {
   /** Compresses one sequence with the host metric store as it is. */
   #compressNow(r: Request, reason: CompressionReason): void {
     const compressor = this.compressor;
-    if (compressor === null) return;
-    const outcome = compressor.compress(r.sequence, this.#moves);
+    if (compressor === null || r.compression === null) return;
+    const outcome = compressor.compress(r.sequence, this.#moves, r.compression);
     this.backend.executeMoves(this.#moves);
     this.#moves.clear();
     this.scheduler.compressed(r.sequence);

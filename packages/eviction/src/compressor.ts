@@ -48,23 +48,24 @@ export class Compressor {
     this.context = new CompressionContext(options.allocator, options.metrics.values);
   }
 
-  /** Blocks this sequence may hold under the budget right now. */
-  targetBlocks(sequence: number): number {
-    this.context.begin(sequence, this.config);
+  /** Blocks this sequence may hold under the budget (default: the compressor's) right now. */
+  targetBlocks(sequence: number, config: ResolvedCompressionConfig = this.config): number {
+    this.context.begin(sequence, config);
     return this.context.targetBlocks;
   }
 
   /**
-   * Compresses one sequence to its budget. `moves` is cleared, then receives the K/V copies
-   * the Backend must execute before the sequence's next attention.
+   * Compresses one sequence to its budget (`config`: a per-sequence budget and window; by
+   * default the compressor's). `moves` is cleared, then receives the K/V copies the Backend
+   * must execute before the sequence's next attention.
    */
-  compress(sequence: number, moves: SlotMoveList): CompressionOutcome {
+  compress(sequence: number, moves: SlotMoveList, config: ResolvedCompressionConfig = this.config): CompressionOutcome {
     if (moves.capacity < this.allocator.maxSlotsPerSequence) {
       throw new InvalidArgumentError('The move list is too small; create it with allocator.createMoveList().');
     }
     const ctx = this.context;
     const t0 = performance.now();
-    ctx.begin(sequence, this.config);
+    ctx.begin(sequence, config);
     const blocksBefore = this.allocator.sequenceBlocks(sequence);
     this.policy.plan(ctx);
     const t1 = performance.now();
