@@ -80,12 +80,12 @@ export function svgPlot(cells: readonly CellResult[]): string {
     `<line x1="${m.l}" y1="${m.t}" x2="${m.l}" y2="${H - m.b}" stroke="black"/>`,
   ];
   for (const r of rates) {
-    out.push(`<text x="${x(r)}" y="${H - m.b + 16}" text-anchor="middle">${r === 1 ? 'full' : `${r}x`}</text>`);
+    out.push(`<text x="${x(r).toFixed(1)}" y="${H - m.b + 16}" text-anchor="middle">${r === 1 ? 'full' : `${r}x`}</text>`);
   }
   for (let k = 0; k <= 4; k++) {
     const v = lo + ((hi - lo) * k) / 4;
-    out.push(`<text x="${m.l - 6}" y="${y(v) + 4}" text-anchor="end">${format(first.task, v)}</text>`);
-    out.push(`<line x1="${m.l}" y1="${y(v)}" x2="${W - m.r}" y2="${y(v)}" stroke="#ddd"/>`);
+    out.push(`<text x="${m.l - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end">${format(first.task, v)}</text>`);
+    out.push(`<line x1="${m.l}" y1="${y(v).toFixed(1)}" x2="${W - m.r}" y2="${y(v).toFixed(1)}" stroke="#ddd"/>`);
   }
   out.push(`<text x="${(m.l + W - m.r) / 2}" y="${H - 12}" text-anchor="middle">compression rate (equal KV memory per policy)</text>`);
   policies.forEach((p, i) => {
