@@ -1,23 +1,19 @@
 import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type CellResult, type EvalTask, markdownReport, plotGroups, runEval, svgPlot } from '@kvcompress/eval';
+import { type CellResult, type EvalConfig, markdownReport, plotGroups, runEval, svgPlot } from '@kvcompress/eval';
 import { loadModel } from '@kvcompress/models';
 
-export interface EvalCommandOptions {
+/** The grid as `runEval` takes it, with files instead of a loaded model and text. */
+export interface EvalCommandOptions
+  extends Pick<
+    EvalConfig,
+    'policies' | 'rates' | 'contexts' | 'tasks' | 'examples' | 'seed' | 'continuationTokens' | 'protectedWindow' | 'onProgress'
+  > {
   readonly modelPath: string;
   /** Recorded in the results (default: the path). */
   readonly modelName?: string;
   readonly textPath: string;
-  readonly policies: readonly string[];
-  readonly rates: readonly number[];
-  readonly contexts: readonly number[];
-  readonly tasks: readonly EvalTask[];
-  readonly examples: number;
-  readonly seed: number;
-  readonly continuation: number;
-  readonly window: number;
   readonly outDir: string;
-  readonly onProgress?: (done: number, total: number, label: string) => void;
 }
 
 /**
@@ -45,8 +41,8 @@ export async function evalCommand(o: EvalCommandOptions): Promise<{ cells: CellR
     examples: o.examples,
     seed: o.seed,
     text: readFileSync(o.textPath, 'utf8'),
-    continuationTokens: o.continuation,
-    protectedWindow: o.window,
+    continuationTokens: o.continuationTokens,
+    protectedWindow: o.protectedWindow,
     previous,
     onCell: (c) => appendFileSync(cellsFile, `${JSON.stringify(c)}\n`),
     onProgress: o.onProgress,

@@ -228,8 +228,8 @@ program
       tasks,
       examples: opts.examples,
       seed: opts.seed,
-      continuation: opts.continuation,
-      window: opts.window,
+      continuationTokens: opts.continuation,
+      protectedWindow: opts.window,
       outDir: opts.out,
       onProgress: (done, total, label) => {
         if (!started) {

@@ -1,3 +1,4 @@
+export { argmax } from './argmax.ts';
 export type {
   AttentionRows,
   Backend,

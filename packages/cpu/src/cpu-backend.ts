@@ -1,5 +1,6 @@
 import {
   type AttentionRows,
+  argmax,
   assertInteger,
   type Backend,
   type DeviceBuffer,
@@ -260,19 +261,7 @@ export class CpuBackend implements Backend {
   argmax(out: DeviceBuffer, logits: DeviceBuffer, rows: number, vocab: number): void {
     const o = (out as CpuBuffer).i32;
     const x = (logits as CpuBuffer).f32;
-    for (let r = 0; r < rows; r++) {
-      const base = r * vocab;
-      let best = 0;
-      let max = x[base] as number;
-      for (let i = 1; i < vocab; i++) {
-        const v = x[base + i] as number;
-        if (v > max) {
-          max = v;
-          best = i;
-        }
-      }
-      o[r] = best;
-    }
+    for (let r = 0; r < rows; r++) o[r] = argmax(x, r * vocab, vocab);
   }
 
   appendKv(layer: number, k: DeviceBuffer, v: DeviceBuffer, slots: DeviceBuffer, rows: number, kvHeads: number): void {

@@ -1,4 +1,6 @@
-import { InvalidArgumentError } from '@kvcompress/core';
+import { argmax, InvalidArgumentError } from '@kvcompress/core';
+
+export { argmax };
 
 /** How the next token is picked. temperature 0 = greedy (argmax). */
 export interface SamplingOptions {
@@ -28,20 +30,6 @@ export function resolveSampling(s: SamplingOptions = {}): ResolvedSampling {
   if (!(topP > 0 && topP <= 1)) throw new InvalidArgumentError(`topP must be in (0, 1], got ${topP}.`);
   if (!Number.isInteger(seed)) throw new InvalidArgumentError(`seed must be an integer, got ${seed}.`);
   return { temperature, topK, topP, seed };
-}
-
-/** Index of the largest logit (the first on ties), as run.c's argmax. */
-export function argmax(logits: Float32Array, offset: number, n: number): number {
-  let best = 0;
-  let max = logits[offset] as number;
-  for (let i = 1; i < n; i++) {
-    const v = logits[offset + i] as number;
-    if (v > max) {
-      max = v;
-      best = i;
-    }
-  }
-  return best;
 }
 
 /** mulberry32: a small, fast, seedable generator; one per request. */

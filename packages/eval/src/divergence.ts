@@ -25,8 +25,3 @@ export function klDivergence(reference: Float32Array, compressed: Float32Array):
   }
   return Math.max(0, kl);
 }
-
-/** -log softmax(logits)[target] in nats. */
-export function negativeLogLikelihood(logits: Float32Array, target: number): number {
-  return -(logSoftmax(logits, new Float64Array(logits.length))[target] as number);
-}

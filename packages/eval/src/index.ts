@@ -1,4 +1,4 @@
-export { klDivergence, logSoftmax, negativeLogLikelihood } from './divergence.ts';
+export { klDivergence, logSoftmax } from './divergence.ts';
 export { hashString, SeededRandom } from './random.ts';
 export { markdownReport, plotGroups, svgPlot } from './report.ts';
 export type { CellResult, EvalConfig, EvalTask, TextTask } from './runner.ts';

@@ -1,20 +1,7 @@
-/** A seeded PRNG (mulberry32): every generated example is a function of its seed. */
-export class SeededRandom {
-  #state: number;
+import { Rng } from '@kvcompress/engine';
 
-  constructor(seed: number) {
-    this.#state = seed >>> 0;
-  }
-
-  /** Uniform in [0, 1). */
-  next(): number {
-    this.#state = (this.#state + 0x6d2b79f5) >>> 0;
-    let t = this.#state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-
+/** The engine's seeded generator with the helpers the task generators need: every generated example is a function of its seed. */
+export class SeededRandom extends Rng {
   /** Integer in [lo, hi]. */
   int(lo: number, hi: number): number {
     return lo + Math.floor(this.next() * (hi - lo + 1));

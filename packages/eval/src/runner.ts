@@ -1,7 +1,7 @@
 import { type Backend, InvalidArgumentError } from '@kvcompress/core';
-import { Engine } from '@kvcompress/engine';
+import { Engine, negativeLogLikelihood } from '@kvcompress/engine';
 import type { LoadedModel, Tokenizer } from '@kvcompress/models';
-import { klDivergence, negativeLogLikelihood } from './divergence.ts';
+import { klDivergence } from './divergence.ts';
 import { hashString, SeededRandom } from './random.ts';
 import { generateExample, RETRIEVAL_TASKS, type RetrievalTask, scoreAnswer, splitSentences } from './tasks.ts';
 
@@ -226,7 +226,7 @@ async function textExample(engine: Engine, task: TextTask, ref: TextReference): 
         sum +=
           task === 'kl'
             ? klDivergence(ref.logits[k] as Float32Array, logits)
-            : negativeLogLikelihood(logits, ref.continuation[k] as number);
+            : negativeLogLikelihood(logits, 0, logits.length, ref.continuation[k] as number);
       },
     },
   });

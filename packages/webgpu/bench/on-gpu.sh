@@ -3,17 +3,10 @@
 # benches, writing JSON lines to $OUT (or .gpu/out).
 #   BENCHES="conformance attention sdpa matmul decode-8b decode-1b"   which to run (default all)
 #   CONTEXT_8B=4096 CONTEXT_1B=16384 KV_MIB=3584    decode settings (see decode.gpu.ts)
-#   WEBGPU=webgpu-0.5.0                             another carried Dawn build (default .gpu/webgpu)
 set -uo pipefail
 out=${OUT:-.gpu/out}
 mkdir -p "$out" .gpu/node_modules
-if [ -n "${WEBGPU:-}" ]; then
-  dawn=.gpu/$WEBGPU
-  [ -f "$dawn/dist/linux-x64.dawn.node" ] || xz -dc "$dawn/dawn.node.xz" > "$dawn/dist/linux-x64.dawn.node"
-  ln -sfn "../$WEBGPU" .gpu/node_modules/webgpu
-else
-  ln -sfn ../webgpu .gpu/node_modules/webgpu
-fi
+ln -sfn ../webgpu .gpu/node_modules/webgpu
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
   echo "== $b"

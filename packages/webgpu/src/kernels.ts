@@ -55,6 +55,18 @@ function loadQ8x8(x: string, e: string): string {
         let ${x}1 = vec4f(vec4i(bitcast<i32>(qb${x} << 24u), bitcast<i32>(qb${x} << 16u), bitcast<i32>(qb${x} << 8u), bitcast<i32>(qb${x})) >> vec4u(24u)) * qs${x};`;
 }
 
+/**
+ * WGSL that sets ${x}0, ${x}1 (vec4f) to the 8 weights of 8-weight step `step` of W, as the
+ * vectorised matvec kernels bind it (see vecWeightType).
+ */
+function loadWeights8(weight: StoreType, x: string, step: string): string {
+  if (weight === 'q8') return loadQ8x8(x, `8u * (${step})`);
+  if (weight === 'f32') return `let ${x}0 = W[2u * (${step})]; let ${x}1 = W[2u * (${step}) + 1u];`;
+  return `let wq${x} = W[${step}];
+        let ${x}0 = vec4f(unpack2x16float(wq${x}.x), unpack2x16float(wq${x}.y));
+        let ${x}1 = vec4f(unpack2x16float(wq${x}.z), unpack2x16float(wq${x}.w));`;
+}
+
 /** The binding type of a weight array in the vectorised matvec kernels. */
 function vecWeightType(weight: StoreType): string {
   return weight === 'f16' ? 'array<vec4<u32>>' : weight === 'q8' ? 'array<u32>' : 'array<vec4f>';
@@ -183,14 +195,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
  */
 export function matvecKernel(weight: StoreType, bias: boolean, rowsPerGroup: 1 | 2 | 4 | 8): KernelSource {
   const R = rowsPerGroup;
-  const loadW =
-    weight === 'f16'
-      ? `let wq = W[wrow + i8];
-      let w0 = vec4f(unpack2x16float(wq.x), unpack2x16float(wq.y));
-      let w1 = vec4f(unpack2x16float(wq.z), unpack2x16float(wq.w));`
-      : weight === 'q8'
-        ? loadQ8x8('w', '8u * (wrow + i8)')
-        : 'let w0 = W[2u * (wrow + i8)]; let w1 = W[2u * (wrow + i8) + 1u];';
+  const loadW = loadWeights8(weight, 'w', 'wrow + i8');
   return memo(`matvec:${weight}:${bias}:${R}`, () => ({
     workgroupSize: 64,
     code: /* wgsl */ `
@@ -247,14 +252,7 @@ export function matvecSubgroupKernel(weight: StoreType, bias: boolean, rowsPerGr
   const R = rowsPerGroup;
   const O = MATVEC_SUBGROUP_OUTPUTS;
   const J = [0, 1, 2, 3];
-  const loadW = (u: number) =>
-    weight === 'f16'
-      ? `let wq${u} = W[wrow + ${u}u * steps + i8];
-        let w${u}0 = vec4f(unpack2x16float(wq${u}.x), unpack2x16float(wq${u}.y));
-        let w${u}1 = vec4f(unpack2x16float(wq${u}.z), unpack2x16float(wq${u}.w));`
-      : weight === 'q8'
-        ? loadQ8x8(`w${u}`, `8u * (wrow + ${u}u * steps + i8)`)
-        : `let w${u}0 = W[2u * (wrow + ${u}u * steps + i8)]; let w${u}1 = W[2u * (wrow + ${u}u * steps + i8) + 1u];`;
+  const loadW = (u: number) => loadWeights8(weight, `w${u}`, `wrow + ${u}u * steps + i8`);
   return memo(`matvec-sg:${weight}:${bias}:${R}`, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `

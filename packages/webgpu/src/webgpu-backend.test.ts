@@ -16,6 +16,7 @@ import { hasShared, sharedDir } from '@kvcompress/test-support';
 import { build } from 'esbuild';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Kvc } from '../test/browser-entry.ts';
 import { cases } from '../test/conformance-cases.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -103,20 +104,6 @@ afterAll(async () => {
   await browser?.close();
   server?.close();
 });
-
-type Kvc = {
-  runCase(name: string, subgroups?: boolean): Promise<{ worst: number; tolerance: number; validation: string | null; subgroups: boolean }>;
-  greedy(compress: boolean, tokens: number): Promise<{ cpu: number[]; gpu: number[]; validation: string | null; gpuMs: number }>;
-  deviceLoss(): Promise<{
-    reason: string;
-    code: string | null;
-    message: string;
-    tokensBefore: number;
-    freeBlocks: number;
-    totalBlocks: number;
-    recovered: boolean;
-  }>;
-};
 
 describe.skipIf(!haveChromium)('WebGPU kernels against the CPU reference (headless Chromium)', () => {
   it.each(cases.map((c) => c.name))('%s', async (name) => {

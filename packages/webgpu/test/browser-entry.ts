@@ -2,31 +2,19 @@
 // Runs in headless Chromium (WebGPU on SwiftShader in CI): the conformance cases against the
 // CPU reference, and whole-model greedy decoding on both backends. Driven by
 // ../src/webgpu-backend.test.ts through window.kvc.
-import { CpuBackend } from '@kvcompress/cpu';
 import { type DoneEvent, Engine } from '@kvcompress/engine';
 import { loadLlama2cModel } from '@kvcompress/models';
 import { requestWebGpuDevice } from '../src/device.ts';
 import { WebGpuBackend } from '../src/webgpu-backend.ts';
-import { cases, maxRelError } from './conformance-cases.ts';
+import { cases } from './conformance-cases.ts';
+import { type CaseResult, runConformanceCase } from './run-case.ts';
 
 const device = await requestWebGpuDevice();
 
-async function runCase(
-  name: string,
-  subgroups = true,
-): Promise<{ worst: number; tolerance: number; validation: string | null; subgroups: boolean }> {
+async function runCase(name: string, subgroups = true): Promise<CaseResult> {
   const c = cases.find((x) => x.name === name);
   if (c === undefined) throw new Error(`no case ${name}`);
-  const expected = await c.run(new CpuBackend());
-  device.pushErrorScope('validation');
-  const backend = new WebGpuBackend(device, { weightStore: c.weightStore ?? 'f32', subgroups });
-  const actual = await c.run(backend);
-  const error = await device.popErrorScope();
-  let worst = 0;
-  expected.forEach((e, i) => {
-    worst = Math.max(worst, maxRelError(actual[i] as Float32Array, e));
-  });
-  return { worst, tolerance: c.tolerance, validation: error === null ? null : error.message, subgroups: backend.subgroups };
+  return runConformanceCase(device, c, subgroups);
 }
 
 /** Greedy ids of stories260K from BOS on both backends, with the full cache or KV-Compress. */
@@ -91,10 +79,13 @@ async function deviceLoss(): Promise<{
   };
 }
 
-(globalThis as unknown as { kvc: unknown }).kvc = {
+const kvc = {
   names: cases.map((c) => c.name),
   runCase,
   greedy,
   deviceLoss,
   adapter: device.adapterInfo?.description ?? '',
 };
+/** What the test drives through `globalThis.kvc`. */
+export type Kvc = typeof kvc;
+(globalThis as unknown as { kvc: Kvc }).kvc = kvc;
