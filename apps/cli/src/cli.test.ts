@@ -3,15 +3,20 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { hasShared } from '@kvcompress/test-support';
+import { defaultModelDir, hasShared, sharedDir } from '@kvcompress/test-support';
 import { describe, expect, it } from 'vitest';
 import { repoRoot } from './paths.ts';
 
 const run = promisify(execFile);
 const main = path.join(repoRoot, 'apps/cli/src/main.ts');
 
+// Most tests run on stories260K (fast); the default model (models/kvc-20m-4k) has its own.
+const STORIES_ENV = { ...process.env, KVC_MODEL: path.join(sharedDir(), 'models/stories260K/stories260K.bin') };
+
+const STORY = 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends.';
+
 async function kvc(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  return kvcWith(process.env, ...args);
+  return kvcWith(STORIES_ENV, ...args);
 }
 
 async function kvcWith(env: NodeJS.ProcessEnv, ...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
@@ -24,10 +29,27 @@ async function kvcWith(env: NodeJS.ProcessEnv, ...args: string[]): Promise<{ std
   }
 }
 
-describe.skipIf(!hasShared('models/stories260K/stories260K.bin', 'models/stories260K/tok512.bin'))('kvc on the default model', () => {
+describe('kvc on the default model (kvc-20m-4k, committed)', () => {
+  it('run: the default pass-key prompt; the full cache answers it, the compressed cache frees memory per head', async () => {
+    expect(existsSync(path.join(defaultModelDir, 'config.json'))).toBe(true);
+    const { stdout, code } = await kvcWith(process.env, 'run', '--json', '--max-tokens', '8');
+    expect(code).toBe(0);
+    const r = JSON.parse(stdout);
+    expect(r.modelPath).toBe(defaultModelDir);
+    expect(r.promptTokens).toBeGreaterThan(400);
+    expect(r.full.text).toContain('68214');
+    expect(r.compressed.compressions).toBeGreaterThan(0);
+    expect(r.memoryRatio).toBeGreaterThan(2);
+    expect(new Set(r.compressed.blocksPerHead).size).toBeGreaterThan(1);
+  }, 120_000);
+});
+
+describe.skipIf(!hasShared('models/stories260K/stories260K.bin', 'models/stories260K/tok512.bin'))('kvc on stories260K', () => {
   it('run: full cache vs KV-Compress, with memory, divergence and speed', async () => {
     const { stdout, code } = await kvc(
       'run',
+      '--prompt',
+      STORY,
       '--json',
       '--max-tokens',
       '200',
@@ -53,7 +75,7 @@ describe.skipIf(!hasShared('models/stories260K/stories260K.bin', 'models/stories
   }, 60_000);
 
   it('run: the human-readable report', async () => {
-    const { stdout, code } = await kvc('run', '--max-tokens', '60');
+    const { stdout, code } = await kvc('run', '--prompt', STORY, '--max-tokens', '60');
     expect(code).toBe(0);
     expect(stdout).toMatch(/--- full cache ---/);
     expect(stdout).toMatch(/KV memory in use/);
@@ -86,7 +108,7 @@ describe.skipIf(!hasShared('models/stories260K/stories260K.bin', 'models/stories
 
 describe('kvc without a model', () => {
   it('explains how to point --model somewhere', async () => {
-    const { stderr, code } = await kvcWith({ ...process.env, KVC_SHARED_DIR: path.join(repoRoot, 'no-such-shared-dir') }, 'inspect');
+    const { stderr, code } = await kvcWith({ ...process.env, KVC_MODEL: path.join(repoRoot, 'no-such-model') }, 'inspect');
     expect(code).toBe(2);
     expect(stderr).toMatch(/--model/);
   });
@@ -126,9 +148,22 @@ describe.skipIf(!hasShared('models/stories260K/stories260K.bin', 'models/stories
   'kvc run --backend webgpu (Dawn on SwiftShader)',
   () => {
     it('gives the same text as the CPU backend, full cache and compressed', async () => {
-      const args = ['run', '--json', '--max-tokens', '12', '--rate', '4', '--protected-window', '4', '--compression-interval', '4'];
+      const args = [
+        'run',
+        '--prompt',
+        STORY,
+        '--json',
+        '--max-tokens',
+        '12',
+        '--rate',
+        '4',
+        '--protected-window',
+        '4',
+        '--compression-interval',
+        '4',
+      ];
       const cpu = await kvc(...args);
-      const gpu = await kvcWith({ ...process.env, VK_ICD_FILENAMES: SWIFTSHADER }, ...args, '--backend', 'webgpu');
+      const gpu = await kvcWith({ ...STORIES_ENV, VK_ICD_FILENAMES: SWIFTSHADER }, ...args, '--backend', 'webgpu');
       expect(gpu.code).toBe(0);
       const a = JSON.parse(cpu.stdout);
       const b = JSON.parse(gpu.stdout);

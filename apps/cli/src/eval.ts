@@ -7,7 +7,7 @@ import { loadModel } from '@kvcompress/models';
 export interface EvalCommandOptions
   extends Pick<
     EvalConfig,
-    'policies' | 'rates' | 'contexts' | 'tasks' | 'examples' | 'seed' | 'continuationTokens' | 'protectedWindow' | 'onProgress'
+    'policies' | 'rates' | 'contexts' | 'tasks' | 'examples' | 'seed' | 'continuationTokens' | 'protectedWindow' | 'onProgress' | 'backend'
   > {
   readonly modelPath: string;
   /** Recorded in the results (default: the path). */
@@ -43,6 +43,7 @@ export async function evalCommand(o: EvalCommandOptions): Promise<{ cells: CellR
     text: readFileSync(o.textPath, 'utf8'),
     continuationTokens: o.continuationTokens,
     protectedWindow: o.protectedWindow,
+    backend: o.backend,
     previous,
     onCell: (c) => appendFileSync(cellsFile, `${JSON.stringify(c)}\n`),
     onProgress: o.onProgress,

@@ -11,10 +11,18 @@ import { formatBytes, formatHeadGrid } from './format.ts';
 import { defaultEvalModelPath, defaultEvalTextPath, defaultModelPath, NO_DEFAULT_MODEL } from './paths.ts';
 import { runComparison } from './run.ts';
 
+/**
+ * The default prompt: a pass key hidden in repeated filler (the passkey test of Mohtashami &
+ * Jaggi, 2023), about 450 tokens for the default model. The full cache answers it; whether a
+ * compressed cache still does is what `kvc run` shows.
+ */
+const FILLER = 'The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ';
 const DEFAULT_PROMPT =
-  'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. ' +
-  'One day, Lily saw a big red ball under a tree. She wanted to play with it, but it belonged to a boy named Tom. ' +
-  'Lily asked Tom if she could play with the ball too.';
+  'There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it.\n' +
+  FILLER.repeat(7) +
+  'The pass key is 68214. Remember it. 68214 is the pass key. ' +
+  FILLER.repeat(8) +
+  '\nWhat is the pass key? The pass key is';
 
 function number(name: string, min: number, integer = false) {
   return (value: string): number => {
@@ -48,7 +56,7 @@ const program = new Command()
 program
   .command('run')
   .description('Generate the same prompt with the full cache and with a compression policy; compare text, KV memory and speed.')
-  .option('-m, --model <path>', 'model: .gguf, llama2.c .bin, or a Hugging Face folder (default: ../shared/models/stories260K)')
+  .option('-m, --model <path>', 'model: .gguf, llama2.c .bin, or a Hugging Face folder (default: models/kvc-20m-4k)')
   .option('-p, --prompt <text>', 'prompt text', DEFAULT_PROMPT)
   .addOption(new Option('--policy <name>', 'eviction policy').default('kv-compress'))
   .addOption(
@@ -137,7 +145,7 @@ program
 program
   .command('inspect')
   .description('Show a model: architecture, shapes, tokenizer, KV bytes per token.')
-  .argument('[model]', 'model path (default: ../shared/models/stories260K)')
+  .argument('[model]', 'model path (default: models/kvc-20m-4k)')
   .option('--json', 'print JSON')
   .action(async (given: string | undefined, opts) => {
     const modelPath = resolveModelPath(given);
@@ -194,8 +202,11 @@ program
 program
   .command('eval')
   .description('Score eviction policies against the full cache at equal KV memory: retrieval tasks, perplexity, KL, greedy agreement.')
-  .option('-m, --model <path>', 'model with a tokenizer (default: ../shared/models/stories260K GGUF)')
-  .option('--text <path>', 'held-out text: haystacks and scored text (default: ../shared TinyStories validation)')
+  .option('-m, --model <path>', 'model with a tokenizer (default: models/kvc-20m-4k)')
+  .option(
+    '--text <path>',
+    'held-out text: haystacks and scored text (default: ../shared Alice in Wonderland, held out of the default model)',
+  )
   .option('--policies <names>', 'comma-separated registered policies', 'kv-compress,snapkv,pyramidkv,ada-kv,h2o,streaming-llm,random')
   .option('--rates <list>', 'compression rates (1 = full cache)', '1,2,4,8,16,32,64')
   .option('--contexts <list>', 'context lengths in tokens', '512')
@@ -205,6 +216,11 @@ program
   .option('--continuation <n>', 'tokens scored after each text context', number('continuation', 1, true), 64)
   .option('--window <n>', 'protected recent window', number('window', 0, true), 16)
   .option('-o, --out <dir>', 'output folder (an existing cells.jsonl there is resumed)', 'eval-out')
+  .addOption(
+    new Option('--backend <name>', 'cpu, or webgpu (Dawn: a Vulkan GPU, or SwiftShader via VK_ICD_FILENAMES)')
+      .choices(['cpu', 'webgpu'])
+      .default('cpu'),
+  )
   .action(async (opts) => {
     const list = (s: string) =>
       s
@@ -231,6 +247,7 @@ program
       continuationTokens: opts.continuation,
       protectedWindow: opts.window,
       outDir: opts.out,
+      backend: opts.backend === 'webgpu' ? await webGpuBackendFactory() : undefined,
       onProgress: (done, total, label) => {
         if (!started) {
           bar.start(total, 0, { label });

@@ -11,27 +11,30 @@ export function sharedDir(): string {
   return process.env['KVC_SHARED_DIR'] ?? path.resolve(repoRoot, '../shared');
 }
 
-/** The default model: stories260K from the shared folder, or null with the reason. */
+/**
+ * The default model: KVC_MODEL, else the project's own kvc-20m-4k committed in models/
+ * (trained by tooling/train; no download). Null when that path does not exist.
+ */
 export function defaultModelPath(): string | null {
-  const p = path.join(sharedDir(), 'models', 'stories260K', 'stories260K.bin');
+  const p = process.env['KVC_MODEL'] ?? path.join(repoRoot, 'models', 'kvc-20m-4k');
   return existsSync(p) ? p : null;
 }
 
 export const NO_DEFAULT_MODEL =
-  'No model given and the default (../shared/models/stories260K) is not here. ' +
+  'No model given and the default (models/kvc-20m-4k in the repository, or KVC_MODEL) is not there. ' +
   'Point --model at a .gguf file, a llama2.c .bin (with its tokenizer beside it) or a Hugging Face folder (config.json + model.safetensors + tokenizer.json), ' +
-  'or set KVC_SHARED_DIR to the folder that holds models/stories260K.';
+  'or set KVC_MODEL to one.';
 
-/** `kvc eval`'s default model: the stories260K GGUF (it embeds its tokenizer). */
+/** `kvc eval`'s default model: the default model. */
 export function defaultEvalModelPath(): string {
-  const p = path.join(sharedDir(), 'models', 'stories260K', 'stories260K.gguf');
-  if (!existsSync(p)) throw new KvCompressError('NO_MODEL', NO_DEFAULT_MODEL);
+  const p = defaultModelPath();
+  if (p === null) throw new KvCompressError('NO_MODEL', NO_DEFAULT_MODEL);
   return p;
 }
 
-/** `kvc eval`'s default held-out text: the TinyStories validation excerpt. */
+/** `kvc eval`'s default held-out text: Alice in Wonderland, which the default model never saw. */
 export function defaultEvalTextPath(): string {
-  const p = path.join(sharedDir(), 'data', 'tinystories-valid', 'TinyStories-valid-first1000.txt');
+  const p = path.join(sharedDir(), 'data', 'gutenberg', 'pg11_alice_in_wonderland.txt');
   if (!existsSync(p)) {
     throw new KvCompressError('NO_TEXT', `No held-out text at ${p}. Pass --text with a UTF-8 text file, or set KVC_SHARED_DIR.`);
   }

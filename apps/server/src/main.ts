@@ -1,6 +1,7 @@
 // kvc-server: serve a model over the OpenAI API with a compressed KV cache.
-//   node --conditions=source apps/server/src/main.ts --model <path> [--port 8000] [--rate 4]
+//   node --conditions=source apps/server/src/main.ts [--model <path>] [--port 8000] [--rate 4]
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { KvCompressError } from '@kvcompress/core';
 import { Engine } from '@kvcompress/engine';
 import { loadModel } from '@kvcompress/models';
@@ -19,10 +20,17 @@ async function webGpuBackend() {
   return new WebGpuBackend(await requestWebGpuDevice());
 }
 
+/** The project's own model, committed in the repository (apps/server/src/../../../models). */
+const DEFAULT_MODEL = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../models/kvc-20m-4k');
+
 const program = new Command()
   .name('kvc-server')
   .description('An OpenAI-compatible server (completions, chat, streaming, /metrics) over a per-head compressed KV cache.')
-  .requiredOption('-m, --model <path>', 'model: .gguf, llama2.c .bin, or a Hugging Face folder')
+  .option(
+    '-m, --model <path>',
+    'model: .gguf, llama2.c .bin, or a Hugging Face folder (default: $KVC_MODEL, else models/kvc-20m-4k)',
+    process.env['KVC_MODEL'] ?? DEFAULT_MODEL,
+  )
   .option('--host <host>', 'address to listen on', process.env['KVC_HOST'] ?? '127.0.0.1')
   .option('--port <n>', 'port', positive('port'), Number(process.env['KVC_PORT'] ?? 8000))
   .option('--api-key <key>', 'require "Authorization: Bearer <key>" (default: $KVC_API_KEY; none = open)', process.env['KVC_API_KEY'])

@@ -3,6 +3,9 @@
 # benches, writing JSON lines to $OUT (or .gpu/out).
 #   BENCHES="conformance attention sdpa matmul decode-8b decode-1b"   which to run (default all)
 #   CONTEXT_8B=4096 CONTEXT_1B=16384 KV_MIB=3584    decode settings (see decode.gpu.ts)
+#   eval: `kvc eval` of the default model on WebGPU (EVAL_CONTEXTS, EVAL_TASKS, EVAL_EXAMPLES,
+#   EVAL_POLICIES); resumes from $out/eval/cells.jsonl, so a cut-off run continues
+#   next call when its cells.jsonl is put at .gpu/eval/cells.jsonl
 set -uo pipefail
 out=${OUT:-.gpu/out}
 mkdir -p "$out" .gpu/node_modules
@@ -16,6 +19,12 @@ for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
     matmul) timeout 240 "$GPU_NODE" .gpu/matmul.mjs | tee "$out/matmul.jsonl" ;;
     sdpa) timeout 120 python3 packages/webgpu/bench/sdpa.py | tee "$out/sdpa.jsonl" ;;
     decode-8b) c=${CONTEXT_8B:-4096}; SHAPE=8b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-8b-$c.jsonl" ;;
+    eval) mkdir -p "$out/eval"; [ -f .gpu/eval/cells.jsonl ] && cp .gpu/eval/cells.jsonl "$out/eval/"
+      KVC_SHARED_DIR=$PWD/.gpu/shared timeout "${EVAL_TIMEOUT:-540}" "$GPU_NODE" .gpu/kvc.mjs eval --backend webgpu \
+      --model models/kvc-20m-4k --contexts "${EVAL_CONTEXTS:-2048,4096}" --rates 1,2,4,8,16,32,64 \
+      --tasks "${EVAL_TASKS:-passkey,niah-single,niah-multikey,niah-multivalue,niah-multiquery}" \
+      --policies "${EVAL_POLICIES:-kv-compress,snapkv,pyramidkv,ada-kv,h2o,streaming-llm,random}" \
+      --examples "${EVAL_EXAMPLES:-10}" --out "$out/eval" ;;
     decode-1b) c=${CONTEXT_1B:-16384}; SHAPE=1b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-1b-$c.jsonl" ;;
   esac
   echo "exit ${PIPESTATUS[0]}"

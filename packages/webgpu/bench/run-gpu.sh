@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the GPU benches (attention sweep, end-to-end decode) into .gpu/ and prints how to run them.
+# Builds the GPU benches (attention sweep, end-to-end decode) and the kvc CLI into .gpu/.
 #   bash packages/webgpu/bench/run-gpu.sh        (from the repo root, after pnpm install)
 # On the GPU machine (the `device` tool, carry [".gpu"]), from the repo root:
 #   source .gpu/setup.sh && bash packages/webgpu/bench/on-gpu.sh
@@ -9,4 +9,11 @@ for bench in attention decode matmul conformance; do
   packages/webgpu/node_modules/.bin/esbuild "packages/webgpu/bench/$bench.gpu.ts" --bundle --platform=node --format=esm \
     --target=es2023 --conditions=source --external:webgpu --outfile=".gpu/$bench.mjs" --log-level=warning
 done
+# The kvc CLI, for `kvc eval --backend webgpu` on the GPU (its CommonJS dependencies need `require`).
+packages/webgpu/node_modules/.bin/esbuild apps/cli/src/main.ts --bundle --platform=node --format=esm --target=es2023 \
+  --conditions=source --external:webgpu --outfile=.gpu/kvc.mjs --log-level=warning \
+  "--banner:js=import { createRequire as __kvcRequire } from 'node:module'; const require = __kvcRequire(import.meta.url);"
+# The eval's held-out text (Alice, never trained on by the default model) travels in .gpu too.
+mkdir -p .gpu/shared/data/gutenberg
+cp "${KVC_SHARED_DIR:-../shared}/data/gutenberg/pg11_alice_in_wonderland.txt" .gpu/shared/data/gutenberg/
 ls -la .gpu/*.mjs

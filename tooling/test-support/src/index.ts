@@ -34,3 +34,6 @@ export function sharedPath(relative: string): string {
   if (p === null) throw new Error(`missing shared file ${relative}`);
   return p;
 }
+
+/** The project's default model, committed in the repository (trained by tooling/train). */
+export const defaultModelDir = path.join(repoRoot, 'models', 'kvc-20m-4k');
