@@ -28,6 +28,40 @@ describe('CpuBackend dense ops', () => {
     expect(Array.from((out as CpuBuffer).f32)).toEqual([3.5, 7, 10, 0.5, 2, 3]);
   });
 
+  it('matmul: the 4x4-blocked prefill path equals a plain f64 dot for every row/output remainder', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 11 }),
+        fc.integer({ min: 1, max: 11 }),
+        fc.integer({ min: 1, max: 37 }),
+        fc.boolean(),
+        fc.integer(),
+        (rows, outDim, inDim, withBias, seed) => {
+          const r = rng(seed);
+          const b = new CpuBackend();
+          const wv = Float32Array.from({ length: outDim * inDim }, r);
+          const bv = Float32Array.from({ length: outDim }, r);
+          const xv = Float32Array.from({ length: rows * inDim }, r);
+          const w = b.uploadWeight(f32Tensor('w', [outDim, inDim], wv));
+          const bias = withBias ? b.uploadWeight(f32Tensor('b', [outDim], bv)) : undefined;
+          const x = b.createBuffer(rows * inDim);
+          b.write(x, xv);
+          const out = b.createBuffer(rows * outDim);
+          b.matmul(out, x, w, rows, bias);
+          const o = (out as CpuBuffer).f32;
+          for (let i = 0; i < rows; i++) {
+            for (let j = 0; j < outDim; j++) {
+              let want = withBias ? (bv[j] as number) : 0;
+              for (let k = 0; k < inDim; k++) want += (xv[i * inDim + k] as number) * (wv[j * inDim + k] as number);
+              expect(Math.abs((o[i * outDim + j] as number) - want)).toBeLessThan(1e-5);
+            }
+          }
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
   it('rmsNorm, siluMul, add, embed and gatherRows', () => {
     const b = new CpuBackend();
     const x = b.createBuffer(4);
