@@ -1,0 +1,33 @@
+// Filler text for the retrieval prompts, written for this project (no third-party text is
+// bundled: the held-out books stay in ../shared). Plain narrative prose, so the needle is
+// the only number and the only "pass key" in the prompt.
+export const HAYSTACK_TEXT: string = [
+  'The ferry left the harbour a little after dawn, and the gulls followed it as far as the breakwater.',
+  'On the upper deck an old man was reading a newspaper that the wind kept trying to take from him.',
+  'Two children argued about whether the island ahead was a real island or only a low cloud.',
+  'The captain, who had made the crossing more times than he could count, said nothing and let them argue.',
+  'By the time the sun was fully up, the water had turned from grey to a deep and restless green.',
+  'A woman in a yellow coat walked the length of the deck twice, looking for a seat out of the wind.',
+  'She found one beside a crate of oranges that was going to the market on the far side of the bay.',
+  'The engine made a steady sound that after a while nobody heard any more, like the ticking of a clock.',
+  'Somewhere below, a dog barked once at nothing in particular and then lay down again.',
+  'The island grew larger, and the children agreed at last that it was real, though neither would admit to being wrong.',
+  'There was a lighthouse on its northern point, painted in red and white bands that had faded in the salt air.',
+  'The keeper of the lighthouse kept a garden of beans and onions behind a wall of piled stones.',
+  'Every autumn he sent a basket of his onions back on the ferry to his sister in the town.',
+  'She never wrote to thank him, but each spring a parcel of seeds arrived, and he understood.',
+  'The village below the lighthouse had one street, one shop and a chapel with a crooked bell tower.',
+  'In the shop one could buy rope, tea, candles, fishing hooks and postcards of the lighthouse itself.',
+  'The postcards had been printed many years ago, and the lighthouse in them still had its old lamp.',
+  'Most visitors bought one anyway and wrote a few lines on the back while they waited for the return ferry.',
+  'In the afternoon the tide went out and left a long flat stretch of sand where the boats lay tilted on their sides.',
+  'The fishermen used the low water to mend their nets, sitting on upturned buckets and talking about the weather.',
+  'They agreed that the weather would change, though they did not agree on when or in which direction.',
+  'A heron stood at the edge of the water for an hour without moving, then flew off over the rooftops.',
+  'When the tide returned it came in quickly, filling the channels first and then the flat ground between them.',
+  'The last ferry of the day sounded its horn twice, and the visitors hurried down the street to the quay.',
+  'From the deck they watched the island shrink until the lighthouse was only a point of light on the dark water.',
+  'The wind dropped in the evening, and the sea became so calm that the stars could be seen reflected in it.',
+  'In the town the streetlamps came on one after another along the front, as if someone were walking past lighting them.',
+  'The woman in the yellow coat took the bus home and fell asleep before it had left the harbour road.',
+].join(' ');
