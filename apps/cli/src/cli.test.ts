@@ -42,6 +42,26 @@ describe('kvc on the default model (kvc-20m-4k, committed)', () => {
     expect(r.memoryRatio).toBeGreaterThan(2);
     expect(new Set(r.compressed.blocksPerHead).size).toBeGreaterThan(1);
   }, 120_000);
+
+  it('--import loads a policy module: it is listed and runs at the same KV memory as the built-in', async () => {
+    const example = path.join(repoRoot, 'apps/cli/examples/kv-compress-maxpool.ts');
+    const listed = await kvcWith(process.env, 'policies', '--import', example);
+    expect(listed.stdout).toMatch(/^kv-compress-maxpool /m);
+    const [pooled, plain] = await Promise.all(
+      ['kv-compress-maxpool', 'kv-compress'].map(async (policy) => {
+        const { stdout, code } = await kvcWith(process.env, 'run', '--import', example, '--policy', policy, '--json', '--max-tokens', '8');
+        expect(code).toBe(0);
+        return JSON.parse(stdout);
+      }),
+    );
+    expect(pooled.compressed.policy).toBe('kv-compress-maxpool');
+    expect(pooled.compressed.blocks).toBe(plain.compressed.blocks);
+    // Measured: pooling keeps all five digits of the key at 4x; the plain metric loses three.
+    expect(pooled.compressed.text).toContain('68214');
+    const broken = await kvcWith(process.env, 'policies', '--import', 'no-such-module.ts');
+    expect(broken.code).toBe(2);
+    expect(broken.stderr).toMatch(/--import no-such-module.ts failed to load/);
+  }, 180_000);
 });
 
 describe.skipIf(!hasShared('models/stories260K/stories260K.bin', 'models/stories260K/tok512.bin'))('kvc on stories260K', () => {

@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { type Backend, KvCompressError, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
 import { ALL_TASKS, type EvalTask } from '@kvcompress/eval';
 import type { Budget } from '@kvcompress/eviction';
@@ -51,11 +52,28 @@ async function webGpuBackendFactory(): Promise<() => Backend> {
 const program = new Command()
   .name('kvc')
   .description('Run LLMs with a paged KV cache compressed per attention head (KV-Compress and baselines).')
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // Modules named by --import run before the command: a module that calls registerPolicy makes
+  // its policy usable by run and eval like a built-in (same registry, same allocator).
+  .hook('preAction', async (_program, command) => {
+    const modules: string[] = command.opts()['import'] ?? [];
+    for (const m of modules) {
+      try {
+        await import(pathToFileURL(path.resolve(m)).href);
+      } catch (error) {
+        throw new KvCompressError('BAD_IMPORT', `--import ${m} failed to load: ${(error as Error).message}`);
+      }
+    }
+  });
+
+/** The --import option of the commands that use policies. */
+const importOption = () =>
+  new Option('--import <module...>', 'JS/TS modules to load first (e.g. one that calls registerPolicy from @kvcompress/eviction)');
 
 program
   .command('run')
   .description('Generate the same prompt with the full cache and with a compression policy; compare text, KV memory and speed.')
+  .addOption(importOption())
   .option('-m, --model <path>', 'model: .gguf, llama2.c .bin, or a Hugging Face folder (default: models/kvc-20m-4k)')
   .option('-p, --prompt <text>', 'prompt text', DEFAULT_PROMPT)
   .addOption(new Option('--policy <name>', 'eviction policy').default('kv-compress'))
@@ -202,6 +220,7 @@ program
 program
   .command('eval')
   .description('Score eviction policies against the full cache at equal KV memory: retrieval tasks, perplexity, KL, greedy agreement.')
+  .addOption(importOption())
   .option('-m, --model <path>', 'model with a tokenizer (default: models/kvc-20m-4k)')
   .option(
     '--text <path>',
@@ -263,6 +282,7 @@ program
 program
   .command('policies')
   .description('List the registered eviction policies.')
+  .addOption(importOption())
   .action(() => {
     for (const p of policies.list()) console.log(`${p.name.padEnd(14)} ${p.description ?? ''}`);
   });

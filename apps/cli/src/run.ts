@@ -1,9 +1,8 @@
-import { type Backend, InvalidArgumentError, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
+import { type Backend, firstDivergence, InvalidArgumentError, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
 import { type DoneEvent, Engine, type GenerateOptions } from '@kvcompress/engine';
 import type { Budget } from '@kvcompress/eviction';
 import type { LoadedModel } from '@kvcompress/models';
 import { SingleBar } from 'cli-progress';
-import { firstDifference } from './format.ts';
 
 export interface RunOptions {
   readonly prompt: string;
@@ -121,7 +120,7 @@ export async function runComparison(model: LoadedModel, o: RunOptions): Promise<
     promptTokens: promptIds.length,
     full,
     compressed,
-    firstDifference: firstDifference(full.tokens, compressed.tokens),
+    firstDifference: firstDivergence(full.tokens, compressed.tokens, true),
     memoryRatio: compressed.kvBytes > 0 ? full.kvBytes / compressed.kvBytes : Number.POSITIVE_INFINITY,
     kvBytesPerToken: kvBytesPerToken(shape, 'f32'),
   };

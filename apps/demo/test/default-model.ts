@@ -2,9 +2,9 @@
 // A missing folder fails the tests that need it; it never skips them.
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { repoRoot } from '@kvcompress/test-support';
+import { defaultModelDir as committedModelDir } from '@kvcompress/test-support';
 
-export const DEFAULT_MODEL_DIR = path.join(repoRoot, 'models/kvc-20m-4k');
+export const DEFAULT_MODEL_DIR = committedModelDir;
 
 /** The default model's folder; throws when it is missing. */
 export function defaultModelDir(): string {

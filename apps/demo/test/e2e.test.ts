@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { hasShared, sharedPath } from '@kvcompress/test-support';
+import { chromiumPath, chromiumWebGpuArgs, hasShared, sharedPath } from '@kvcompress/test-support';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { build } from 'vite';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,7 +19,7 @@ import { defaultModelDir } from './default-model.ts';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const appDir = path.resolve(here, '..');
 const artifacts = path.join(appDir, 'test-artifacts');
-const CHROMIUM = process.env['KVC_CHROMIUM'] ?? '/usr/bin/chromium';
+const CHROMIUM = chromiumPath;
 
 type LastRun = {
   backend: string;
@@ -117,15 +117,7 @@ beforeAll(async () => {
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
-    args: [
-      '--enable-unsafe-webgpu',
-      '--no-sandbox',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--no-first-run',
-      '--use-webgpu-adapter=swiftshader',
-    ],
+    args: [...chromiumWebGpuArgs],
   });
   // One context for all pages: they share the service worker and Cache Storage.
   const context = await browser.newContext({ viewport: { width: 1440, height: 1100 } });

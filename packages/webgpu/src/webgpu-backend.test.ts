@@ -12,7 +12,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { hasShared, sharedDir } from '@kvcompress/test-support';
+import { chromiumPath, chromiumWebGpuArgs, hasShared, sharedDir } from '@kvcompress/test-support';
 import { build } from 'esbuild';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -20,7 +20,7 @@ import type { Kvc } from '../test/browser-entry.ts';
 import { cases } from '../test/conformance-cases.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const CHROMIUM = process.env['KVC_CHROMIUM'] ?? '/usr/bin/chromium';
+const CHROMIUM = chromiumPath;
 const haveChromium = existsSync(CHROMIUM);
 if (!haveChromium && process.env['CI'] === 'true')
   throw new Error(`CI needs Chromium at ${CHROMIUM} (apt-get install chromium) for the WebGPU tests.`);
@@ -79,15 +79,7 @@ beforeAll(async () => {
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
-    args: [
-      '--enable-unsafe-webgpu',
-      '--no-sandbox',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--no-first-run',
-      '--use-webgpu-adapter=swiftshader',
-    ],
+    args: [...chromiumWebGpuArgs],
   });
   page = await browser.newPage();
   const errors: string[] = [];

@@ -37,3 +37,20 @@ export function sharedPath(relative: string): string {
 
 /** The project's default model, committed in the repository (trained by tooling/train). */
 export const defaultModelDir = path.join(repoRoot, 'models', 'kvc-20m-4k');
+
+/** Debian's Chromium (KVC_CHROMIUM overrides): browser tests never download a browser. */
+export const chromiumPath = process.env['KVC_CHROMIUM'] ?? '/usr/bin/chromium';
+
+/**
+ * Flags for headless Chromium with WebGPU on SwiftShader in a closed network: WebGPU is off
+ * without --enable-unsafe-webgpu; --no-sandbox because CI runs as root.
+ */
+export const chromiumWebGpuArgs: readonly string[] = [
+  '--enable-unsafe-webgpu',
+  '--no-sandbox',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--use-webgpu-adapter=swiftshader',
+];

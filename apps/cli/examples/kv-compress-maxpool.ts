@@ -1,0 +1,12 @@
+// A policy module for `kvc --import`: KV-Compress with its metrics max-pooled along keys
+// (kernel 7, an option of the paper's reference implementation). Pooling keeps the tokens
+// next to the ones the observation window attended to, e.g. all the digits of a number
+// whose first digit the question attends to.
+//   pnpm kvc eval --import apps/cli/examples/kv-compress-maxpool.ts --policies kv-compress,kv-compress-maxpool ...
+import { createKvCompressPolicy, registerPolicy } from '@kvcompress/eviction';
+
+registerPolicy({
+  ...createKvCompressPolicy({ maxPoolKernel: 7 }),
+  name: 'kv-compress-maxpool',
+  description: 'KV-Compress with metrics max-pooled along keys (kernel 7).',
+});
