@@ -7,7 +7,17 @@ import { loadModel } from '@kvcompress/models';
 export interface EvalCommandOptions
   extends Pick<
     EvalConfig,
-    'policies' | 'rates' | 'contexts' | 'tasks' | 'examples' | 'seed' | 'continuationTokens' | 'protectedWindow' | 'onProgress' | 'backend'
+    | 'policies'
+    | 'rates'
+    | 'contexts'
+    | 'tasks'
+    | 'examples'
+    | 'seed'
+    | 'continuationTokens'
+    | 'protectedWindow'
+    | 'onProgress'
+    | 'backend'
+    | 'batch'
   > {
   readonly modelPath: string;
   /** Recorded in the results (default: the path). */
@@ -44,6 +54,7 @@ export async function evalCommand(o: EvalCommandOptions): Promise<{ cells: CellR
     continuationTokens: o.continuationTokens,
     protectedWindow: o.protectedWindow,
     backend: o.backend,
+    batch: o.batch,
     previous,
     onCell: (c) => appendFileSync(cellsFile, `${JSON.stringify(c)}\n`),
     onProgress: o.onProgress,

@@ -235,6 +235,7 @@ program
   .option('--continuation <n>', 'tokens scored after each text context', number('continuation', 1, true), 64)
   .option('--window <n>', 'protected recent window', number('window', 0, true), 16)
   .option('-o, --out <dir>', 'output folder (an existing cells.jsonl there is resumed)', 'eval-out')
+  .option('--batch <n>', 'examples of a cell generated together (faster on a GPU)', number('batch', 1, true), 1)
   .addOption(
     new Option('--backend <name>', 'cpu, or webgpu (Dawn: a Vulkan GPU, or SwiftShader via VK_ICD_FILENAMES)')
       .choices(['cpu', 'webgpu'])
@@ -266,6 +267,7 @@ program
       continuationTokens: opts.continuation,
       protectedWindow: opts.window,
       outDir: opts.out,
+      batch: opts.batch,
       backend: opts.backend === 'webgpu' ? await webGpuBackendFactory() : undefined,
       onProgress: (done, total, label) => {
         if (!started) {

@@ -5,7 +5,7 @@ import { hasShared, sharedPath } from '@kvcompress/test-support';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { klDivergence } from './divergence.ts';
 import { markdownReport, plotGroups, svgPlot } from './report.ts';
-import { type CellResult, heldOutTokens, runEval, textExampleTokens } from './runner.ts';
+import { type CellResult, cellKey, heldOutTokens, runEval, textExampleTokens } from './runner.ts';
 import { generateExample, RETRIEVAL_TASKS, scoreAnswer, splitSentences } from './tasks.ts';
 
 const GGUF = 'models/stories260K/stories260K.gguf';
@@ -81,6 +81,17 @@ describe.skipIf(!haveShared)('a small eval end to end on stories260K (CPU)', () 
     const ppl = cells.filter((c) => c.task === 'perplexity' && c.rate === 1);
     expect(ppl[0]?.score).toBe(ppl[1]?.score);
   });
+
+  it('gives the same scores with the examples of a cell batched in one engine', async () => {
+    const batched = await runEval({ ...config(), batch: 2 });
+    expect(batched.map((c) => cellKey(c))).toEqual(cells.map((c) => cellKey(c)));
+    for (const [k, c] of batched.entries()) {
+      const want = cells[k] as CellResult;
+      // Float rounding only: rows of other sequences may take another matmul code path.
+      for (const [i, v] of c.perExample.entries()) expect(v).toBeCloseTo(want.perExample[i] as number, 5);
+    }
+    await expect(runEval({ ...config(), batch: 0 })).rejects.toThrow(/batch must be an integer >= 1/);
+  }, 120_000);
 
   it('matches a direct computation: full-cache perplexity from forwardLogits, compressed KL from a separate engine', async () => {
     const tokenizer = model.tokenizer;

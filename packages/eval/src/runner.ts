@@ -36,6 +36,12 @@ export interface EvalConfig {
   readonly continuationTokens?: number;
   /** Recent positions no policy may evict. Default 16. */
   readonly protectedWindow?: number;
+  /**
+   * Examples of a cell generated together, batched by the engine (default 1). Each example
+   * is its own sequence with its own budget, so scores do not depend on it beyond float
+   * rounding (kernels may pick other code paths for other row counts). Mostly for GPUs.
+   */
+  readonly batch?: number;
   /** A backend factory (default: the CPU backend). One engine per (policy, rate). */
   readonly backend?: () => Backend;
   /** Cells already computed (from an interrupted run): skipped. */
@@ -85,6 +91,8 @@ export async function runEval(config: EvalConfig): Promise<CellResult[]> {
   for (const r of config.rates) if (!(r >= 1)) throw new InvalidArgumentError(`Compression rates must be >= 1, got ${r}.`);
   const continuationTokens = config.continuationTokens ?? 64;
   const window = config.protectedWindow ?? 16;
+  const batch = config.batch ?? 1;
+  if (!Number.isInteger(batch) || batch < 1) throw new InvalidArgumentError(`batch must be an integer >= 1, got ${batch}.`);
   const maxContext = Math.min(config.model.config.maxContext, Math.max(...config.contexts) + continuationTokens + 64);
   const done = new Map((config.previous ?? []).map((c) => [cellKey(c), c]));
   const results: CellResult[] = [];
@@ -96,7 +104,7 @@ export async function runEval(config: EvalConfig): Promise<CellResult[]> {
       e = new Engine({
         model: config.model,
         backend: config.backend?.(),
-        maxSequences: 1,
+        maxSequences: batch,
         maxContext,
         ...(rate === 1 ? {} : { policy, budget: { targetCompressionRate: rate }, protectedWindow: window, compressOnce: true }),
       });
@@ -140,13 +148,14 @@ export async function runEval(config: EvalConfig): Promise<CellResult[]> {
           if (shared !== undefined) perExample = [...shared.perExample];
           else {
             const engine = engineFor(policy, rate);
+            const one = async (i: number): Promise<number> =>
+              (RETRIEVAL_TASKS as readonly string[]).includes(task)
+                ? retrievalExample(engine, tokenizer, generateExample(task as RetrievalTask, source, context, i, config.seed))
+                : textExample(engine, task as TextTask, await reference(i));
             perExample = [];
-            for (let i = 0; i < config.examples; i++) {
-              perExample.push(
-                (RETRIEVAL_TASKS as readonly string[]).includes(task)
-                  ? await retrievalExample(engine, tokenizer, generateExample(task as RetrievalTask, source, context, i, config.seed))
-                  : await textExample(engine, task as TextTask, await reference(i)),
-              );
+            for (let i0 = 0; i0 < config.examples; i0 += batch) {
+              const group = Array.from({ length: Math.min(batch, config.examples - i0) }, (_, k) => i0 + k);
+              perExample.push(...(await Promise.all(group.map(one))));
             }
           }
           const cell: CellResult = { ...base, score: aggregate(task, perExample), perExample };
