@@ -3,6 +3,7 @@ import { pathToFileURL } from 'node:url';
 import { type Backend, KvCompressError, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
 import { ALL_TASKS, type EvalTask } from '@kvcompress/eval';
 import type { Budget } from '@kvcompress/eviction';
+import * as eviction from '@kvcompress/eviction';
 import { policies } from '@kvcompress/eviction';
 import { loadModel } from '@kvcompress/models';
 import { Presets, SingleBar } from 'cli-progress';
@@ -53,13 +54,16 @@ const program = new Command()
   .name('kvc')
   .description('Run LLMs with a paged KV cache compressed per attention head (KV-Compress and baselines).')
   .showHelpAfterError()
-  // Modules named by --import run before the command: a module that calls registerPolicy makes
-  // its policy usable by run and eval like a built-in (same registry, same allocator).
+  // Modules named by --import run before the command, so the policies they register run and
+  // eval like the built-ins. A default-exported function is called with @kvcompress/eviction:
+  // it registers into this CLI's registry even where the module cannot import the package
+  // itself (the bundled CLI on the GPU machine, or another copy of the package).
   .hook('preAction', async (_program, command) => {
     const modules: string[] = command.opts()['import'] ?? [];
     for (const m of modules) {
       try {
-        await import(pathToFileURL(path.resolve(m)).href);
+        const mod: { default?: unknown } = await import(pathToFileURL(path.resolve(m)).href);
+        if (typeof mod.default === 'function') await mod.default(eviction);
       } catch (error) {
         throw new KvCompressError('BAD_IMPORT', `--import ${m} failed to load: ${(error as Error).message}`);
       }

@@ -13,6 +13,9 @@ done
 packages/webgpu/node_modules/.bin/esbuild apps/cli/src/main.ts --bundle --platform=node --format=esm --target=es2023 \
   --conditions=source --external:webgpu --outfile=.gpu/kvc.mjs --log-level=warning \
   "--banner:js=import { createRequire as __kvcRequire } from 'node:module'; const require = __kvcRequire(import.meta.url);"
+# Policy modules for `kvc --import` (the GPU machine's Node may not strip TypeScript types).
+packages/webgpu/node_modules/.bin/esbuild apps/cli/examples/kv-compress-maxpool.ts --format=esm \
+  --outfile=.gpu/kv-compress-maxpool.mjs --log-level=warning
 # The eval's held-out text (Alice, never trained on by the default model) travels in .gpu too.
 mkdir -p .gpu/shared/data/gutenberg
 cp "${KVC_SHARED_DIR:-../shared}/data/gutenberg/pg11_alice_in_wonderland.txt" .gpu/shared/data/gutenberg/
