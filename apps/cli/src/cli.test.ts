@@ -58,6 +58,13 @@ describe('kvc on the default model (kvc-20m-4k, committed)', () => {
     expect(pooled.compressed.blocks).toBe(plain.compressed.blocks);
     // Measured: pooling keeps all five digits of the key at 4x; the plain metric loses three.
     expect(pooled.compressed.text).toContain('68214');
+    // Trailing pooling (importance flows to the tokens after an attended one) answers it too.
+    const trailing = path.join(repoRoot, 'apps/cli/examples/kv-compress-trailing.ts');
+    const t = await kvcWith(process.env, 'run', '--import', trailing, '--policy', 'kv-compress-trailing', '--json', '--max-tokens', '8');
+    expect(t.code).toBe(0);
+    const tr = JSON.parse(t.stdout);
+    expect(tr.compressed.blocks).toBe(plain.compressed.blocks);
+    expect(tr.compressed.text).toContain('68214');
     const broken = await kvcWith(process.env, 'policies', '--import', 'no-such-module.ts');
     expect(broken.code).toBe(2);
     expect(broken.stderr).toMatch(/--import no-such-module.ts failed to load/);

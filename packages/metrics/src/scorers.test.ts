@@ -52,6 +52,13 @@ describe('KV-Compress prefill metric (hand-computed)', () => {
     closeTo(score(kvCompressScorer({ observationWindow: 2, maxPoolKernel: 3 })), [1.3, 1.3, 0.89]);
   });
 
+  it('trailing max-pool: importance flows from a key to the keys after it, never before', () => {
+    // Unpooled: [1.3, 0.35, 0.89].
+    closeTo(score(kvCompressScorer({ observationWindow: 2, maxPoolKernel: 2, maxPoolAlign: 'trailing' })), [1.3, 1.3, 0.89]);
+    closeTo(score(kvCompressScorer({ observationWindow: 2, maxPoolKernel: 3, maxPoolAlign: 'trailing' })), [1.3, 1.3, 1.3]);
+    expect(() => kvCompressScorer({ maxPoolKernel: 4 })).toThrow(/must be odd when centred/);
+  });
+
   it('GQA: each kv-head aggregates only its own query group', () => {
     // Four query heads, two kv-heads: heads 0,1 -> kv 0 and heads 2,3 -> kv 1.
     const p = new Float32Array(4 * 2 * 3);
@@ -132,7 +139,10 @@ function directScore(o: AttentionScorerOptions, qh: number, kh: number, n: numbe
         continue;
       }
       const half = (o.pooling.kernel - 1) / 2;
-      const window = raw.slice(Math.max(0, j - half), Math.min(n, j + half + 1));
+      const window =
+        o.pooling.align === 'trailing'
+          ? raw.slice(Math.max(0, j - o.pooling.kernel + 1), j + 1)
+          : raw.slice(Math.max(0, j - half), Math.min(n, j + half + 1));
       out.push(o.pooling.kind === 'max' ? Math.max(...window) : window.reduce((a, b) => a + b, 0) / o.pooling.kernel);
     }
   }
@@ -153,7 +163,12 @@ describe('attention scorer on random inputs', () => {
           reduction: fc.constantFrom('sum' as const, 'avg' as const),
           groupReduction: fc.constantFrom('sum' as const, 'mean' as const),
           metricBuffer: fc.integer({ min: 0, max: 5 }),
-          pooling: fc.constantFrom(null, { kind: 'max' as const, kernel: 3 }, { kind: 'avg' as const, kernel: 5 }),
+          pooling: fc.constantFrom(
+            null,
+            { kind: 'max' as const, kernel: 3 },
+            { kind: 'avg' as const, kernel: 5 },
+            { kind: 'max' as const, kernel: 4, align: 'trailing' as const },
+          ),
           seed: fc.integer(),
         }),
         (c) => {

@@ -9,8 +9,15 @@ export type GroupReduction = 'sum' | 'mean';
 
 export interface Pooling {
   readonly kind: 'max' | 'avg';
-  /** Odd window length along the key axis. */
+  /** Window length along the key axis (odd when centred). */
   readonly kernel: number;
+  /**
+   * 'center' (default, SnapKV's): keys j - k/2 .. j + k/2. 'trailing': keys j - k + 1 .. j, so
+   * a key's importance flows to the tokens after it: an induction-style read attends to the
+   * token before a value and then copies the value's tokens one by one while decoding, after
+   * eviction, so the value itself draws little prefill attention.
+   */
+  readonly align?: 'center' | 'trailing';
 }
 
 /**
@@ -75,7 +82,10 @@ export interface AttentionScorerOptions {
 function validatePooling(pooling: Pooling | null): void {
   if (pooling === null) return;
   assertInteger('pooling.kernel', pooling.kernel, 1, 1025);
-  if (pooling.kernel % 2 === 0) throw new InvalidArgumentError(`pooling.kernel must be odd, got ${pooling.kernel}.`);
+  if (pooling.align !== undefined && pooling.align !== 'center' && pooling.align !== 'trailing')
+    throw new InvalidArgumentError(`pooling.align must be 'center' or 'trailing', got ${String(pooling.align)}.`);
+  if ((pooling.align ?? 'center') === 'center' && pooling.kernel % 2 === 0)
+    throw new InvalidArgumentError(`pooling.kernel must be odd when centred, got ${pooling.kernel}.`);
 }
 
 /**
@@ -184,10 +194,11 @@ export class AttentionScorer implements Scorer {
   #pool(out: Float32Array, o: number, n: number, pooling: Pooling): void {
     if (this.#pooled.length < n) this.#pooled = new Float32Array(n);
     const tmp = this.#pooled;
+    const trailing = pooling.align === 'trailing';
     const half = (pooling.kernel - 1) >> 1;
     for (let j = 0; j < n; j++) {
-      const lo = Math.max(0, j - half);
-      const hi = Math.min(n - 1, j + half);
+      const lo = Math.max(0, trailing ? j - pooling.kernel + 1 : j - half);
+      const hi = trailing ? j : Math.min(n - 1, j + half);
       if (pooling.kind === 'max') {
         let m = Number.NEGATIVE_INFINITY;
         for (let i = lo; i <= hi; i++) m = Math.max(m, out[o + i] as number);
@@ -210,6 +221,8 @@ export interface KvCompressScorerOptions {
   readonly metricBuffer?: number;
   /** Max-pool kernel along keys; 0 disables (default). The paper's option uses 7. */
   readonly maxPoolKernel?: number;
+  /** Where the max-pool window sits: centred on the key (default) or trailing it (see Pooling.align). */
+  readonly maxPoolAlign?: 'center' | 'trailing';
 }
 
 export function kvCompressScorer(options: KvCompressScorerOptions = {}): AttentionScorer {
@@ -221,7 +234,7 @@ export function kvCompressScorer(options: KvCompressScorerOptions = {}): Attenti
     reduction: options.reduction ?? 'sum',
     groupReduction: 'sum',
     metricBuffer: options.metricBuffer ?? 0,
-    pooling: kernel > 0 ? { kind: 'max', kernel } : null,
+    pooling: kernel > 0 ? { kind: 'max', kernel, align: options.maxPoolAlign ?? 'center' } : null,
     accumulatesDuringDecode: true,
   });
 }

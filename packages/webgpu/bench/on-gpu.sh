@@ -21,10 +21,10 @@ for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
     decode-8b) c=${CONTEXT_8B:-4096}; SHAPE=8b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-8b-$c.jsonl" ;;
     eval) mkdir -p "$out/eval"; [ -f .gpu/eval/cells.jsonl ] && cp .gpu/eval/cells.jsonl "$out/eval/"
       KVC_SHARED_DIR=$PWD/.gpu/shared timeout "${EVAL_TIMEOUT:-540}" "$GPU_NODE" .gpu/kvc.mjs eval --backend webgpu \
-      --import .gpu/kv-compress-maxpool.mjs \
+      --import .gpu/kv-compress-maxpool.mjs --import .gpu/kv-compress-trailing.mjs \
       --model models/kvc-20m-4k --contexts "${EVAL_CONTEXTS:-2048,4096}" --rates 1,2,4,8,16,32,64 \
       --tasks "${EVAL_TASKS:-passkey,niah-single,niah-multikey,niah-multivalue,niah-multiquery}" \
-      --policies "${EVAL_POLICIES:-kv-compress,kv-compress-maxpool,snapkv,pyramidkv,ada-kv,h2o,streaming-llm,random}" \
+      --policies "${EVAL_POLICIES:-kv-compress,kv-compress-maxpool,kv-compress-trailing,snapkv,pyramidkv,ada-kv,h2o,streaming-llm,random}" \
       --examples "${EVAL_EXAMPLES:-10}" --batch "${EVAL_BATCH:-10}" --out "$out/eval" ;;
     decode-1b) c=${CONTEXT_1B:-16384}; SHAPE=1b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-1b-$c.jsonl" ;;
   esac

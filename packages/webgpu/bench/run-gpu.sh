@@ -14,8 +14,9 @@ packages/webgpu/node_modules/.bin/esbuild apps/cli/src/main.ts --bundle --platfo
   --conditions=source --external:webgpu --outfile=.gpu/kvc.mjs --log-level=warning \
   "--banner:js=import { createRequire as __kvcRequire } from 'node:module'; const require = __kvcRequire(import.meta.url);"
 # Policy modules for `kvc --import` (the GPU machine's Node may not strip TypeScript types).
-packages/webgpu/node_modules/.bin/esbuild apps/cli/examples/kv-compress-maxpool.ts --format=esm \
-  --outfile=.gpu/kv-compress-maxpool.mjs --log-level=warning
+for m in kv-compress-maxpool kv-compress-trailing; do
+  packages/webgpu/node_modules/.bin/esbuild "apps/cli/examples/$m.ts" --format=esm --outfile=".gpu/$m.mjs" --log-level=warning
+done
 # The eval's held-out text (Alice, never trained on by the default model) travels in .gpu too.
 mkdir -p .gpu/shared/data/gutenberg
 cp "${KVC_SHARED_DIR:-../shared}/data/gutenberg/pg11_alice_in_wonderland.txt" .gpu/shared/data/gutenberg/
