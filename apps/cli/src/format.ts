@@ -1,5 +1,3 @@
-export { formatBytes } from '@kvcompress/core';
-
 /** A layers × kv-heads table of block counts, one row per layer. */
 export function formatHeadGrid(blocks: Int32Array, layers: number, kvHeads: number): string {
   const width = Math.max(2, ...Array.from(blocks, (b) => String(b).length));

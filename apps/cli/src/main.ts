@@ -1,15 +1,14 @@
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { type Backend, KvCompressError, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
+import { type Backend, formatBytes, KvCompressError, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
 import { ALL_TASKS, type EvalTask } from '@kvcompress/eval';
-import type { Budget } from '@kvcompress/eviction';
 import * as eviction from '@kvcompress/eviction';
-import { policies } from '@kvcompress/eviction';
+import { type Budget, policies } from '@kvcompress/eviction';
 import { loadModel } from '@kvcompress/models';
 import { Presets, SingleBar } from 'cli-progress';
 import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
 import { evalCommand } from './eval.ts';
-import { formatBytes, formatHeadGrid } from './format.ts';
+import { formatHeadGrid } from './format.ts';
 import { defaultEvalModelPath, defaultEvalTextPath, defaultModelPath, NO_DEFAULT_MODEL } from './paths.ts';
 import { runComparison } from './run.ts';
 

@@ -1,5 +1,3 @@
-export { firstDivergence, formatBytes } from '@kvcompress/core';
-
 /** Milliseconds as "850 ms" or "12.3 s". */
 export function formatMs(ms: number): string {
   if (!Number.isFinite(ms)) return '–';

@@ -1,12 +1,12 @@
 /// <reference types="@webgpu/types" />
 // The page: loads a model, runs it on WebGPU (or the CPU) through the engine, and draws what
 // per-head compression does while it runs. Everything shown comes from src/runner.ts.
-import { type Backend, InvalidArgumentError, type KvDtype, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
+import { type Backend, formatBytes, InvalidArgumentError, type KvDtype, kvBytesPerToken, kvShapeOf } from '@kvcompress/core';
 import { CpuBackend } from '@kvcompress/cpu';
 import { type Budget, type EvictionPolicy, policies, registerPolicy } from '@kvcompress/eviction';
 import { DeviceLostError, requestWebGpuDevice, WebGpuBackend, WebGpuUnavailableError } from '@kvcompress/webgpu';
 import { CUSTOM_POLICY } from './custom-policy.ts';
-import { formatBytes, sum } from './format.ts';
+import { sum } from './format.ts';
 import { loadModelFromFiles, loadServedModel, type ModelChoice, pickedFromFile } from './model-files.ts';
 import { type BuiltPrompt, buildPrompt, PROMPT_PRESETS } from './prompts.ts';
 import { DemoRunner, type RunSettings, type RunView } from './runner.ts';

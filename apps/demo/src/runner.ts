@@ -3,12 +3,12 @@
 // draw is read from the engine as it runs: blocks per (layer, kv-head) from the page
 // allocator at every step, importance per head from the metric store at every compression,
 // and the engine's own timings.
-import { type Backend, InvalidArgumentError, type KvDtype, kvShapeOf } from '@kvcompress/core';
+import { type Backend, firstDivergence, InvalidArgumentError, type KvDtype, kvShapeOf } from '@kvcompress/core';
 import { type DoneEvent, Engine, type SamplingOptions } from '@kvcompress/engine';
 import { type Budget, type CompressionOutcome, type CompressionReason, getPolicy } from '@kvcompress/eviction';
 import { type HeadSummary, summarizeHeads } from '@kvcompress/metrics';
 import type { LoadedModel } from '@kvcompress/models';
-import { firstDivergence, sum } from './format.ts';
+import { sum } from './format.ts';
 
 /** What a person sets before pressing Generate. */
 export interface RunSettings {

@@ -1,7 +1,8 @@
 // The result views, drawn from a RunView: streamed outputs with the first divergence marked,
 // the KV memory gauge, the pages grid (layers x kv-heads), per-head importance, performance
 // and the compression rounds. Elements are made once per run and updated in place.
-import { formatBytes, formatMs, sum } from './format.ts';
+import { formatBytes } from '@kvcompress/core';
+import { formatMs, sum } from './format.ts';
 import { fullBlocksPerHead, fullCacheBytes, type RunView, runDivergence, type SideView, sideBytes } from './runner.ts';
 
 function el<K extends keyof HTMLElementTagNameMap>(tag: K, className = '', text = ''): HTMLElementTagNameMap[K] {
