@@ -229,7 +229,11 @@ program
     '--text <path>',
     'held-out text: haystacks and scored text (default: ../shared Alice in Wonderland, held out of the default model)',
   )
-  .option('--policies <names>', 'comma-separated registered policies', 'kv-compress,snapkv,pyramidkv,ada-kv,h2o,streaming-llm,random')
+  .option(
+    '--policies <names>',
+    'comma-separated registered policies',
+    'kv-compress,kv-compress-trailing,snapkv,pyramidkv,ada-kv,h2o,streaming-llm,random',
+  )
   .option('--rates <list>', 'compression rates (1 = full cache)', '1,2,4,8,16,32,64')
   .option('--contexts <list>', 'context lengths in tokens', '512')
   .option('--tasks <list>', `tasks: ${ALL_TASKS.join(', ')}`, 'perplexity,kl,greedy-agreement')

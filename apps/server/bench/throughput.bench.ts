@@ -2,15 +2,20 @@
 // of requests through the HTTP API, at compression 1x, 4x, 16x and 64x (KV-Compress,
 // protected window 16). More compression lets more sequences share the pool.
 //   node --conditions=source apps/server/bench/throughput.bench.ts [--requests 96] [--concurrency 32] [--json]
+//     [--backend cpu|webgpu] [--model <path>] [--text <path>] [--prompt-tokens 400] [--max-tokens 48]
+//     [--pool-sequences 4] [--max-sequences 64]
 //
-// Model: stories260K (GGUF) on the CPU backend. Each request: a 400-token TinyStories
-// excerpt (a different one per request), then up to 48 sampled tokens (temperature 0.8,
-// seeded; EOS ends a request early: tokens/s counts what was generated). The pool holds 4 sequences at
-// full length (4 x 512 tokens per head): at 1x that bounds the batch to 4, the compressed
-// runs fit more. Prints tokens/s and completed requests per minute, and the ratios to 1x.
+// Default (`pnpm bench`): stories260K (GGUF) on the CPU backend. Each request: a
+// --prompt-tokens excerpt of --text (a different one per request), then up to --max-tokens
+// sampled tokens (temperature 0.8, seeded; EOS ends a request early: tokens/s counts what was
+// generated). The pool holds --pool-sequences sequences at the model's full context: at 1x
+// that bounds the batch, the compressed runs fit more. Prints tokens/s and completed requests
+// per minute, and the ratios to 1x. On the GPU machine (run-gpu.sh bundles it):
+//   --backend webgpu --model models/kvc-20m-4k --text <Alice> --prompt-tokens 1800 --max-tokens 64
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import type { Backend } from '@kvcompress/core';
 import { Engine } from '@kvcompress/engine';
 import { loadModel } from '@kvcompress/models';
 import { createServer } from '../src/server.ts';
@@ -19,20 +24,36 @@ function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(name);
   return i >= 0 ? Number(process.argv[i + 1]) : fallback;
 }
+function argText(name: string, fallback: string): string {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
+}
 const REQUESTS = arg('--requests', 96);
 const CONCURRENCY = arg('--concurrency', 32);
-const PROMPT_TOKENS = 400;
-const MAX_TOKENS = 48;
+const PROMPT_TOKENS = arg('--prompt-tokens', 400);
+const MAX_TOKENS = arg('--max-tokens', 48);
+const POOL_SEQUENCES = arg('--pool-sequences', 4);
+const MAX_SEQUENCES = arg('--max-sequences', 64);
+const BACKEND = argText('--backend', 'cpu');
 const shared = process.env['KVC_SHARED_DIR'] ?? path.resolve(import.meta.dirname, '../../../../shared');
-const model = await loadModel(path.join(shared, 'models/stories260K/stories260K.gguf'));
+const modelPath = argText('--model', path.join(shared, 'models/stories260K/stories260K.gguf'));
+const textPath = argText('--text', path.join(shared, 'data/tinystories-valid/TinyStories-valid-first1000.txt'));
+const model = await loadModel(modelPath);
+const modelId = path.basename(modelPath);
 const tokenizer = model.tokenizer;
-if (tokenizer === null) throw new Error('stories260K.gguf has no tokenizer');
-const text = tokenizer.encode(readFileSync(path.join(shared, 'data/tinystories-valid/TinyStories-valid-first1000.txt'), 'utf8'), {
-  addBos: false,
-});
+if (tokenizer === null) throw new Error(`${modelPath} has no tokenizer`);
+const bos = tokenizer.bosTokenId === null ? [] : [tokenizer.bosTokenId];
+const text = tokenizer.encode(readFileSync(textPath, 'utf8'), { addBos: false });
+if (text.length <= PROMPT_TOKENS) throw new Error(`${textPath} has ${text.length} tokens, fewer than --prompt-tokens ${PROMPT_TOKENS}`);
 const blockSize = 16;
 const units = model.config.numLayers * model.config.numKvHeads;
-const kvBlocks = 4 * units * Math.ceil(512 / blockSize);
+const kvBlocks = POOL_SEQUENCES * units * Math.ceil(model.config.maxContext / blockSize);
+let makeBackend: () => Backend | undefined = () => undefined;
+if (BACKEND === 'webgpu') {
+  const { requestWebGpuDevice, WebGpuBackend } = await import('@kvcompress/webgpu');
+  const device = await requestWebGpuDevice();
+  makeBackend = () => new WebGpuBackend(device);
+} else if (BACKEND !== 'cpu') throw new Error(`--backend must be cpu or webgpu, got ${BACKEND}`);
 
 const rows: {
   rate: number;
@@ -46,7 +67,8 @@ const rows: {
 for (const rate of [1, 4, 16, 64]) {
   const engine = new Engine({
     model,
-    maxSequences: 64,
+    backend: makeBackend(),
+    maxSequences: MAX_SEQUENCES,
     kvBlocks,
     blockSize,
     ...(rate > 1 ? { policy: 'kv-compress', budget: { targetCompressionRate: rate }, protectedWindow: 16 } : {}),
@@ -55,7 +77,7 @@ for (const rate of [1, 4, 16, 64]) {
   engine.onStep((s) => {
     peakRunning = Math.max(peakRunning, s.running);
   });
-  const app = createServer({ engine, modelId: 'stories260K', maxQueue: 1024 });
+  const app = createServer({ engine, modelId, maxQueue: 1024 });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}/v1/completions`;
   let next = 0;
@@ -65,11 +87,11 @@ for (const rate of [1, 4, 16, 64]) {
     Array.from({ length: CONCURRENCY }, async () => {
       for (let i = next++; i < REQUESTS; i = next++) {
         const start = (i * 997) % (text.length - PROMPT_TOKENS);
-        const prompt = [1, ...text.slice(start, start + PROMPT_TOKENS - 1)];
+        const prompt = [...bos, ...text.slice(start, start + PROMPT_TOKENS - bos.length)];
         const res = await fetch(url, {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ model: 'stories260K', prompt, max_tokens: MAX_TOKENS, temperature: 0.8, seed: i, stop: [] }),
+          body: JSON.stringify({ model: modelId, prompt, max_tokens: MAX_TOKENS, temperature: 0.8, seed: i, stop: [] }),
         });
         const body = (await res.json()) as { usage?: { completion_tokens: number }; error?: { message: string } };
         if (res.status !== 200 || body.usage === undefined) throw new Error(`request ${i}: ${res.status} ${body.error?.message}`);
@@ -87,13 +109,29 @@ for (const rate of [1, 4, 16, 64]) {
     peakRunning,
     compressions: engine.stats().compressions,
   });
+  // Progress on stderr, so a run cut off by a time limit still leaves its finished rates.
+  console.error(JSON.stringify(rows[rows.length - 1]));
   await app.close();
+  // Frees this rate's GPU buffers before the next engine allocates its own (no-op on the CPU).
+  (engine.backend as { destroyBuffers?: () => void }).destroyBuffers?.();
 }
 const base = rows[0] as (typeof rows)[number];
-if (process.argv.includes('--json')) console.log(JSON.stringify({ requests: REQUESTS, concurrency: CONCURRENCY, kvBlocks, rows }));
+if (process.argv.includes('--json'))
+  console.log(
+    JSON.stringify({
+      model: modelId,
+      backend: BACKEND,
+      requests: REQUESTS,
+      concurrency: CONCURRENCY,
+      promptTokens: PROMPT_TOKENS,
+      maxTokens: MAX_TOKENS,
+      kvBlocks,
+      rows,
+    }),
+  );
 else {
   console.log(
-    `server throughput, stories260K CPU, ${REQUESTS} requests x (${PROMPT_TOKENS} prompt + ${MAX_TOKENS} generated), concurrency ${CONCURRENCY}, ${kvBlocks} KV blocks`,
+    `server throughput, ${modelId} ${BACKEND}, ${REQUESTS} requests x (${PROMPT_TOKENS} prompt + ${MAX_TOKENS} generated), concurrency ${CONCURRENCY}, ${kvBlocks} KV blocks`,
   );
   console.log('| rate | peak running | tokens/s | requests/min | vs 1x | compressions |');
   console.log('| ---: | ---: | ---: | ---: | ---: | ---: |');

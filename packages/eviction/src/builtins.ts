@@ -1,4 +1,4 @@
-import { createKvCompressPolicy } from './policies/kv-compress.ts';
+import { createKvCompressPolicy, createKvCompressTrailingPolicy } from './policies/kv-compress.ts';
 import { createAdaKvPolicy, createPyramidKvPolicy } from './policies/layered.ts';
 import { createH2oPolicy, createRandomPolicy, createSnapKvPolicy, createStreamingLlmPolicy, nonePolicy } from './policies/uniform.ts';
 import { PolicyRegistry } from './policy.ts';
@@ -6,6 +6,7 @@ import { PolicyRegistry } from './policy.ts';
 /** Registers the built-in policies with their default options, exactly as a user registers one. */
 export function registerBuiltinPolicies(registry: PolicyRegistry): PolicyRegistry {
   registry.register(createKvCompressPolicy());
+  registry.register(createKvCompressTrailingPolicy());
   registry.register(createSnapKvPolicy());
   registry.register(createPyramidKvPolicy());
   registry.register(createAdaKvPolicy());

@@ -5,7 +5,7 @@ export type { CompressionOutcome, CompressorOptions } from './compressor.ts';
 export { Compressor } from './compressor.ts';
 export type { PolicyContext } from './context.ts';
 export { CompressionContext } from './context.ts';
-export { createKvCompressPolicy } from './policies/kv-compress.ts';
+export { createKvCompressPolicy, createKvCompressTrailingPolicy } from './policies/kv-compress.ts';
 export { createAdaKvPolicy, createPyramidKvPolicy, pyramidBlocksPerLayer } from './policies/layered.ts';
 export {
   createH2oPolicy,

@@ -211,7 +211,17 @@ describe('baseline policies (hand-computed)', () => {
 
 describe('registry and configuration errors', () => {
   it('has the built-ins, registered like user policies', () => {
-    expect(policies.names()).toEqual(['kv-compress', 'snapkv', 'pyramidkv', 'ada-kv', 'h2o', 'streaming-llm', 'random', 'none']);
+    expect(policies.names()).toEqual([
+      'kv-compress',
+      'kv-compress-trailing',
+      'snapkv',
+      'pyramidkv',
+      'ada-kv',
+      'h2o',
+      'streaming-llm',
+      'random',
+      'none',
+    ]);
     const r = new PolicyRegistry();
     registerBuiltinPolicies(r);
     expect(() => r.register(createKvCompressPolicy())).toThrow(DuplicatePolicyError);
@@ -286,7 +296,7 @@ describe('registry and configuration errors', () => {
 // ---------------------------------------------------------------------------------------
 // Properties over random shapes, lengths, metrics (with ties) and configurations.
 
-const builtinNames = ['kv-compress', 'snapkv', 'pyramidkv', 'ada-kv', 'h2o', 'streaming-llm', 'random'];
+const builtinNames = ['kv-compress', 'kv-compress-trailing', 'snapkv', 'pyramidkv', 'ada-kv', 'h2o', 'streaming-llm', 'random'];
 
 const scenario = fc.record({
   layers: fc.integer({ min: 1, max: 3 }),
@@ -345,7 +355,7 @@ describe('policy properties', () => {
         // Budget met to block granularity.
         expect(r.blocksAfter).toBeLessThanOrEqual(Math.max(r.targetBlocks, 0));
         expect(r.budgetMet || r.blocksBefore <= r.targetBlocks).toBe(true);
-        if (name === 'kv-compress') expect(r.blocksAfter).toBe(Math.min(r.blocksBefore, r.targetBlocks));
+        if (name.startsWith('kv-compress')) expect(r.blocksAfter).toBe(Math.min(r.blocksBefore, r.targetBlocks));
 
         const tokens = c.tokens;
         const isProtected = (p: number) => p >= tokens - c.protectedWindow || p < c.sinks;

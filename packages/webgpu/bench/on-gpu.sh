@@ -3,6 +3,7 @@
 # benches, writing JSON lines to $OUT (or .gpu/out).
 #   BENCHES="conformance attention sdpa matmul decode-8b decode-1b"   which to run (default all)
 #   CONTEXT_8B=4096 CONTEXT_1B=16384 KV_MIB=3584    decode settings (see decode.gpu.ts)
+#   server: the server throughput bench on the default model (SERVER_PROMPT, SERVER_REQUESTS)
 #   eval: `kvc eval` of the default model on WebGPU (EVAL_CONTEXTS, EVAL_TASKS, EVAL_EXAMPLES,
 #   EVAL_POLICIES); resumes from $out/eval/cells.jsonl, so a cut-off run continues
 #   next call when its cells.jsonl is put at .gpu/eval/cells.jsonl
@@ -21,11 +22,14 @@ for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
     decode-8b) c=${CONTEXT_8B:-4096}; SHAPE=8b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-8b-$c.jsonl" ;;
     eval) mkdir -p "$out/eval"; [ -f .gpu/eval/cells.jsonl ] && cp .gpu/eval/cells.jsonl "$out/eval/"
       KVC_SHARED_DIR=$PWD/.gpu/shared timeout "${EVAL_TIMEOUT:-540}" "$GPU_NODE" .gpu/kvc.mjs eval --backend webgpu \
-      --import .gpu/kv-compress-maxpool.mjs --import .gpu/kv-compress-trailing.mjs \
+      --import .gpu/kv-compress-maxpool.mjs \
       --model models/kvc-20m-4k --contexts "${EVAL_CONTEXTS:-2048,4096}" --rates 1,2,4,8,16,32,64 \
       --tasks "${EVAL_TASKS:-passkey,niah-single,niah-multikey,niah-multivalue,niah-multiquery}" \
       --policies "${EVAL_POLICIES:-kv-compress,kv-compress-maxpool,kv-compress-trailing,snapkv,pyramidkv,ada-kv,h2o,streaming-llm,random}" \
       --examples "${EVAL_EXAMPLES:-10}" --batch "${EVAL_BATCH:-10}" --out "$out/eval" ;;
+    server) timeout "${SERVER_TIMEOUT:-300}" "$GPU_NODE" .gpu/server-throughput.mjs --backend webgpu --model models/kvc-20m-4k \
+      --text .gpu/shared/data/gutenberg/pg11_alice_in_wonderland.txt --prompt-tokens "${SERVER_PROMPT:-1800}" --max-tokens "${SERVER_MAX_TOKENS:-64}" \
+      --requests "${SERVER_REQUESTS:-128}" --concurrency 64 --max-sequences 64 --pool-sequences 4 --json | tee "$out/server-throughput.jsonl" ;;
     decode-1b) c=${CONTEXT_1B:-16384}; SHAPE=1b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-1b-$c.jsonl" ;;
   esac
   echo "exit ${PIPESTATUS[0]}"

@@ -13,8 +13,12 @@ done
 packages/webgpu/node_modules/.bin/esbuild apps/cli/src/main.ts --bundle --platform=node --format=esm --target=es2023 \
   --conditions=source --external:webgpu --outfile=.gpu/kvc.mjs --log-level=warning \
   "--banner:js=import { createRequire as __kvcRequire } from 'node:module'; const require = __kvcRequire(import.meta.url);"
+# The server throughput bench (HTTP API over the engine), for `--backend webgpu` on the GPU.
+packages/webgpu/node_modules/.bin/esbuild apps/server/bench/throughput.bench.ts --bundle --platform=node --format=esm \
+  --target=es2023 --conditions=source --external:webgpu --outfile=.gpu/server-throughput.mjs --log-level=warning \
+  "--banner:js=import { createRequire as __kvcRequire } from 'node:module'; const require = __kvcRequire(import.meta.url);"
 # Policy modules for `kvc --import` (the GPU machine's Node may not strip TypeScript types).
-for m in kv-compress-maxpool kv-compress-trailing; do
+for m in kv-compress-maxpool; do
   packages/webgpu/node_modules/.bin/esbuild "apps/cli/examples/$m.ts" --format=esm --outfile=".gpu/$m.mjs" --log-level=warning
 done
 # The eval's held-out text (Alice, never trained on by the default model) travels in .gpu too.
