@@ -267,9 +267,15 @@ export class Engine {
   readonly tokenizer: Tokenizer | null;
   readonly allocator: PageAllocator;
   readonly metrics: MetricStore;
+  /** The default policy: of every request that names none. */
   readonly policy: EvictionPolicy;
+  /**
+   * The default policy's compressor when the engine has a budget, else null (a request that
+   * sets its own budget still gets a compressor of its policy).
+   */
   readonly compressor: Compressor | null;
   readonly scheduler: CompressionScheduler;
+  /** The default policy's scorer. */
   readonly scorer: Scorer;
   readonly backend: Backend;
   readonly kvDtype: KvDtype;
