@@ -1,2 +1,2 @@
 export type { ServerOptions } from './server.ts';
-export { createServer } from './server.ts';
+export { createServer, POLICY_HEADER } from './server.ts';

@@ -34,9 +34,18 @@ const program = new Command()
   .option('--host <host>', 'address to listen on', process.env['KVC_HOST'] ?? '127.0.0.1')
   .option('--port <n>', 'port', positive('port'), Number(process.env['KVC_PORT'] ?? 8000))
   .option('--api-key <key>', 'require "Authorization: Bearer <key>" (default: $KVC_API_KEY; none = open)', process.env['KVC_API_KEY'])
-  .option('--policy <name>', 'eviction policy (see kvc policies)', process.env['KVC_POLICY'] ?? 'kv-compress')
-  .option('--rate <x>', 'compression rate per sequence (1 = full cache)', positive('rate'), Number(process.env['KVC_RATE'] ?? 1))
-  .option('--window <n>', 'protected recent positions', positive('window'), Number(process.env['KVC_WINDOW'] ?? 64))
+  .option(
+    '--policy <name>',
+    'default eviction policy (see kvc policies); a request may name another in kv_compression.policy',
+    process.env['KVC_POLICY'] ?? 'kv-compress',
+  )
+  .option(
+    '--rate <x>',
+    'default compression rate per sequence (1 = full cache); a request may set its own',
+    positive('rate'),
+    Number(process.env['KVC_RATE'] ?? 1),
+  )
+  .option('--window <n>', 'default protected recent positions', positive('window'), Number(process.env['KVC_WINDOW'] ?? 64))
   .option('--max-sequences <n>', 'sequences decoded together', positive('max-sequences'), 16)
   .option('--kv-blocks <n>', 'KV blocks in the pool: the memory budget (default: every sequence at full context)', positive('kv-blocks'))
   .option('--max-queue <n>', 'accepted requests in flight before 429', positive('max-queue'), 256)
@@ -76,7 +85,10 @@ try {
     backend,
     maxSequences: o.maxSequences,
     kvBlocks: o.kvBlocks,
-    ...(o.rate > 1 ? { policy: o.policy, budget: { targetCompressionRate: o.rate }, protectedWindow: o.window } : {}),
+    // The policy and window are also the defaults of requests that set their own budget.
+    policy: o.policy,
+    protectedWindow: o.window,
+    ...(o.rate > 1 ? { budget: { targetCompressionRate: o.rate } } : {}),
   });
   const app = createServer({
     engine,
@@ -87,7 +99,7 @@ try {
   });
   await app.listen({ host: o.host, port: o.port });
   console.log(
-    `kvc-server: ${o.modelId ?? path.basename(o.model)} on http://${o.host}:${o.port}/v1 (policy ${o.rate > 1 ? `${o.policy} at ${o.rate}x` : 'none'}, ${o.backend})`,
+    `kvc-server: ${o.modelId ?? path.basename(o.model)} on http://${o.host}:${o.port}/v1 (${o.rate > 1 ? `policy ${o.policy} at ${o.rate}x` : `full cache; policy ${o.policy} for requests that set a budget`}, ${o.backend})`,
   );
   const stop = async () => {
     console.log('kvc-server: shutting down (finishing in-flight requests)');

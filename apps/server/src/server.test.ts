@@ -6,7 +6,7 @@ import { hasShared, sharedPath } from '@kvcompress/test-support';
 import type { FastifyInstance } from 'fastify';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createServer } from './server.ts';
+import { createServer, POLICY_HEADER } from './server.ts';
 
 const GGUF = 'models/stories260K/stories260K.gguf';
 const KEY = 'sk-test-key';
@@ -116,7 +116,7 @@ describe.skipIf(!hasShared(GGUF))('OpenAI-compatible server on stories260K', () 
     expect((await fetch(`${base}/health`)).status).toBe(200);
   });
 
-  it('kv_compression sets the budget of one request, under the server policy', async () => {
+  it('kv_compression sets the budget and protected window of one request', async () => {
     const post = (kv: object) =>
       fetch(`${base}/v1/completions`, {
         method: 'POST',
@@ -126,19 +126,109 @@ describe.skipIf(!hasShared(GGUF))('OpenAI-compatible server on stories260K', () 
     const blocks = async (kv: object) => {
       const res = await post(kv);
       expect(res.status).toBe(200);
-      return ((await res.json()) as { kvcompress: { kv_blocks: number; compressions: number } }).kvcompress;
+      const kvc = ((await res.json()) as { kvcompress: { policy: string; kv_blocks: number; compressions: number } }).kvcompress;
+      expect(res.headers.get(POLICY_HEADER)).toBe(kvc.policy);
+      return kvc;
     };
     const full = await blocks({ rate: 1 });
     const eight = await blocks({ rate: 8, protected_window: 8 });
     const capped = await blocks({ max_cache_tokens: 64 });
     expect(full.compressions).toBe(0);
+    expect(full.policy).toBe('none');
+    expect(eight.policy).toBe('kv-compress');
     expect(eight.kv_blocks).toBeLessThan(full.kv_blocks);
     expect(capped.kv_blocks).toBeLessThan(full.kv_blocks);
-    const other = await post({ policy: 'h2o' });
-    expect(other.status).toBe(400);
-    expect(((await other.json()) as { error: { message: string } }).error.message).toMatch(/runs the "kv-compress" policy/);
     expect((await post({ rate: 4, max_cache_tokens: 64 })).status).toBe(400);
     expect((await post({ rate: 0.5 })).status).toBe(400);
+    // A budget the protected window can never meet: the engine's InvalidBudgetError, as a 400.
+    const impossible = await post({ max_cache_tokens: 8, protected_window: 32 });
+    expect(impossible.status).toBe(400);
+    expect(((await impossible.json()) as { error: { param: string } }).error.param).toBe('kv_compression');
+  });
+
+  it('kv_compression.policy runs one request under another policy, exactly as an engine of that policy would', async () => {
+    const prompt = 'Once upon a time, there was a big red ball. '.repeat(8);
+    const request = { model: MODEL, prompt, max_tokens: 40, temperature: 0 };
+    const direct = (policy: string) =>
+      new Engine({ model, maxSequences: 1, policy, budget: { targetCompressionRate: 8 }, protectedWindow: 16 }).complete(prompt, {
+        maxTokens: 40,
+        sampling: { temperature: 0 },
+      });
+    const [h2o, kvCompress] = await Promise.all([direct('h2o'), direct('kv-compress')]);
+    // The two policies write different text here, so running the server's policy instead would show.
+    expect(h2o.text).not.toBe(kvCompress.text);
+    // Through the official client: the extension rides in the body; the response says what ran.
+    const body = { ...request, kv_compression: { policy: 'h2o', rate: 8 } };
+    const { data, response } = await client.completions.create(body).withResponse();
+    expect(response.headers.get(POLICY_HEADER)).toBe('h2o');
+    const kvc = (data as unknown as { kvcompress: { policy: string; kv_blocks: number; compressions: number } }).kvcompress;
+    expect(kvc.policy).toBe('h2o');
+    expect(kvc.compressions).toBe(h2o.compressions);
+    expect(kvc.kv_blocks).toBe(h2o.blocksPerHead.reduce((a, b) => a + b, 0));
+    expect(data.choices[0]?.text).toBe(h2o.text);
+    // Streamed: the header names the policy before the first token.
+    const stream = await client.completions.create({ ...body, stream: true }).withResponse();
+    expect(stream.response.headers.get(POLICY_HEADER)).toBe('h2o');
+    let text = '';
+    for await (const chunk of stream.data) text += chunk.choices[0]?.text ?? '';
+    expect(text).toBe(h2o.text);
+    // An unknown name: 400 naming the field and listing what this server can run.
+    const unknown = { ...request, kv_compression: { policy: 'no-such-policy' } };
+    const error = await client.completions.create(unknown).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(OpenAI.BadRequestError);
+    const bad = error as InstanceType<typeof OpenAI.BadRequestError>;
+    expect(bad.status).toBe(400);
+    expect(bad.param).toBe('kv_compression.policy');
+    expect(bad.message).toMatch(/no policy named "no-such-policy"; available: .*kv-compress.*snapkv.*h2o.*streaming-llm/);
+    // /v1/models lists the server's default and the policies a request may name.
+    const models = await (await fetch(`${base}/v1/models`, { headers: { authorization: `Bearer ${KEY}` } })).json();
+    const extension = (models as { data: { kvcompress: { policy: string; rate: number; policies: { name: string }[] } }[] }).data[0]
+      ?.kvcompress;
+    expect(extension?.policy).toBe('kv-compress');
+    expect(extension?.rate).toBe(2);
+    expect(extension?.policies.map((p) => p.name)).toEqual(expect.arrayContaining(['kv-compress', 'snapkv', 'h2o', 'none']));
+  });
+
+  it('a full-cache server (rate 1) compresses the requests that set a budget, under --policy or a named one', async () => {
+    const fullServer = createServer({
+      engine: new Engine({ model, maxSequences: 2, policy: 'kv-compress', protectedWindow: 16 }),
+      modelId: MODEL,
+    });
+    await fullServer.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const url = `http://127.0.0.1:${(fullServer.server.address() as AddressInfo).port}/v1/completions`;
+      const post = (kv?: object) =>
+        fetch(url, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({
+            model: MODEL,
+            prompt: 'Once upon a time, '.repeat(30),
+            max_tokens: 20,
+            temperature: 0,
+            kv_compression: kv,
+          }),
+        });
+      const kvc = async (kv?: object) => {
+        const res = await post(kv);
+        expect(res.status).toBe(200);
+        return ((await res.json()) as { kvcompress: { policy: string; compressions: number } }).kvcompress;
+      };
+      expect(await kvc()).toMatchObject({ policy: 'none', compressions: 0 });
+      expect((await kvc({ rate: 4 })).policy).toBe('kv-compress');
+      const snap = await kvc({ policy: 'snapkv', max_cache_tokens: 32 });
+      expect(snap.policy).toBe('snapkv');
+      expect(snap.compressions).toBeGreaterThan(0);
+      // A policy without a budget, on a server that has none: 400 saying what to add.
+      const noBudget = await post({ policy: 'snapkv' });
+      expect(noBudget.status).toBe(400);
+      expect(((await noBudget.json()) as { error: { message: string } }).error.message).toMatch(/needs one/);
+    } finally {
+      await fullServer.close();
+    }
   });
 
   it('a client that disconnects mid-stream cancels its sequence and frees its blocks', async () => {

@@ -1,5 +1,6 @@
 import { KvCompressError } from '@kvcompress/core';
-import type { DoneEvent, Engine, GenerateOptions, GenerationEvent } from '@kvcompress/engine';
+import type { DoneEvent, Engine, GenerationEvent, RequestCompression, ResolvedRequestCompression } from '@kvcompress/engine';
+import { policies } from '@kvcompress/eviction';
 import { renderChat } from '@kvcompress/models';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
@@ -23,40 +24,88 @@ export interface ServerOptions {
   readonly logger?: boolean;
 }
 
+/** Response header naming the eviction policy that runs the request ('none': full cache). */
+export const POLICY_HEADER = 'x-kvcompress-policy';
+
 /** An OpenAI-style error body: { error: { message, type, param, code } }. */
 function errorBody(message: string, type: string, code: string | null = null, param: string | null = null) {
   return { error: { message, type, param, code } };
 }
 
-const stop = z.union([z.string(), z.array(z.string()).max(4)]).optional();
-const common = {
-  model: z.string().min(1),
-  max_tokens: z.number().int().min(1).optional(),
-  max_completion_tokens: z.number().int().min(1).optional(),
-  temperature: z.number().min(0).max(2).optional(),
-  top_p: z.number().gt(0).max(1).optional(),
-  seed: z.number().int().optional(),
-  stream: z.boolean().optional(),
-  stop,
-  user: z.string().optional(),
-  n: z.literal(1).optional(),
-  /** kvcompress extension: this request's KV budget (rate or max cache tokens) and protected window. */
-  kv_compression: z
-    .object({
-      policy: z.string().optional(),
-      rate: z.number().min(1).max(1024).optional(),
-      max_cache_tokens: z.number().int().min(1).optional(),
-      protected_window: z.number().int().min(0).optional(),
-    })
-    .strict()
-    .refine((c) => c.rate === undefined || c.max_cache_tokens === undefined, 'give rate or max_cache_tokens, not both')
-    .optional(),
-};
-const completionBody = z.object({ ...common, prompt: z.union([z.string(), z.array(z.number().int().min(0)).min(1)]) });
-const chatBody = z.object({
-  ...common,
-  messages: z.array(z.object({ role: z.enum(['system', 'user', 'assistant']), content: z.string() })).min(1),
-});
+/**
+ * The policies a request may name in `kv_compression.policy`: the process-wide registry
+ * (built-ins and any registered custom policy) and the engine's own default.
+ */
+function policyNames(engine: Engine): string[] {
+  const names = policies.names();
+  return names.includes(engine.policy.name) ? names : [engine.policy.name, ...names];
+}
+
+/** Request bodies, checked against what this engine can run. */
+function requestSchemas(engine: Engine) {
+  const stop = z.union([z.string(), z.array(z.string()).max(4)]).optional();
+  const common = {
+    model: z.string().min(1),
+    max_tokens: z.number().int().min(1).optional(),
+    max_completion_tokens: z.number().int().min(1).optional(),
+    temperature: z.number().min(0).max(2).optional(),
+    top_p: z.number().gt(0).max(1).optional(),
+    seed: z.number().int().optional(),
+    stream: z.boolean().optional(),
+    stop,
+    user: z.string().optional(),
+    n: z.literal(1).optional(),
+    /**
+     * kvcompress extension: this request's eviction policy, KV budget (rate or max cache
+     * tokens) and protected window; what it leaves out is the server's (--policy, --rate, --window).
+     */
+    kv_compression: z
+      .object({
+        policy: z
+          .string()
+          .refine((name) => policyNames(engine).includes(name), {
+            error: (issue) => `no policy named ${JSON.stringify(issue.input)}; available: ${policyNames(engine).join(', ')}`,
+          })
+          .optional(),
+        rate: z.number().min(1).max(1024).optional(),
+        max_cache_tokens: z.number().int().min(1).optional(),
+        protected_window: z.number().int().min(0).optional(),
+      })
+      .strict()
+      .refine((c) => c.rate === undefined || c.max_cache_tokens === undefined, 'give rate or max_cache_tokens, not both')
+      .optional(),
+  };
+  return {
+    completion: z.object({ ...common, prompt: z.union([z.string(), z.array(z.number().int().min(0)).min(1)]) }),
+    chat: z.object({
+      ...common,
+      messages: z.array(z.object({ role: z.enum(['system', 'user', 'assistant']), content: z.string() })).min(1),
+    }),
+  };
+}
+
+type RequestSchemas = ReturnType<typeof requestSchemas>;
+type ParsedBody = z.infer<RequestSchemas['completion']> | z.infer<RequestSchemas['chat']>;
+
+/**
+ * The engine's compression settings for a `kv_compression` extension: rate 1 is the full
+ * cache, and what the extension leaves out stays the engine's.
+ */
+function requestCompression(kv: NonNullable<ParsedBody['kv_compression']>): RequestCompression {
+  const budget =
+    kv.max_cache_tokens !== undefined
+      ? { maxCacheTokens: kv.max_cache_tokens }
+      : kv.rate === undefined
+        ? undefined
+        : kv.rate === 1
+          ? null
+          : { targetCompressionRate: kv.rate };
+  return {
+    ...(kv.policy === undefined ? {} : { policy: kv.policy }),
+    ...(budget === undefined ? {} : { budget }),
+    ...(kv.protected_window === undefined ? {} : { protectedWindow: kv.protected_window }),
+  };
+}
 
 /**
  * The HTTP front of an Engine, shaped like OpenAI's API so existing clients work:
@@ -71,6 +120,7 @@ export function createServer(options: ServerOptions): FastifyInstance {
   const maxTokensLimit = options.maxTokensLimit ?? 4096;
   const maxPromptTokens = options.maxPromptTokens ?? engine.maxContext - 1;
   const app = Fastify({ logger: options.logger ?? false, bodyLimit: options.maxBodyBytes ?? 1 << 20 });
+  const schemas = requestSchemas(engine);
 
   // Metrics: one registry per server, so tests can run several.
   const registry = new Registry();
@@ -136,18 +186,46 @@ export function createServer(options: ServerOptions): FastifyInstance {
     reply.header('content-type', registry.contentType);
     return registry.metrics();
   });
-  app.get('/v1/models', async () => ({
-    object: 'list',
-    data: [{ id: modelId, object: 'model', created: 0, owned_by: 'kvcompress' }],
-  }));
+  app.get('/v1/models', async () => {
+    // What a request without kv_compression gets, and the policies it may name instead.
+    const { config } = engine.resolveCompression();
+    const budget = config?.budget;
+    return {
+      object: 'list',
+      data: [
+        {
+          id: modelId,
+          object: 'model',
+          created: 0,
+          owned_by: 'kvcompress',
+          kvcompress: {
+            policy: engine.policy.name,
+            rate: budget === undefined ? 1 : 'targetCompressionRate' in budget ? budget.targetCompressionRate : null,
+            max_cache_tokens: budget !== undefined && 'maxCacheTokens' in budget ? budget.maxCacheTokens : null,
+            protected_window: config?.protectedWindow ?? null,
+            policies: policyNames(engine).map((name) => ({
+              name,
+              description: (name === engine.policy.name ? engine.policy : policies.get(name)).description ?? '',
+            })),
+          },
+        },
+      ],
+    };
+  });
 
   /** Validates, tokenises and limits a request; replies 4xx and returns null when it is bad. */
   function prepare(
     kind: 'completion' | 'chat',
     body: unknown,
     reply: FastifyReply,
-  ): { ids: number[]; maxTokens: number; parsed: z.infer<typeof completionBody> | z.infer<typeof chatBody> } | null {
-    const schema = kind === 'completion' ? completionBody : chatBody;
+  ): {
+    ids: number[];
+    maxTokens: number;
+    parsed: ParsedBody;
+    compression: RequestCompression | undefined;
+    resolved: ResolvedRequestCompression;
+  } | null {
+    const schema = kind === 'completion' ? schemas.completion : schemas.chat;
     const parsed = schema.safeParse(body);
     if (!parsed.success) {
       const issue = parsed.error.issues[0];
@@ -237,7 +315,17 @@ export function createServer(options: ServerOptions): FastifyInstance {
         );
       return null;
     }
-    return { ids, maxTokens, parsed: p };
+    // Checked here, before any answer starts (a stream's status is sent with its first byte).
+    const compression = p.kv_compression === undefined ? undefined : requestCompression(p.kv_compression);
+    let resolved: ResolvedRequestCompression;
+    try {
+      resolved = engine.resolveCompression(compression);
+    } catch (error) {
+      if (!(error instanceof KvCompressError)) throw error;
+      reply.code(400).send(errorBody(error.message, 'invalid_request_error', error.code, 'kv_compression'));
+      return null;
+    }
+    return { ids, maxTokens, parsed: p, compression, resolved };
   }
 
   async function serve(kind: 'completion' | 'chat', request: FastifyRequest, reply: FastifyReply) {
@@ -250,50 +338,7 @@ export function createServer(options: ServerOptions): FastifyInstance {
         .code(429)
         .send(errorBody(`The server is busy (${maxQueue} requests in flight); retry later.`, 'rate_limit_error', 'queue_full'));
     }
-    const { ids, maxTokens, parsed } = prepared;
-    // The kv_compression extension, under the server's policy.
-    const kv = parsed.kv_compression;
-    let compression: GenerateOptions['compression'];
-    if (kv !== undefined) {
-      const compressor = engine.compressor;
-      const policy = compressor?.policy.name ?? 'none';
-      if (kv.policy !== undefined && kv.policy !== policy) {
-        return reply
-          .code(400)
-          .send(
-            errorBody(
-              `This server runs the "${policy}" policy; kv_compression.policy cannot change it per request.`,
-              'invalid_request_error',
-              'unsupported',
-              'kv_compression.policy',
-            ),
-          );
-      }
-      if (compressor === null) {
-        if (kv.max_cache_tokens !== undefined || (kv.rate ?? 1) > 1) {
-          return reply
-            .code(400)
-            .send(
-              errorBody(
-                'This server keeps the full cache (started without a compression rate); it cannot compress per request.',
-                'invalid_request_error',
-                'unsupported',
-                'kv_compression',
-              ),
-            );
-        }
-      } else {
-        const budget =
-          kv.max_cache_tokens !== undefined
-            ? { maxCacheTokens: kv.max_cache_tokens }
-            : kv.rate === undefined
-              ? compressor.config.budget
-              : kv.rate === 1
-                ? null
-                : { targetCompressionRate: kv.rate };
-        compression = { budget, protectedWindow: kv.protected_window };
-      }
-    }
+    const { ids, maxTokens, parsed, compression, resolved } = prepared;
     const abort = new AbortController();
     // A client that goes away cancels its sequence: the engine frees its blocks. (The
     // response's 'close' fires on a dropped connection; the request's fires once its body is read.)
@@ -317,7 +362,12 @@ export function createServer(options: ServerOptions): FastifyInstance {
       });
       if (parsed.stream === true) {
         reply.hijack();
-        reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+        reply.raw.writeHead(200, {
+          'content-type': 'text/event-stream',
+          'cache-control': 'no-cache',
+          connection: 'keep-alive',
+          [POLICY_HEADER]: resolved.policy,
+        });
         const send = (data: unknown) => reply.raw.write(`data: ${JSON.stringify(data)}\n\n`);
         if (kind === 'chat') send(chatChunk(id, created, modelId, { role: 'assistant', content: '' }, null));
         for await (const e of events as AsyncGenerator<GenerationEvent>) {
@@ -351,12 +401,14 @@ export function createServer(options: ServerOptions): FastifyInstance {
         return reply.code(500).send(errorBody(`Generation failed: ${done.error?.message ?? 'unknown error'}`, 'server_error'));
       }
       const finish = done.reason === 'stop' ? 'stop' : 'length';
+      reply.header(POLICY_HEADER, done.policy);
       const usage = {
         prompt_tokens: done.promptTokens,
         completion_tokens: done.tokens.length,
         total_tokens: done.promptTokens + done.tokens.length,
       };
       const kvc = {
+        policy: done.policy,
         compressions: done.compressions,
         kv_blocks: done.blocksPerHead.reduce((a, b) => a + b, 0),
         tokens_per_second: done.tokensPerSecond,

@@ -38,17 +38,23 @@ export interface PagedCacheView {
 
 /**
  * How attention adds to the per-slot importance metric while it runs: for every row flagged
- * in `rowFlags`, each key at least `metricBuffer` positions older than the row's query gets
- * a(p) (p or p^2) summed over the query heads of its group, times `groupScale`.
+ * in `rowFlags`, each key at least `rowMetricBuffer[r]` positions older than the row's query
+ * gets a(p) (p, or p^2 where `rowSquare[r]` is 1) summed over the query heads of its group,
+ * times `rowGroupScale[r]`. The settings are per row because each sequence of a batch may run
+ * its own eviction policy (and so its own metric). The engine fills the row arrays, sized for
+ * its largest step, before each forward pass; a backend reads the first `rows` entries.
  */
 export interface MetricRecording {
   /** Float32 [numSlots]: the metric store the values are added to. */
   readonly values: Float32Array;
-  readonly square: boolean;
-  readonly groupScale: number;
-  readonly metricBuffer: number;
   /** Uint8 [rows]: 1 where the row's attention is recorded. */
   readonly rowFlags: Uint8Array;
+  /** Uint8 [rows]: 1 where a recorded row adds p^2 (L2), 0 where it adds p (L1). */
+  readonly rowSquare: Uint8Array;
+  /** Float32 [rows]: factor on a recorded row's sum over the group (1 = sum, 1 / group = mean). */
+  readonly rowGroupScale: Float32Array;
+  /** Int32 [rows]: keys fewer than this many positions before the row's query are not recorded. */
+  readonly rowMetricBuffer: Int32Array;
 }
 
 /**

@@ -140,7 +140,7 @@ describe('CpuBackend dense ops', () => {
  * ragged per-head lengths and slots in shuffled order (as after compaction).
  */
 describe('CpuBackend paged attention', () => {
-  it('matches dense causal attention and records the group-summed metric', () => {
+  it('matches dense causal attention and records the metric with each row its own settings', () => {
     fc.assert(
       fc.property(
         fc.record({
@@ -153,6 +153,10 @@ describe('CpuBackend paged attention', () => {
           seed: fc.integer(),
           square: fc.boolean(),
           metricBuffer: fc.integer({ min: 0, max: 3 }),
+          // The second row: recorded or not, with its own aggregation and buffer (another policy).
+          recordSecond: fc.boolean(),
+          secondSquare: fc.boolean(),
+          secondMetricBuffer: fc.integer({ min: 0, max: 3 }),
         }),
         (c) => {
           const rand = rng(c.seed);
@@ -207,13 +211,17 @@ describe('CpuBackend paged attention', () => {
           const posBuf = b.createBuffer(rows, 'i32');
           b.write(posBuf, Int32Array.from(qPositions));
           const metrics = new Float32Array(a.numSlots);
-          const groupScale = 1 / c.group;
+          // Row 0: mean over the group; row 1: sum.
+          const rowSquare = [c.square, c.secondSquare];
+          const rowGroupScale = [1 / c.group, 1];
+          const rowMetricBuffer = [c.metricBuffer, c.secondMetricBuffer];
+          const recorded = [true, c.recordSecond];
           b.attention(out, q, 0, { rows, sequences: seqBuf, positions: posBuf }, a, heads, c.kvHeads, {
             values: metrics,
-            square: c.square,
-            groupScale,
-            metricBuffer: c.metricBuffer,
-            rowFlags: new Uint8Array([1, 0]),
+            rowFlags: Uint8Array.from(recorded, (x) => (x ? 1 : 0)),
+            rowSquare: Uint8Array.from(rowSquare, (x) => (x ? 1 : 0)),
+            rowGroupScale: Float32Array.from(rowGroupScale),
+            rowMetricBuffer: Int32Array.from(rowMetricBuffer),
           });
           // Dense reference over the kept tokens, by position.
           const expectedMetric = new Float64Array(c.kvHeads * c.tokens);
@@ -238,12 +246,12 @@ describe('CpuBackend paged attention', () => {
                 });
                 expect(Math.abs(((out as CpuBuffer).f32[(r * heads + h) * d + i] as number) - acc)).toBeLessThan(1e-5);
               }
-              if (r === 0) {
+              if (recorded[r] === true) {
                 keys.forEach((t, j) => {
                   const prob = (e[j] as number) / sum;
-                  if (p - t >= c.metricBuffer)
+                  if (p - t >= (rowMetricBuffer[r] as number))
                     expectedMetric[g * c.tokens + t] =
-                      (expectedMetric[g * c.tokens + t] as number) + (c.square ? prob * prob : prob) * groupScale;
+                      (expectedMetric[g * c.tokens + t] as number) + (rowSquare[r] ? prob * prob : prob) * (rowGroupScale[r] as number);
                 });
               }
             }

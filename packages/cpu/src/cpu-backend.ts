@@ -436,6 +436,10 @@ export class CpuBackend implements Backend {
       const seq = seqs[r] as number;
       const qPos = positions[r] as number;
       const record = metrics !== undefined && metrics.rowFlags[r] === 1;
+      // This row's metric settings (its sequence's policy); read only when recording.
+      const square = record && metrics.rowSquare[r] === 1;
+      const groupScale = record ? (metrics.rowGroupScale[r] as number) : 0;
+      const metricBuffer = record ? (metrics.rowMetricBuffer[r] as number) : 0;
       for (let g = 0; g < kvHeads; g++) {
         const hi = (layer * cache.maxSequences + seq) * kvHeads + g;
         const len = cache.headLengths[hi] as number;
@@ -474,8 +478,8 @@ export class CpuBackend implements Backend {
             const slot = (cache.blockTables[t0 + j] as number) * B + (i - j * B);
             const vBase = slot * d;
             for (let c = 0; c < d; c++) acc[c] = (acc[c] as number) + p * (V[vBase + c] as number);
-            if (record && qPos - (slotPos[slot] as number) >= metrics.metricBuffer) {
-              metrics.values[slot] = (metrics.values[slot] as number) + (metrics.square ? p * p : p) * metrics.groupScale;
+            if (record && qPos - (slotPos[slot] as number) >= metricBuffer) {
+              metrics.values[slot] = (metrics.values[slot] as number) + (square ? p * p : p) * groupScale;
             }
           }
           for (let c = 0; c < d; c++) o[qBase + c] = acc[c] as number;

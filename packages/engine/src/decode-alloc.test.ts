@@ -41,10 +41,10 @@ describe.skipIf(!hasShared('models/stories260K/stories260K.bin'))('decode loop a
     const decode = kvCompressScorer().decode;
     const recording = {
       values: store.values,
-      square: decode.aggregation === 'L2',
-      groupScale: 1,
-      metricBuffer: 0,
       rowFlags: new Uint8Array([1]),
+      rowSquare: new Uint8Array([decode.aggregation === 'L2' ? 1 : 0]),
+      rowGroupScale: new Float32Array([1]),
+      rowMetricBuffer: new Int32Array([decode.metricBuffer]),
     };
     const seq = allocator.addSequence();
     const step: ForwardStep & { logitCount: number } = {

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { InvalidArgumentError } from '@kvcompress/core';
+import { InvalidArgumentError, UnknownPolicyError } from '@kvcompress/core';
+import { createKvCompressPolicy, registerPolicy } from '@kvcompress/eviction';
 import { type LoadedModel, loadLlama2cModel, loadModel } from '@kvcompress/models';
 import { hasShared, sharedPath } from '@kvcompress/test-support';
 import { describe, expect, it } from 'vitest';
@@ -138,6 +139,87 @@ describe.skipIf(!haveStories)('engine on stories260K (CPU)', () => {
     await expect(
       new Engine({ model: stories(), maxSequences: 1 }).complete([1], { compression: { budget: { targetCompressionRate: 4 } } }),
     ).rejects.toThrow(/no eviction policy/);
+  });
+
+  it('per-request policies: each sequence of a mixed batch decodes exactly as alone under that policy', async () => {
+    const model = stories();
+    const ids = referenceIds();
+    // KV-Compress L1 with a metric buffer and a short window: another scorer of the same family,
+    // so rows that record the L1 or the L2 metric, with and without a buffer, share a step.
+    registerPolicy(
+      { ...createKvCompressPolicy({ aggregation: 'L1', metricBuffer: 8, observationWindow: 8 }), name: 'kv-compress-l1-buffered' },
+      { replace: true },
+    );
+    const names = ['kv-compress', 'snapkv', 'h2o', 'streaming-llm', 'kv-compress-l1-buffered'];
+    const shared = { budget: { targetCompressionRate: 4 }, protectedWindow: 16, compressionInterval: 16 } as const;
+    // Different prompt lengths, so the sequences' compressions fall on different steps.
+    const prompts = names.map((_, i) => [1, ...ids.slice(0, 100 + 9 * i)]);
+    const run = (engine: Engine, prompt: number[], compression?: GenerateOptions['compression']) =>
+      engine.complete(prompt, { maxTokens: 90, stopTokens: [], ...(compression === undefined ? {} : { compression }) });
+    const alone: DoneEvent[] = [];
+    for (const [i, policy] of names.entries()) {
+      alone.push(await run(new Engine({ model, maxSequences: 1, policy, ...shared }), prompts[i] as number[]));
+    }
+    const engine = new Engine({ model, maxSequences: names.length, ...shared });
+    let maxBatch = 0;
+    engine.onStep((s) => {
+      if (s.kind === 'decode') maxBatch = Math.max(maxBatch, s.rows);
+    });
+    const mixed = await Promise.all(names.map((policy, i) => run(engine, prompts[i] as number[], { policy })));
+    expect(maxBatch).toBe(names.length);
+    for (const [i, policy] of names.entries()) {
+      const a = alone[i] as DoneEvent;
+      const m = mixed[i] as DoneEvent;
+      expect(m.error).toBeUndefined();
+      expect(a.policy).toBe(policy);
+      expect(m.policy).toBe(policy);
+      expect(m.compressions).toBe(a.compressions);
+      expect(m.compressions).toBeGreaterThan(0);
+      expect([...m.tokens], policy).toEqual([...a.tokens]);
+      expect([...m.blocksPerHead], policy).toEqual([...a.blocksPerHead]);
+    }
+    // The policies really differ: alone, each keeps other blocks or writes other tokens than
+    // every other policy (so running one policy's rows with another's settings would show).
+    const signature = (d: DoneEvent) => JSON.stringify([[...d.tokens], [...d.blocksPerHead]]);
+    expect(new Set(alone.map(signature)).size).toBe(names.length);
+    expect(engine.allocator.usedBlocks).toBe(0);
+  });
+
+  it('per-request policy errors: unknown names list the registered ones; a policy needs a budget', async () => {
+    const model = stories();
+    const compressing = new Engine({ model, maxSequences: 1, budget: { targetCompressionRate: 2 } });
+    await expect(compressing.complete([1], { compression: { policy: 'no-such-policy' } })).rejects.toThrow(UnknownPolicyError);
+    await expect(compressing.complete([1], { compression: { policy: 'no-such-policy' } })).rejects.toThrow(/snapkv/);
+    await expect(compressing.complete([1], { compression: { policy: 'none', budget: { targetCompressionRate: 4 } } })).rejects.toThrow(
+      /keeps the full cache/,
+    );
+    expect(compressing.resolveCompression({ policy: 'h2o' })).toEqual({
+      policy: 'h2o',
+      config: { budget: { targetCompressionRate: 2 }, protectedWindow: 64, sinks: 0 },
+    });
+    expect(compressing.resolveCompression({ policy: 'snapkv', budget: null }).policy).toBe('none');
+    // An engine without a budget keeps full caches by default; a request can still compress
+    // under a policy it names, with a budget it gives.
+    const full = new Engine({ model, maxSequences: 1, protectedWindow: 8 });
+    expect(full.resolveCompression()).toEqual({ policy: 'none', config: null });
+    await expect(full.complete([1], { compression: { policy: 'snapkv' } })).rejects.toThrow(/needs one with the request/);
+    const prompt = [1, ...referenceIds().slice(0, 150)];
+    const snap = await full.complete(prompt, {
+      maxTokens: 20,
+      stopTokens: [],
+      compression: { policy: 'snapkv', budget: { targetCompressionRate: 4 } },
+    });
+    expect(snap.policy).toBe('snapkv');
+    expect(snap.compressions).toBeGreaterThan(0);
+    const alone = await new Engine({
+      model,
+      maxSequences: 1,
+      policy: 'snapkv',
+      budget: { targetCompressionRate: 4 },
+      protectedWindow: 8,
+    }).complete(prompt, { maxTokens: 20, stopTokens: [] });
+    expect([...snap.tokens]).toEqual([...alone.tokens]);
+    expect([...snap.blocksPerHead]).toEqual([...alone.blocksPerHead]);
   });
 
   it('decodes several sequences together with the same greedy tokens as one at a time', async () => {

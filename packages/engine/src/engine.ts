@@ -13,6 +13,7 @@ import { CpuBackend } from '@kvcompress/cpu';
 import {
   type Budget,
   blocksForNextStep,
+  CompressionContext,
   type CompressionOutcome,
   type CompressionReason,
   CompressionScheduler,
@@ -23,7 +24,7 @@ import {
   type ResolvedCompressionConfig,
   resolveCompressionConfig,
 } from '@kvcompress/eviction';
-import { AttentionScorer, MetricStore, type Scorer } from '@kvcompress/metrics';
+import { AttentionScorer, kvCompressScorer, MetricStore, type Scorer } from '@kvcompress/metrics';
 import { LlamaModel, type LoadedModel, type Tokenizer } from '@kvcompress/models';
 import { PageAllocator } from '@kvcompress/page-allocator';
 import { type ResolvedSampling, Rng, resolveSampling, Sampler, type SamplingOptions } from './sampling.ts';
@@ -32,9 +33,15 @@ export interface EngineOptions {
   readonly model: LoadedModel;
   /** Default: a new CpuBackend. */
   readonly backend?: Backend;
-  /** Eviction policy or its registered name. Default 'kv-compress' with a budget, 'none' without. */
+  /**
+   * Eviction policy or its registered name: the default of requests that name none
+   * (`GenerateOptions.compression.policy`). Default 'kv-compress' with a budget, 'none' without.
+   */
   readonly policy?: string | EvictionPolicy;
-  /** KV budget per sequence; null or absent = full cache (no compression). */
+  /**
+   * KV budget per sequence; null or absent = full cache (no compression) for requests that set
+   * none. A request may still set its own budget under a policy (the engine's, or one it names).
+   */
   readonly budget?: Budget | null;
   readonly protectedWindow?: number;
   readonly sinks?: number;
@@ -70,19 +77,32 @@ export interface GenerateOptions {
    * ends after the last one; stop tokens default to none.
    */
   /**
-   * This request's own KV budget and protected window, under the engine's policy (the
-   * engine must have one: created with a `budget`). `budget: null` keeps its full cache.
-   * Default: the engine's.
+   * This request's own eviction policy, KV budget and protected window; what it leaves out is
+   * the engine's. `policy` names a registered policy (`@kvcompress/eviction`'s registry) or the
+   * engine's own; `budget: null` keeps the request's full cache. A budget needs a policy other
+   * than 'none', and a named policy needs a budget (the request's or the engine's).
    */
-  readonly compression?: {
-    readonly budget: Budget | null;
-    readonly protectedWindow?: number;
-    readonly sinks?: number;
-  };
+  readonly compression?: RequestCompression;
   readonly teacherForcing?: {
     readonly tokens: readonly number[];
     readonly onLogits?: (index: number, logits: Float32Array) => void;
   };
+}
+
+/** A request's compression settings (see `GenerateOptions.compression`). */
+export interface RequestCompression {
+  readonly policy?: string;
+  readonly budget?: Budget | null;
+  readonly protectedWindow?: number;
+  readonly sinks?: number;
+}
+
+/** What a request's compression settings resolve to in an engine. */
+export interface ResolvedRequestCompression {
+  /** The policy that runs the request: 'none' when it keeps its full cache. */
+  readonly policy: string;
+  /** Its budget and protected positions; null = full cache. */
+  readonly config: ResolvedCompressionConfig | null;
 }
 
 export type FinishReason = 'stop' | 'length' | 'abort' | 'error';
@@ -102,6 +122,8 @@ export interface DoneEvent {
   readonly promptTokens: number;
   readonly tokens: readonly number[];
   readonly text: string;
+  /** The eviction policy that ran the request: 'none' when it kept its full cache. */
+  readonly policy: string;
   /** Blocks per (layer, kv-head) of the sequence just before it ended: [layers][kvHeads]. */
   readonly blocksPerHead: Int32Array;
   readonly compressions: number;
@@ -169,11 +191,70 @@ interface Request {
   events: GenerationEvent[];
   wake: (() => void) | null;
   finished: boolean;
-  /** This request's compression settings: undefined = the engine's, null = never compress. */
-  readonly compression: ResolvedCompressionConfig | null | undefined;
+  /** The policy that runs this request (its scorer records the metrics of its rows). */
+  readonly runtime: PolicyRuntime;
+  /** This request's budget and protected positions; null = never compress. */
+  readonly compression: ResolvedCompressionConfig | null;
+  /** The policy's compressor; null exactly when `compression` is. */
+  readonly compressor: Compressor | null;
+  /** Whether attention records this request's metric: in its prefill window, and (1) in decode. */
+  readonly recordsPrefill: boolean;
+  readonly decodeFlag: 0 | 1;
   /** Teacher-forced tokens and their logits callback, or null. */
   readonly forced: readonly number[] | null;
   readonly onLogits: ((index: number, logits: Float32Array) => void) | null;
+}
+
+/** A full cache evicts nothing and needs no metric: a scorer that asks attention for nothing. */
+function fullCacheScorer(): AttentionScorer {
+  return new AttentionScorer({
+    name: 'none',
+    observationWindow: 1,
+    aggregation: 'L2',
+    reduction: 'sum',
+    groupReduction: 'sum',
+    metricBuffer: 0,
+    pooling: null,
+    accumulatesDuringDecode: false,
+  });
+}
+
+/** The budget of a compressor that is only ever called with each request's own budget. */
+const KEEP_EVERYTHING = { budget: { targetCompressionRate: 1 } } as const;
+
+/**
+ * What an engine runs for one eviction policy: its scorer (which the prefill window, the
+ * pooling and the decode accumulation of every request of the policy follow), that scorer's
+ * attention-recording settings in the per-row form the backends take, and its compressor,
+ * made on the first request that compresses with it. One per policy name per engine: the
+ * requests of a policy share its scorer (a stateful one, like random's generator, advances
+ * for all of them).
+ */
+class PolicyRuntime {
+  readonly policy: EvictionPolicy;
+  readonly scorer: Scorer;
+  /** The scorer when attention records its metric, else null (scorers that need no attention). */
+  readonly attention: AttentionScorer | null;
+  /** MetricRecording row values: 1 = p^2 (L2); the factor on the group sum; the metric buffer. */
+  readonly square: 0 | 1;
+  readonly groupScale: number;
+  readonly metricBuffer: number;
+  compressor: Compressor | null = null;
+
+  constructor(policy: EvictionPolicy, queryHeadsPerKvHead: number) {
+    this.policy = policy;
+    this.scorer = policy.name === 'none' ? fullCacheScorer() : (policy.createScorer?.() ?? kvCompressScorer());
+    if (this.scorer.needsKeys) {
+      throw new InvalidArgumentError(
+        `Scorer "${this.scorer.name}" of policy "${policy.name}" needs key vectors at append time, which the engine does not provide yet.`,
+      );
+    }
+    this.attention = this.scorer instanceof AttentionScorer ? this.scorer : null;
+    const decode = this.attention?.decode;
+    this.square = decode?.aggregation === 'L2' ? 1 : 0;
+    this.groupScale = decode?.groupReduction === 'mean' ? 1 / queryHeadsPerKvHead : 1;
+    this.metricBuffer = decode?.metricBuffer ?? 0;
+  }
 }
 
 /**
@@ -186,9 +267,15 @@ export class Engine {
   readonly tokenizer: Tokenizer | null;
   readonly allocator: PageAllocator;
   readonly metrics: MetricStore;
+  /** The default policy: of every request that names none. */
   readonly policy: EvictionPolicy;
+  /**
+   * The default policy's compressor when the engine has a budget, else null (a request that
+   * sets its own budget still gets a compressor of its policy).
+   */
   readonly compressor: Compressor | null;
   readonly scheduler: CompressionScheduler;
+  /** The default policy's scorer. */
   readonly scorer: Scorer;
   readonly backend: Backend;
   readonly kvDtype: KvDtype;
@@ -208,8 +295,21 @@ export class Engine {
   readonly #logits: Float32Array; // [rows][vocab] host copy
   readonly #greedyOut: DeviceBuffer; // i32 [rows]: device argmax of each row's logits
   readonly #greedyIds: Int32Array; // [rows] host copy of #greedyOut
-  readonly #recording: MetricRecording | null;
+  /** Per-row metric recording of a step: each row records as its request's policy says. */
+  readonly #recording: MetricRecording;
   readonly #rowFlags: Uint8Array;
+  readonly #rowSquare: Uint8Array;
+  readonly #rowGroupScale: Float32Array;
+  readonly #rowMetricBuffer: Int32Array;
+  /** One runtime per policy name, made on first use; the engine's default policy's among them. */
+  readonly #runtimes = new Map<string, PolicyRuntime>();
+  readonly #defaultRuntime: PolicyRuntime;
+  /** The engine's budget and protected positions (null: requests keep their full cache by default). */
+  readonly #defaultConfig: ResolvedCompressionConfig | null;
+  readonly #protectedWindow: number | undefined;
+  readonly #sinks: number | undefined;
+  /** Planner scratch shared by the compressors of every policy (made with the first one). */
+  #planner: CompressionContext | null = null;
   readonly #step: {
     rows: number;
     tokens: Int32Array;
@@ -272,33 +372,16 @@ export class Engine {
     const budget = options.budget ?? null;
     const policy = options.policy ?? (budget === null ? nonePolicy : 'kv-compress');
     this.policy = typeof policy === 'string' ? getPolicy(policy) : policy;
-    this.compressor =
+    this.#protectedWindow = options.protectedWindow;
+    this.#sinks = options.sinks;
+    this.#defaultConfig =
       budget === null || this.policy.name === 'none'
         ? null
-        : new Compressor({
-            allocator: this.allocator,
-            metrics: this.metrics,
-            policy: this.policy,
-            config: { budget, protectedWindow: options.protectedWindow, sinks: options.sinks },
-          });
-    this.scorer =
-      this.compressor?.scorer ??
-      this.policy.createScorer?.() ??
-      new AttentionScorer({
-        name: 'none',
-        observationWindow: 1,
-        aggregation: 'L2',
-        reduction: 'sum',
-        groupReduction: 'sum',
-        metricBuffer: 0,
-        pooling: null,
-        accumulatesDuringDecode: false,
-      });
-    if (this.scorer.needsKeys) {
-      throw new InvalidArgumentError(
-        `Scorer "${this.scorer.name}" needs key vectors at append time, which the engine does not provide yet.`,
-      );
-    }
+        : resolveCompressionConfig({ budget, protectedWindow: options.protectedWindow, sinks: options.sinks });
+    this.#defaultRuntime = new PolicyRuntime(this.policy, shape.queryHeadsPerKvHead);
+    this.#runtimes.set(this.policy.name, this.#defaultRuntime);
+    this.compressor = this.#defaultConfig === null ? null : this.#compressorOf(this.#defaultRuntime);
+    this.scorer = this.#defaultRuntime.scorer;
     this.scheduler = new CompressionScheduler(maxSequences, {
       compressionInterval: options.compressionInterval,
       compressOnce: options.compressOnce,
@@ -318,17 +401,16 @@ export class Engine {
     this.#greedyOut = this.backend.createBuffer(maxRows, 'i32');
     this.#greedyIds = new Int32Array(maxRows);
     this.#rowFlags = new Uint8Array(maxRows);
-    const decode = this.scorer.decode;
-    const recordsAttention = this.scorer instanceof AttentionScorer && this.compressor !== null && decode !== undefined;
-    this.#recording = recordsAttention
-      ? {
-          values: this.metrics.values,
-          square: decode.aggregation === 'L2',
-          groupScale: decode.groupReduction === 'mean' ? 1 / shape.queryHeadsPerKvHead : 1,
-          metricBuffer: decode.metricBuffer,
-          rowFlags: this.#rowFlags,
-        }
-      : null;
+    this.#rowSquare = new Uint8Array(maxRows);
+    this.#rowGroupScale = new Float32Array(maxRows);
+    this.#rowMetricBuffer = new Int32Array(maxRows);
+    this.#recording = {
+      values: this.metrics.values,
+      rowFlags: this.#rowFlags,
+      rowSquare: this.#rowSquare,
+      rowGroupScale: this.#rowGroupScale,
+      rowMetricBuffer: this.#rowMetricBuffer,
+    };
     this.#step = {
       rows: 0,
       tokens: this.#tokens,
@@ -389,7 +471,7 @@ export class Engine {
       try {
         for (let start = 0; start < ids.length; start += this.prefillChunk) {
           const n = Math.min(this.prefillChunk, ids.length - start);
-          this.#prepareRows(seq, ids, start, n, null);
+          this.#prepareRows(seq, ids, start, n, null, this.#defaultRuntime);
           for (let i = 0; i < n; i++) this.#logitRows[i] = i;
           this.#step.logitCount = n;
           this.model.forward(this.#step, this.allocator);
@@ -462,6 +544,17 @@ export class Engine {
     };
   }
 
+  /**
+   * What a request's `compression` setting resolves to: the policy that runs it ('none' for
+   * a full cache) and its budget. Throws what `generate` would for the same setting (an unknown
+   * policy: UnknownPolicyError, listing the registered names; a bad budget: InvalidBudgetError),
+   * so a server can reject a request before it starts answering.
+   */
+  resolveCompression(compression?: RequestCompression): ResolvedRequestCompression {
+    const { runtime, config } = this.#resolveCompression(compression);
+    return { policy: config === null ? 'none' : runtime.policy.name, config };
+  }
+
   /** K+V bytes of the blocks in use now. */
   kvBytesInUse(): number {
     return this.allocator.usedBlocks * this.allocator.bytesPerBlock(this.kvDtype);
@@ -498,21 +591,9 @@ export class Engine {
       throw new InvalidArgumentError(`The prompt has ${promptIds.length} tokens; the context holds ${this.maxContext}.`);
     }
     const sampling = resolveSampling(options.sampling);
-    let compression: ResolvedCompressionConfig | null | undefined;
-    if (options.compression !== undefined) {
-      if (this.compressor === null) {
-        throw new InvalidArgumentError('This engine has no eviction policy: create it with a budget to set one per request.');
-      }
-      const c = options.compression;
-      compression =
-        c.budget === null
-          ? null
-          : resolveCompressionConfig({
-              budget: c.budget,
-              protectedWindow: c.protectedWindow ?? this.compressor.config.protectedWindow,
-              sinks: c.sinks ?? this.compressor.config.sinks,
-            });
-    }
+    const { runtime, config: compression } = this.#resolveCompression(options.compression);
+    const compressor = compression === null ? null : this.#compressorOf(runtime);
+    const recordsPrefill = compressor !== null && runtime.attention !== null;
     return {
       id: this.#nextId++,
       promptIds,
@@ -535,10 +616,71 @@ export class Engine {
       events: [],
       wake: null,
       finished: false,
+      runtime,
       compression,
+      compressor,
+      recordsPrefill,
+      decodeFlag: recordsPrefill && runtime.scorer.accumulatesDuringDecode ? 1 : 0,
       forced: forced === null ? null : [...forced],
       onLogits: options.teacherForcing?.onLogits ?? null,
     };
+  }
+
+  /** The runtime of a policy by name (the engine's default policy answers to its own name). */
+  #runtimeFor(name: string): PolicyRuntime {
+    let runtime = this.#runtimes.get(name);
+    if (runtime === undefined) {
+      // Unknown names throw UnknownPolicyError, which lists the registered ones.
+      runtime = new PolicyRuntime(getPolicy(name), this.allocator.shape.queryHeadsPerKvHead);
+      this.#runtimes.set(name, runtime);
+    }
+    return runtime;
+  }
+
+  /** The policy's compressor, made on first use; every compressor plans in one shared scratch. */
+  #compressorOf(runtime: PolicyRuntime): Compressor {
+    if (runtime.compressor !== null) return runtime.compressor;
+    this.#planner ??= new CompressionContext(this.allocator, this.metrics.values);
+    runtime.compressor = new Compressor({
+      allocator: this.allocator,
+      metrics: this.metrics,
+      policy: runtime.policy,
+      // Requests always pass their own budget; this default only serves direct callers.
+      config: this.#defaultConfig ?? KEEP_EVERYTHING,
+      scorer: runtime.scorer,
+      context: this.#planner,
+    });
+    return runtime.compressor;
+  }
+
+  #resolveCompression(c: RequestCompression | undefined): { runtime: PolicyRuntime; config: ResolvedCompressionConfig | null } {
+    if (c === undefined) return { runtime: this.#defaultRuntime, config: this.#defaultConfig };
+    const named = c.policy !== undefined;
+    const runtime = c.policy === undefined ? this.#defaultRuntime : this.#runtimeFor(c.policy);
+    const policy = runtime.policy.name;
+    if (policy === 'none') {
+      if (c.budget !== undefined && c.budget !== null) {
+        throw new InvalidArgumentError(
+          named
+            ? 'The "none" policy keeps the full cache and takes no budget: name another policy to compress this request.'
+            : 'This engine has no eviction policy (created without a budget or policy): name one with the budget to compress this request.',
+        );
+      }
+      return { runtime, config: null };
+    }
+    const budget = c.budget !== undefined ? c.budget : (this.#defaultConfig?.budget ?? null);
+    if (c.budget === undefined && this.#defaultConfig === null && named) {
+      throw new InvalidArgumentError(
+        `This engine has no default budget, so policy "${policy}" needs one with the request: a compression rate or max cache tokens.`,
+      );
+    }
+    if (budget === null) return { runtime, config: null };
+    const config = resolveCompressionConfig({
+      budget,
+      protectedWindow: c.protectedWindow ?? this.#protectedWindow,
+      sinks: c.sinks ?? this.#sinks,
+    });
+    return { runtime, config };
   }
 
   /** The next token of `r` from its logits at `offset` in #logits: sampled, or teacher-forced. */
@@ -610,21 +752,24 @@ export class Engine {
     this.scheduler.reset(seq);
     const ids = r.promptIds;
     const vocab = this.model.config.vocabSize;
-    const window = this.scorer.observationWindow === 'all' ? ids.length : this.scorer.observationWindow;
+    const scorer = r.runtime.scorer;
+    const window = scorer.observationWindow === 'all' ? ids.length : scorer.observationWindow;
+    // The request's own policy decides what its prompt's attention records (nothing for a full cache).
+    const recording = r.recordsPrefill ? this.#recording : undefined;
     for (let start = 0; start < ids.length; start += this.prefillChunk) {
       const n = Math.min(this.prefillChunk, ids.length - start);
-      this.#prepareRows(seq, ids, start, n, window);
+      this.#prepareRows(seq, ids, start, n, r.recordsPrefill ? window : null, r.runtime);
       const last = start + n === ids.length;
       // Only the last prompt row's logits matter (intermediate chunks compute one row anyway).
       this.#logitRows[0] = n - 1;
       this.#step.logitCount = 1;
-      this.model.forward(this.#step, this.allocator, this.#recording ?? undefined);
+      this.model.forward(this.#step, this.allocator, recording);
       if (last) await this.backend.read(this.model.logits, this.#logits, 0, vocab);
     }
-    await this.#finishPrefillMetrics(seq, ids.length, window);
+    if (r.recordsPrefill) await this.#finishPrefillMetrics(seq, ids.length, window, r.runtime.attention as AttentionScorer);
     this.#stats.prefillTokens += ids.length;
     this.#running.push(r);
-    if (this.compressor !== null && this.scheduler.afterPrefill(seq) !== null) await this.#compress(r, 'prefill');
+    if (r.compressor !== null && this.scheduler.afterPrefill(seq) !== null) await this.#compress(r, 'prefill');
     const ms = performance.now() - t0;
     r.prefillMs += ms;
     this.#stats.prefillMs += ms;
@@ -643,12 +788,14 @@ export class Engine {
     let needed = 0;
     for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
     let due = false;
+    let compressible = false;
     for (const r of this.#running) {
       const reason = this.scheduler.beforeDecodeStep(r.sequence, this.allocator.freeBlocks, needed);
-      r.compressionDue = reason === 'interval' && this.compressor !== null;
+      r.compressionDue = reason === 'interval' && r.compressor !== null;
       due ||= r.compressionDue;
+      compressible ||= r.compressor !== null;
     }
-    if (this.compressor !== null && this.backend.deviceMetrics === true && (due || needed > this.allocator.freeBlocks)) {
+    if (compressible && this.backend.deviceMetrics === true && (due || needed > this.allocator.freeBlocks)) {
       return this.#downloadMetricsThen(t0);
     }
     return this.#decodeRows(t0);
@@ -677,8 +824,10 @@ export class Engine {
     const rows = this.#running.length;
     if (rows === 0) return undefined;
     const units = this.#units;
+    let recorded = 0;
     for (let i = 0; i < rows; i++) {
       const r = this.#running[i] as Request;
+      const runtime = r.runtime;
       const seq = r.sequence;
       const position = this.allocator.nextPosition(seq);
       this.allocator.appendTokens(seq, 1, this.#seqSlots, this.#moves);
@@ -686,12 +835,17 @@ export class Engine {
       this.#tokens[i] = r.generated[r.generated.length - 1] as number;
       this.#sequences[i] = seq;
       this.#positions[i] = position;
-      this.#rowFlags[i] = this.scorer.accumulatesDuringDecode ? 1 : 0;
+      // This row records its metric as its own policy's scorer says.
+      this.#rowFlags[i] = r.decodeFlag;
+      this.#rowSquare[i] = runtime.square;
+      this.#rowGroupScale[i] = runtime.groupScale;
+      this.#rowMetricBuffer[i] = runtime.metricBuffer;
+      recorded += r.decodeFlag;
       this.#logitRows[i] = i;
       for (let u = 0; u < units; u++) {
         const slot = this.#seqSlots[u] as number;
         this.#slots[u * rows + i] = slot;
-        const value = this.scorer.initialMetric(undefined, 0, 0, position);
+        const value = runtime.scorer.initialMetric(undefined, 0, 0, position);
         this.metrics.values[slot] = value;
         this.#uploadSlots[i * units + u] = slot;
         this.#uploadValues[i * units + u] = value;
@@ -700,7 +854,7 @@ export class Engine {
     if (this.backend.deviceMetrics === true) this.backend.uploadMetrics?.(this.#uploadSlots, this.#uploadValues, rows * units);
     this.#step.rows = rows;
     this.#step.logitCount = rows;
-    this.model.forward(this.#step, this.allocator, this.#recording ?? undefined);
+    this.model.forward(this.#step, this.allocator, recorded > 0 ? this.#recording : undefined);
     const vocab = this.model.config.vocabSize;
     if (this.backend.readSync !== undefined) {
       this.backend.readSync(this.model.logits, this.#logits, 0, rows * vocab);
@@ -738,14 +892,17 @@ export class Engine {
 
   /** Compresses running sequences until `needed` blocks are free (metrics already on the host). */
   async #relievePressure(needed: number): Promise<void> {
-    if (this.compressor === null || needed <= this.allocator.freeBlocks) return;
+    if (needed <= this.allocator.freeBlocks) return;
+    let compressible = false;
+    for (const r of this.#running) compressible ||= r.compressor !== null;
+    if (!compressible) return;
     if (this.backend.deviceMetrics === true) await this.backend.downloadMetrics?.(this.metrics.values);
     this.#relievePressureNow(needed);
   }
 
   /** Compresses running sequences, fullest first, until `needed` blocks are free. */
   #relievePressureNow(needed: number): void {
-    if (this.compressor === null || this.scheduler.compressOnce) return;
+    if (this.scheduler.compressOnce) return;
     const byBlocks = this.#batchScratch;
     byBlocks.length = 0;
     for (const r of this.#running) byBlocks.push(r);
@@ -754,8 +911,8 @@ export class Engine {
       if (needed <= this.allocator.freeBlocks) return;
       // A sequence already within its budget would free nothing: planning it is wasted work
       // (without this, a nearly full pool re-planned every sequence on every step).
-      if (r.compression === null) continue;
-      if (this.allocator.sequenceBlocks(r.sequence) <= this.compressor.targetBlocks(r.sequence, r.compression)) continue;
+      if (r.compressor === null || r.compression === null) continue;
+      if (this.allocator.sequenceBlocks(r.sequence) <= r.compressor.targetBlocks(r.sequence, r.compression)) continue;
       this.#compressNow(r, 'memory-pressure');
     }
   }
@@ -775,14 +932,14 @@ export class Engine {
 
   /** Compresses one sequence, first fetching device metrics if the backend keeps them. */
   async #compress(r: Request, reason: CompressionReason): Promise<void> {
-    if (this.compressor === null) return;
+    if (r.compressor === null) return;
     if (this.backend.deviceMetrics === true) await this.backend.downloadMetrics?.(this.metrics.values);
     this.#compressNow(r, reason);
   }
 
   /** Compresses one sequence with the host metric store as it is. */
   #compressNow(r: Request, reason: CompressionReason): void {
-    const compressor = this.compressor;
+    const compressor = r.compressor;
     if (compressor === null || r.compression === null) return;
     const outcome = compressor.compress(r.sequence, this.#moves, r.compression);
     this.backend.executeMoves(this.#moves);
@@ -837,6 +994,7 @@ export class Engine {
       promptTokens: r.originalPromptLength,
       tokens: r.generated,
       text: r.text,
+      policy: r.compression === null ? 'none' : r.runtime.policy.name,
       blocksPerHead,
       compressions: r.compressions,
       tokensPerSecond: r.decodeMs > 0 ? (decodeTokens / r.decodeMs) * 1000 : 0,
@@ -885,8 +1043,12 @@ export class Engine {
     for (const l of this.#stepListeners) l(s);
   }
 
-  /** Fills the step scratch with prompt rows [start, start + n) of one sequence and appends them. */
-  #prepareRows(seq: number, ids: readonly number[], start: number, n: number, window: number | null): void {
+  /**
+   * Fills the step scratch with prompt rows [start, start + n) of one sequence and appends them.
+   * `window`: the last this many prompt rows record their attention (null: none do), as the
+   * policy's scorer says.
+   */
+  #prepareRows(seq: number, ids: readonly number[], start: number, n: number, window: number | null, runtime: PolicyRuntime): void {
     const position0 = this.allocator.nextPosition(seq);
     this.allocator.appendTokens(seq, n, this.#seqSlots, this.#moves);
     this.#applyCopies();
@@ -896,12 +1058,15 @@ export class Engine {
       this.#sequences[i] = seq;
       this.#positions[i] = position0 + i;
       this.#rowFlags[i] = window !== null && start + i >= total - window ? 1 : 0;
+      this.#rowSquare[i] = runtime.square;
+      this.#rowGroupScale[i] = runtime.groupScale;
+      this.#rowMetricBuffer[i] = runtime.metricBuffer;
     }
     // appendTokens laid the slots out [layers][kvHeads][n], as the step wants them.
     this.#slots.set(this.#seqSlots.subarray(0, this.#units * n));
     for (let u = 0; u < this.#units * n; u++) {
       const slot = this.#seqSlots[u] as number;
-      const value = this.scorer.initialMetric(undefined, 0, 0, position0 + (u % n));
+      const value = runtime.scorer.initialMetric(undefined, 0, 0, position0 + (u % n));
       this.metrics.values[slot] = value;
       this.#uploadValues[u] = value;
     }
@@ -918,9 +1083,8 @@ export class Engine {
   }
 
   /** Average/pooling of the prefill metrics per head, for scorers that need it (SnapKV). */
-  async #finishPrefillMetrics(seq: number, keyCount: number, window: number): Promise<void> {
-    const scorer = this.scorer;
-    if (this.#recording === null || !(scorer instanceof AttentionScorer) || !scorer.needsPrefillFinish) return;
+  async #finishPrefillMetrics(seq: number, keyCount: number, window: number, scorer: AttentionScorer): Promise<void> {
+    if (!scorer.needsPrefillFinish) return;
     const device = this.backend.deviceMetrics === true;
     if (device) await this.backend.downloadMetrics?.(this.metrics.values);
     const { layers, kvHeads } = this.allocator.shape;

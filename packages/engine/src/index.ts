@@ -6,6 +6,8 @@ export type {
   FinishReason,
   GenerateOptions,
   GenerationEvent,
+  RequestCompression,
+  ResolvedRequestCompression,
   StepStats,
   TokenEvent,
 } from './engine.ts';

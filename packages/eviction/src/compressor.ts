@@ -24,12 +24,19 @@ export interface CompressorOptions {
   readonly metrics: MetricStore;
   readonly policy: EvictionPolicy;
   readonly config: CompressionConfig;
+  /** The policy's scorer, when the caller already made it (one per policy). Default: a new one. */
+  readonly scorer?: Scorer;
+  /**
+   * Planner scratch to share with other compressors of the same allocator and metric store
+   * (an engine with one compressor per policy: one compression runs at a time). Default: its own.
+   */
+  readonly context?: CompressionContext;
 }
 
 /**
  * Runs a policy against one allocator: plan -> compaction -> metric moves. The caller
  * executes the returned moves on its Backend's K/V (positions and metrics are done here).
- * One per engine; all planning scratch is allocated once.
+ * One per policy an engine runs; all planning scratch is allocated once (and may be shared).
  */
 export class Compressor {
   readonly allocator: PageAllocator;
@@ -44,8 +51,12 @@ export class Compressor {
     this.metrics = options.metrics;
     this.policy = options.policy;
     this.config = resolveCompressionConfig(options.config);
-    this.scorer = options.policy.createScorer?.() ?? kvCompressScorer();
-    this.context = new CompressionContext(options.allocator, options.metrics.values);
+    this.scorer = options.scorer ?? options.policy.createScorer?.() ?? kvCompressScorer();
+    const shared = options.context;
+    if (shared !== undefined && (shared.allocator !== options.allocator || shared.metrics !== options.metrics.values)) {
+      throw new InvalidArgumentError('A shared CompressionContext must be of the same allocator and metric store as the compressor.');
+    }
+    this.context = shared ?? new CompressionContext(options.allocator, options.metrics.values);
   }
 
   /** Blocks this sequence may hold under the budget (default: the compressor's) right now. */

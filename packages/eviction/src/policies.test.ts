@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import type { CompressionConfig } from './budget.ts';
 import { getPolicy, policies, registerBuiltinPolicies } from './builtins.ts';
 import { Compressor } from './compressor.ts';
+import { CompressionContext } from './context.ts';
 import { createKvCompressPolicy } from './policies/kv-compress.ts';
 import { createAdaKvPolicy, pyramidBlocksPerLayer } from './policies/layered.ts';
 import { createStreamingLlmPolicy } from './policies/uniform.ts';
@@ -262,6 +263,49 @@ describe('registry and configuration errors', () => {
     const bad: EvictionPolicy = { name: 'bad', plan: (ctx) => ctx.evict(0, 3) };
     expect(() => compress(s, bad, { budget: { maxCacheTokens: 2 }, protectedWindow: 1 })).toThrow(InvalidArgumentError);
     expect(s.allocator.length(s.seq, 0, 0)).toBe(4);
+  });
+
+  it('compressors of different policies can share one planner context and plan as with their own', () => {
+    // Pseudo-random metrics with a different scale per unit, so the policies choose differently.
+    const metricOf = (u: number, t: number) => ((t * 7919 + u * 104729) % 101) * (u + 1);
+    const steps: [string, CompressionConfig][] = [
+      ['h2o', { budget: { targetCompressionRate: 2 }, protectedWindow: 4 }],
+      ['kv-compress', { budget: { targetCompressionRate: 4 }, protectedWindow: 4 }],
+      ['snapkv', { budget: { maxCacheTokens: 8 }, protectedWindow: 4 }],
+    ];
+    const run = (share: boolean) => {
+      const s = setup(2, 2, 2, 40, metricOf);
+      const context = share ? new CompressionContext(s.allocator, s.store.values) : undefined;
+      const blocks: number[] = [];
+      for (const [name, config] of steps) {
+        const c = new Compressor({
+          allocator: s.allocator,
+          metrics: s.store,
+          policy: getPolicy(name),
+          config,
+          ...(context ? { context } : {}),
+        });
+        if (share) expect(c.context).toBe(context);
+        blocks.push(c.compress(s.seq, s.allocator.createMoveList()).blocksAfter);
+        s.allocator.checkInvariants();
+      }
+      return { positions: positionsByUnit(s), blocks };
+    };
+    const own = run(false);
+    expect(run(true)).toEqual(own);
+    expect(new Set(own.blocks).size).toBe(3);
+    const s = setup(1, 1, 2, 4, () => 0);
+    const other = setup(1, 1, 2, 4, () => 0);
+    expect(
+      () =>
+        new Compressor({
+          allocator: s.allocator,
+          metrics: s.store,
+          policy: getPolicy('kv-compress'),
+          config: { budget: { maxCacheTokens: 2 }, protectedWindow: 0 },
+          context: new CompressionContext(other.allocator, other.store.values),
+        }),
+    ).toThrow(/same allocator/);
   });
 
   it('impossible or malformed budgets get InvalidBudgetError', () => {

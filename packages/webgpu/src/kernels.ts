@@ -1010,8 +1010,11 @@ export function metricKernel(): KernelSource {
 struct P {
   groupCount: u32, heads: u32, kvHeads: u32, maxSeqs: u32,
   maxBlocks: u32, blockSize: u32, layer: u32, scoreStride: u32,
-  groupScale: f32, square: u32, metricBuffer: i32, maxLen: u32,
+  maxLen: u32,
 }
+// One row's metric settings (its sequence's policy): how a probability counts, the factor on
+// the group's sum, and how many positions before the query keys go unrecorded.
+struct RowMetric { groupScale: f32, square: u32, metricBuffer: i32, unused: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read_write> metrics: array<f32>;
 @group(0) @binding(2) var<storage, read> scores: array<f32>;
@@ -1022,6 +1025,8 @@ struct P {
 @group(0) @binding(6) var<storage, read> tables: array<i32>;
 @group(0) @binding(7) var<storage, read> lengths: array<i32>;
 @group(0) @binding(8) var<storage, read> slotPos: array<i32>;
+// [rows], indexed by step row like rowInfo.
+@group(0) @binding(9) var<storage, read> rowMetric: array<RowMetric>;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
   let wid = wg.x + wg.y * nwg.x;
@@ -1042,17 +1047,21 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let group = p.heads / p.kvHeads;
   var add = 0.0;
   for (var n = first; n < last; n++) {
-    let info = rowInfo[groupRows[listStart + n]];
-    if (info.y - kpos < p.metricBuffer || kpos > info.y) { continue; }
+    let row = groupRows[listStart + n];
+    let info = rowInfo[row];
+    let m = rowMetric[row];
+    if (info.y - kpos < m.metricBuffer || kpos > info.y) { continue; }
     let rec = u32(info.z);
+    var rowAdd = 0.0;
     for (var gq = 0u; gq < group; gq++) {
       let h = g * group + gq;
       let o = (rec * p.heads + h) * 2u;
       let prob = exp(scores[(rec * p.heads + h) * p.scoreStride + i] - stats[o]) / stats[o + 1u];
-      add += select(prob, prob * prob, p.square == 1u);
+      rowAdd += select(prob, prob * prob, m.square == 1u);
     }
+    add += rowAdd * m.groupScale;
   }
-  metrics[slot] += add * p.groupScale;
+  metrics[slot] += add;
 }`,
   }));
 }

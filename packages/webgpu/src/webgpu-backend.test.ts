@@ -124,6 +124,14 @@ describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'
     300_000,
   );
 
+  it('a batch of requests under different policies gives each the same ids and per-head blocks as the CPU backend', async () => {
+    const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.mixedPolicies(24));
+    expect(r.validation).toBeNull();
+    expect(r.gpu.map((d) => d.policy)).toEqual(r.policies);
+    for (const d of r.gpu) expect(d.ids).toHaveLength(24);
+    expect(r.gpu).toEqual(r.cpu);
+  }, 300_000);
+
   it('a lost device ends the request with DeviceLostError, frees its blocks, and a new engine recovers', async () => {
     const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.deviceLoss());
     expect(r.reason).toBe('error');

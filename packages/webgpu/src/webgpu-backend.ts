@@ -147,7 +147,6 @@ export class WebGpuBackend implements Backend {
   #uniformScratch = new ArrayBuffer(48);
   #u32 = new Uint32Array(this.#uniformScratch);
   #f32 = new Float32Array(this.#uniformScratch);
-  #i32 = new Int32Array(this.#uniformScratch);
   #encoder: GPUCommandEncoder | null = null;
   #pass: GPUComputePassEncoder | null = null;
   #staging = new Map<number, GPUBuffer>();
@@ -168,6 +167,10 @@ export class WebGpuBackend implements Backend {
   #splitTarget = 128;
   /** The rowInfo buffer whose device contents match its host copy. */
   #rowInfoUploaded: GpuBuffer | null = null;
+  /** The rowMetric buffer whose device contents match its host copy (for the rows recorded). */
+  #rowMetricUploaded: GpuBuffer | null = null;
+  /** Float32 view of the rowMetric host copy, for its groupScale words. */
+  #rowMetricScale: Float32Array = new Float32Array(0);
   readonly #tiledMinRows: number;
   readonly #tileRows: 32 | 64 | null;
 
@@ -610,22 +613,8 @@ export class WebGpuBackend implements Backend {
       throw new InvalidArgumentError('Recorded rows of one sequence must be contiguous in a step.');
     }
     this.#writeI32(groupRows, groupCount + 1 + recorded);
-    this.#setUniform([
-      groupCount,
-      heads,
-      kvHeads,
-      cache.maxSequences,
-      cache.maxBlocksPerHead,
-      cache.blockSize,
-      layer,
-      scoreStride,
-      0,
-      metrics.square ? 1 : 0,
-      0,
-      maxLen,
-    ]);
-    this.#f32[8] = metrics.groupScale;
-    this.#i32[10] = metrics.metricBuffer;
+    const rowMetric = this.#uploadRowMetrics(metrics, rows);
+    this.#setUniform([groupCount, heads, kvHeads, cache.maxSequences, cache.maxBlocksPerHead, cache.blockSize, layer, scoreStride, maxLen]);
     const [gx, gy] = grid(groupCount * kvHeads * maxLen, 256);
     this.#dispatchRaw(
       metricKernel(),
@@ -638,10 +627,42 @@ export class WebGpuBackend implements Backend {
         (this.#tables as GpuBuffer).buffer,
         (this.#lengths as GpuBuffer).buffer,
         (this.#slotPos as GpuBuffer).buffer,
+        rowMetric.buffer,
       ],
       gx,
       gy,
     );
+  }
+
+  /**
+   * The recorded rows' metric settings on the device: rowMetric [rows] of (groupScale f32,
+   * square u32, metricBuffer i32, unused), indexed by step row. Sized for the recording's
+   * row arrays (the engine's largest step), so it is created once; written (a submit) only
+   * when a recorded row's settings changed, so the layers of a step share one upload.
+   */
+  #uploadRowMetrics(metrics: MetricRecording, rows: number): GpuBuffer {
+    const buffer = this.#ensureI32('rowMetric', 4 * Math.max(rows, metrics.rowFlags.length));
+    const words = buffer.host as Int32Array;
+    if (this.#rowMetricScale.buffer !== words.buffer) this.#rowMetricScale = new Float32Array(words.buffer, words.byteOffset, words.length);
+    const scale = this.#rowMetricScale;
+    let changed = buffer !== this.#rowMetricUploaded;
+    for (let r = 0; r < rows; r++) {
+      if (metrics.rowFlags[r] !== 1) continue;
+      const groupScale = metrics.rowGroupScale[r] as number;
+      const square = metrics.rowSquare[r] as number;
+      const metricBuffer = metrics.rowMetricBuffer[r] as number;
+      if (scale[4 * r] !== groupScale || words[4 * r + 1] !== square || words[4 * r + 2] !== metricBuffer) {
+        scale[4 * r] = groupScale;
+        words[4 * r + 1] = square;
+        words[4 * r + 2] = metricBuffer;
+        changed = true;
+      }
+    }
+    if (changed) {
+      this.#writeI32(buffer, 4 * rows);
+      this.#rowMetricUploaded = buffer;
+    }
+    return buffer;
   }
 
   executeMoves(moves: SlotMoveList): void {
@@ -708,6 +729,7 @@ export class WebGpuBackend implements Backend {
     this.#bindGroups.clear();
     this.#tablesVersion = -1;
     this.#rowInfoUploaded = null;
+    this.#rowMetricUploaded = null;
   }
 
   /** Destroys the device: every backend on it stops working. */

@@ -79,10 +79,51 @@ async function deviceLoss(): Promise<{
   };
 }
 
+/**
+ * One batch of requests that each name their own policy (one engine, 4x): greedy ids and
+ * per-head blocks of each sequence on both backends. Each decode step mixes rows that record
+ * L2 (kv-compress), L1 (h2o) and nothing (snapkv, streaming-llm).
+ */
+async function mixedPolicies(tokens: number): Promise<{
+  policies: string[];
+  cpu: { policy: string; ids: number[]; blocks: number[] }[];
+  gpu: { policy: string; ids: number[]; blocks: number[] }[];
+  validation: string | null;
+}> {
+  const bytes = new Uint8Array(await (await fetch('/shared/models/stories260K/stories260K.bin')).arrayBuffer());
+  const model = loadLlama2cModel(bytes);
+  const reference = (await (await fetch('/shared/models/stories260K/reference_greedy.json')).json()) as { token_ids: number[] };
+  const policies = ['kv-compress', 'snapkv', 'h2o', 'streaming-llm'];
+  const prompts = policies.map((_, i) => [1, ...reference.token_ids.slice(0, 60 + 7 * i)]);
+  const run = async (backend?: WebGpuBackend) => {
+    const engine = new Engine({
+      model,
+      maxSequences: policies.length,
+      budget: { targetCompressionRate: 4 },
+      protectedWindow: 16,
+      compressionInterval: 8,
+      ...(backend === undefined ? {} : { backend }),
+    });
+    const done = await Promise.all(
+      policies.map((policy, i) => engine.complete(prompts[i] as number[], { maxTokens: tokens, stopTokens: [], compression: { policy } })),
+    );
+    return done.map((d) => {
+      if (d.error !== undefined) throw d.error;
+      return { policy: d.policy, ids: [...d.tokens], blocks: [...d.blocksPerHead] };
+    });
+  };
+  const cpu = await run();
+  device.pushErrorScope('validation');
+  const gpu = await run(new WebGpuBackend(device));
+  const error = await device.popErrorScope();
+  return { policies, cpu, gpu, validation: error === null ? null : error.message };
+}
+
 const kvc = {
   names: cases.map((c) => c.name),
   runCase,
   greedy,
+  mixedPolicies,
   deviceLoss,
   adapter: device.adapterInfo?.description ?? '',
 };

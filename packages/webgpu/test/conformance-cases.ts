@@ -161,10 +161,10 @@ function attentionCase(
         kvHeads,
         {
           values: metrics,
-          square: true,
-          groupScale: 1,
-          metricBuffer: 1,
           rowFlags: Uint8Array.from([1, 1, 1, 1, 0]),
+          rowSquare: Uint8Array.from([1, 1, 1, 1, 1]),
+          rowGroupScale: Float32Array.from([1, 1, 1, 1, 1]),
+          rowMetricBuffer: Int32Array.from([1, 1, 1, 1, 1]),
         },
       );
       const o = await read(b, out, rows * heads * headDim);
@@ -173,6 +173,121 @@ function attentionCase(
       for (const seq of seqs)
         for (let h = 0; h < kvHeads; h++) for (let i = 0; i < a.length(seq, 1, h); i++) m.push(metrics[a.slot(seq, 1, h, i)] as number);
       return [o, Float32Array.from(m)];
+    },
+  };
+}
+
+/** One row's metric settings in a per-row recording case. */
+interface RowSettings {
+  readonly record: boolean;
+  readonly square: boolean;
+  readonly groupScale: number;
+  readonly metricBuffer: number;
+}
+
+/**
+ * Decode attention where each row (each sequence, running its own policy) records its metric
+ * its own way: L1 and L2 rows, group mean and group sum, different metric buffers, and an
+ * unrecorded row with settings that would show if it were read. Three dispatches: layer 1,
+ * layer 0 with the same settings (the backend may reuse its upload), then layer 1 with the
+ * settings rotated between the rows (it must not).
+ */
+function perRowMetricCase(kvDtype: 'f32' | 'f16', kvHeads: number, group: number, headDim: number, tokens: number): ConformanceCase {
+  const blockSize = 16;
+  return {
+    name: `decode attention ${kvDtype} KV, ${kvHeads} kv-heads x ${group} queries, D=${headDim}, ${tokens} tokens: per-row metric settings (L1/L2, sum/mean, metric buffers) in one dispatch`,
+    tolerance: kvDtype === 'f16' ? 2e-3 : 1e-5,
+    async run(b) {
+      const rand = rng(tokens * 13 + group);
+      const heads = kvHeads * group;
+      const shape = { layers: 2, kvHeads, headDim, queryHeadsPerKvHead: group };
+      const units = 2 * kvHeads;
+      const sequences = 4;
+      const a = new PageAllocator({
+        shape,
+        numBlocks: sequences * units * Math.ceil(tokens / blockSize) + 4,
+        blockSize,
+        maxSequences: sequences,
+        maxContext: tokens,
+      });
+      b.createKvCache(a.numSlots, headDim, kvDtype);
+      const moves = a.createMoveList();
+      const evictRand = rng(7);
+      for (let s = 0; s < sequences; s++) {
+        const seq = a.addSequence();
+        // Sequences of different lengths: tokens, tokens - 5, ...
+        const length = tokens - 5 * s;
+        const slots = new Int32Array(units * length);
+        a.appendTokens(seq, length, slots);
+        const slotBuf = upload(b, slots, 'i32');
+        for (let layer = 0; layer < 2; layer++) {
+          const K = Float32Array.from({ length: length * kvHeads * headDim }, rand);
+          const V = Float32Array.from({ length: length * kvHeads * headDim }, rand);
+          b.appendKv(layer, upload(b, K), upload(b, V), slotBuf, length, kvHeads);
+        }
+        const plan = a.createEvictionPlan();
+        plan.reset(seq);
+        for (let u = 0; u < units; u++) {
+          for (let t = 0; t < length - 1; t++) if (evictRand() < -0.25) plan.add(u, slots[u * length + t] as number);
+        }
+        a.compact(plan, moves);
+        b.executeMoves(moves);
+        moves.clear();
+      }
+      // Sequence 0 has two rows (its last two positions, each recorded its own way), then one
+      // decode row for each other sequence; sequence 3's row is not recorded.
+      const rowsSeq = Int32Array.from([0, 0, 1, 2, 3]);
+      const rowsPos = Int32Array.from([tokens - 2, tokens - 1, tokens - 6, tokens - 11, tokens - 16]);
+      const rows = rowsSeq.length;
+      const mean = 1 / group;
+      const settings: RowSettings[] = [
+        { record: true, square: true, groupScale: 1, metricBuffer: 0 },
+        { record: true, square: false, groupScale: mean, metricBuffer: 2 },
+        { record: true, square: true, groupScale: mean, metricBuffer: 1 },
+        { record: true, square: false, groupScale: 1, metricBuffer: 3 },
+        { record: false, square: true, groupScale: 100, metricBuffer: 0 },
+      ];
+      const recording = {
+        values: new Float32Array(a.numSlots),
+        // Sized for a larger step than this one, as the engine sizes them.
+        rowFlags: new Uint8Array(8),
+        rowSquare: new Uint8Array(8),
+        rowGroupScale: new Float32Array(8),
+        rowMetricBuffer: new Int32Array(8),
+      };
+      const fill = (rotate: number) => {
+        for (let r = 0; r < rows; r++) {
+          // The recorded rows trade settings; the unrecorded row stays unrecorded.
+          const x = settings[r === rows - 1 ? r : (r + rotate) % (rows - 1)] as RowSettings;
+          recording.rowFlags[r] = x.record ? 1 : 0;
+          recording.rowSquare[r] = x.square ? 1 : 0;
+          recording.rowGroupScale[r] = x.groupScale;
+          recording.rowMetricBuffer[r] = x.metricBuffer;
+        }
+      };
+      const Q = upload(
+        b,
+        Float32Array.from({ length: rows * heads * headDim }, () => rand() * 3),
+      );
+      const batch = { rows, sequences: upload(b, rowsSeq, 'i32'), positions: upload(b, rowsPos, 'i32') };
+      const out = b.createBuffer(rows * heads * headDim);
+      const outputs: Float32Array[] = [];
+      for (const [layer, rotate] of [
+        [1, 0],
+        [0, 0],
+        [1, 1],
+      ] as const) {
+        fill(rotate);
+        b.attention(out, Q, layer, batch, a, heads, kvHeads, recording);
+        outputs.push(await read(b, out, rows * heads * headDim));
+      }
+      if (b.deviceMetrics === true) await b.downloadMetrics?.(recording.values);
+      const m: number[] = [];
+      for (let seq = 0; seq < sequences; seq++)
+        for (let layer = 0; layer < 2; layer++)
+          for (let h = 0; h < kvHeads; h++)
+            for (let i = 0; i < a.length(seq, layer, h); i++) m.push(recording.values[a.slot(seq, layer, h, i)] as number);
+      return [...outputs, Float32Array.from(m)];
     },
   };
 }
@@ -254,6 +369,9 @@ export const cases: readonly ConformanceCase[] = [
   // (the tiled fallback kernel).
   attentionCase('f16', 1, 16, 32, 700, 16),
   attentionCase('f32', 2, 2, 20, 300, 16),
+  perRowMetricCase('f32', 2, 4, 16, 70),
+  // Long enough for a split context and the wide kernel's several splits.
+  perRowMetricCase('f16', 2, 2, 64, 1200),
   {
     name: 'cache moves carry K, V (f16) and metrics',
     tolerance: 1e-6,
