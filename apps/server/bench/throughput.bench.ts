@@ -3,15 +3,15 @@
 // protected window 16). More compression lets more sequences share the pool.
 //   node --conditions=source apps/server/bench/throughput.bench.ts [--requests 96] [--concurrency 32] [--json]
 //     [--backend cpu|webgpu] [--model <path>] [--text <path>] [--prompt-tokens 400] [--max-tokens 48]
-//     [--pool-sequences 4] [--max-sequences 64]
+//     [--pool-sequences 4] [--pool-context 512] [--max-sequences 64]
 //
 // Default (`pnpm bench`): stories260K (GGUF) on the CPU backend. Each request: a
 // --prompt-tokens excerpt of --text (a different one per request), then up to --max-tokens
 // sampled tokens (temperature 0.8, seeded; EOS ends a request early: tokens/s counts what was
-// generated). The pool holds --pool-sequences sequences at the model's full context: at 1x
+// generated). The pool holds --pool-sequences sequences of --pool-context tokens: at 1x
 // that bounds the batch, the compressed runs fit more. Prints tokens/s and completed requests
 // per minute, and the ratios to 1x. On the GPU machine (run-gpu.sh bundles it):
-//   --backend webgpu --model models/kvc-20m-4k --text <Alice> --prompt-tokens 1800 --max-tokens 64
+//   --backend webgpu --model models/kvc-20m-4k --text <Alice> --prompt-tokens 1800 --max-tokens 64 --pool-context 4096
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -33,6 +33,8 @@ const CONCURRENCY = arg('--concurrency', 32);
 const PROMPT_TOKENS = arg('--prompt-tokens', 400);
 const MAX_TOKENS = arg('--max-tokens', 48);
 const POOL_SEQUENCES = arg('--pool-sequences', 4);
+// Context length the pool is sized by (stories260K is trained on 512 tokens; its GGUF says 2048).
+const POOL_CONTEXT = arg('--pool-context', 512);
 const MAX_SEQUENCES = arg('--max-sequences', 64);
 const BACKEND = argText('--backend', 'cpu');
 const shared = process.env['KVC_SHARED_DIR'] ?? path.resolve(import.meta.dirname, '../../../../shared');
@@ -47,7 +49,7 @@ const text = tokenizer.encode(readFileSync(textPath, 'utf8'), { addBos: false })
 if (text.length <= PROMPT_TOKENS) throw new Error(`${textPath} has ${text.length} tokens, fewer than --prompt-tokens ${PROMPT_TOKENS}`);
 const blockSize = 16;
 const units = model.config.numLayers * model.config.numKvHeads;
-const kvBlocks = POOL_SEQUENCES * units * Math.ceil(model.config.maxContext / blockSize);
+const kvBlocks = POOL_SEQUENCES * units * Math.ceil(POOL_CONTEXT / blockSize);
 let makeBackend: () => Backend | undefined = () => undefined;
 if (BACKEND === 'webgpu') {
   const { requestWebGpuDevice, WebGpuBackend } = await import('@kvcompress/webgpu');
