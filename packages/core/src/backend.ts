@@ -1,4 +1,5 @@
 import type { ChangeLog } from './change-log.ts';
+import type { EvictionSelection } from './eviction-selection.ts';
 import type { RopeLayout, RopeScaling, Tensor } from './model.ts';
 import type { KvDtype } from './shape.ts';
 import type { SlotMoveList } from './slot-moves.ts';
@@ -148,6 +149,13 @@ export interface Backend {
   downloadMetrics?(out: Float32Array): Promise<void>;
   /** metrics[slots[i]] = values[i] for i < count. */
   uploadMetrics?(slots: Int32Array, values: Float32Array, count: number): void;
+  /**
+   * KV-Compress's block selection run where the metrics are (backends with `deviceMetrics`):
+   * decides the slots of every group of `selection` from the device metrics and the cache
+   * tables, and writes only the decision into `selection.result`. The decision is the one
+   * `PolicyContext.freeCheapestBlocks` makes on the same metrics (see EvictionSelection).
+   */
+  selectEvictions?(selection: EvictionSelection, cache: PagedCacheView): Promise<void>;
 }
 
 /** What RoPE needs to know. */
