@@ -2,6 +2,7 @@ import {
   assertInteger,
   type Backend,
   type DeviceBuffer,
+  EvictionSelection,
   InvalidArgumentError,
   type KvDtype,
   kvShapeOf,
@@ -50,6 +51,13 @@ export interface EngineOptions {
   readonly kvDtype?: KvDtype;
   /** Most prompt tokens per forward step. Default 256. */
   readonly prefillChunk?: number;
+  /**
+   * Where a backend that keeps metrics on the device (WebGPU) decides evictions, for
+   * policies that declare KV-Compress's block rule (`cheapestBlocks`: kv-compress, ada-kv):
+   * true (default) runs the selection on the device and downloads only its decision; false
+   * downloads the metrics and plans on the host. Both make the same decision.
+   */
+  readonly deviceSelection?: boolean;
 }
 
 export interface GenerateOptions {
@@ -223,6 +231,10 @@ export class Engine {
   /** Slots and initial metrics to send to a backend that keeps metrics on the device. */
   readonly #uploadSlots: Int32Array;
   readonly #uploadValues: Float32Array;
+  /** Device selection rounds (see EngineOptions.deviceSelection), or null when planning on the host. */
+  readonly #selection: EvictionSelection | null;
+  /** Requests of one device selection round. */
+  readonly #roundScratch: Request[] = [];
 
   /**
    * Serialises forward passes (the step scratch is shared by generation and forwardLogits).
@@ -341,6 +353,19 @@ export class Engine {
     this.#finishScratch = new Float32Array(this.maxContext);
     this.#uploadSlots = new Int32Array(Math.max(this.#units * maxRows, this.maxContext));
     this.#uploadValues = new Float32Array(Math.max(this.#units * maxRows, this.maxContext));
+    const onDevice =
+      (options.deviceSelection ?? true) &&
+      this.compressor?.cheapestBlocks != null &&
+      this.backend.deviceMetrics === true &&
+      this.backend.selectEvictions !== undefined;
+    // Every sequence at most once per round: one row per head unit, one mask bit per slot.
+    const rows = maxSequences * this.#units;
+    this.#selection = onDevice ? new EvictionSelection(rows, rows * Math.ceil((this.allocator.maxBlocksPerHead * blockSize) / 32)) : null;
+  }
+
+  /** Whether compressions decide on the device (see EngineOptions.deviceSelection). */
+  get deviceSelection(): boolean {
+    return this.#selection !== null;
   }
 
   // ---------------------------------------------------------------------------------------
@@ -649,9 +674,24 @@ export class Engine {
       due ||= r.compressionDue;
     }
     if (this.compressor !== null && this.backend.deviceMetrics === true && (due || needed > this.allocator.freeBlocks)) {
-      return this.#downloadMetricsThen(t0);
+      return this.#selection !== null ? this.#selectOnDeviceThen(t0) : this.#downloadMetricsThen(t0);
     }
     return this.#decodeRows(t0);
+  }
+
+  /** #decodeRows' compressions as device selection rounds, then the rest of the step. */
+  async #selectOnDeviceThen(t0: number): Promise<void> {
+    const due = this.#roundScratch;
+    due.length = 0;
+    for (const r of this.#running) {
+      if (r.compressionDue) due.push(r);
+      r.compressionDue = false;
+    }
+    await this.#compressOnDevice(due, 'interval');
+    let needed = 0;
+    for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
+    if (needed > this.allocator.freeBlocks) await this.#relieveOnDevice(needed);
+    await this.#decodeRows(t0, true);
   }
 
   async #downloadMetricsThen(t0: number): Promise<void> {
@@ -659,15 +699,18 @@ export class Engine {
     await this.#decodeRows(t0);
   }
 
-  /** Compressions that are due, pressure relief, preemption, then the forward pass. */
-  #decodeRows(t0: number): Promise<void> | undefined {
+  /**
+   * Compressions that are due, pressure relief (unless `relieved`: done on the device
+   * already), preemption, then the forward pass.
+   */
+  #decodeRows(t0: number, relieved = false): Promise<void> | undefined {
     for (const r of this.#running) {
       if (r.compressionDue) this.#compressNow(r, 'interval');
       r.compressionDue = false;
     }
     let needed = 0;
     for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
-    if (needed > this.allocator.freeBlocks) this.#relievePressureNow(needed);
+    if (needed > this.allocator.freeBlocks && !relieved) this.#relievePressureNow(needed);
     while (this.#running.length > 0) {
       needed = 0;
       for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
@@ -739,8 +782,61 @@ export class Engine {
   /** Compresses running sequences until `needed` blocks are free (metrics already on the host). */
   async #relievePressure(needed: number): Promise<void> {
     if (this.compressor === null || needed <= this.allocator.freeBlocks) return;
+    if (this.#selection !== null) return this.#relieveOnDevice(needed);
     if (this.backend.deviceMetrics === true) await this.backend.downloadMetrics?.(this.metrics.values);
     this.#relievePressureNow(needed);
+  }
+
+  /**
+   * #relievePressureNow with the decisions made on the device. Compressing one sequence
+   * changes no other's plan, so each round selects, fullest first, just the sequences whose
+   * excess over their budget covers the shortfall, and applies them in that order until
+   * enough is free: the sequences and decisions of the host path, in fewer round trips.
+   */
+  async #relieveOnDevice(needed: number): Promise<void> {
+    const compressor = this.compressor;
+    if (compressor === null || this.scheduler.compressOnce) return;
+    const byBlocks = this.#batchScratch;
+    byBlocks.length = 0;
+    for (const r of this.#running) byBlocks.push(r);
+    byBlocks.sort((a, b) => this.allocator.sequenceBlocks(b.sequence) - this.allocator.sequenceBlocks(a.sequence));
+    const round = this.#roundScratch;
+    let next = 0;
+    while (next < byBlocks.length && needed > this.allocator.freeBlocks) {
+      round.length = 0;
+      let expected = 0;
+      for (; next < byBlocks.length && needed > this.allocator.freeBlocks + expected; next++) {
+        const r = byBlocks[next] as Request;
+        if (r.compression === null) continue;
+        const excess = this.allocator.sequenceBlocks(r.sequence) - compressor.targetBlocks(r.sequence, r.compression);
+        if (excess <= 0) continue;
+        round.push(r);
+        expected += excess;
+      }
+      await this.#compressOnDevice(round, 'memory-pressure', needed);
+    }
+  }
+
+  /**
+   * One device selection round: selects for every request of `round` at once, then compresses
+   * them in order; with `needed`, stops once that many blocks are free (the rest stay as they
+   * are, as on the host path).
+   */
+  async #compressOnDevice(round: readonly Request[], reason: CompressionReason, needed = -1): Promise<void> {
+    const compressor = this.compressor;
+    const selection = this.#selection;
+    if (compressor === null || selection === null || round.length === 0) return;
+    const t0 = performance.now();
+    selection.reset();
+    for (const r of round) if (r.compression !== null) compressor.addSelection(selection, r.sequence, r.compression);
+    if (selection.rowCount > 0) await this.backend.selectEvictions?.(selection, this.allocator);
+    // The round's device time and download; each compression adds its own host time below.
+    this.#stats.compressionMs += performance.now() - t0;
+    for (const r of round) {
+      if (needed >= 0 && needed <= this.allocator.freeBlocks) return;
+      if (r.compression === null) continue;
+      this.#compressed(r, reason, compressor.compressSelected(r.sequence, this.#moves, selection, r.compression));
+    }
   }
 
   /** Compresses running sequences, fullest first, until `needed` blocks are free. */
@@ -776,6 +872,12 @@ export class Engine {
   /** Compresses one sequence, first fetching device metrics if the backend keeps them. */
   async #compress(r: Request, reason: CompressionReason): Promise<void> {
     if (this.compressor === null) return;
+    if (this.#selection !== null) {
+      const round = this.#roundScratch;
+      round.length = 0;
+      round.push(r);
+      return this.#compressOnDevice(round, reason);
+    }
     if (this.backend.deviceMetrics === true) await this.backend.downloadMetrics?.(this.metrics.values);
     this.#compressNow(r, reason);
   }
@@ -784,7 +886,11 @@ export class Engine {
   #compressNow(r: Request, reason: CompressionReason): void {
     const compressor = this.compressor;
     if (compressor === null || r.compression === null) return;
-    const outcome = compressor.compress(r.sequence, this.#moves, r.compression);
+    this.#compressed(r, reason, compressor.compress(r.sequence, this.#moves, r.compression));
+  }
+
+  /** Runs a compaction's moves on the backend and records the compression. */
+  #compressed(r: Request, reason: CompressionReason, outcome: CompressionOutcome): void {
     this.backend.executeMoves(this.#moves);
     this.#moves.clear();
     this.scheduler.compressed(r.sequence);
