@@ -4,10 +4,12 @@
 // ../src/webgpu-backend.test.ts through window.kvc.
 import { type DoneEvent, Engine } from '@kvcompress/engine';
 import { loadLlama2cModel } from '@kvcompress/models';
+import fc from 'fast-check';
 import { requestWebGpuDevice } from '../src/device.ts';
 import { WebGpuBackend } from '../src/webgpu-backend.ts';
 import { cases } from './conformance-cases.ts';
 import { type CaseResult, runConformanceCase } from './run-case.ts';
+import { runSelectionCase, type SelectionParams, type SelectionResult } from './selection-cases.ts';
 
 const device = await requestWebGpuDevice();
 
@@ -79,11 +81,103 @@ async function deviceLoss(): Promise<{
   };
 }
 
+function selection(params: SelectionParams): Promise<SelectionResult> {
+  return runSelectionCase(device, params);
+}
+
+/**
+ * fast-check: random shapes, lengths, budgets, windows, tie densities and special values;
+ * every run's device decision must equal the CPU planner's. Throws the shrunk counterexample.
+ */
+async function selectionProperty(runs: number, seed: number): Promise<{ runs: number; evicted: number; partialRows: number }> {
+  let evicted = 0;
+  let partialRows = 0;
+  let done = 0;
+  const params = fc.record({
+    seed: fc.integer(),
+    layers: fc.integer({ min: 1, max: 3 }),
+    kvHeads: fc.integer({ min: 1, max: 4 }),
+    blockSize: fc.constantFrom(1, 2, 4, 16),
+    tokens: fc.array(fc.integer({ min: 1, max: 300 }), { minLength: 1, maxLength: 3 }),
+    distinct: fc.constantFrom(0, 2, 5, 40),
+    specials: fc.boolean(),
+    ragged: fc.boolean(),
+    policy: fc.constantFrom('kv-compress' as const, 'ada-kv' as const),
+  });
+  await fc.assert(
+    fc.asyncProperty(params, async (q) => {
+      const r = await runSelectionCase(device, q);
+      if (r.validation !== null) throw new Error(`validation: ${r.validation}`);
+      if (r.mismatches.length > 0 || !r.sameCompaction)
+        throw new Error(`${r.mismatches.join('; ')} (same compaction: ${r.sameCompaction})`);
+      evicted += r.evicted;
+      partialRows += r.partialRows;
+      done++;
+    }),
+    { numRuns: runs, seed },
+  );
+  return { runs: done, evicted, partialRows };
+}
+
+interface SelectionEngineRun {
+  tokens: number[][];
+  blocksPerHead: number[][];
+  /** Each compression: reason, sequence, blocks per head after it. */
+  log: string[];
+  deviceSelection: boolean;
+  preemptions: number;
+}
+
+/**
+ * stories260K, three requests batched under a tight block pool (compressions after prefill,
+ * on the interval and under memory pressure, and a preemption), KV-Compress 4x on WebGPU:
+ * decisions made on the device (deviceSelection) and on the host from downloaded metrics.
+ */
+async function selectionEngine(): Promise<{ device: SelectionEngineRun; host: SelectionEngineRun; validation: string | null }> {
+  const bytes = new Uint8Array(await (await fetch('/shared/models/stories260K/stories260K.bin')).arrayBuffer());
+  const model = loadLlama2cModel(bytes);
+  const units = model.config.numLayers * model.config.numKvHeads;
+  const run = async (deviceSelection: boolean): Promise<SelectionEngineRun> => {
+    const engine = new Engine({
+      model,
+      backend: new WebGpuBackend(device),
+      maxSequences: 3,
+      kvBlocks: units * 12,
+      budget: { targetCompressionRate: 4 },
+      protectedWindow: 16,
+      compressionInterval: 32,
+      deviceSelection,
+    });
+    const log: string[] = [];
+    engine.onCompression((e) => {
+      log.push(`${e.reason} ${e.outcome.sequence} ${engine.allocator.blocksPerHead(e.outcome.sequence).join(',')}`);
+    });
+    const prompts = [[1], [1, 400, 30, 80, 7], [1, 50, 60, 70, 80, 90, 100, 110]];
+    const done = await Promise.all(prompts.map((p, i) => engine.complete(p, { maxTokens: 100 + 20 * i, stopTokens: [] })));
+    for (const d of done) if (d.error !== undefined) throw d.error;
+    return {
+      tokens: done.map((d) => [...d.tokens]),
+      blocksPerHead: done.map((d) => [...d.blocksPerHead]),
+      log,
+      deviceSelection: engine.deviceSelection,
+      preemptions: engine.stats().preemptions,
+    };
+  };
+  device.pushErrorScope('validation');
+  const onDevice = await run(true);
+  const onHost = await run(false);
+  const error = await device.popErrorScope();
+  return { device: onDevice, host: onHost, validation: error === null ? null : error.message };
+}
+
 const kvc = {
   names: cases.map((c) => c.name),
   runCase,
   greedy,
   deviceLoss,
+  selection,
+  selectionProperty,
+  selectionEngine,
   adapter: device.adapterInfo?.description ?? '',
 };
 /** What the test drives through `globalThis.kvc`. */
