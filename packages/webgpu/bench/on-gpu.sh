@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine after `source .gpu/setup.sh` (which unpacks Node and Dawn): runs the
 # benches, writing JSON lines to $OUT (or .gpu/out).
-#   BENCHES="conformance attention sdpa matmul decode-8b decode-1b"   which to run (default all)
+#   BENCHES="conformance attention sdpa matmul decode-8b decode-1b"   which to run (default these;
+#   also: selection, eval)
+#   SEQS=64 CONTEXT=8192 LAYERS=32 KV_HEADS=8    selection round shape (see selection.gpu.ts)
 #   CONTEXT_8B=4096 CONTEXT_1B=16384 KV_MIB=3584    decode settings (see decode.gpu.ts)
 #   eval: `kvc eval` of the default model on WebGPU (EVAL_CONTEXTS, EVAL_TASKS, EVAL_EXAMPLES,
 #   EVAL_POLICIES); resumes from $out/eval/cells.jsonl, so a cut-off run continues
@@ -26,6 +28,7 @@ for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
       --tasks "${EVAL_TASKS:-passkey,niah-single,niah-multikey,niah-multivalue,niah-multiquery}" \
       --policies "${EVAL_POLICIES:-kv-compress,kv-compress-maxpool,kv-compress-trailing,snapkv,pyramidkv,ada-kv,h2o,streaming-llm,random}" \
       --examples "${EVAL_EXAMPLES:-10}" --batch "${EVAL_BATCH:-10}" --out "$out/eval" ;;
+    selection) timeout 400 "$GPU_NODE" .gpu/selection.mjs | tee "$out/selection.jsonl" ;;
     decode-1b) c=${CONTEXT_1B:-16384}; SHAPE=1b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-1b-$c.jsonl" ;;
   esac
   echo "exit ${PIPESTATUS[0]}"
