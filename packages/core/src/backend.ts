@@ -110,6 +110,13 @@ export interface Backend {
    * `rows * vocab` floats.
    */
   argmax(out: DeviceBuffer, logits: DeviceBuffer, rows: number, vocab: number): void;
+  /**
+   * Sampled token selection, for backends that keep logits on a device: out[r] = the token
+   * the engine's Sampler picks from logits[r] with params[r] = (temperature, topK, topP, u),
+   * u the row's uniform draw in [0, 1) (temperature 0: argmax). params f32 [rows][4], out
+   * i32 [rows]. The same rank and tie rule as the Sampler; sums may round differently.
+   */
+  sample?(out: DeviceBuffer, logits: DeviceBuffer, params: DeviceBuffer, rows: number, vocab: number): void;
 
   /**
    * Writes K and V rows [rows][kvHeads][headDim] of one layer into the cache at the slots

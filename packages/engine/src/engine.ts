@@ -58,6 +58,12 @@ export interface EngineOptions {
    * downloads the metrics and plans on the host. Both make the same decision.
    */
   readonly deviceSelection?: boolean;
+  /**
+   * Whether sampled (temperature > 0) rows pick their token on the device when the backend
+   * can (`Backend.sample`), reading back one integer per row instead of the logits (default
+   * true). The request's generator still draws each row's uniform number on the host.
+   */
+  readonly deviceSampling?: boolean;
 }
 
 export interface GenerateOptions {
@@ -216,6 +222,9 @@ export class Engine {
   readonly #logits: Float32Array; // [rows][vocab] host copy
   readonly #greedyOut: DeviceBuffer; // i32 [rows]: device argmax of each row's logits
   readonly #greedyIds: Int32Array; // [rows] host copy of #greedyOut
+  /** f32 [rows][4] (temperature, topK, topP, u) for Backend.sample, or null to sample on the host. */
+  readonly #sampleParams: DeviceBuffer | null;
+  readonly #sampleParamsHost: Float32Array;
   readonly #recording: MetricRecording | null;
   readonly #rowFlags: Uint8Array;
   readonly #step: {
@@ -329,6 +338,9 @@ export class Engine {
     this.#logits = new Float32Array(maxRows * config.vocabSize);
     this.#greedyOut = this.backend.createBuffer(maxRows, 'i32');
     this.#greedyIds = new Int32Array(maxRows);
+    const deviceSampling = (options.deviceSampling ?? true) && this.backend.sample !== undefined && this.backend.readSync === undefined;
+    this.#sampleParams = deviceSampling ? this.backend.createBuffer(4 * maxRows, 'f32') : null;
+    this.#sampleParamsHost = new Float32Array(deviceSampling ? 4 * maxRows : 0);
     this.#rowFlags = new Uint8Array(maxRows);
     const decode = this.scorer.decode;
     const recordsAttention = this.scorer instanceof AttentionScorer && this.compressor !== null && decode !== undefined;
@@ -753,9 +765,29 @@ export class Engine {
     // Every row greedy: pick on the device and read back one integer per row, not a row of
     // vocab floats (128 K x 4 B per row for Llama 3).
     let greedy = true;
-    for (const r of this.#running) greedy &&= r.sampling.temperature === 0 && r.forced === null;
-    if (greedy) {
+    let forced = false;
+    for (const r of this.#running) {
+      greedy &&= r.sampling.temperature === 0;
+      forced ||= r.forced !== null;
+    }
+    if (greedy && !forced) {
       this.backend.argmax(this.#greedyOut, this.model.logits, rows, vocab);
+      return this.backend.read(this.#greedyOut, this.#greedyIds, 0, rows).then(() => this.#sampleRows(t0, rows, this.#greedyIds));
+    }
+    // Sampled rows: the device picks from each row's logits with the uniform number its
+    // request's generator draws now, in row order (as #pick would draw it).
+    if (this.#sampleParams !== null && !forced) {
+      const params = this.#sampleParamsHost;
+      for (let i = 0; i < rows; i++) {
+        const r = this.#running[i] as Request;
+        const s = r.sampling;
+        params[4 * i] = s.temperature;
+        params[4 * i + 1] = s.topK;
+        params[4 * i + 2] = s.topP;
+        params[4 * i + 3] = s.temperature > 0 ? r.rng.next() : 0;
+      }
+      this.backend.write(this.#sampleParams, params, 0, 4 * rows);
+      this.backend.sample?.(this.#greedyOut, this.model.logits, this.#sampleParams, rows, vocab);
       return this.backend.read(this.#greedyOut, this.#greedyIds, 0, rows).then(() => this.#sampleRows(t0, rows, this.#greedyIds));
     }
     return this.backend.read(this.model.logits, this.#logits, 0, rows * vocab).then(() => this.#sampleRows(t0, rows));

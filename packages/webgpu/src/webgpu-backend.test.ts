@@ -192,3 +192,49 @@ describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'
     expect(r.device.preemptions).toBe(r.host.preemptions);
   }, 300_000);
 });
+
+describe.skipIf(!haveChromium)('sampled token selection on the device = the CPU Sampler (headless Chromium)', () => {
+  const rows = (list: [number, number, number][]) =>
+    list.map(([temperature, topK, topP], i) => ({ temperature, topK, topP, seed: 100 + i }));
+  const mixed = rows([
+    [0, 0, 1],
+    [1, 0, 1],
+    [0.8, 40, 1],
+    [1, 0, 0.9],
+    [0.7, 40, 0.9],
+    [1.3, 1, 1],
+    [1, 999, 0.5],
+    [1, 5000, 1],
+    [0.5, 3, 0.3],
+  ]);
+  const named: [string, Parameters<Kvc['sampling']>[0]][] = [
+    ['temperature, top-k, top-p and greedy rows, continuous logits (vocab 1000)', { seed: 1, vocab: 1000, distinct: 0, rows: mixed }],
+    ['many equal logits (4 values): ranks by id among ties', { seed: 2, vocab: 1000, distinct: 4, rows: mixed }],
+    ['a 32000-token vocabulary', { seed: 3, vocab: 32000, distinct: 0, rows: mixed }],
+    ['one-token vocabulary', { seed: 4, vocab: 1, distinct: 0, rows: mixed }],
+  ];
+  it.each(named)(
+    '%s',
+    async (_, params) => {
+      const r = await page.evaluate((q) => (globalThis as unknown as { kvc: Kvc }).kvc.sampling(q), params);
+      expect(r.validation).toBeNull();
+      expect(r.gpu).toEqual(r.cpu);
+    },
+    120_000,
+  );
+
+  it('property: random vocabularies, ties and parameters pick the CPU Sampler ids', async () => {
+    const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.samplingProperty(40, 4242));
+    expect(r.runs).toBe(40);
+    expect(r.rows).toBeGreaterThan(40);
+  }, 300_000);
+});
+
+describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'))('stories260K: device sampling', () => {
+  it('sampled requests (top-k, top-p, plain, greedy) give the same tokens picked on the device or the host', async () => {
+    const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.samplingEngine());
+    expect(r.validation).toBeNull();
+    expect(r.device).toEqual(r.host);
+    expect(r.device.every((t) => t.length === 60)).toBe(true);
+  }, 300_000);
+});

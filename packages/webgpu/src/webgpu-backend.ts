@@ -52,6 +52,7 @@ import {
   wideAttentionSplitKeys,
   wideAttentionSupports,
 } from './kernels.ts';
+import { sampleKernel } from './sampling-kernels.ts';
 import {
   SELECTION_BINS,
   SELECTION_LEVELS,
@@ -469,6 +470,13 @@ export class WebGpuBackend implements Backend {
     this.#setUniform([rows, vocab, 0, 0]);
     const [gx, gy] = grid(rows);
     this.#dispatchRaw(argmaxKernel(), [(out as GpuBuffer).buffer, (logits as GpuBuffer).buffer], gx, gy);
+  }
+
+  /** Sampled token selection on the device (see sampling-kernels.ts): one workgroup per row. */
+  sample(out: DeviceBuffer, logits: DeviceBuffer, params: DeviceBuffer, rows: number, vocab: number): void {
+    this.#setUniform([rows, vocab, 0, 0]);
+    const [gx, gy] = grid(rows);
+    this.#dispatchRaw(sampleKernel(), [(out as GpuBuffer).buffer, (logits as GpuBuffer).buffer, (params as GpuBuffer).buffer], gx, gy);
   }
 
   appendKv(layer: number, k: DeviceBuffer, v: DeviceBuffer, slots: DeviceBuffer, rows: number, kvHeads: number): void {

@@ -9,6 +9,7 @@ import { requestWebGpuDevice } from '../src/device.ts';
 import { WebGpuBackend } from '../src/webgpu-backend.ts';
 import { cases } from './conformance-cases.ts';
 import { type CaseResult, runConformanceCase } from './run-case.ts';
+import { runSamplingCase, type SamplingParams, type SamplingResult } from './sampling-cases.ts';
 import { runSelectionCase, type SelectionParams, type SelectionResult } from './selection-cases.ts';
 
 const device = await requestWebGpuDevice();
@@ -170,6 +171,62 @@ async function selectionEngine(): Promise<{ device: SelectionEngineRun; host: Se
   return { device: onDevice, host: onHost, validation: error === null ? null : error.message };
 }
 
+function sampling(params: SamplingParams): Promise<SamplingResult> {
+  return runSamplingCase(device, params);
+}
+
+/** fast-check: random vocabularies, tie densities and parameters; device ids = CPU Sampler ids. */
+async function samplingProperty(runs: number, seed: number): Promise<{ runs: number; rows: number }> {
+  let rows = 0;
+  let done = 0;
+  const row = fc.record({
+    temperature: fc.constantFrom(0, 0.3, 0.8, 1, 1.7),
+    topK: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 64 }), fc.integer({ min: 1, max: 5000 })),
+    topP: fc.oneof(fc.constant(1), fc.double({ min: 0.02, max: 0.999, noNaN: true })),
+    seed: fc.integer(),
+  });
+  const params = fc.record({
+    seed: fc.integer(),
+    vocab: fc.integer({ min: 1, max: 3000 }),
+    distinct: fc.constantFrom(0, 3, 50),
+    rows: fc.array(row, { minLength: 1, maxLength: 8 }),
+  });
+  await fc.assert(
+    fc.asyncProperty(params, async (q) => {
+      const r = await runSamplingCase(device, q);
+      if (r.validation !== null) throw new Error(`validation: ${r.validation}`);
+      if (r.gpu.join() !== r.cpu.join()) throw new Error(`device ${r.gpu.join()} != CPU ${r.cpu.join()}`);
+      rows += q.rows.length;
+      done++;
+    }),
+    { numRuns: runs, seed },
+  );
+  return { runs: done, rows };
+}
+
+/** stories260K sampled on WebGPU: tokens picked on the device and from downloaded logits. */
+async function samplingEngine(): Promise<{ device: number[][]; host: number[][]; validation: string | null }> {
+  const bytes = new Uint8Array(await (await fetch('/shared/models/stories260K/stories260K.bin')).arrayBuffer());
+  const model = loadLlama2cModel(bytes);
+  const requests = [
+    { temperature: 0.9, topK: 20, topP: 0.9, seed: 11 },
+    { temperature: 1, topK: 0, topP: 1, seed: 12 },
+    { temperature: 0.7, topK: 0, topP: 0.8, seed: 13 },
+    { temperature: 0, topK: 0, topP: 1, seed: 0 },
+  ];
+  const run = async (deviceSampling: boolean): Promise<number[][]> => {
+    const engine = new Engine({ model, maxSequences: 4, backend: new WebGpuBackend(device), deviceSampling });
+    const done = await Promise.all(requests.map((sampling) => engine.complete([1], { maxTokens: 60, sampling, stopTokens: [] })));
+    for (const d of done) if (d.error !== undefined) throw d.error;
+    return done.map((d) => [...d.tokens]);
+  };
+  device.pushErrorScope('validation');
+  const onDevice = await run(true);
+  const onHost = await run(false);
+  const error = await device.popErrorScope();
+  return { device: onDevice, host: onHost, validation: error === null ? null : error.message };
+}
+
 const kvc = {
   names: cases.map((c) => c.name),
   runCase,
@@ -178,6 +235,9 @@ const kvc = {
   selection,
   selectionProperty,
   selectionEngine,
+  sampling,
+  samplingProperty,
+  samplingEngine,
   adapter: device.adapterInfo?.description ?? '',
 };
 /** What the test drives through `globalThis.kvc`. */
