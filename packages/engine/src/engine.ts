@@ -370,9 +370,11 @@ export class Engine {
       this.compressor?.cheapestBlocks != null &&
       this.backend.deviceMetrics === true &&
       this.backend.selectEvictions !== undefined;
-    // Every sequence at most once per round: one row per head unit, one mask bit per slot.
+    // Every sequence at most once per round: one row per head unit, and one mask bit per
+    // cached slot, each row's mask starting on a word. The engine never forks, so the heads
+    // of all sequences hold at most the pool's slots.
     const rows = maxSequences * this.#units;
-    this.#selection = onDevice ? new EvictionSelection(rows, rows * Math.ceil((this.allocator.maxBlocksPerHead * blockSize) / 32)) : null;
+    this.#selection = onDevice ? new EvictionSelection(rows, Math.ceil(this.allocator.numSlots / 32) + rows) : null;
   }
 
   /** Whether compressions decide on the device (see EngineOptions.deviceSelection). */
