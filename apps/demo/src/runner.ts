@@ -183,6 +183,9 @@ export class DemoRunner {
       maxContext: this.settings.maxContext,
       blockSize: this.settings.blockSize,
       kvDtype: this.settings.kvDtype,
+      // The head view summarises the host metric store after each compression: keep host
+      // planning, whose metric download refreshes it (device selection would leave it stale).
+      deviceSelection: false,
     });
     this.#engineKey = key;
     return this.#engine;

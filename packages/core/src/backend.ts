@@ -1,4 +1,5 @@
 import type { ChangeLog } from './change-log.ts';
+import type { EvictionSelection } from './eviction-selection.ts';
 import type { RopeLayout, RopeScaling, Tensor } from './model.ts';
 import type { KvDtype } from './shape.ts';
 import type { SlotMoveList } from './slot-moves.ts';
@@ -115,6 +116,13 @@ export interface Backend {
    * `rows * vocab` floats.
    */
   argmax(out: DeviceBuffer, logits: DeviceBuffer, rows: number, vocab: number): void;
+  /**
+   * Sampled token selection, for backends that keep logits on a device: out[r] = the token
+   * the engine's Sampler picks from logits[r] with params[r] = (temperature, topK, topP, u),
+   * u the row's uniform draw in [0, 1) (temperature 0: argmax). params f32 [rows][4], out
+   * i32 [rows]. The same rank and tie rule as the Sampler; sums may round differently.
+   */
+  sample?(out: DeviceBuffer, logits: DeviceBuffer, params: DeviceBuffer, rows: number, vocab: number): void;
 
   /**
    * Writes K and V rows [rows][kvHeads][headDim] of one layer into the cache at the slots
@@ -154,6 +162,13 @@ export interface Backend {
   downloadMetrics?(out: Float32Array): Promise<void>;
   /** metrics[slots[i]] = values[i] for i < count. */
   uploadMetrics?(slots: Int32Array, values: Float32Array, count: number): void;
+  /**
+   * KV-Compress's block selection run where the metrics are (backends with `deviceMetrics`):
+   * decides the slots of every group of `selection` from the device metrics and the cache
+   * tables, and writes only the decision into `selection.result`. The decision is the one
+   * `PolicyContext.freeCheapestBlocks` makes on the same metrics (see EvictionSelection).
+   */
+  selectEvictions?(selection: EvictionSelection, cache: PagedCacheView): Promise<void>;
 }
 
 /** What RoPE needs to know. */

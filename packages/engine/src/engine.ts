@@ -2,6 +2,7 @@ import {
   assertInteger,
   type Backend,
   type DeviceBuffer,
+  EvictionSelection,
   InvalidArgumentError,
   type KvDtype,
   kvShapeOf,
@@ -57,6 +58,19 @@ export interface EngineOptions {
   readonly kvDtype?: KvDtype;
   /** Most prompt tokens per forward step. Default 256. */
   readonly prefillChunk?: number;
+  /**
+   * Where a backend that keeps metrics on the device (WebGPU) decides evictions, for
+   * policies that declare KV-Compress's block rule (`cheapestBlocks`: kv-compress, ada-kv):
+   * true (default) runs the selection on the device and downloads only its decision; false
+   * downloads the metrics and plans on the host. Both make the same decision.
+   */
+  readonly deviceSelection?: boolean;
+  /**
+   * Whether sampled (temperature > 0) rows pick their token on the device when the backend
+   * can (`Backend.sample`), reading back one integer per row instead of the logits (default
+   * true). The request's generator still draws each row's uniform number on the host.
+   */
+  readonly deviceSampling?: boolean;
 }
 
 export interface GenerateOptions {
@@ -158,6 +172,8 @@ export interface EngineStats {
   readonly prefillMs: number;
   readonly compressions: number;
   readonly compressionMs: number;
+  /** Compression rounds whose eviction was selected on the device (no metric download). */
+  readonly deviceSelectionRounds: number;
   readonly preemptions: number;
   readonly usedBlocks: number;
   readonly peakUsedBlocks: number;
@@ -297,6 +313,9 @@ export class Engine {
   readonly #greedyIds: Int32Array; // [rows] host copy of #greedyOut
   /** Per-row metric recording of a step: each row records as its request's policy says. */
   readonly #recording: MetricRecording;
+  /** f32 [rows][4] (temperature, topK, topP, u) for Backend.sample, or null to sample on the host. */
+  readonly #sampleParams: DeviceBuffer | null;
+  readonly #sampleParamsHost: Float32Array;
   readonly #rowFlags: Uint8Array;
   readonly #rowSquare: Uint8Array;
   readonly #rowGroupScale: Float32Array;
@@ -323,6 +342,10 @@ export class Engine {
   /** Slots and initial metrics to send to a backend that keeps metrics on the device. */
   readonly #uploadSlots: Int32Array;
   readonly #uploadValues: Float32Array;
+  /** Device selection rounds (see EngineOptions.deviceSelection), or null when planning on the host. */
+  readonly #selection: EvictionSelection | null;
+  /** Requests of one device selection round. */
+  readonly #roundScratch: Request[] = [];
 
   /**
    * Serialises forward passes (the step scratch is shared by generation and forwardLogits).
@@ -343,6 +366,7 @@ export class Engine {
     prefillMs: 0,
     compressions: 0,
     compressionMs: 0,
+    deviceSelectionRounds: 0,
     preemptions: 0,
     peakUsedBlocks: 0,
   };
@@ -400,6 +424,9 @@ export class Engine {
     this.#logits = new Float32Array(maxRows * config.vocabSize);
     this.#greedyOut = this.backend.createBuffer(maxRows, 'i32');
     this.#greedyIds = new Int32Array(maxRows);
+    const deviceSampling = (options.deviceSampling ?? true) && this.backend.sample !== undefined && this.backend.readSync === undefined;
+    this.#sampleParams = deviceSampling ? this.backend.createBuffer(4 * maxRows, 'f32') : null;
+    this.#sampleParamsHost = new Float32Array(deviceSampling ? 4 * maxRows : 0);
     this.#rowFlags = new Uint8Array(maxRows);
     this.#rowSquare = new Uint8Array(maxRows);
     this.#rowGroupScale = new Float32Array(maxRows);
@@ -423,6 +450,33 @@ export class Engine {
     this.#finishScratch = new Float32Array(this.maxContext);
     this.#uploadSlots = new Int32Array(Math.max(this.#units * maxRows, this.maxContext));
     this.#uploadValues = new Float32Array(Math.max(this.#units * maxRows, this.maxContext));
+    // Made whatever the default policy: a request may name a block-rule policy of its own.
+    const onDevice = (options.deviceSelection ?? true) && this.backend.deviceMetrics === true && this.backend.selectEvictions !== undefined;
+    // Every sequence at most once per round: one row per head unit, and one mask bit per
+    // cached slot, each row's mask starting on a word. The engine never forks, so the heads
+    // of all sequences hold at most the pool's slots.
+    const rows = maxSequences * this.#units;
+    this.#selection = onDevice ? new EvictionSelection(rows, Math.ceil(this.allocator.numSlots / 32) + rows) : null;
+  }
+
+  /** Whether compressions under the default policy decide on the device (see EngineOptions.deviceSelection). */
+  get deviceSelection(): boolean {
+    return this.#selection !== null && this.compressor?.cheapestBlocks != null;
+  }
+
+  /** Whether this request's compressions decide on the device: its policy declares the block rule. */
+  #selectsOnDevice(r: Request): boolean {
+    return this.#selection !== null && r.compressor?.cheapestBlocks != null;
+  }
+
+  /**
+   * Whether every running request that compresses decides on the device. A batch that mixes
+   * in a host-planned policy downloads the metrics and plans every sequence on the host.
+   */
+  #allSelectOnDevice(): boolean {
+    if (this.#selection === null) return false;
+    for (const r of this.#running) if (r.compressor !== null && r.compressor.cheapestBlocks == null) return false;
+    return true;
   }
 
   // ---------------------------------------------------------------------------------------
@@ -796,9 +850,24 @@ export class Engine {
       compressible ||= r.compressor !== null;
     }
     if (compressible && this.backend.deviceMetrics === true && (due || needed > this.allocator.freeBlocks)) {
-      return this.#downloadMetricsThen(t0);
+      return this.#allSelectOnDevice() ? this.#selectOnDeviceThen(t0) : this.#downloadMetricsThen(t0);
     }
     return this.#decodeRows(t0);
+  }
+
+  /** #decodeRows' compressions as device selection rounds, then the rest of the step. */
+  async #selectOnDeviceThen(t0: number): Promise<void> {
+    const due = this.#roundScratch;
+    due.length = 0;
+    for (const r of this.#running) {
+      if (r.compressionDue) due.push(r);
+      r.compressionDue = false;
+    }
+    await this.#compressOnDevice(due, 'interval');
+    let needed = 0;
+    for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
+    if (needed > this.allocator.freeBlocks) await this.#relieveOnDevice(needed);
+    await this.#decodeRows(t0, true);
   }
 
   async #downloadMetricsThen(t0: number): Promise<void> {
@@ -806,15 +875,18 @@ export class Engine {
     await this.#decodeRows(t0);
   }
 
-  /** Compressions that are due, pressure relief, preemption, then the forward pass. */
-  #decodeRows(t0: number): Promise<void> | undefined {
+  /**
+   * Compressions that are due, pressure relief (unless `relieved`: done on the device
+   * already), preemption, then the forward pass.
+   */
+  #decodeRows(t0: number, relieved = false): Promise<void> | undefined {
     for (const r of this.#running) {
       if (r.compressionDue) this.#compressNow(r, 'interval');
       r.compressionDue = false;
     }
     let needed = 0;
     for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
-    if (needed > this.allocator.freeBlocks) this.#relievePressureNow(needed);
+    if (needed > this.allocator.freeBlocks && !relieved) this.#relievePressureNow(needed);
     while (this.#running.length > 0) {
       needed = 0;
       for (const r of this.#running) needed += blocksForNextStep(this.allocator, r.sequence);
@@ -864,9 +936,29 @@ export class Engine {
     // Every row greedy: pick on the device and read back one integer per row, not a row of
     // vocab floats (128 K x 4 B per row for Llama 3).
     let greedy = true;
-    for (const r of this.#running) greedy &&= r.sampling.temperature === 0 && r.forced === null;
-    if (greedy) {
+    let forced = false;
+    for (const r of this.#running) {
+      greedy &&= r.sampling.temperature === 0;
+      forced ||= r.forced !== null;
+    }
+    if (greedy && !forced) {
       this.backend.argmax(this.#greedyOut, this.model.logits, rows, vocab);
+      return this.backend.read(this.#greedyOut, this.#greedyIds, 0, rows).then(() => this.#sampleRows(t0, rows, this.#greedyIds));
+    }
+    // Sampled rows: the device picks from each row's logits with the uniform number its
+    // request's generator draws now, in row order (as #pick would draw it).
+    if (this.#sampleParams !== null && !forced) {
+      const params = this.#sampleParamsHost;
+      for (let i = 0; i < rows; i++) {
+        const r = this.#running[i] as Request;
+        const s = r.sampling;
+        params[4 * i] = s.temperature;
+        params[4 * i + 1] = s.topK;
+        params[4 * i + 2] = s.topP;
+        params[4 * i + 3] = s.temperature > 0 ? r.rng.next() : 0;
+      }
+      this.backend.write(this.#sampleParams, params, 0, 4 * rows);
+      this.backend.sample?.(this.#greedyOut, this.model.logits, this.#sampleParams, rows, vocab);
       return this.backend.read(this.#greedyOut, this.#greedyIds, 0, rows).then(() => this.#sampleRows(t0, rows, this.#greedyIds));
     }
     return this.backend.read(this.model.logits, this.#logits, 0, rows * vocab).then(() => this.#sampleRows(t0, rows));
@@ -896,8 +988,64 @@ export class Engine {
     let compressible = false;
     for (const r of this.#running) compressible ||= r.compressor !== null;
     if (!compressible) return;
+    if (this.#allSelectOnDevice()) return this.#relieveOnDevice(needed);
     if (this.backend.deviceMetrics === true) await this.backend.downloadMetrics?.(this.metrics.values);
     this.#relievePressureNow(needed);
+  }
+
+  /**
+   * #relievePressureNow with the decisions made on the device. Compressing one sequence
+   * changes no other's plan, so each round selects, fullest first, just the sequences whose
+   * excess over their budget covers the shortfall, and applies them in that order until
+   * enough is free: the sequences and decisions of the host path, in fewer round trips.
+   */
+  async #relieveOnDevice(needed: number): Promise<void> {
+    if (this.scheduler.compressOnce) return;
+    const byBlocks = this.#batchScratch;
+    byBlocks.length = 0;
+    for (const r of this.#running) byBlocks.push(r);
+    byBlocks.sort((a, b) => this.allocator.sequenceBlocks(b.sequence) - this.allocator.sequenceBlocks(a.sequence));
+    const round = this.#roundScratch;
+    let next = 0;
+    while (next < byBlocks.length && needed > this.allocator.freeBlocks) {
+      round.length = 0;
+      let expected = 0;
+      for (; next < byBlocks.length && needed > this.allocator.freeBlocks + expected; next++) {
+        const r = byBlocks[next] as Request;
+        if (r.compressor === null || r.compression === null) continue;
+        const excess = this.allocator.sequenceBlocks(r.sequence) - r.compressor.targetBlocks(r.sequence, r.compression);
+        if (excess <= 0) continue;
+        round.push(r);
+        expected += excess;
+      }
+      await this.#compressOnDevice(round, 'memory-pressure', needed);
+    }
+  }
+
+  /**
+   * One device selection round: selects for every request of `round` at once, then compresses
+   * them in order; with `needed`, stops once that many blocks are free (the rest stay as they
+   * are, as on the host path).
+   */
+  async #compressOnDevice(round: readonly Request[], reason: CompressionReason, needed = -1): Promise<void> {
+    const selection = this.#selection;
+    if (selection === null || round.length === 0) return;
+    const t0 = performance.now();
+    selection.reset();
+    // Each request under its own policy's compressor (all of them declare the block rule).
+    for (const r of round)
+      if (r.compressor !== null && r.compression !== null) r.compressor.addSelection(selection, r.sequence, r.compression);
+    if (selection.rowCount > 0) {
+      await this.backend.selectEvictions?.(selection, this.allocator);
+      this.#stats.deviceSelectionRounds++;
+    }
+    // The round's device time and download; each compression adds its own host time below.
+    this.#stats.compressionMs += performance.now() - t0;
+    for (const r of round) {
+      if (needed >= 0 && needed <= this.allocator.freeBlocks) return;
+      if (r.compressor === null || r.compression === null) continue;
+      this.#compressed(r, reason, r.compressor.compressSelected(r.sequence, this.#moves, selection, r.compression));
+    }
   }
 
   /** Compresses running sequences, fullest first, until `needed` blocks are free. */
@@ -933,6 +1081,12 @@ export class Engine {
   /** Compresses one sequence, first fetching device metrics if the backend keeps them. */
   async #compress(r: Request, reason: CompressionReason): Promise<void> {
     if (r.compressor === null) return;
+    if (this.#selectsOnDevice(r)) {
+      const round = this.#roundScratch;
+      round.length = 0;
+      round.push(r);
+      return this.#compressOnDevice(round, reason);
+    }
     if (this.backend.deviceMetrics === true) await this.backend.downloadMetrics?.(this.metrics.values);
     this.#compressNow(r, reason);
   }
@@ -941,7 +1095,11 @@ export class Engine {
   #compressNow(r: Request, reason: CompressionReason): void {
     const compressor = r.compressor;
     if (compressor === null || r.compression === null) return;
-    const outcome = compressor.compress(r.sequence, this.#moves, r.compression);
+    this.#compressed(r, reason, compressor.compress(r.sequence, this.#moves, r.compression));
+  }
+
+  /** Runs a compaction's moves on the backend and records the compression. */
+  #compressed(r: Request, reason: CompressionReason, outcome: CompressionOutcome): void {
     this.backend.executeMoves(this.#moves);
     this.#moves.clear();
     this.scheduler.compressed(r.sequence);

@@ -52,6 +52,11 @@ export class Rng {
 /**
  * Samples from logits with temperature, top-k and top-p. Scratch arrays are owned by the
  * sampler and sized for the vocabulary once.
+ *
+ * With top-k or top-p, tokens are ranked by probability, equal probabilities by ascending
+ * id: top-k keeps the first k, top-p the shortest prefix whose mass reaches p of theirs, and
+ * the draw walks that prefix in rank order. Without either, the draw walks the whole
+ * vocabulary in id order. `WebGpuBackend.sample` follows the same rule on the device.
  */
 export class Sampler {
   readonly vocabSize: number;
@@ -86,7 +91,7 @@ export class Sampler {
     if (s.topP < 1 || count < n) {
       // Sort the candidates by probability, descending (count is small when top-k is used).
       const cand = order.subarray(0, count);
-      cand.sort((a, b) => (probs[b] as number) - (probs[a] as number));
+      cand.sort((a, b) => (probs[b] as number) - (probs[a] as number) || a - b);
       let kept = 0;
       let mass = 0;
       let total = 0;
@@ -110,17 +115,26 @@ export class Sampler {
   }
 }
 
-/** Moves the k largest-probability ids to order[0 .. k) (quickselect; unordered). */
+/**
+ * Moves the k first ids in rank order (probability descending, then id ascending) to
+ * order[0 .. k) (quickselect; unordered).
+ */
 function selectTop(order: Int32Array, probs: Float32Array, n: number, k: number): void {
+  // a ranks before b.
+  const before = (a: number, b: number): boolean => {
+    const pa = probs[a] as number;
+    const pb = probs[b] as number;
+    return pa > pb || (pa === pb && a < b);
+  };
   let lo = 0;
   let hi = n - 1;
   while (lo < hi) {
-    const pivot = probs[order[(lo + hi) >>> 1] as number] as number;
+    const pivot = order[(lo + hi) >>> 1] as number;
     let i = lo;
     let j = hi;
     while (i <= j) {
-      while ((probs[order[i] as number] as number) > pivot) i++;
-      while ((probs[order[j] as number] as number) < pivot) j--;
+      while (before(order[i] as number, pivot)) i++;
+      while (before(pivot, order[j] as number)) j--;
       if (i <= j) {
         const t = order[i] as number;
         order[i] = order[j] as number;

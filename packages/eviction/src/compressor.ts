@@ -1,8 +1,16 @@
-import { InvalidArgumentError, type SlotMoveList } from '@kvcompress/core';
+import {
+  type EvictionSelection,
+  InvalidArgumentError,
+  InvalidPlanError,
+  SELECTION_GROUP_FIELDS,
+  SELECTION_ROW_FIELDS,
+  type SlotMoveList,
+} from '@kvcompress/core';
 import type { MetricStore, Scorer } from '@kvcompress/metrics';
 import { kvCompressScorer } from '@kvcompress/metrics';
 import type { CompactionResult, PageAllocator } from '@kvcompress/page-allocator';
 import { type CompressionConfig, type ResolvedCompressionConfig, resolveCompressionConfig } from './budget.ts';
+import { type CheapestBlocksPlan, cheapestBlocksShape } from './cheapest-blocks.ts';
 import { CompressionContext } from './context.ts';
 import type { EvictionPolicy } from './policy.ts';
 
@@ -71,14 +79,100 @@ export class Compressor {
    * must execute before the sequence's next attention.
    */
   compress(sequence: number, moves: SlotMoveList, config: ResolvedCompressionConfig = this.config): CompressionOutcome {
-    if (moves.capacity < this.allocator.maxSlotsPerSequence) {
-      throw new InvalidArgumentError('The move list is too small; create it with allocator.createMoveList().');
-    }
+    this.#checkMoves(moves);
     const ctx = this.context;
     const t0 = performance.now();
     ctx.begin(sequence, config);
     const blocksBefore = this.allocator.sequenceBlocks(sequence);
     this.policy.plan(ctx);
+    return this.#compact(sequence, moves, blocksBefore, t0);
+  }
+
+  /**
+   * The policy's block rule when it declares one (KV-Compress, Ada-KV): then
+   * `addSelection` / `compressSelected` can replace `compress` with a backend's
+   * `selectEvictions`, with the same outcome.
+   */
+  get cheapestBlocks(): CheapestBlocksPlan | null {
+    return this.policy.cheapestBlocks ?? null;
+  }
+
+  /**
+   * Adds one sequence's block selection to `selection`, for `Backend.selectEvictions`: one
+   * group per set of competing units with blocks to free, as the policy's `cheapestBlocks`
+   * says (metrics are not read). Returns false, adding nothing, when nothing is to be freed.
+   */
+  addSelection(selection: EvictionSelection, sequence: number, config: ResolvedCompressionConfig = this.config): boolean {
+    const spec = this.policy.cheapestBlocks;
+    if (spec === undefined) throw new InvalidArgumentError(`Policy "${this.policy.name}" declares no cheapestBlocks plan.`);
+    const ctx = this.context;
+    const a = this.allocator;
+    const B = a.blockSize;
+    ctx.begin(sequence, config);
+    const { groupUnits, minBlocks } = cheapestBlocksShape(spec, ctx);
+    let added = false;
+    for (let g = 0; g * groupUnits < ctx.units; g++) {
+      const blocks = spec.blocks(ctx, g);
+      if (blocks <= 0) continue;
+      selection.addGroup(sequence, blocks, ctx.tokens - ctx.protectedWindow, ctx.sinks);
+      const end = Math.min(ctx.units, (g + 1) * groupUnits);
+      for (let u = g * groupUnits; u < end; u++) {
+        const len = ctx.length(u);
+        selection.addRow(u, a.unitHeadIndex(sequence, u) * a.maxBlocksPerHead, len, B, Math.max(0, Math.ceil(len / B) - minBlocks));
+      }
+      added = true;
+    }
+    return added;
+  }
+
+  /**
+   * Compresses one sequence by the slots a backend's `selectEvictions` chose for it in
+   * `selection` (filled by `addSelection` for this sequence and this cache state; a sequence
+   * with no group there keeps everything). Otherwise as `compress`.
+   */
+  compressSelected(
+    sequence: number,
+    moves: SlotMoveList,
+    selection: EvictionSelection,
+    config: ResolvedCompressionConfig = this.config,
+  ): CompressionOutcome {
+    this.#checkMoves(moves);
+    const ctx = this.context;
+    const B = this.allocator.blockSize;
+    const t0 = performance.now();
+    ctx.begin(sequence, config);
+    const blocksBefore = this.allocator.sequenceBlocks(sequence);
+    for (let g = 0; g < selection.groupCount; g++) {
+      const go = g * SELECTION_GROUP_FIELDS;
+      if (selection.groups[go] !== sequence) continue;
+      const first = selection.groups[go + 1] as number;
+      const end = first + (selection.groups[go + 2] as number);
+      for (let r = first; r < end; r++) {
+        const ro = r * SELECTION_ROW_FIELDS;
+        const unit = selection.rows[ro + 1] as number;
+        const k = selection.freed(r);
+        const evicted = ctx.evictSelected(unit, selection, r);
+        // Freeing k blocks evicts the (k - 1) * B + hanging cheapest slots, no more, no less.
+        const expected = k > 0 ? (k - 1) * B + (selection.rows[ro + 4] as number) : 0;
+        if (evicted !== expected || selection.rows[ro + 3] !== ctx.length(unit)) {
+          throw new InvalidPlanError(
+            `The device selection evicts ${evicted} slots of unit ${unit} for ${k} blocks (expected ${expected}), or was made for another length.`,
+          );
+        }
+      }
+    }
+    return this.#compact(sequence, moves, blocksBefore, t0);
+  }
+
+  #checkMoves(moves: SlotMoveList): void {
+    if (moves.capacity < this.allocator.maxSlotsPerSequence) {
+      throw new InvalidArgumentError('The move list is too small; create it with allocator.createMoveList().');
+    }
+  }
+
+  /** Compacts the planned context, applies the moves to the metric store, and reports. */
+  #compact(sequence: number, moves: SlotMoveList, blocksBefore: number, t0: number): CompressionOutcome {
+    const ctx = this.context;
     const t1 = performance.now();
     moves.clear();
     const result = this.allocator.compact(ctx.plan, moves);

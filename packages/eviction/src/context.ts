@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from '@kvcompress/core';
+import { type EvictionSelection, InvalidArgumentError, InvalidPlanError, SELECTION_ROW_FIELDS } from '@kvcompress/core';
 import type { EvictionPlan, PageAllocator } from '@kvcompress/page-allocator';
 import { keepPerHead, protectedCount, type ResolvedCompressionConfig } from './budget.ts';
 
@@ -349,6 +349,61 @@ export class CompressionContext implements PolicyContext {
       }
     }
     return total;
+  }
+
+  /**
+   * Plans the slots of `unit` that a backend's selection marked in `row` (see
+   * EvictionSelection); returns how many. A marked slot past the unit's length or at a
+   * protected position means the selection does not belong to this cache state:
+   * InvalidPlanError, before anything of the unit is planned.
+   */
+  evictSelected(unit: number, selection: EvictionSelection, row: number): number {
+    this.#checkUnit(unit);
+    if (this.#evictedPerUnit[unit] !== 0) throw new InvalidArgumentError(`Unit ${unit} already has planned evictions.`);
+    const a = this.allocator;
+    const B = this.blockSize;
+    const len = this.length(unit);
+    const t0 = a.unitHeadIndex(this.sequence, unit) * a.maxBlocksPerHead;
+    const words = selection.result;
+    const w0 = selection.rowCount + (selection.rows[row * SELECTION_ROW_FIELDS + 6] as number);
+    const wordCount = (len + 31) >>> 5;
+    const positions = a.slotPositions;
+    const newestUnprotected = this.tokens - this.protectedWindow;
+    // Check first, so a bad selection leaves the plan untouched.
+    for (let w = 0; w < wordCount; w++) {
+      let bits = words[w0 + w] as number;
+      while (bits !== 0) {
+        const i = w * 32 + 31 - Math.clz32(bits & -bits);
+        bits &= bits - 1;
+        const p = i < len ? (positions[(a.blockTables[t0 + ((i / B) | 0)] as number) * B + (i % B)] as number) : -1;
+        if (i >= len || p >= newestUnprotected || p < this.sinks) {
+          throw new InvalidPlanError(
+            `The device selection marks slot ${i} of unit ${unit} (length ${len}${i < len ? `, protected position ${p}` : ''}).`,
+          );
+        }
+      }
+    }
+    const k0 = unit * this.#stride;
+    const evicted = this.#evicted;
+    const plan = this.plan;
+    const units = plan.units;
+    const slots = plan.slots;
+    let n = plan.count;
+    const start = n;
+    for (let w = 0; w < wordCount; w++) {
+      let bits = words[w0 + w] as number;
+      while (bits !== 0) {
+        const i = w * 32 + 31 - Math.clz32(bits & -bits);
+        bits &= bits - 1;
+        evicted[k0 + i] = 1;
+        units[n] = unit;
+        slots[n] = (a.blockTables[t0 + ((i / B) | 0)] as number) * B + (i % B);
+        n++;
+      }
+    }
+    plan.count = n;
+    this.#evictedPerUnit[unit] = n - start;
+    return n - start;
   }
 
   // ---------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 export type { Budget, CompressionConfig, ResolvedCompressionConfig } from './budget.ts';
 export { keepPerHead, protectedCount, resolveCompressionConfig } from './budget.ts';
 export { getPolicy, policies, registerBuiltinPolicies, registerPolicy } from './builtins.ts';
+export type { CheapestBlocksPlan } from './cheapest-blocks.ts';
+export { planCheapestBlocks } from './cheapest-blocks.ts';
 export type { CompressionOutcome, CompressorOptions } from './compressor.ts';
 export { Compressor } from './compressor.ts';
 export type { PolicyContext } from './context.ts';

@@ -1,5 +1,6 @@
 import { DuplicatePolicyError, InvalidArgumentError, UnknownPolicyError } from '@kvcompress/core';
 import type { Scorer } from '@kvcompress/metrics';
+import type { CheapestBlocksPlan } from './cheapest-blocks.ts';
 import type { PolicyContext } from './context.ts';
 
 /**
@@ -34,6 +35,12 @@ export interface EvictionPolicy {
   createScorer?(): Scorer;
   /** Marks the slots to evict. Must not throw for a valid context. */
   plan(ctx: PolicyContext): void;
+  /**
+   * Set when `plan(ctx)` is exactly `planCheapestBlocks(cheapestBlocks, ctx)` (KV-Compress's
+   * block rule): a backend that keeps the metrics on the device may then make the same
+   * decision there instead of downloading the metrics (see `Backend.selectEvictions`).
+   */
+  readonly cheapestBlocks?: CheapestBlocksPlan;
 }
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;

@@ -18,7 +18,7 @@ export type StoreType = 'f32' | 'f16' | 'q8';
 
 const built = new Map<string, KernelSource>();
 /** Builds each kernel's source once per key; dispatches then look it up without allocating. */
-function memo(key: string, make: () => Omit<KernelSource, 'key'>): KernelSource {
+export function memo(key: string, make: () => Omit<KernelSource, 'key'>): KernelSource {
   let k = built.get(key);
   if (k === undefined) {
     k = { key, ...make() };

@@ -143,3 +143,121 @@ describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'
     expect(r.recovered).toBe(true);
   }, 300_000);
 });
+
+describe.skipIf(!haveChromium)('eviction selection on the device = the CPU planner (headless Chromium)', () => {
+  const base = { layers: 2, kvHeads: 2, blockSize: 4, distinct: 0, specials: false, ragged: false, policy: 'kv-compress' as const };
+  const named: [string, Parameters<Kvc['selection']>[0]][] = [
+    ['continuous metrics, one sequence', { ...base, seed: 1, tokens: [97] }],
+    [
+      'ties everywhere (2 values), ragged heads, three sequences in one round',
+      { ...base, seed: 2, tokens: [130, 41, 260], distinct: 2, ragged: true },
+    ],
+    ['NaN, -0, +0, -Inf, +Inf and negative metrics', { ...base, seed: 3, tokens: [200, 77], distinct: 5, specials: true, ragged: true }],
+    [
+      'ada-kv: a group per layer with per-head floors',
+      { ...base, seed: 4, layers: 3, kvHeads: 4, tokens: [150, 220], distinct: 40, policy: 'ada-kv' },
+    ],
+    [
+      'long heads: 3000 tokens, B = 16 (many chunks per row)',
+      { ...base, seed: 5, blockSize: 16, tokens: [3000], distinct: 40, ragged: true },
+    ],
+    ['block size 1, 8 kv-heads', { ...base, seed: 6, blockSize: 1, kvHeads: 8, layers: 1, tokens: [90, 60], distinct: 5 }],
+  ];
+  it.each(named)(
+    '%s',
+    async (_, params) => {
+      const r = await page.evaluate((q) => (globalThis as unknown as { kvc: Kvc }).kvc.selection(q), params);
+      expect(r.validation).toBeNull();
+      expect(r.mismatches).toEqual([]);
+      expect(r.sameCompaction).toBe(true);
+      expect(r.rows).toBeGreaterThan(0);
+      expect(r.evicted).toBeGreaterThan(0);
+    },
+    120_000,
+  );
+
+  it('property: random shapes, budgets, windows, ties and specials decide as the CPU planner', async () => {
+    const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.selectionProperty(25, 20_241));
+    expect(r.runs).toBe(25);
+    expect(r.evicted).toBeGreaterThan(0);
+    // Some rows were cut by the device's own select (keys below the group threshold kept).
+    expect(r.partialRows).toBeGreaterThan(0);
+  }, 300_000);
+});
+
+describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'))('stories260K: device eviction selection', () => {
+  it('KV-Compress 4x with selection on the device: same greedy ids and per-head blocks as host planning', async () => {
+    const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.selectionEngine());
+    expect(r.validation).toBeNull();
+    expect(r.device.deviceSelection).toBe(true);
+    expect(r.host.deviceSelection).toBe(false);
+    expect(r.device.log.some((l) => l.startsWith('prefill'))).toBe(true);
+    expect(r.device.log.some((l) => l.startsWith('interval'))).toBe(true);
+    expect(r.device.log.some((l) => l.startsWith('memory-pressure'))).toBe(true);
+    expect(r.device.log).toEqual(r.host.log);
+    expect(r.device.tokens).toEqual(r.host.tokens);
+    expect(r.device.blocksPerHead).toEqual(r.host.blocksPerHead);
+    expect(r.device.preemptions).toBe(r.host.preemptions);
+    expect(r.device.deviceSelectionRounds).toBeGreaterThan(0);
+    expect(r.host.deviceSelectionRounds).toBe(0);
+  }, 300_000);
+
+  it('per-request block-rule policies (kv-compress, kv-compress-trailing, ada-kv) select on the device as on the host', async () => {
+    const r = await page.evaluate(() =>
+      (globalThis as unknown as { kvc: Kvc }).kvc.selectionEngine(['kv-compress', 'kv-compress-trailing', 'ada-kv']),
+    );
+    expect(r.validation).toBeNull();
+    expect(r.device.deviceSelectionRounds).toBeGreaterThan(0);
+    expect(r.host.deviceSelectionRounds).toBe(0);
+    expect(r.device.log.some((l) => l.startsWith('memory-pressure'))).toBe(true);
+    expect(r.device.log).toEqual(r.host.log);
+    expect(r.device.tokens).toEqual(r.host.tokens);
+    expect(r.device.blocksPerHead).toEqual(r.host.blocksPerHead);
+  }, 300_000);
+});
+
+describe.skipIf(!haveChromium)('sampled token selection on the device = the CPU Sampler (headless Chromium)', () => {
+  const rows = (list: [number, number, number][]) =>
+    list.map(([temperature, topK, topP], i) => ({ temperature, topK, topP, seed: 100 + i }));
+  const mixed = rows([
+    [0, 0, 1],
+    [1, 0, 1],
+    [0.8, 40, 1],
+    [1, 0, 0.9],
+    [0.7, 40, 0.9],
+    [1.3, 1, 1],
+    [1, 999, 0.5],
+    [1, 5000, 1],
+    [0.5, 3, 0.3],
+  ]);
+  const named: [string, Parameters<Kvc['sampling']>[0]][] = [
+    ['temperature, top-k, top-p and greedy rows, continuous logits (vocab 1000)', { seed: 1, vocab: 1000, distinct: 0, rows: mixed }],
+    ['many equal logits (4 values): ranks by id among ties', { seed: 2, vocab: 1000, distinct: 4, rows: mixed }],
+    ['a 32000-token vocabulary', { seed: 3, vocab: 32000, distinct: 0, rows: mixed }],
+    ['one-token vocabulary', { seed: 4, vocab: 1, distinct: 0, rows: mixed }],
+  ];
+  it.each(named)(
+    '%s',
+    async (_, params) => {
+      const r = await page.evaluate((q) => (globalThis as unknown as { kvc: Kvc }).kvc.sampling(q), params);
+      expect(r.validation).toBeNull();
+      expect(r.gpu).toEqual(r.cpu);
+    },
+    120_000,
+  );
+
+  it('property: random vocabularies, ties and parameters pick the CPU Sampler ids', async () => {
+    const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.samplingProperty(25, 4242));
+    expect(r.runs).toBe(25);
+    expect(r.rows).toBeGreaterThan(25);
+  }, 300_000);
+});
+
+describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'))('stories260K: device sampling', () => {
+  it('sampled requests (top-k, top-p, plain, greedy) give the same tokens picked on the device or the host', async () => {
+    const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.samplingEngine());
+    expect(r.validation).toBeNull();
+    expect(r.device).toEqual(r.host);
+    expect(r.device.every((t) => t.length === 32)).toBe(true);
+  }, 300_000);
+});

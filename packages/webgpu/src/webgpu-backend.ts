@@ -7,6 +7,7 @@ import {
   type DeviceBuffer,
   type DeviceWeight,
   dequantize,
+  type EvictionSelection,
   elementCount,
   f16ToF32,
   f32ToF16,
@@ -18,6 +19,8 @@ import {
   quantizeQ8_0,
   type RopeSettings,
   ropeInverseFrequencies,
+  SELECTION_GROUP_FIELDS,
+  SELECTION_ROW_FIELDS,
   type SlotMoveList,
   type Tensor,
   UnsupportedModelError,
@@ -49,6 +52,16 @@ import {
   wideAttentionSplitKeys,
   wideAttentionSupports,
 } from './kernels.ts';
+import { sampleKernel } from './sampling-kernels.ts';
+import {
+  SELECTION_BINS,
+  SELECTION_LEVELS,
+  SELECTION_STATE_FIELDS,
+  selectionAllocateKernel,
+  selectionHistogramKernel,
+  selectionMarkKernel,
+  selectionThresholdKernel,
+} from './selection-kernels.ts';
 
 /** The device was lost (driver reset, tab backgrounded, GPU removed). Create a new backend. */
 export class DeviceLostError extends KvCompressError {
@@ -462,6 +475,13 @@ export class WebGpuBackend implements Backend {
     this.#dispatchRaw(argmaxKernel(), [(out as GpuBuffer).buffer, (logits as GpuBuffer).buffer], gx, gy);
   }
 
+  /** Sampled token selection on the device (see sampling-kernels.ts): one workgroup per row. */
+  sample(out: DeviceBuffer, logits: DeviceBuffer, params: DeviceBuffer, rows: number, vocab: number): void {
+    this.#setUniform([rows, vocab, 0, 0]);
+    const [gx, gy] = grid(rows);
+    this.#dispatchRaw(sampleKernel(), [(out as GpuBuffer).buffer, (logits as GpuBuffer).buffer, (params as GpuBuffer).buffer], gx, gy);
+  }
+
   appendKv(layer: number, k: DeviceBuffer, v: DeviceBuffer, slots: DeviceBuffer, rows: number, kvHeads: number): void {
     const { K, V } = this.#cache();
     const per = this.#kvStore === 'f32' ? 1 : 2;
@@ -698,6 +718,62 @@ export class WebGpuBackend implements Backend {
     this.device.queue.writeBuffer(s.buffer, 0, slots.buffer, slots.byteOffset, count * 4);
     this.device.queue.writeBuffer(v.buffer, 0, values.buffer, values.byteOffset, count * 4);
     this.#dispatch(scatterKernel(), [count, 0, 0, 0], [this.#metrics as GPUBuffer, s.buffer, v.buffer], count);
+  }
+
+  /**
+   * KV-Compress's block selection on the device metrics (see EvictionSelection and
+   * selection-kernels.ts): uploads the selection's rows and groups, runs the threshold search
+   * and the marking, and downloads only `selection.result` (blocks freed per row and one bit
+   * per cached slot). Scratch buffers are sized for the selection's capacity on first use.
+   */
+  async selectEvictions(selection: EvictionSelection, cache: PagedCacheView): Promise<void> {
+    if (this.#metrics === null) throw new InvalidArgumentError('createKvCache() must run before selectEvictions().');
+    const rows = selection.rowCount;
+    const groups = selection.groupCount;
+    if (rows === 0) return;
+    const cap = selection.maxRows;
+    const rowBuf = this.#ensureI32('selectRows', cap * SELECTION_ROW_FIELDS);
+    const groupBuf = this.#ensureI32('selectGroups', cap * SELECTION_GROUP_FIELDS);
+    const state = this.#ensureI32('selectState', 2 * cap * SELECTION_STATE_FIELDS);
+    const hist = this.#ensureI32('selectHist', cap * SELECTION_BINS);
+    const result = this.#ensureI32('selectResult', cap + selection.maxMaskWords);
+    // The tables may have changed since the last attention (compaction of other sequences).
+    this.#uploadTables(cache, 0);
+    this.flush();
+    this.device.queue.writeBuffer(rowBuf.buffer, 0, selection.rows.buffer, selection.rows.byteOffset, rows * SELECTION_ROW_FIELDS * 4);
+    this.device.queue.writeBuffer(
+      groupBuf.buffer,
+      0,
+      selection.groups.buffer,
+      selection.groups.byteOffset,
+      groups * SELECTION_GROUP_FIELDS * 4,
+    );
+    const tables = (this.#tables as GpuBuffer).buffer;
+    const positions = (this.#slotPos as GpuBuffer).buffer;
+    const metrics = this.#metrics;
+    const B = cache.blockSize;
+    const [rx, ry] = grid(rows);
+    const [gx, gy] = grid(groups);
+    for (let level = 0; level < SELECTION_LEVELS; level++) {
+      this.#setUniform([rows, groups, level, B]);
+      this.#dispatchRaw(
+        selectionHistogramKernel(),
+        [rowBuf.buffer, groupBuf.buffer, tables, positions, metrics, state.buffer, hist.buffer],
+        rx,
+        ry,
+      );
+      this.#setUniform([rows, groups, level, B]);
+      this.#dispatchRaw(selectionThresholdKernel(), [rowBuf.buffer, groupBuf.buffer, hist.buffer, state.buffer], gx, gy);
+    }
+    this.#dispatch(selectionAllocateKernel(), [rows, groups, 0, B], [rowBuf.buffer, groupBuf.buffer, state.buffer, result.buffer], groups);
+    this.#setUniform([rows, groups, 0, B]);
+    this.#dispatchRaw(
+      selectionMarkKernel(),
+      [rowBuf.buffer, groupBuf.buffer, tables, positions, metrics, state.buffer, result.buffer],
+      rx,
+      ry,
+    );
+    await this.#readGpu(result.buffer, 0, selection.result.subarray(0, rows + selection.maskWords));
   }
 
   /** Reads K or V of one slot (tests). */

@@ -4,10 +4,13 @@
 // ../src/webgpu-backend.test.ts through window.kvc.
 import { type DoneEvent, Engine } from '@kvcompress/engine';
 import { loadLlama2cModel } from '@kvcompress/models';
+import fc from 'fast-check';
 import { requestWebGpuDevice } from '../src/device.ts';
 import { WebGpuBackend } from '../src/webgpu-backend.ts';
 import { cases } from './conformance-cases.ts';
 import { type CaseResult, runConformanceCase } from './run-case.ts';
+import { runSamplingCase, type SamplingParams, type SamplingResult } from './sampling-cases.ts';
+import { runSelectionCase, type SelectionParams, type SelectionResult } from './selection-cases.ts';
 
 const device = await requestWebGpuDevice();
 
@@ -119,12 +122,173 @@ async function mixedPolicies(tokens: number): Promise<{
   return { policies, cpu, gpu, validation: error === null ? null : error.message };
 }
 
+function selection(params: SelectionParams): Promise<SelectionResult> {
+  return runSelectionCase(device, params);
+}
+
+/**
+ * fast-check: random shapes, lengths, budgets, windows, tie densities and special values;
+ * every run's device decision must equal the CPU planner's. Throws the shrunk counterexample.
+ */
+async function selectionProperty(runs: number, seed: number): Promise<{ runs: number; evicted: number; partialRows: number }> {
+  let evicted = 0;
+  let partialRows = 0;
+  let done = 0;
+  const params = fc.record({
+    seed: fc.integer(),
+    layers: fc.integer({ min: 1, max: 3 }),
+    kvHeads: fc.integer({ min: 1, max: 4 }),
+    blockSize: fc.constantFrom(1, 2, 4, 16),
+    tokens: fc.array(fc.integer({ min: 1, max: 300 }), { minLength: 1, maxLength: 3 }),
+    distinct: fc.constantFrom(0, 2, 5, 40),
+    specials: fc.boolean(),
+    ragged: fc.boolean(),
+    policy: fc.constantFrom('kv-compress' as const, 'ada-kv' as const),
+  });
+  await fc.assert(
+    fc.asyncProperty(params, async (q) => {
+      const r = await runSelectionCase(device, q);
+      if (r.validation !== null) throw new Error(`validation: ${r.validation}`);
+      if (r.mismatches.length > 0 || !r.sameCompaction)
+        throw new Error(`${r.mismatches.join('; ')} (same compaction: ${r.sameCompaction})`);
+      evicted += r.evicted;
+      partialRows += r.partialRows;
+      done++;
+    }),
+    { numRuns: runs, seed },
+  );
+  return { runs: done, evicted, partialRows };
+}
+
+interface SelectionEngineRun {
+  tokens: number[][];
+  blocksPerHead: number[][];
+  /** Each compression: reason, sequence, blocks per head after it. */
+  log: string[];
+  deviceSelection: boolean;
+  deviceSelectionRounds: number;
+  preemptions: number;
+}
+
+/**
+ * stories260K, three requests batched under a tight block pool (compressions after prefill,
+ * on the interval and under memory pressure), KV-Compress 4x on WebGPU:
+ * decisions made on the device (deviceSelection) and on the host from downloaded metrics.
+ */
+/** `policies`: one per request (per-request policy choice); default: the engine's kv-compress for all. */
+async function selectionEngine(
+  policies?: readonly string[],
+): Promise<{ device: SelectionEngineRun; host: SelectionEngineRun; validation: string | null }> {
+  const bytes = new Uint8Array(await (await fetch('/shared/models/stories260K/stories260K.bin')).arrayBuffer());
+  const model = loadLlama2cModel(bytes);
+  const units = model.config.numLayers * model.config.numKvHeads;
+  const run = async (deviceSelection: boolean): Promise<SelectionEngineRun> => {
+    const engine = new Engine({
+      model,
+      backend: new WebGpuBackend(device),
+      maxSequences: 3,
+      kvBlocks: units * 11,
+      budget: { targetCompressionRate: 4 },
+      protectedWindow: 16,
+      compressionInterval: 32,
+      deviceSelection,
+    });
+    const log: string[] = [];
+    engine.onCompression((e) => {
+      log.push(`${e.reason} ${e.outcome.sequence} ${engine.allocator.blocksPerHead(e.outcome.sequence).join(',')}`);
+    });
+    const prompts = [[1], [1, 400, 30, 80, 7], [1, 50, 60, 70, 80, 90, 100, 110]];
+    const done = await Promise.all(
+      prompts.map((p, i) => {
+        const policy = policies?.[i];
+        return engine.complete(p, { maxTokens: 70 + 15 * i, stopTokens: [], ...(policy === undefined ? {} : { compression: { policy } }) });
+      }),
+    );
+    for (const d of done) if (d.error !== undefined) throw d.error;
+    return {
+      tokens: done.map((d) => [...d.tokens]),
+      blocksPerHead: done.map((d) => [...d.blocksPerHead]),
+      log,
+      deviceSelection: engine.deviceSelection,
+      deviceSelectionRounds: engine.stats().deviceSelectionRounds,
+      preemptions: engine.stats().preemptions,
+    };
+  };
+  device.pushErrorScope('validation');
+  const onDevice = await run(true);
+  const onHost = await run(false);
+  const error = await device.popErrorScope();
+  return { device: onDevice, host: onHost, validation: error === null ? null : error.message };
+}
+
+function sampling(params: SamplingParams): Promise<SamplingResult> {
+  return runSamplingCase(device, params);
+}
+
+/** fast-check: random vocabularies, tie densities and parameters; device ids = CPU Sampler ids. */
+async function samplingProperty(runs: number, seed: number): Promise<{ runs: number; rows: number }> {
+  let rows = 0;
+  let done = 0;
+  const row = fc.record({
+    temperature: fc.constantFrom(0, 0.3, 0.8, 1, 1.7),
+    topK: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 64 }), fc.integer({ min: 1, max: 5000 })),
+    topP: fc.oneof(fc.constant(1), fc.double({ min: 0.02, max: 0.999, noNaN: true })),
+    seed: fc.integer(),
+  });
+  const params = fc.record({
+    seed: fc.integer(),
+    vocab: fc.integer({ min: 1, max: 2000 }),
+    distinct: fc.constantFrom(0, 3, 50),
+    rows: fc.array(row, { minLength: 1, maxLength: 6 }),
+  });
+  await fc.assert(
+    fc.asyncProperty(params, async (q) => {
+      const r = await runSamplingCase(device, q);
+      if (r.validation !== null) throw new Error(`validation: ${r.validation}`);
+      if (r.gpu.join() !== r.cpu.join()) throw new Error(`device ${r.gpu.join()} != CPU ${r.cpu.join()}`);
+      rows += q.rows.length;
+      done++;
+    }),
+    { numRuns: runs, seed },
+  );
+  return { runs: done, rows };
+}
+
+/** stories260K sampled on WebGPU: tokens picked on the device and from downloaded logits. */
+async function samplingEngine(): Promise<{ device: number[][]; host: number[][]; validation: string | null }> {
+  const bytes = new Uint8Array(await (await fetch('/shared/models/stories260K/stories260K.bin')).arrayBuffer());
+  const model = loadLlama2cModel(bytes);
+  const requests = [
+    { temperature: 0.9, topK: 20, topP: 0.9, seed: 11 },
+    { temperature: 1, topK: 0, topP: 1, seed: 12 },
+    { temperature: 0.7, topK: 0, topP: 0.8, seed: 13 },
+    { temperature: 0, topK: 0, topP: 1, seed: 0 },
+  ];
+  const run = async (deviceSampling: boolean): Promise<number[][]> => {
+    const engine = new Engine({ model, maxSequences: 4, backend: new WebGpuBackend(device), deviceSampling });
+    const done = await Promise.all(requests.map((sampling) => engine.complete([1], { maxTokens: 32, sampling, stopTokens: [] })));
+    for (const d of done) if (d.error !== undefined) throw d.error;
+    return done.map((d) => [...d.tokens]);
+  };
+  device.pushErrorScope('validation');
+  const onDevice = await run(true);
+  const onHost = await run(false);
+  const error = await device.popErrorScope();
+  return { device: onDevice, host: onHost, validation: error === null ? null : error.message };
+}
+
 const kvc = {
   names: cases.map((c) => c.name),
   runCase,
   greedy,
   mixedPolicies,
   deviceLoss,
+  selection,
+  selectionProperty,
+  selectionEngine,
+  sampling,
+  samplingProperty,
+  samplingEngine,
   adapter: device.adapterInfo?.description ?? '',
 };
 /** What the test drives through `globalThis.kvc`. */

@@ -1,5 +1,11 @@
 import { type KvCompressScorerOptions, kvCompressScorer } from '@kvcompress/metrics';
+import { type CheapestBlocksPlan, planCheapestBlocks } from '../cheapest-blocks.ts';
 import type { EvictionPolicy } from '../policy.ts';
+
+/** One group of every head unit: free the blocks over the budget, cheapest first across all layers and heads. */
+const kvCompressBlocks: CheapestBlocksPlan = {
+  blocks: (ctx) => ctx.plannedBlocks() - ctx.targetBlocks,
+};
 
 /**
  * KV-Compress (Rehg, 2024): rank every "free one more block of head h" candidate of the
@@ -13,10 +19,8 @@ export function createKvCompressPolicy(options: KvCompressScorerOptions = {}): E
     name: 'kv-compress',
     description: 'KV-Compress: per-head variable compression, evicting whole blocks globally across layers and heads.',
     createScorer: () => kvCompressScorer(options),
-    plan(ctx) {
-      const excess = ctx.plannedBlocks() - ctx.targetBlocks;
-      if (excess > 0) ctx.freeCheapestBlocks(excess);
-    },
+    cheapestBlocks: kvCompressBlocks,
+    plan: (ctx) => planCheapestBlocks(kvCompressBlocks, ctx),
   };
 }
 

@@ -1,5 +1,6 @@
 import { InvalidArgumentError } from '@kvcompress/core';
 import { type Scorer, snapKvScorer } from '@kvcompress/metrics';
+import { type CheapestBlocksPlan, planCheapestBlocks } from '../cheapest-blocks.ts';
 import type { PolicyContext } from '../context.ts';
 import type { EvictionPolicy } from '../policy.ts';
 
@@ -88,24 +89,22 @@ export function createPyramidKvPolicy(options: { beta?: number; observationWindo
 export function createAdaKvPolicy(options: { alpha?: number; observationWindow?: number } = {}): EvictionPolicy {
   const alpha = options.alpha ?? 0.2;
   if (!Number.isFinite(alpha) || alpha < 0 || alpha > 1) throw new InvalidArgumentError(`alpha must be in [0, 1], got ${alpha}.`);
-  let units = new Int32Array(0);
+  // One group per layer (its kv-heads are consecutive units): the blocks over the layer's
+  // uniform share, with a floor of alpha times the share per head.
+  const perLayer: CheapestBlocksPlan = {
+    groupUnits: (ctx) => ctx.kvHeads,
+    blocks(ctx, layer) {
+      let blocks = 0;
+      for (let h = 0; h < ctx.kvHeads; h++) blocks += ctx.blocks(ctx.unit(layer, h));
+      return blocks - ctx.kvHeads * Math.ceil(ctx.keepPerHead / ctx.blockSize);
+    },
+    minBlocks: (ctx) => Math.floor(alpha * Math.ceil(ctx.keepPerHead / ctx.blockSize)),
+  };
   return {
     name: 'ada-kv',
     description: `Ada-KV: adaptive budgets across the heads of each layer, with a per-head floor (alpha ${alpha}).`,
     createScorer: (): Scorer => snapKvScorer({ observationWindow: options.observationWindow }),
-    plan(ctx: PolicyContext) {
-      if (units.length !== ctx.kvHeads) units = new Int32Array(ctx.kvHeads);
-      const share = Math.ceil(ctx.keepPerHead / ctx.blockSize);
-      const minBlocks = Math.floor(alpha * share);
-      for (let layer = 0; layer < ctx.layers; layer++) {
-        let blocks = 0;
-        for (let h = 0; h < ctx.kvHeads; h++) {
-          units[h] = ctx.unit(layer, h);
-          blocks += ctx.blocks(units[h] as number);
-        }
-        const excess = blocks - ctx.kvHeads * share;
-        if (excess > 0) ctx.freeCheapestBlocks(excess, { units, minBlocks });
-      }
-    },
+    cheapestBlocks: perLayer,
+    plan: (ctx: PolicyContext) => planCheapestBlocks(perLayer, ctx),
   };
 }

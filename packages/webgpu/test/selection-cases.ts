@@ -1,0 +1,265 @@
+/// <reference types="@webgpu/types" />
+// Device eviction selection (WebGpuBackend.selectEvictions) against the CPU planner
+// (CompressionContext, the kv-compress and ada-kv policies' plan) on the same metrics:
+// fresh random caches with ragged heads, ties, NaN/±0/±Inf, several sequences in one round.
+// Runs in the browser (see browser-entry.ts), driven by ../src/webgpu-backend.test.ts.
+import { EvictionSelection, SELECTION_GROUP_FIELDS, SELECTION_ROW_FIELDS, SlotMoveList } from '@kvcompress/core';
+import {
+  CompressionContext,
+  Compressor,
+  createAdaKvPolicy,
+  createKvCompressPolicy,
+  type EvictionPolicy,
+  type ResolvedCompressionConfig,
+  resolveCompressionConfig,
+} from '@kvcompress/eviction';
+import { MetricStore } from '@kvcompress/metrics';
+import { PageAllocator } from '@kvcompress/page-allocator';
+import { WebGpuBackend } from '../src/webgpu-backend.ts';
+
+export interface SelectionParams {
+  readonly seed: number;
+  readonly layers: number;
+  readonly kvHeads: number;
+  readonly blockSize: number;
+  /** Tokens of each sequence of the round. */
+  readonly tokens: readonly number[];
+  /** Distinct metric values (few: many ties); 0 = continuous values. */
+  readonly distinct: number;
+  /** Also NaN, -0, +0, -Inf, +Inf and negative metrics. */
+  readonly specials: boolean;
+  /** Evict and compact random slots first, so heads hold different lengths and slot orders. */
+  readonly ragged: boolean;
+  readonly policy: 'kv-compress' | 'ada-kv';
+}
+
+export interface SelectionResult {
+  readonly validation: string | null;
+  /** Rows (head units) the device decided. */
+  readonly rows: number;
+  /** Slots the CPU planner evicts. */
+  readonly evicted: number;
+  /** Rows whose decision ended with keys below the threshold kept (the device's own select). */
+  readonly partialRows: number;
+  /** Differences from the CPU planner, at most 5 described. */
+  readonly mismatches: string[];
+  /** Blocks per head after compressSelected() equal those after compress() on a twin cache. */
+  readonly sameCompaction: boolean;
+}
+
+const bits = new DataView(new ArrayBuffer(4));
+/** A metric's order as the selection compares them (u32 of the f32 bits, NaN lowest). */
+function orderedKey(v: number): number {
+  bits.setFloat32(0, v);
+  const u = bits.getUint32(0);
+  if ((u & 0x7fffffff) > 0x7f800000) return 0;
+  return u >>> 31 === 0 ? (u | 0x80000000) >>> 0 : ~u >>> 0;
+}
+
+function lcg(seed: number): () => number {
+  let s = seed | 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) | 0;
+    return (s >>> 0) / 2 ** 32;
+  };
+}
+
+interface Scene {
+  allocator: PageAllocator;
+  store: MetricStore;
+  sequences: number[];
+  configs: ResolvedCompressionConfig[];
+}
+
+/** Builds the same cache, metrics and budgets every time for the same parameters. */
+function buildScene(q: SelectionParams): Scene {
+  const rand = lcg(q.seed);
+  const units = q.layers * q.kvHeads;
+  const maxContext = Math.max(...q.tokens);
+  const allocator = new PageAllocator({
+    shape: { layers: q.layers, kvHeads: q.kvHeads, headDim: 2, queryHeadsPerKvHead: 1 },
+    numBlocks: q.tokens.reduce((a, t) => a + units * Math.ceil(t / q.blockSize), 0) + 4,
+    blockSize: q.blockSize,
+    // One spare row, so sequence ids and table offsets are not simply 0..n-1.
+    maxSequences: q.tokens.length + 1,
+    maxContext,
+  });
+  const spare = allocator.addSequence();
+  const moves = allocator.createMoveList();
+  const sequences: number[] = [];
+  for (const tokens of q.tokens) {
+    const seq = allocator.addSequence();
+    sequences.push(seq);
+    const slots = new Int32Array(units * tokens);
+    allocator.appendTokens(seq, tokens, slots);
+    if (q.ragged) {
+      const plan = allocator.createEvictionPlan();
+      plan.reset(seq);
+      for (let u = 0; u < units; u++) {
+        const p = rand() * 0.6;
+        for (let t = 0; t < tokens - 1; t++) if (rand() < p) plan.add(u, slots[u * tokens + t] as number);
+      }
+      allocator.compact(plan, moves);
+      moves.clear();
+    }
+  }
+  allocator.removeSequence(spare);
+  const store = new MetricStore(allocator.numSlots);
+  const specials = [Number.NaN, -0, 0, Number.NEGATIVE_INFINITY, Number.POSITIVE_INFINITY, -1.5];
+  for (let i = 0; i < store.values.length; i++) {
+    let v = q.distinct > 0 ? Math.floor(rand() * q.distinct) / 4 : rand() * 2 ** (rand() * 40 - 20);
+    if (q.specials && rand() < 0.1) v = specials[Math.floor(rand() * specials.length)] as number;
+    store.values[i] = v;
+  }
+  const configs = q.tokens.map((tokens) => {
+    const protectedWindow = Math.floor(rand() * 24);
+    const sinks = Math.floor(rand() * 4);
+    const kind = rand();
+    const budget =
+      kind < 0.5
+        ? { targetCompressionRate: [1.5, 2, 4, 8, 64][Math.floor(rand() * 5)] as number }
+        : { maxCacheTokens: protectedWindow + sinks + 1 + Math.floor(rand() * tokens) };
+    return resolveCompressionConfig({ budget, protectedWindow, sinks });
+  });
+  return { allocator, store, sequences, configs };
+}
+
+function policyOf(q: SelectionParams): EvictionPolicy {
+  return q.policy === 'kv-compress' ? createKvCompressPolicy() : createAdaKvPolicy({ alpha: 0.5 });
+}
+
+export async function runSelectionCase(device: GPUDevice, q: SelectionParams): Promise<SelectionResult> {
+  const scene = buildScene(q);
+  const { allocator, store, sequences, configs } = scene;
+  const policy = policyOf(q);
+  const units = allocator.headsPerSequence;
+  const B = allocator.blockSize;
+
+  device.pushErrorScope('validation');
+  const backend = new WebGpuBackend(device);
+  backend.createKvCache(allocator.numSlots, 2, 'f32');
+  const all = Int32Array.from({ length: allocator.numSlots }, (_, i) => i);
+  backend.uploadMetrics(all, store.values, all.length);
+  // The CPU plans on exactly the bits the device holds.
+  await backend.downloadMetrics(store.values);
+
+  const compressor = new Compressor({ allocator, metrics: store, policy, config: { budget: { targetCompressionRate: 2 } } });
+  const rowsCap = allocator.maxSequences * units;
+  const selection = new EvictionSelection(rowsCap, rowsCap * Math.ceil((allocator.maxBlocksPerHead * B) / 32));
+  sequences.forEach((seq, i) => {
+    compressor.addSelection(selection, seq, configs[i]);
+  });
+  await backend.selectEvictions(selection, allocator);
+  const error = await device.popErrorScope();
+
+  // The CPU planner's decision, per (sequence, unit): the slots, sorted.
+  const ctx = new CompressionContext(allocator, store.values);
+  const expected = new Map<string, number[]>();
+  let evicted = 0;
+  sequences.forEach((seq, i) => {
+    ctx.begin(seq, configs[i] as ResolvedCompressionConfig);
+    policy.plan(ctx);
+    for (let n = 0; n < ctx.plan.count; n++) {
+      const key = `${seq}/${ctx.plan.units[n]}`;
+      const list = expected.get(key) ?? [];
+      list.push(ctx.plan.slots[n] as number);
+      expected.set(key, list);
+    }
+    evicted += ctx.plan.count;
+  });
+
+  const mismatches: string[] = [];
+  const seen = new Set<string>();
+  let partialRows = 0;
+  for (let g = 0; g < selection.groupCount; g++) {
+    const seq = selection.groups[g * SELECTION_GROUP_FIELDS] as number;
+    const first = selection.groups[g * SELECTION_GROUP_FIELDS + 1] as number;
+    const count = selection.groups[g * SELECTION_GROUP_FIELDS + 2] as number;
+    for (let r = first; r < first + count; r++) {
+      const unit = selection.rows[r * SELECTION_ROW_FIELDS + 1] as number;
+      const len = selection.rows[r * SELECTION_ROW_FIELDS + 3] as number;
+      const key = `${seq}/${unit}`;
+      seen.add(key);
+      const got: number[] = [];
+      const t0 = allocator.unitHeadIndex(seq, unit) * allocator.maxBlocksPerHead;
+      for (let i = 0; i < len; i++) {
+        if (selection.evicted(r, i)) got.push((allocator.blockTables[t0 + Math.floor(i / B)] as number) * B + (i % B));
+      }
+      got.sort((a, b) => a - b);
+      const want = (expected.get(key) ?? []).sort((a, b) => a - b);
+      const blocksWanted = Math.ceil(len / B) - Math.ceil((len - want.length) / B);
+      if (selection.freed(r) !== blocksWanted || got.join() !== want.join()) {
+        const describe = (slots: number[], other: number[]): string =>
+          slots
+            .filter((x) => !other.includes(x))
+            .slice(0, 4)
+            .map(
+              (x) =>
+                `slot ${x} (position ${allocator.slotPositions[x]}, metric ${Object.is(store.values[x], -0) ? '-0' : store.values[x]})`,
+            )
+            .join(', ');
+        mismatches.push(
+          `sequence ${seq} unit ${unit} (length ${len}): device frees ${selection.freed(r)} blocks / ${got.length} slots, CPU ${blocksWanted} / ${want.length}; device only: ${describe(got, want)}; CPU only: ${describe(want, got)}`,
+        );
+      }
+    }
+    // Rows that keep an evictable key below the group's threshold (the largest evicted key):
+    // the device found their cut with its own select, not from the threshold.
+    const newest = allocator.nextPosition(seq) - (configs[sequences.indexOf(seq)] as ResolvedCompressionConfig).protectedWindow;
+    const sinks = (configs[sequences.indexOf(seq)] as ResolvedCompressionConfig).sinks;
+    let threshold = -1;
+    const keyAt = (r: number, i: number): number => {
+      const unit = selection.rows[r * SELECTION_ROW_FIELDS + 1] as number;
+      const t0 = allocator.unitHeadIndex(seq, unit) * allocator.maxBlocksPerHead;
+      const slot = (allocator.blockTables[t0 + Math.floor(i / B)] as number) * B + (i % B);
+      const p = allocator.slotPositions[slot] as number;
+      return p >= newest || p < sinks ? -1 : orderedKey(store.values[slot] as number);
+    };
+    for (let r = first; r < first + count; r++) {
+      const len = selection.rows[r * SELECTION_ROW_FIELDS + 3] as number;
+      for (let i = 0; i < len; i++) if (selection.evicted(r, i)) threshold = Math.max(threshold, keyAt(r, i));
+    }
+    for (let r = first; r < first + count; r++) {
+      const len = selection.rows[r * SELECTION_ROW_FIELDS + 3] as number;
+      let partial = false;
+      for (let i = 0; i < len && !partial; i++) {
+        const k = keyAt(r, i);
+        partial = !selection.evicted(r, i) && k >= 0 && k < threshold && selection.freed(r) > 0;
+      }
+      if (partial) partialRows++;
+    }
+  }
+  for (const [key, list] of expected)
+    if (!seen.has(key) && list.length > 0) mismatches.push(`${key}: CPU evicts ${list.length}, device has no row`);
+
+  // compressSelected on this cache against compress on a twin built the same way.
+  const twin = buildScene(q);
+  const twinCompressor = new Compressor({
+    allocator: twin.allocator,
+    metrics: twin.store,
+    policy,
+    config: configs[0] as ResolvedCompressionConfig,
+  });
+  twin.store.values.set(store.values);
+  const moves = new SlotMoveList(allocator.maxSlotsPerSequence);
+  const twinMoves = twin.allocator.createMoveList();
+  let sameCompaction = true;
+  sequences.forEach((seq, i) => {
+    const config = configs[i] as ResolvedCompressionConfig;
+    const a = compressor.compressSelected(seq, moves, selection, config);
+    const b = twinCompressor.compress(seq, twinMoves, config);
+    sameCompaction &&=
+      a.blocksAfter === b.blocksAfter &&
+      allocator.blocksPerHead(seq).join() === twin.allocator.blocksPerHead(seq).join() &&
+      allocator.lengthsPerHead(seq).join() === twin.allocator.lengthsPerHead(seq).join();
+  });
+  backend.destroyBuffers();
+  return {
+    validation: error === null ? null : error.message,
+    rows: selection.rowCount,
+    evicted,
+    partialRows,
+    mismatches: mismatches.slice(0, 5),
+    sameCompaction,
+  };
+}
