@@ -3,7 +3,7 @@
 // protected window 16). More compression lets more sequences share the pool.
 //   node --conditions=source apps/server/bench/throughput.bench.ts [--requests 96] [--concurrency 32] [--json]
 //     [--backend cpu|webgpu] [--model <path>] [--text <path>] [--prompt-tokens 400] [--max-tokens 48]
-//     [--pool-sequences 4] [--pool-context 512] [--max-sequences 64]
+//     [--pool-sequences 4] [--pool-context 512] [--max-sequences 64] [--pressure-headroom 1]
 //
 // Default (`pnpm bench`): stories260K (GGUF) on the CPU backend. Each request: a
 // --prompt-tokens excerpt of --text (a different one per request), then up to --max-tokens
@@ -36,6 +36,8 @@ const POOL_SEQUENCES = arg('--pool-sequences', 4);
 // Context length the pool is sized by (stories260K is trained on 512 tokens; its GGUF says 2048).
 const POOL_CONTEXT = arg('--pool-context', 512);
 const MAX_SEQUENCES = arg('--max-sequences', 64);
+// Blocks per head freed beyond the budget under memory pressure (EngineOptions.pressureHeadroom).
+const PRESSURE_HEADROOM = arg('--pressure-headroom', 1);
 const BACKEND = argText('--backend', 'cpu');
 const shared = process.env['KVC_SHARED_DIR'] ?? path.resolve(import.meta.dirname, '../../../../shared');
 const modelPath = argText('--model', path.join(shared, 'models/stories260K/stories260K.gguf'));
@@ -71,6 +73,7 @@ for (const rate of [1, 4, 16, 64]) {
     model,
     backend: makeBackend(),
     maxSequences: MAX_SEQUENCES,
+    pressureHeadroom: PRESSURE_HEADROOM,
     kvBlocks,
     blockSize,
     ...(rate > 1 ? { policy: 'kv-compress', budget: { targetCompressionRate: rate }, protectedWindow: 16 } : {}),

@@ -48,6 +48,14 @@ export interface EngineOptions {
   readonly sinks?: number;
   readonly compressionInterval?: number;
   readonly compressOnce?: boolean;
+  /**
+   * Blocks per (layer, kv-head) freed beyond the budget when a sequence is compressed under
+   * memory pressure (policies that plan by block count). Without it, a saturated pool
+   * compresses some sequence by a block or two on nearly every step: at 4x on an H100 the
+   * server ran 39,513 rounds for 57 K generated tokens and was slower than the full cache
+   * (BENCHMARKS.md). Default 1; 0 compresses exactly to the budget.
+   */
+  readonly pressureHeadroom?: number;
   /** Sequences decoded together. Default 8. */
   readonly maxSequences?: number;
   /** Most tokens a sequence may reach. Default: the model's context length. */
@@ -211,6 +219,8 @@ interface Request {
   readonly runtime: PolicyRuntime;
   /** This request's budget and protected positions; null = never compress. */
   readonly compression: ResolvedCompressionConfig | null;
+  /** `compression` with the engine's pressure headroom: the config of memory-pressure rounds. */
+  readonly pressureCompression: ResolvedCompressionConfig | null;
   /** The policy's compressor; null exactly when `compression` is. */
   readonly compressor: Compressor | null;
   /** Whether attention records this request's metric: in its prefill window, and (1) in decode. */
@@ -326,6 +336,8 @@ export class Engine {
   /** The engine's budget and protected positions (null: requests keep their full cache by default). */
   readonly #defaultConfig: ResolvedCompressionConfig | null;
   readonly #protectedWindow: number | undefined;
+  /** Blocks a memory-pressure round frees beyond a sequence's budget (pressureHeadroom x heads). */
+  readonly #pressureHeadroomBlocks: number;
   readonly #sinks: number | undefined;
   /** Planner scratch shared by the compressors of every policy (made with the first one). */
   #planner: CompressionContext | null = null;
@@ -397,6 +409,9 @@ export class Engine {
     const policy = options.policy ?? (budget === null ? nonePolicy : 'kv-compress');
     this.policy = typeof policy === 'string' ? getPolicy(policy) : policy;
     this.#protectedWindow = options.protectedWindow;
+    const pressureHeadroom = options.pressureHeadroom ?? 1;
+    assertInteger('pressureHeadroom', pressureHeadroom, 0, 1 << 16);
+    this.#pressureHeadroomBlocks = pressureHeadroom * this.#units;
     this.#sinks = options.sinks;
     this.#defaultConfig =
       budget === null || this.policy.name === 'none'
@@ -672,6 +687,10 @@ export class Engine {
       finished: false,
       runtime,
       compression,
+      pressureCompression:
+        compression === null || this.#pressureHeadroomBlocks === 0
+          ? compression
+          : { ...compression, headroomBlocks: this.#pressureHeadroomBlocks },
       compressor,
       recordsPrefill,
       decodeFlag: recordsPrefill && runtime.scorer.accumulatesDuringDecode ? 1 : 0,
@@ -1033,8 +1052,10 @@ export class Engine {
     const t0 = performance.now();
     selection.reset();
     // Each request under its own policy's compressor (all of them declare the block rule).
-    for (const r of round)
-      if (r.compressor !== null && r.compression !== null) r.compressor.addSelection(selection, r.sequence, r.compression);
+    for (const r of round) {
+      const config = reason === 'memory-pressure' ? r.pressureCompression : r.compression;
+      if (r.compressor !== null && config !== null) r.compressor.addSelection(selection, r.sequence, config);
+    }
     if (selection.rowCount > 0) {
       await this.backend.selectEvictions?.(selection, this.allocator);
       this.#stats.deviceSelectionRounds++;
@@ -1043,8 +1064,9 @@ export class Engine {
     this.#stats.compressionMs += performance.now() - t0;
     for (const r of round) {
       if (needed >= 0 && needed <= this.allocator.freeBlocks) return;
-      if (r.compressor === null || r.compression === null) continue;
-      this.#compressed(r, reason, r.compressor.compressSelected(r.sequence, this.#moves, selection, r.compression));
+      const config = reason === 'memory-pressure' ? r.pressureCompression : r.compression;
+      if (r.compressor === null || config === null) continue;
+      this.#compressed(r, reason, r.compressor.compressSelected(r.sequence, this.#moves, selection, config));
     }
   }
 
@@ -1094,8 +1116,9 @@ export class Engine {
   /** Compresses one sequence with the host metric store as it is. */
   #compressNow(r: Request, reason: CompressionReason): void {
     const compressor = r.compressor;
-    if (compressor === null || r.compression === null) return;
-    this.#compressed(r, reason, compressor.compress(r.sequence, this.#moves, r.compression));
+    const config = reason === 'memory-pressure' ? r.pressureCompression : r.compression;
+    if (compressor === null || config === null) return;
+    this.#compressed(r, reason, compressor.compress(r.sequence, this.#moves, config));
   }
 
   /** Runs a compaction's moves on the backend and records the compression. */

@@ -20,6 +20,13 @@ export interface ResolvedCompressionConfig {
   readonly budget: Budget;
   readonly protectedWindow: number;
   readonly sinks: number;
+  /**
+   * Blocks to free beyond the budget (whole sequence; never below the protected positions'
+   * blocks), for policies that plan by `targetBlocks`. An engine sets it when it compresses
+   * under memory pressure, so that a sequence is not over budget again, and compressed again,
+   * one step later. Default 0.
+   */
+  readonly headroomBlocks?: number;
 }
 
 /** Checks a configuration once, before any sequence runs. Throws `InvalidBudgetError`. */

@@ -26,8 +26,9 @@ export interface PolicyContext {
   readonly keepPerHead: number;
   /**
    * Blocks the sequence may hold after compression: the memory the uniform split occupies,
-   * units * ceil(keepPerHead / blockSize). Every built-in policy ends at or under it, so all
-   * are compared at equal memory.
+   * units * ceil(keepPerHead / blockSize), less the config's `headroomBlocks` (never below
+   * the blocks the protected positions fill). Every built-in policy ends at or under it, so
+   * all are compared at equal memory.
    */
   readonly targetBlocks: number;
   unit(layer: number, kvHead: number): number;
@@ -138,7 +139,12 @@ export class CompressionContext implements PolicyContext {
     this.sinks = config.sinks;
     this.protectedTokens = protectedCount(this.tokens, config.protectedWindow, config.sinks);
     this.keepPerHead = keepPerHead(config, this.tokens);
-    this.targetBlocks = this.units * Math.ceil(this.keepPerHead / this.blockSize);
+    const budgetBlocks = this.units * Math.ceil(this.keepPerHead / this.blockSize);
+    const headroom = config.headroomBlocks ?? 0;
+    this.targetBlocks =
+      headroom > 0
+        ? Math.min(budgetBlocks, Math.max(budgetBlocks - headroom, this.units * Math.ceil(this.protectedTokens / this.blockSize)))
+        : budgetBlocks;
     this.plan.reset(sequence);
     this.#evictedPerUnit.fill(0);
     for (let u = 0; u < this.units; u++) this.#evicted.fill(0, u * this.#stride, u * this.#stride + this.length(u));

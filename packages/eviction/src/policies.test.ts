@@ -210,6 +210,28 @@ describe('baseline policies (hand-computed)', () => {
   });
 });
 
+describe('headroom (memory-pressure rounds)', () => {
+  it('frees headroomBlocks beyond the budget, never below the protected positions', () => {
+    for (const headroom of [0, 1, 3, 100]) {
+      const s = setup(2, 2, 4, 64, (u, t) => ((u * 31 + t * 17) % 23) / 23);
+      const compressor = new Compressor({
+        allocator: s.allocator,
+        metrics: s.store,
+        policy: getPolicy('kv-compress'),
+        config: { budget: { targetCompressionRate: 4 }, protectedWindow: 8 },
+      });
+      const budget = compressor.targetBlocks(s.seq);
+      const config = { ...compressor.config, headroomBlocks: headroom };
+      // 4 heads x ceil(8 protected / 4) blocks: the floor.
+      const target = Math.max(budget - headroom, 4 * 2);
+      expect(compressor.targetBlocks(s.seq, config)).toBe(target);
+      const r = compressor.compress(s.seq, s.allocator.createMoveList(), config);
+      expect(r.blocksAfter).toBe(target);
+      s.allocator.checkInvariants();
+    }
+  });
+});
+
 describe('registry and configuration errors', () => {
   it('has the built-ins, registered like user policies', () => {
     expect(policies.names()).toEqual([

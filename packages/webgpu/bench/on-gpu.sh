@@ -31,7 +31,7 @@ for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
       --examples "${EVAL_EXAMPLES:-10}" --batch "${EVAL_BATCH:-10}" --out "$out/eval" ;;
     server) timeout "${SERVER_TIMEOUT:-300}" "$GPU_NODE" .gpu/server-throughput.mjs --backend webgpu --model models/kvc-20m-4k \
       --text .gpu/shared/data/gutenberg/pg11_alice_in_wonderland.txt --prompt-tokens "${SERVER_PROMPT:-1800}" --max-tokens "${SERVER_MAX_TOKENS:-64}" \
-      --requests "${SERVER_REQUESTS:-128}" --concurrency 64 --max-sequences 64 --pool-sequences 4 --pool-context 4096 --json | tee "$out/server-throughput.jsonl" ;;
+      --requests "${SERVER_REQUESTS:-128}" --concurrency 64 --max-sequences 64 --pool-sequences 4 --pool-context 4096 --pressure-headroom "${SERVER_HEADROOM:-1}" --json | tee "$out/server-throughput-h${SERVER_HEADROOM:-1}.jsonl" ;;
     selection) timeout 400 "$GPU_NODE" .gpu/selection.mjs | tee "$out/selection.jsonl" ;;
     decode-1b) c=${CONTEXT_1B:-16384}; SHAPE=1b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-1b-$c.jsonl" ;;
   esac
