@@ -2,6 +2,7 @@
 // Runs in headless Chromium (WebGPU on SwiftShader in CI): the conformance cases against the
 // CPU reference, and whole-model greedy decoding on both backends. Driven by
 // ../src/webgpu-backend.test.ts through window.kvc.
+import { CpuBackend } from '@kvcompress/cpu';
 import { type DoneEvent, Engine } from '@kvcompress/engine';
 import { loadLlama2cModel } from '@kvcompress/models';
 import fc from 'fast-check';
@@ -14,31 +15,56 @@ import { runSelectionCase, type SelectionParams, type SelectionResult } from './
 
 const device = await requestWebGpuDevice();
 
-async function runCase(name: string, subgroups = true): Promise<CaseResult> {
+async function runCase(name: string, subgroups = true, kvChunks = 1): Promise<CaseResult> {
   const c = cases.find((x) => x.name === name);
   if (c === undefined) throw new Error(`no case ${name}`);
-  return runConformanceCase(device, c, subgroups);
+  return runConformanceCase(device, c, subgroups, kvChunks);
 }
 
-/** Greedy ids of stories260K from BOS on both backends, with the full cache or KV-Compress. */
+/**
+ * Greedy ids of stories260K from BOS on both backends, with the full cache or KV-Compress.
+ * `kvChunks` > 1: the WebGPU KV pool is forced into about that many chunk buffers (see
+ * runConformanceCase), sized from the pool the CPU engine allocates.
+ */
 async function greedy(
   compress: boolean,
   tokens: number,
-): Promise<{ cpu: number[]; gpu: number[]; validation: string | null; gpuMs: number }> {
+  kvChunks = 1,
+): Promise<{ cpu: number[]; gpu: number[]; validation: string | null; gpuMs: number; gpuKvChunks: number }> {
   const bytes = new Uint8Array(await (await fetch('/shared/models/stories260K/stories260K.bin')).arrayBuffer());
   const model = loadLlama2cModel(bytes);
   const options = compress ? { budget: { targetCompressionRate: 4 }, protectedWindow: 16, compressionInterval: 32 } : {};
-  const cpu = await new Engine({ model, maxSequences: 1, ...options }).complete([1], { maxTokens: tokens, stopTokens: [] });
+  const cpuBackend = new CpuBackend();
+  let rowBytes = 0;
+  let slots = 0;
+  const create = cpuBackend.createKvCache.bind(cpuBackend);
+  cpuBackend.createKvCache = (numSlots, headDim, dtype) => {
+    rowBytes = headDim * (dtype === 'f16' ? 2 : 4);
+    slots = numSlots;
+    create(numSlots, headDim, dtype);
+  };
+  const cpu = await new Engine({ model, maxSequences: 1, backend: cpuBackend, ...options }).complete([1], {
+    maxTokens: tokens,
+    stopTokens: [],
+  });
+  const maxKvBindingBytes = kvChunks > 1 ? rowBytes * 2 ** Math.ceil(Math.log2(Math.ceil(slots / kvChunks))) : undefined;
   device.pushErrorScope('validation');
   const t0 = performance.now();
-  const gpu = await new Engine({ model, maxSequences: 1, backend: new WebGpuBackend(device), ...options }).complete([1], {
+  const backend = new WebGpuBackend(device, maxKvBindingBytes === undefined ? {} : { maxKvBindingBytes });
+  const gpu = await new Engine({ model, maxSequences: 1, backend, ...options }).complete([1], {
     maxTokens: tokens,
     stopTokens: [],
   });
   const gpuMs = performance.now() - t0;
   const error = await device.popErrorScope();
   if (gpu.error !== undefined) throw gpu.error;
-  return { cpu: [...cpu.tokens], gpu: [...gpu.tokens], validation: error === null ? null : error.message, gpuMs };
+  return {
+    cpu: [...cpu.tokens],
+    gpu: [...gpu.tokens],
+    validation: error === null ? null : error.message,
+    gpuMs,
+    gpuKvChunks: backend.kvChunks,
+  };
 }
 
 /**
