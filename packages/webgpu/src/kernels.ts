@@ -596,7 +596,7 @@ function appendKvChunkedKernel(kv: StoreType, c: KvChunking): KernelSource {
   return memo(`append-kv:${kv}${chunkKey(c)}`, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
-struct P { rows: u32, kvHeads: u32, headDim: u32, layer: u32, pass: u32, p1: u32, p2: u32, p3: u32 }
+struct P { rows: u32, kvHeads: u32, headDim: u32, layer: u32, chunkPass: u32, p1: u32, p2: u32, p3: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${chunkBindings('K', 1, W, 'read_write', `array<${elem}>`)}
 ${chunkBindings('V', 1 + W, W, 'read_write', `array<${elem}>`)}
@@ -618,7 +618,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let h = rh % p.kvHeads;
   let r = rh / p.kvHeads;
   let slot = u32(slots[(p.layer * p.kvHeads + h) * p.rows + r]);
-  let c = (slot >> SHIFT) - p.pass * W;
+  let c = (slot >> SHIFT) - p.chunkPass * W;
   if (c >= W) { return; }
   let local = slot & ((1u << SHIFT) - 1u);
   let src = rh * p.headDim;
@@ -1258,7 +1258,7 @@ export function movesGatherKernel(kv: StoreType, c: KvChunking): KernelSource {
   return memo(`moves-gather:${kv}${chunkKey(c)}`, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
-struct P { count: u32, words: u32, pass: u32, offset: u32 }
+struct P { count: u32, words: u32, chunkPass: u32, offset: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${chunkBindings('K', 1, W, 'read', `array<${elem}>`)}
 ${chunkBindings('V', 1 + W, W, 'read', `array<${elem}>`)}
@@ -1276,7 +1276,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let m = idx / p.words;
   let e = idx % p.words;
   let s = u32(src[p.offset + m]);
-  let ch = (s >> SHIFT) - p.pass * W;
+  let ch = (s >> SHIFT) - p.chunkPass * W;
   if (ch >= W) { return; }
   let o = (s & ((1u << SHIFT) - 1u)) * p.words + e;
   scratch[2u * m * p.words + e] = readK(ch, o);
@@ -1292,7 +1292,7 @@ export function movesScatterKernel(kv: StoreType, c: KvChunking): KernelSource {
   return memo(`moves-scatter:${kv}${chunkKey(c)}`, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
-struct P { count: u32, words: u32, pass: u32, offset: u32 }
+struct P { count: u32, words: u32, chunkPass: u32, offset: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${chunkBindings('K', 1, W, 'read_write', `array<${elem}>`)}
 ${chunkBindings('V', 1 + W, W, 'read_write', `array<${elem}>`)}
@@ -1310,7 +1310,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let m = idx / p.words;
   let e = idx % p.words;
   let d = u32(dst[p.offset + m]);
-  let ch = (d >> SHIFT) - p.pass * W;
+  let ch = (d >> SHIFT) - p.chunkPass * W;
   if (ch >= W) { return; }
   let o = (d & ((1u << SHIFT) - 1u)) * p.words + e;
   storeK(ch, o, scratch[2u * m * p.words + e]);
