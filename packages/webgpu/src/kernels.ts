@@ -653,12 +653,14 @@ export function attentionKernel(kv: StoreType, headDim: number, group: number, c
   const kvBindings =
     c === null
       ? `@group(0) @binding(3) var<storage, read> K: ${arrayType(kv)};
-@group(0) @binding(4) var<storage, read> V: ${arrayType(kv)};
-${loader('loadK', 'K', kv)}
-${loader('loadV', 'V', kv)}`
+@group(0) @binding(4) var<storage, read> V: ${arrayType(kv)};`
       : `${chunkBindings('K', 3, c.window, 'read', arrayType(kv))}
-${chunkBindings('V', 3 + c.window, c.window, 'read', arrayType(kv))}
-${chunkReader('readK', 'K', c.window, kv === 'f32' ? 'f32' : 'u32')}
+${chunkBindings('V', 3 + c.window, c.window, 'read', arrayType(kv))}`;
+  const kvLoaders =
+    c === null
+      ? `${loader('loadK', 'K', kv)}
+${loader('loadV', 'V', kv)}`
+      : `${chunkReader('readK', 'K', c.window, kv === 'f32' ? 'f32' : 'u32')}
 ${chunkReader('readV', 'V', c.window, kv === 'f32' ? 'f32' : 'u32')}
 ${chunkLoader('loadK', 'readK', kv)}
 ${chunkLoader('loadV', 'readV', kv)}
@@ -689,6 +691,7 @@ ${kvBindings}
 // rowInfo [rows][4]: sequence, position, recorded-row index (-1: not recorded), may-see-later-keys (unused here: always masks).
 @group(0) @binding(${8 + b0}) var<storage, read> rowInfo: array<vec4<i32>>;
 @group(0) @binding(${9 + b0}) var<storage, read_write> scores: array<f32>;
+${kvLoaders}
 const D = ${D}u;
 const G = ${G}u;
 const T = ${T}u;
@@ -891,7 +894,7 @@ const SHIFT = ${c.shift}u;
 const CHUNK_MASK = ${2 ** c.shift - 1}u;
 const W = ${c.window}u;
 const PASSES = ${c.passes}u;`;
-  const outOfPass = c === null ? '' : ' || (slot >> SHIFT) - p.pad1 * W >= W';
+  const masked = c === null ? 'masking && slotPos[slot] > qPos' : '(masking && slotPos[slot] > qPos) || (slot >> SHIFT) - p.pad1 * W >= W';
   const splitIndex =
     c === null ? '(r * p.kvHeads + g) * p.splits + split' : '(r * p.kvHeads + g) * p.splits * PASSES + p.pad1 * p.splits + split';
   return memo(`attention-wide:${kv}:${D}:${G}${chunkKey(c)}`, () => ({
@@ -969,7 +972,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   for (var t = li; t < n; t += 256u) {
     let i = range.x + t;
     let slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
-    tslot[t] = select(slot, MASKED, (masking && slotPos[slot] > qPos)${outOfPass});
+    tslot[t] = select(slot, MASKED, ${masked});
   }
   workgroupBarrier();
   // Pass 1: scores of the split's keys; all U keys' rows are fetched before any is used.

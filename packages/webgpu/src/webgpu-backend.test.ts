@@ -116,6 +116,11 @@ describe.skipIf(!haveChromium)('WebGPU kernels against the CPU reference (headle
 // every case spread across the chunk boundaries), for every case that touches K/V.
 describe.skipIf(!haveChromium)('WebGPU KV cache split into chunk buffers = the CPU reference (headless Chromium)', () => {
   const kvCases = cases.map((c) => c.name).filter((n) => /attention|cache moves|append/.test(n));
+  it('chunked kernels with windows of 2-4 chunks compile (wider than SwiftShader binds)', async () => {
+    const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.compileChunkedKernels());
+    expect(r.errors).toEqual([]);
+    expect(r.kernels).toBe(42);
+  });
   it('covers append, attention and moves cases', () => {
     expect(kvCases.length).toBeGreaterThanOrEqual(12);
   });

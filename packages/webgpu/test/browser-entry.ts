@@ -7,6 +7,7 @@ import { type DoneEvent, Engine } from '@kvcompress/engine';
 import { loadLlama2cModel } from '@kvcompress/models';
 import fc from 'fast-check';
 import { requestWebGpuDevice } from '../src/device.ts';
+import { appendKvKernel, attentionKernel, movesGatherKernel, movesScatterKernel, wideAttentionKernel } from '../src/kernels.ts';
 import { WebGpuBackend } from '../src/webgpu-backend.ts';
 import { cases } from './conformance-cases.ts';
 import { type CaseResult, runConformanceCase } from './run-case.ts';
@@ -303,8 +304,38 @@ async function samplingEngine(): Promise<{ device: number[][]; host: number[][];
   return { device: onDevice, host: onHost, validation: error === null ? null : error.message };
 }
 
+/**
+ * WGSL errors of the chunked-pool kernels at windows this device cannot bind (SwiftShader
+ * allows 10 storage buffers per stage: attention runs with a window of 1 chunk here, while a
+ * GPU with 16 binds up to 4): compiled, not dispatched. Returns the kernels counted and the errors.
+ */
+async function compileChunkedKernels(): Promise<{ kernels: number; errors: string[] }> {
+  const errors: string[] = [];
+  let kernels = 0;
+  for (const kv of ['f16', 'f32'] as const) {
+    for (const window of [2, 3, 4]) {
+      const c = { window, passes: 2, shift: 10 };
+      for (const k of [
+        attentionKernel(kv, 128, 4, c),
+        attentionKernel(kv, 20, 2, c),
+        wideAttentionKernel(kv, 128, 4, c),
+        wideAttentionKernel(kv, 64, 16, c),
+        appendKvKernel(kv, c),
+        movesGatherKernel(kv, c),
+        movesScatterKernel(kv, c),
+      ]) {
+        kernels++;
+        const info = await device.createShaderModule({ code: k.code, label: k.key }).getCompilationInfo();
+        for (const m of info.messages) if (m.type === 'error') errors.push(`${k.key}: ${m.message}`);
+      }
+    }
+  }
+  return { kernels, errors };
+}
+
 const kvc = {
   names: cases.map((c) => c.name),
+  compileChunkedKernels,
   runCase,
   greedy,
   mixedPolicies,
