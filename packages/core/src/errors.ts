@@ -108,3 +108,14 @@ export class UnsupportedModelError extends KvCompressError {
     super('UNSUPPORTED_MODEL', message);
   }
 }
+
+/**
+ * A KV pool (or its per-slot metric store) the device cannot address: more slots than the
+ * i32 block tables index, a metric store larger than one storage binding, or a device with
+ * too few storage bindings per shader stage for the attention kernel.
+ */
+export class KvPoolTooLargeError extends KvCompressError {
+  constructor(message: string) {
+    super('KV_POOL_TOO_LARGE', `${message} Create the engine with fewer KV blocks (a smaller pool), or use an f16 cache.`);
+  }
+}

@@ -30,6 +30,7 @@ export {
   InvalidPlanError,
   InvariantViolationError,
   KvCompressError,
+  KvPoolTooLargeError,
   ModelFormatError,
   OutOfBlocksError,
   UnknownPolicyError,

@@ -26,6 +26,8 @@ import { GpuWeight, WebGpuBackend } from '../src/webgpu-backend.ts';
 
 const env = (name: string, fallback: string): string => process.env[name] ?? fallback;
 const SHAPE = env('SHAPE', '8b');
+// The pool may exceed one storage binding (it is split into chunk buffers): e.g. SHAPE=1b
+// KV_MIB=16384 ROUND_SEQS=64 times the compression round at 64 x 8K tokens.
 const KV_MIB = Number(env('KV_MIB', '3584'));
 const CONTEXT = Number(env('CONTEXT', '4096'));
 const RATES = env('RATES', '1,2,4,8,16,32,64').split(',').map(Number);

@@ -76,6 +76,52 @@ function arrayType(type: StoreType): string {
   return type === 'f32' ? 'array<f32>' : 'array<u32>';
 }
 
+/**
+ * A K/V pool split into chunk buffers of 2^shift slots each (WebGpuBackend.createKvCache):
+ * a dispatch binds `window` consecutive chunks of K (and of V), starting at chunk
+ * `pass * window`, and `passes` dispatches cover every chunk. `null` where the pool is one
+ * buffer: the kernels are then exactly the unchunked ones.
+ */
+export interface KvChunking {
+  readonly window: number;
+  readonly passes: number;
+  readonly shift: number;
+}
+
+function chunkKey(c: KvChunking | null): string {
+  return c === null ? '' : `:c${c.window}x${c.passes}s${c.shift}`;
+}
+
+/** `count` storage bindings `${name}0..` numbered from `first`. */
+function chunkBindings(name: string, first: number, count: number, access: 'read' | 'read_write', type: string): string {
+  return Array.from({ length: count }, (_, i) => `@group(0) @binding(${first + i}) var<storage, ${access}> ${name}${i}: ${type};`).join(
+    '\n',
+  );
+}
+
+/**
+ * fn ${fn}(c, i) -> ${ret}: element i of chunk binding c (WGSL has no binding arrays: a
+ * switch over the window's fixed bindings; callers pick c once per key row).
+ */
+function chunkReader(fn: string, name: string, count: number, ret: string): string {
+  if (count === 1) return `fn ${fn}(c: u32, i: u32) -> ${ret} { return ${name}0[i]; }`;
+  const cases = Array.from({ length: count - 1 }, (_, k) => `case ${k}u: { return ${name}${k}[i]; }`).join(' ');
+  return `fn ${fn}(c: u32, i: u32) -> ${ret} { switch c { ${cases} default: { return ${name}${count - 1}[i]; } } }`;
+}
+
+/** fn ${name}(c, e) -> f32: element e of a K/V row in chunk c, through ${reader} (see loader). */
+function chunkLoader(name: string, reader: string, kv: StoreType): string {
+  if (kv === 'f32') return `fn ${name}(c: u32, e: u32) -> f32 { return ${reader}(c, e); }`;
+  return `fn ${name}(c: u32, e: u32) -> f32 { return unpack2x16float(${reader}(c, e >> 1u))[e & 1u]; }`;
+}
+
+/** fn ${fn}(c, i, x): element i of chunk binding c := x. */
+function chunkWriter(fn: string, name: string, count: number, value: string): string {
+  if (count === 1) return `fn ${fn}(c: u32, i: u32, x: ${value}) { ${name}0[i] = x; }`;
+  const cases = Array.from({ length: count - 1 }, (_, k) => `case ${k}u: { ${name}${k}[i] = x; }`).join(' ');
+  return `fn ${fn}(c: u32, i: u32, x: ${value}) { switch c { ${cases} default: { ${name}${count - 1}[i] = x; } } }`;
+}
+
 /** Flattened workgroup index for 2-D dispatches (x at most 65535 groups). */
 const FLAT_ID = 'let wid = wg.x + wg.y * nwg.x;';
 
@@ -503,9 +549,11 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
 
 /**
  * Writes K and V rows [rows][kvHeads][headDim] into their cache slots. f16: one thread per
- * pair of elements, packed into one u32.
+ * pair of elements, packed into one u32. Chunked: the dispatch binds `window` chunks from
+ * chunk p.pass * window and writes only the slots in them (one dispatch per pass).
  */
-export function appendKvKernel(kv: StoreType): KernelSource {
+export function appendKvKernel(kv: StoreType, chunking: KvChunking | null = null): KernelSource {
+  if (chunking !== null) return appendKvChunkedKernel(kv, chunking);
   const per = kv === 'f32' ? 1 : 2;
   const store =
     kv === 'f32'
@@ -540,6 +588,47 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   }));
 }
 
+function appendKvChunkedKernel(kv: StoreType, c: KvChunking): KernelSource {
+  const per = kv === 'f32' ? 1 : 2;
+  const W = c.window;
+  const elem = kv === 'f32' ? 'f32' : 'u32';
+  const value = (x: string) => (kv === 'f32' ? `${x}[src + e]` : `pack2x16float(vec2f(${x}[src + e], ${x}[src + e + 1u]))`);
+  return memo(`append-kv:${kv}${chunkKey(c)}`, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { rows: u32, kvHeads: u32, headDim: u32, layer: u32, chunkPass: u32, p1: u32, p2: u32, p3: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+${chunkBindings('K', 1, W, 'read_write', `array<${elem}>`)}
+${chunkBindings('V', 1 + W, W, 'read_write', `array<${elem}>`)}
+@group(0) @binding(${1 + 2 * W}) var<storage, read> k: array<f32>;
+@group(0) @binding(${2 + 2 * W}) var<storage, read> v: array<f32>;
+@group(0) @binding(${3 + 2 * W}) var<storage, read> slots: array<i32>;
+${chunkWriter('storeK', 'K', W, elem)}
+${chunkWriter('storeV', 'V', W, elem)}
+const SHIFT = ${c.shift}u;
+const W = ${W}u;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  let idx = wid * 256u + li;
+  let per_row = p.headDim / ${per}u;
+  if (idx >= p.rows * p.kvHeads * per_row) { return; }
+  let e = (idx % per_row) * ${per}u;
+  let rh = idx / per_row;
+  let h = rh % p.kvHeads;
+  let r = rh / p.kvHeads;
+  let slot = u32(slots[(p.layer * p.kvHeads + h) * p.rows + r]);
+  let c = (slot >> SHIFT) - p.chunkPass * W;
+  if (c >= W) { return; }
+  let local = slot & ((1u << SHIFT) - 1u);
+  let src = rh * p.headDim;
+  let o = (local * p.headDim + e) / ${per}u;
+  storeK(c, o, ${value('k')});
+  storeV(c, o, ${value('v')});
+}`,
+  }));
+}
+
 /** Keys per tile of the attention kernel. */
 export const ATTENTION_TILE = 16;
 
@@ -552,12 +641,39 @@ export const ATTENTION_TILE = 16;
  * combines the splits. For recorded rows, raw scores go to `scores`
  * [recordedRow][heads][scoreStride] for the metric kernel.
  */
-export function attentionKernel(kv: StoreType, headDim: number, group: number): KernelSource {
+export function attentionKernel(kv: StoreType, headDim: number, group: number, chunking: KvChunking | null = null): KernelSource {
   const T = ATTENTION_TILE;
   const D = headDim;
   const G = group;
   const ACC = Math.max(1, Math.ceil((G * D) / 64));
-  return memo(`attention:${kv}:${D}:${G}`, () => ({
+  const c = chunking;
+  // Chunked (see KvChunking): K0.., V0.. take the place of K and V, the later bindings shift,
+  // keys outside this pass's chunks are masked, and each pass writes its own splits.
+  const b0 = c === null ? 0 : 2 * c.window - 2;
+  const kvBindings =
+    c === null
+      ? `@group(0) @binding(3) var<storage, read> K: ${arrayType(kv)};
+@group(0) @binding(4) var<storage, read> V: ${arrayType(kv)};`
+      : `${chunkBindings('K', 3, c.window, 'read', arrayType(kv))}
+${chunkBindings('V', 3 + c.window, c.window, 'read', arrayType(kv))}`;
+  const kvLoaders =
+    c === null
+      ? `${loader('loadK', 'K', kv)}
+${loader('loadV', 'V', kv)}`
+      : `${chunkReader('readK', 'K', c.window, kv === 'f32' ? 'f32' : 'u32')}
+${chunkReader('readV', 'V', c.window, kv === 'f32' ? 'f32' : 'u32')}
+${chunkLoader('loadK', 'readK', kv)}
+${chunkLoader('loadV', 'readV', kv)}
+const SHIFT = ${c.shift}u;
+const W = ${c.window}u;
+const PASSES = ${c.passes}u;`;
+  // The element of a tile key's K/V row: its chunk (picked once per key) and offset there.
+  const at = (k: string, e: string) =>
+    c === null ? `${k} * D + ${e}` : `(${k} >> SHIFT) - p.pad1 * W, (${k} & ((1u << SHIFT) - 1u)) * D + ${e}`;
+  const inPass = c === null ? '' : ' && (slot >> SHIFT) - p.pad1 * W < W';
+  const splitIndex =
+    c === null ? '(r * p.kvHeads + g) * p.splits + split' : '(r * p.kvHeads + g) * p.splits * PASSES + p.pad1 * p.splits + split';
+  return memo(`attention:${kv}:${D}:${G}${chunkKey(c)}`, () => ({
     workgroupSize: 64,
     code: /* wgsl */ `
 struct P {
@@ -568,16 +684,14 @@ struct P {
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> K: ${arrayType(kv)};
-@group(0) @binding(4) var<storage, read> V: ${arrayType(kv)};
-@group(0) @binding(5) var<storage, read> tables: array<i32>;
-@group(0) @binding(6) var<storage, read> lengths: array<i32>;
-@group(0) @binding(7) var<storage, read> slotPos: array<i32>;
+${kvBindings}
+@group(0) @binding(${5 + b0}) var<storage, read> tables: array<i32>;
+@group(0) @binding(${6 + b0}) var<storage, read> lengths: array<i32>;
+@group(0) @binding(${7 + b0}) var<storage, read> slotPos: array<i32>;
 // rowInfo [rows][4]: sequence, position, recorded-row index (-1: not recorded), may-see-later-keys (unused here: always masks).
-@group(0) @binding(8) var<storage, read> rowInfo: array<vec4<i32>>;
-@group(0) @binding(9) var<storage, read_write> scores: array<f32>;
-${loader('loadK', 'K', kv)}
-${loader('loadV', 'V', kv)}
+@group(0) @binding(${8 + b0}) var<storage, read> rowInfo: array<vec4<i32>>;
+@group(0) @binding(${9 + b0}) var<storage, read_write> scores: array<f32>;
+${kvLoaders}
 const D = ${D}u;
 const G = ${G}u;
 const T = ${T}u;
@@ -628,7 +742,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
       var slot = 0u;
       if (i < range.y) {
         slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
-        ok = select(0u, 1u, slotPos[slot] <= qPos);
+        ok = select(0u, 1u, slotPos[slot] <= qPos${inPass});
       }
       tslot[li] = slot;
       tvalid[li] = ok;
@@ -636,7 +750,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
     workgroupBarrier();
     for (var e = li; e < T * D; e += 64u) {
       let k = e / D;
-      tile[e] = select(0.0, loadK(tslot[k] * D + e % D), tvalid[k] == 1u);
+      tile[e] = select(0.0, loadK(${at('tslot[k]', 'e % D')}), tvalid[k] == 1u);
     }
     workgroupBarrier();
     for (var e = li; e < G * T; e += 64u) {
@@ -671,7 +785,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
     workgroupBarrier();
     for (var e = li; e < T * D; e += 64u) {
       let k = e / D;
-      tile[e] = select(0.0, loadV(tslot[k] * D + e % D), tvalid[k] == 1u);
+      tile[e] = select(0.0, loadV(${at('tslot[k]', 'e % D')}), tvalid[k] == 1u);
     }
     workgroupBarrier();
     for (var a = 0u; a < ${ACC}u; a++) {
@@ -688,7 +802,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   }
   if (rg >= p.rows * p.kvHeads) { return; }
   // partials [rows][kvHeads][splits][G][D + 2]: max, sum, then the unnormalised output.
-  let pbase = ((r * p.kvHeads + g) * p.splits + split) * G * (D + 2u);
+  let pbase = (${splitIndex}) * G * (D + 2u);
   for (var a = 0u; a < ${ACC}u; a++) {
     let e = li + a * 64u;
     if (e < G * D) { partials[pbase + (e / D) * (D + 2u) + 2u + e % D] = acc[a]; }
@@ -699,6 +813,24 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   }
 }`,
   }));
+}
+
+/**
+ * The wide kernel's row load from a chunked pool: 8 values of key row `slot` (a pool slot)
+ * into ${x}0, ${x}1, zero when `use` is false. The chunk is picked once per row load.
+ */
+function loadChunkedRow(kv: StoreType, P: number, buf: string, slot: string, use: string, x: string): string {
+  const chunk = `select(0u, (${slot} >> SHIFT) - p.pad1 * W, ${use})`;
+  const row = `select(0u, ${slot} & CHUNK_MASK, ${use})`;
+  if (kv === 'f16') {
+    return `let w${x} = read${buf}(${chunk}, ${row} * ${P}u + j);
+      let ${x}0 = select(vec4f(), vec4f(unpack2x16float(w${x}.x), unpack2x16float(w${x}.y)), ${use});
+      let ${x}1 = select(vec4f(), vec4f(unpack2x16float(w${x}.z), unpack2x16float(w${x}.w)), ${use});`;
+  }
+  return `let c${x} = ${chunk};
+      let r${x} = ${row} * ${2 * P}u + 2u * j;
+      let ${x}0 = select(vec4f(), read${buf}(c${x}, r${x}), ${use});
+      let ${x}1 = select(vec4f(), read${buf}(c${x}, r${x} + 1u), ${use});`;
 }
 
 /** Keys of one split of the wide attention kernel: its scores stay in workgroup memory. */
@@ -722,7 +854,7 @@ export function wideAttentionSupports(headDim: number, group: number): boolean {
  * Output, like `attentionKernel`: partials [rows][kvHeads][splits][G][D + 2] (max, sum,
  * unnormalised output) for `attentionReduceKernel`, and raw scores of recorded rows.
  */
-export function wideAttentionKernel(kv: StoreType, headDim: number, group: number): KernelSource {
+export function wideAttentionKernel(kv: StoreType, headDim: number, group: number, chunking: KvChunking | null = null): KernelSource {
   const D = headDim;
   const G = group;
   const P = D / 8; // threads per key row
@@ -735,16 +867,37 @@ export function wideAttentionKernel(kv: StoreType, headDim: number, group: numbe
   const gs = Array.from({ length: G }, (_, g) => g);
   const us = Array.from({ length: U }, (_, u) => u);
   const each = <T>(xs: T[], f: (x: T) => string, sep = '\n    ') => xs.map(f).join(sep);
+  const c = chunking;
   // Loads 8 values of a key row into ${x}0, ${x}1 (vec4f), zero when `use` is false.
+  // Chunked (see KvChunking): the row's chunk is picked once per key (tslot keeps the pool
+  // slot), and keys outside this pass's chunks are MASKED in the prologue.
   const loadRow = (buf: string, slot: string, use: string, x: string) =>
-    kv === 'f16'
-      ? `let w${x} = ${buf}[select(0u, ${slot}, ${use}) * ${P}u + j];
+    c !== null
+      ? loadChunkedRow(kv, P, buf, slot, use, x)
+      : kv === 'f16'
+        ? `let w${x} = ${buf}[select(0u, ${slot}, ${use}) * ${P}u + j];
       let ${x}0 = select(vec4f(), vec4f(unpack2x16float(w${x}.x), unpack2x16float(w${x}.y)), ${use});
       let ${x}1 = select(vec4f(), vec4f(unpack2x16float(w${x}.z), unpack2x16float(w${x}.w)), ${use});`
-      : `let ${x}0 = select(vec4f(), ${buf}[select(0u, ${slot}, ${use}) * ${2 * P}u + 2u * j], ${use});
+        : `let ${x}0 = select(vec4f(), ${buf}[select(0u, ${slot}, ${use}) * ${2 * P}u + 2u * j], ${use});
       let ${x}1 = select(vec4f(), ${buf}[select(0u, ${slot}, ${use}) * ${2 * P}u + 2u * j + 1u], ${use});`;
   const vecType = kv === 'f16' ? 'array<vec4<u32>>' : 'array<vec4<f32>>';
-  return memo(`attention-wide:${kv}:${D}:${G}`, () => ({
+  const b0 = c === null ? 0 : 2 * c.window - 2;
+  const kvBindings =
+    c === null
+      ? `@group(0) @binding(3) var<storage, read> K: ${vecType};
+@group(0) @binding(4) var<storage, read> V: ${vecType};`
+      : `${chunkBindings('K', 3, c.window, 'read', vecType)}
+${chunkBindings('V', 3 + c.window, c.window, 'read', vecType)}
+${chunkReader('readK', 'K', c.window, kv === 'f16' ? 'vec4<u32>' : 'vec4f')}
+${chunkReader('readV', 'V', c.window, kv === 'f16' ? 'vec4<u32>' : 'vec4f')}
+const SHIFT = ${c.shift}u;
+const CHUNK_MASK = ${2 ** c.shift - 1}u;
+const W = ${c.window}u;
+const PASSES = ${c.passes}u;`;
+  const masked = c === null ? 'masking && slotPos[slot] > qPos' : '(masking && slotPos[slot] > qPos) || (slot >> SHIFT) - p.pad1 * W >= W';
+  const splitIndex =
+    c === null ? '(r * p.kvHeads + g) * p.splits + split' : '(r * p.kvHeads + g) * p.splits * PASSES + p.pad1 * p.splits + split';
+  return memo(`attention-wide:${kv}:${D}:${G}${chunkKey(c)}`, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
 struct Params {
@@ -755,13 +908,12 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> K: ${vecType};
-@group(0) @binding(4) var<storage, read> V: ${vecType};
-@group(0) @binding(5) var<storage, read> tables: array<i32>;
-@group(0) @binding(6) var<storage, read> lengths: array<i32>;
-@group(0) @binding(7) var<storage, read> slotPos: array<i32>;
-@group(0) @binding(8) var<storage, read> rowInfo: array<vec4<i32>>;
-@group(0) @binding(9) var<storage, read_write> scores: array<f32>;
+${kvBindings}
+@group(0) @binding(${5 + b0}) var<storage, read> tables: array<i32>;
+@group(0) @binding(${6 + b0}) var<storage, read> lengths: array<i32>;
+@group(0) @binding(${7 + b0}) var<storage, read> slotPos: array<i32>;
+@group(0) @binding(${8 + b0}) var<storage, read> rowInfo: array<vec4<i32>>;
+@group(0) @binding(${9 + b0}) var<storage, read_write> scores: array<f32>;
 const D = ${D}u;
 const G = ${G}u;
 const P = ${P}u;
@@ -820,7 +972,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   for (var t = li; t < n; t += 256u) {
     let i = range.x + t;
     let slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
-    tslot[t] = select(slot, MASKED, masking && slotPos[slot] > qPos);
+    tslot[t] = select(slot, MASKED, ${masked});
   }
   workgroupBarrier();
   // Pass 1: scores of the split's keys; all U keys' rows are fetched before any is used.
@@ -914,7 +1066,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
       )}
     }
   }
-  let pbase = ((r * p.kvHeads + g) * p.splits + split) * G * (D + 2u);
+  let pbase = (${splitIndex}) * G * (D + 2u);
   ${each(
     gs,
     (q) => `if (working) {
@@ -1092,6 +1244,99 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   if (e == w) { metrics[d] = metrics[s]; return; }
   K[d * w + e] = K[s * w + e];
   V[d * w + e] = V[s * w + e];
+}`,
+  }));
+}
+
+/**
+ * Cache moves in a chunked pool, step 1 of 2: copies the K and V rows of moves
+ * [p.offset, p.offset + p.count) whose source lies in this pass's chunks into scratch
+ * [p.count][2][words] (K row, then V row). A move's source and destination may sit in
+ * chunks no one dispatch can bind together (and binding one chunk twice, writable, is not
+ * allowed), so every source is read before any destination of the batch is written.
+ */
+export function movesGatherKernel(kv: StoreType, c: KvChunking): KernelSource {
+  const elem = kv === 'f32' ? 'f32' : 'u32';
+  const W = c.window;
+  return memo(`moves-gather:${kv}${chunkKey(c)}`, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { count: u32, words: u32, chunkPass: u32, offset: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+${chunkBindings('K', 1, W, 'read', `array<${elem}>`)}
+${chunkBindings('V', 1 + W, W, 'read', `array<${elem}>`)}
+@group(0) @binding(${1 + 2 * W}) var<storage, read> src: array<i32>;
+@group(0) @binding(${2 + 2 * W}) var<storage, read_write> scratch: array<${elem}>;
+${chunkReader('readK', 'K', W, elem)}
+${chunkReader('readV', 'V', W, elem)}
+const SHIFT = ${c.shift}u;
+const W = ${W}u;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  let idx = wid * 256u + li;
+  if (idx >= p.count * p.words) { return; }
+  let m = idx / p.words;
+  let e = idx % p.words;
+  let s = u32(src[p.offset + m]);
+  let ch = (s >> SHIFT) - p.chunkPass * W;
+  if (ch >= W) { return; }
+  let o = (s & ((1u << SHIFT) - 1u)) * p.words + e;
+  scratch[2u * m * p.words + e] = readK(ch, o);
+  scratch[(2u * m + 1u) * p.words + e] = readV(ch, o);
+}`,
+  }));
+}
+
+/** Cache moves in a chunked pool, step 2 of 2: scratch rows (see movesGatherKernel) to their destinations in this pass's chunks. */
+export function movesScatterKernel(kv: StoreType, c: KvChunking): KernelSource {
+  const elem = kv === 'f32' ? 'f32' : 'u32';
+  const W = c.window;
+  return memo(`moves-scatter:${kv}${chunkKey(c)}`, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { count: u32, words: u32, chunkPass: u32, offset: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+${chunkBindings('K', 1, W, 'read_write', `array<${elem}>`)}
+${chunkBindings('V', 1 + W, W, 'read_write', `array<${elem}>`)}
+@group(0) @binding(${1 + 2 * W}) var<storage, read> dst: array<i32>;
+@group(0) @binding(${2 + 2 * W}) var<storage, read> scratch: array<${elem}>;
+${chunkWriter('storeK', 'K', W, elem)}
+${chunkWriter('storeV', 'V', W, elem)}
+const SHIFT = ${c.shift}u;
+const W = ${W}u;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  let idx = wid * 256u + li;
+  if (idx >= p.count * p.words) { return; }
+  let m = idx / p.words;
+  let e = idx % p.words;
+  let d = u32(dst[p.offset + m]);
+  let ch = (d >> SHIFT) - p.chunkPass * W;
+  if (ch >= W) { return; }
+  let o = (d & ((1u << SHIFT) - 1u)) * p.words + e;
+  storeK(ch, o, scratch[2u * m * p.words + e]);
+  storeV(ch, o, scratch[(2u * m + 1u) * p.words + e]);
+}`,
+  }));
+}
+
+/** metrics[dst[i]] = metrics[src[i]] for i < count: the metric part of cache moves in a chunked pool. */
+export function metricMovesKernel(): KernelSource {
+  return memo('metric-moves', () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { count: u32, p1: u32, p2: u32, p3: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> metrics: array<f32>;
+@group(0) @binding(2) var<storage, read> src: array<i32>;
+@group(0) @binding(3) var<storage, read> dst: array<i32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  let i = wid * 256u + li;
+  if (i < p.count) { metrics[u32(dst[i])] = metrics[u32(src[i])]; }
 }`,
   }));
 }

@@ -112,7 +112,40 @@ describe.skipIf(!haveChromium)('WebGPU kernels against the CPU reference (headle
   });
 });
 
+// KV pools larger than one storage binding: the pool forced into 2-4 chunk buffers (slots of
+// every case spread across the chunk boundaries), for every case that touches K/V.
+describe.skipIf(!haveChromium)('WebGPU KV cache split into chunk buffers = the CPU reference (headless Chromium)', () => {
+  const kvCases = cases.map((c) => c.name).filter((n) => /attention|cache moves|append/.test(n));
+  it('chunked kernels with windows of 2-4 chunks compile (wider than SwiftShader binds)', async () => {
+    const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.compileChunkedKernels());
+    expect(r.errors).toEqual([]);
+    expect(r.kernels).toBe(42);
+  });
+  it('covers append, attention and moves cases', () => {
+    expect(kvCases.length).toBeGreaterThanOrEqual(12);
+  });
+  it.each(kvCases.map((n, i) => [n, 2 + (i % 3)] as const))('%s (about %i chunks)', async (name, target) => {
+    const r = await page.evaluate(([n, t]) => (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n, true, t), [name, target] as const);
+    expect(r.validation).toBeNull();
+    expect(r.kvChunks).toBeGreaterThanOrEqual(2);
+    expect(r.kvChunks).toBeLessThanOrEqual(4);
+    expect(r.worst).toBeLessThan(r.tolerance);
+  });
+});
+
 describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'))('stories260K on WebGPU', () => {
+  it.each([2, 4])(
+    'greedy ids equal the CPU backend for 256 tokens with KV-Compress 4x and the KV pool in about %i chunk buffers',
+    async (chunks) => {
+      const r = await page.evaluate((c) => (globalThis as unknown as { kvc: Kvc }).kvc.greedy(true, 256, c), chunks);
+      expect(r.validation).toBeNull();
+      expect(r.gpuKvChunks).toBeGreaterThanOrEqual(2);
+      expect(r.gpu).toHaveLength(256);
+      expect(r.gpu).toEqual(r.cpu);
+    },
+    300_000,
+  );
+
   it.each([false, true])(
     'greedy ids equal the CPU backend for 256 tokens (KV-Compress 4x: %s)',
     async (compress) => {

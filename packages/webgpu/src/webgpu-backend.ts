@@ -14,6 +14,7 @@ import {
   InvalidArgumentError,
   KvCompressError,
   type KvDtype,
+  KvPoolTooLargeError,
   type MetricRecording,
   type PagedCacheView,
   quantizeQ8_0,
@@ -34,13 +35,17 @@ import {
   embedKernel,
   gatherRowsKernel,
   type KernelSource,
+  type KvChunking,
   MATMUL_ROWS,
   MATVEC_SUBGROUP_OUTPUTS,
   matmulKernel,
   matvecKernel,
   matvecSubgroupKernel,
   metricKernel,
+  metricMovesKernel,
+  movesGatherKernel,
   movesKernel,
+  movesScatterKernel,
   rmsNormKernel,
   ropeKernel,
   type StoreType,
@@ -120,6 +125,30 @@ export interface WebGpuBackendOptions {
   readonly tiledMatmulMinRows?: number;
   /** Force the tiled kernel's tile height (benchmarks); default picks by workgroup count. */
   readonly tiledMatmulTileRows?: 32 | 64;
+  /**
+   * Internal (tests): caps the bytes of one K or V chunk buffer below the device's
+   * maxStorageBufferBindingSize, so a small pool splits into several chunks as a large one
+   * does on a real GPU.
+   */
+  readonly maxKvBindingBytes?: number;
+}
+
+/** Storage bindings besides K/V chunks: append (k, v, slots), attention (7), moves gather/scatter (slots, scratch). */
+const APPEND_OTHER_BINDINGS = 3;
+const ATTENTION_OTHER_BINDINGS = 7;
+const MOVES_OTHER_BINDINGS = 2;
+/** Bytes of K+V rows a chunked move batch stages at most (scratch of movesGatherKernel). */
+const MOVE_SCRATCH_BYTES = 64 * 2 ** 20;
+
+/**
+ * How a chunked pool is bound by one kernel: its KvChunking (compile-time) and, per pass, the
+ * K and V chunk buffers it binds (padded with distinct dummies: a writable binding may not
+ * alias another, and the last pass may have fewer chunks than the window).
+ */
+interface ChunkPlan {
+  readonly chunking: KvChunking;
+  readonly k: GPUBuffer[][];
+  readonly v: GPUBuffer[][];
 }
 
 const UNIFORM_SLOT = 256; // minUniformBufferOffsetAlignment
@@ -163,9 +192,19 @@ export class WebGpuBackend implements Backend {
   #encoder: GPUCommandEncoder | null = null;
   #pass: GPUComputePassEncoder | null = null;
   #staging = new Map<number, GPUBuffer>();
-  // KV pool and metrics.
+  // KV pool and metrics. K and V are each one buffer (`#k`, `#v`: #kChunks[0], #vChunks[0])
+  // unless the pool exceeds a storage binding: then chunks of 2^#chunkShift slots.
   #k: GPUBuffer | null = null;
   #v: GPUBuffer | null = null;
+  #kChunks: GPUBuffer[] = [];
+  #vChunks: GPUBuffer[] = [];
+  #chunkPads: GPUBuffer[] = [];
+  #chunkShift = 0;
+  /** Per kernel family, null while the pool is one buffer per K and V. */
+  #appendPlan: ChunkPlan | null = null;
+  #attentionPlan: ChunkPlan | null = null;
+  #movesPlan: ChunkPlan | null = null;
+  readonly #maxKvBindingBytes: number | undefined;
   #metrics: GPUBuffer | null = null;
   #kvStore: StoreType = 'f32';
   #headDim = 0;
@@ -194,6 +233,7 @@ export class WebGpuBackend implements Backend {
     // With subgroups the matvec kernel keeps up with the tiled one to 256 rows (BENCHMARKS.md).
     this.#tiledMinRows = options.tiledMatmulMinRows ?? (this.subgroups ? 2 * TILED_MATMUL_MIN_ROWS : TILED_MATMUL_MIN_ROWS);
     this.#tileRows = options.tiledMatmulTileRows ?? null;
+    this.#maxKvBindingBytes = options.maxKvBindingBytes;
     void device.lost.then((info) => {
       this.#lost = info.message || info.reason || 'unknown reason';
     });
@@ -338,37 +378,112 @@ export class WebGpuBackend implements Backend {
     this.#uniformSlot = 0;
   }
 
+  /**
+   * Allocates K and V [numSlots][headDim] (f16 packed two per u32, or f32) and the metric store
+   * f32 [numSlots]. A pool larger than one storage binding (or `maxKvBindingBytes`) is split
+   * into chunk buffers of 2^shift slots, each kernel binding a window of chunks per dispatch
+   * (as many as maxStorageBuffersPerShaderStage leaves) and dispatching once per window.
+   */
   createKvCache(numSlots: number, headDim: number, dtype: KvDtype): void {
     this.#checkAlive();
     assertInteger('numSlots', numSlots, 1);
     assertInteger('headDim', headDim, 1);
     if (dtype === 'f16' && headDim % 2 !== 0) throw new UnsupportedModelError('An f16 KV cache needs an even head dimension.');
     this.#kvStore = dtype === 'f16' ? 'f16' : 'f32';
-    const bytes = numSlots * headDim * (dtype === 'f16' ? 2 : 4);
-    const maxBinding = this.device.limits.maxStorageBufferBindingSize;
-    if (bytes > maxBinding) {
-      throw new InvalidArgumentError(
-        `The KV pool needs ${bytes} bytes per K or V buffer but this device binds at most ${maxBinding}; use fewer blocks or an f16 cache.`,
+    const rowBytes = headDim * (dtype === 'f16' ? 2 : 4);
+    const bytes = numSlots * rowBytes;
+    const limits = this.device.limits;
+    const maxBinding = Math.min(
+      limits.maxStorageBufferBindingSize,
+      limits.maxBufferSize,
+      this.#maxKvBindingBytes ?? Number.POSITIVE_INFINITY,
+    );
+    if (numSlots > 2 ** 31 - 1) throw new KvPoolTooLargeError(`The KV pool has ${numSlots} slots; block tables address at most 2^31 - 1.`);
+    if (numSlots * 4 > limits.maxStorageBufferBindingSize) {
+      throw new KvPoolTooLargeError(
+        `The KV pool's metric store needs ${numSlots * 4} bytes (4 per slot) but this device binds at most ${limits.maxStorageBufferBindingSize}.`,
       );
     }
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-    this.#k?.destroy();
-    this.#v?.destroy();
-    this.#metrics?.destroy();
-    this.#k = this.device.createBuffer({ size: Math.max(16, bytes), usage, label: 'K' });
-    this.#v = this.device.createBuffer({ size: Math.max(16, bytes), usage, label: 'V' });
+    this.#destroyPool();
+    // Slots per chunk: a power of two (the kernels split a slot with a shift and a mask).
+    const shift = Math.floor(Math.log2(Math.max(1, maxBinding / rowBytes)));
+    if (bytes <= maxBinding || 2 ** shift >= numSlots) {
+      this.#k = this.device.createBuffer({ size: Math.max(16, bytes), usage, label: 'K' });
+      this.#v = this.device.createBuffer({ size: Math.max(16, bytes), usage, label: 'V' });
+      this.#kChunks = [this.#k];
+      this.#vChunks = [this.#v];
+    } else {
+      if (2 ** shift * rowBytes > maxBinding || shift < 0) {
+        throw new KvPoolTooLargeError(`One KV row (${rowBytes} bytes) does not fit a storage binding of ${maxBinding} bytes.`);
+      }
+      const chunkSlots = 2 ** shift;
+      const n = Math.ceil(numSlots / chunkSlots);
+      const perStage = limits.maxStorageBuffersPerShaderStage;
+      const window = (others: number) => Math.min(n, Math.floor((perStage - others) / 2));
+      if (window(ATTENTION_OTHER_BINDINGS) < 1) {
+        throw new KvPoolTooLargeError(
+          `The KV pool needs ${n} chunk buffers per K and V, and attention over a chunked pool binds ${ATTENTION_OTHER_BINDINGS + 2} storage buffers, but this device allows ${perStage} per shader stage.`,
+        );
+      }
+      for (let c = 0; c < n; c++) {
+        const size = Math.min(chunkSlots, numSlots - c * chunkSlots) * rowBytes;
+        this.#kChunks.push(this.device.createBuffer({ size: Math.max(16, size), usage, label: `K${c}` }));
+        this.#vChunks.push(this.device.createBuffer({ size: Math.max(16, size), usage, label: `V${c}` }));
+      }
+      this.#k = this.#kChunks[0] as GPUBuffer;
+      this.#v = this.#vChunks[0] as GPUBuffer;
+      this.#chunkShift = shift;
+      const maxWindow = Math.max(window(APPEND_OTHER_BINDINGS), window(ATTENTION_OTHER_BINDINGS), window(MOVES_OTHER_BINDINGS));
+      for (let i = 0; i < 2 * maxWindow; i++) this.#chunkPads.push(this.device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE }));
+      this.#appendPlan = this.#chunkPlan(window(APPEND_OTHER_BINDINGS), shift);
+      this.#attentionPlan = this.#chunkPlan(window(ATTENTION_OTHER_BINDINGS), shift);
+      this.#movesPlan = this.#chunkPlan(window(MOVES_OTHER_BINDINGS), shift);
+    }
     this.#metrics = this.device.createBuffer({ size: Math.max(16, numSlots * 4), usage, label: 'metrics' });
     this.#headDim = headDim;
     this.#numSlots = numSlots;
   }
 
+  /** K and V chunk buffers to bind per pass for a window of `w` chunks. */
+  #chunkPlan(w: number, shift: number): ChunkPlan {
+    const passes = Math.ceil(this.#kChunks.length / w);
+    const k: GPUBuffer[][] = [];
+    const v: GPUBuffer[][] = [];
+    for (let pass = 0; pass < passes; pass++) {
+      const ks: GPUBuffer[] = [];
+      const vs: GPUBuffer[] = [];
+      for (let i = 0; i < w; i++) {
+        ks.push(this.#kChunks[pass * w + i] ?? (this.#chunkPads[2 * i] as GPUBuffer));
+        vs.push(this.#vChunks[pass * w + i] ?? (this.#chunkPads[2 * i + 1] as GPUBuffer));
+      }
+      k.push(ks);
+      v.push(vs);
+    }
+    return { chunking: { window: w, passes, shift }, k, v };
+  }
+
+  /** How many buffers K (and V) is split into (1 unless the pool exceeds a storage binding). */
+  get kvChunks(): number {
+    return this.#kChunks.length;
+  }
+
+  #destroyPool(): void {
+    for (const b of [...this.#kChunks, ...this.#vChunks, ...this.#chunkPads]) b.destroy();
+    this.#metrics?.destroy();
+    this.#k = this.#v = this.#metrics = null;
+    this.#kChunks = [];
+    this.#vChunks = [];
+    this.#chunkPads = [];
+    this.#appendPlan = this.#attentionPlan = this.#movesPlan = null;
+  }
+
   /** Zeroes K, V and the metrics on the device (they start zeroed; this makes it explicit). */
   clearKvCache(): void {
-    const { K, V } = this.#cache();
+    this.#cache();
     this.#endPass();
     this.#encoder ??= this.device.createCommandEncoder();
-    this.#encoder.clearBuffer(K);
-    this.#encoder.clearBuffer(V);
+    for (const b of [...this.#kChunks, ...this.#vChunks]) this.#encoder.clearBuffer(b);
     if (this.#metrics !== null) this.#encoder.clearBuffer(this.#metrics);
   }
 
@@ -485,12 +600,33 @@ export class WebGpuBackend implements Backend {
   appendKv(layer: number, k: DeviceBuffer, v: DeviceBuffer, slots: DeviceBuffer, rows: number, kvHeads: number): void {
     const { K, V } = this.#cache();
     const per = this.#kvStore === 'f32' ? 1 : 2;
-    this.#dispatch(
-      appendKvKernel(this.#kvStore),
-      [rows, kvHeads, this.#headDim, layer],
-      [K, V, (k as GpuBuffer).buffer, (v as GpuBuffer).buffer, (slots as GpuBuffer).buffer],
-      (rows * kvHeads * this.#headDim) / per,
-    );
+    const n = (rows * kvHeads * this.#headDim) / per;
+    const plan = this.#appendPlan;
+    if (plan === null) {
+      this.#dispatch(
+        appendKvKernel(this.#kvStore),
+        [rows, kvHeads, this.#headDim, layer],
+        [K, V, (k as GpuBuffer).buffer, (v as GpuBuffer).buffer, (slots as GpuBuffer).buffer],
+        n,
+      );
+      return;
+    }
+    // Chunked pool: one dispatch per window of chunks; each writes the slots in its window.
+    const kernel = appendKvKernel(this.#kvStore, plan.chunking);
+    for (let pass = 0; pass < plan.chunking.passes; pass++) {
+      this.#dispatch(
+        kernel,
+        [rows, kvHeads, this.#headDim, layer, pass],
+        [
+          ...(plan.k[pass] as GPUBuffer[]),
+          ...(plan.v[pass] as GPUBuffer[]),
+          (k as GpuBuffer).buffer,
+          (v as GpuBuffer).buffer,
+          (slots as GpuBuffer).buffer,
+        ],
+        n,
+      );
+    }
   }
 
   attention(
@@ -567,42 +703,43 @@ export class WebGpuBackend implements Backend {
     } else {
       splits = Math.max(1, Math.min(64, Math.ceil(maxLen / 1024), Math.ceil((4 * this.#splitTarget) / Math.max(1, rows * kvHeads))));
     }
-    const partials = this.#ensureF32('partials', rows * kvHeads * splits * group * (D + 2));
-    this.#setUniform([
-      rows,
-      heads,
-      kvHeads,
-      cache.maxSequences,
-      cache.maxBlocksPerHead,
-      cache.blockSize,
-      layer,
-      scoreStride,
-      0,
-      splits,
-      0,
-      0,
-    ]);
-    this.#f32[8] = 1 / Math.sqrt(D);
+    // A chunked pool runs the kernel once per window of chunks, each pass writing its own
+    // splits (keys outside its chunks masked); the reduction combines all of them.
+    const plan = this.#attentionPlan;
+    const passes = plan === null ? 1 : plan.chunking.passes;
+    const partials = this.#ensureF32('partials', rows * kvHeads * splits * passes * group * (D + 2));
+    const others = [
+      (this.#tables as GpuBuffer).buffer,
+      (this.#lengths as GpuBuffer).buffer,
+      (this.#slotPos as GpuBuffer).buffer,
+      rowInfo.buffer,
+      scores.buffer,
+    ];
     const [ax, ay] = grid(rows * kvHeads * splits);
-    this.#dispatchRaw(
-      wide ? wideAttentionKernel(this.#kvStore, D, group) : attentionKernel(this.#kvStore, D, group),
-      [
-        partials.buffer,
-        (q as GpuBuffer).buffer,
-        K,
-        V,
-        (this.#tables as GpuBuffer).buffer,
-        (this.#lengths as GpuBuffer).buffer,
-        (this.#slotPos as GpuBuffer).buffer,
-        rowInfo.buffer,
-        scores.buffer,
-      ],
-      ax,
-      ay,
-    );
+    for (let pass = 0; pass < passes; pass++) {
+      this.#setUniform([
+        rows,
+        heads,
+        kvHeads,
+        cache.maxSequences,
+        cache.maxBlocksPerHead,
+        cache.blockSize,
+        layer,
+        scoreStride,
+        0,
+        splits,
+        pass,
+        0,
+      ]);
+      this.#f32[8] = 1 / Math.sqrt(D);
+      const chunking = plan === null ? null : plan.chunking;
+      const kernel = wide ? wideAttentionKernel(this.#kvStore, D, group, chunking) : attentionKernel(this.#kvStore, D, group, chunking);
+      const kv = plan === null ? [K, V] : [...(plan.k[pass] as GPUBuffer[]), ...(plan.v[pass] as GPUBuffer[])];
+      this.#dispatchRaw(kernel, [partials.buffer, (q as GpuBuffer).buffer, ...kv, ...others], ax, ay);
+    }
     this.#dispatch(
       attentionReduceKernel(D),
-      [rows, heads, kvHeads, splits],
+      [rows, heads, kvHeads, splits * passes],
       [(out as GpuBuffer).buffer, partials.buffer, rowInfo.buffer, stats.buffer],
       rows * heads * D,
     );
@@ -694,13 +831,42 @@ export class WebGpuBackend implements Backend {
     this.device.queue.writeBuffer(src.buffer, 0, moves.src.buffer, moves.src.byteOffset, moves.count * 4);
     this.device.queue.writeBuffer(dst.buffer, 0, moves.dst.buffer, moves.dst.byteOffset, moves.count * 4);
     const words = this.#kvStore === 'f32' ? this.#headDim : this.#headDim / 2;
-    this.#dispatch(
-      movesKernel(this.#kvStore),
-      [moves.count, this.#headDim, 0, 0],
-      [K, V, this.#metrics as GPUBuffer, src.buffer, dst.buffer],
-      moves.count * (words + 1),
-    );
+    const plan = this.#movesPlan;
+    if (plan === null) {
+      this.#dispatch(
+        movesKernel(this.#kvStore),
+        [moves.count, this.#headDim, 0, 0],
+        [K, V, this.#metrics as GPUBuffer, src.buffer, dst.buffer],
+        moves.count * (words + 1),
+      );
+    } else this.#chunkedMoves(plan, moves.count, words, src.buffer, dst.buffer);
     this.#tablesVersion = -1;
+  }
+
+  /**
+   * Moves in a chunked pool, in batches of at most MOVE_SCRATCH_BYTES of rows: gather every
+   * source row of the batch into scratch (one dispatch per window of chunks), then scatter
+   * them to their destinations, then move the metrics. Compaction never moves into a slot
+   * that is also a source, so batches are independent.
+   */
+  #chunkedMoves(plan: ChunkPlan, count: number, words: number, src: GPUBuffer, dst: GPUBuffer): void {
+    const batch = Math.max(1, Math.min(count, Math.floor(MOVE_SCRATCH_BYTES / (8 * words))));
+    // scratch [batch][2][words]: the K row, then the V row of each move.
+    const scratch = this.#ensureF32('moveScratch', 2 * batch * words).buffer;
+    const gather = movesGatherKernel(this.#kvStore, plan.chunking);
+    const scatter = movesScatterKernel(this.#kvStore, plan.chunking);
+    for (let offset = 0; offset < count; offset += batch) {
+      const n = Math.min(batch, count - offset);
+      for (let pass = 0; pass < plan.chunking.passes; pass++) {
+        const kv = [...(plan.k[pass] as GPUBuffer[]), ...(plan.v[pass] as GPUBuffer[])];
+        this.#dispatch(gather, [n, words, pass, offset], [...kv, src, scratch], n * words);
+      }
+      for (let pass = 0; pass < plan.chunking.passes; pass++) {
+        const kv = [...(plan.k[pass] as GPUBuffer[]), ...(plan.v[pass] as GPUBuffer[])];
+        this.#dispatch(scatter, [n, words, pass, offset], [...kv, dst, scratch], n * words);
+      }
+    }
+    this.#dispatch(metricMovesKernel(), [count, 0, 0, 0], [this.#metrics as GPUBuffer, src, dst], count);
   }
 
   /** Copies the device metric store to the host (before planning a compression). */
@@ -778,15 +944,21 @@ export class WebGpuBackend implements Backend {
 
   /** Reads K or V of one slot (tests). */
   async readSlot(which: 'k' | 'v', slot: number): Promise<Float32Array> {
-    const { K, V } = this.#cache();
+    this.#cache();
+    assertInteger('slot', slot, 0, this.#numSlots - 1);
     const D = this.#headDim;
+    // The slot's chunk (the only one for a pool that fits one binding) and its row there.
+    const chunks = which === 'k' ? this.#kChunks : this.#vChunks;
+    const chunk = chunks.length === 1 ? 0 : Math.floor(slot / 2 ** this.#chunkShift);
+    const row = chunks.length === 1 ? slot : slot - chunk * 2 ** this.#chunkShift;
+    const buffer = chunks[chunk] as GPUBuffer;
     if (this.#kvStore === 'f32') {
       const out = new Float32Array(D);
-      await this.#readGpu(which === 'k' ? K : V, slot * D * 4, out);
+      await this.#readGpu(buffer, row * D * 4, out);
       return out;
     }
     const words = new Int32Array(D / 2);
-    await this.#readGpu(which === 'k' ? K : V, slot * D * 2, words);
+    await this.#readGpu(buffer, row * D * 2, words);
     const out = new Float32Array(D);
     const u16 = new Uint16Array(words.buffer);
     for (let i = 0; i < D; i++) out[i] = f16ToF32(u16[i] as number);
@@ -796,8 +968,7 @@ export class WebGpuBackend implements Backend {
   /** Frees the KV pool, metrics and scratch buffers of this backend (the device stays). */
   destroyBuffers(): void {
     this.flush();
-    for (const b of [this.#k, this.#v, this.#metrics]) b?.destroy();
-    this.#k = this.#v = this.#metrics = null;
+    this.#destroyPool();
     for (const b of this.#named.values()) b.buffer.destroy();
     this.#named.clear();
     for (const b of this.#staging.values()) b.destroy();

@@ -2,10 +2,12 @@
 // Runs in headless Chromium (WebGPU on SwiftShader in CI): the conformance cases against the
 // CPU reference, and whole-model greedy decoding on both backends. Driven by
 // ../src/webgpu-backend.test.ts through window.kvc.
+import { CpuBackend } from '@kvcompress/cpu';
 import { type DoneEvent, Engine } from '@kvcompress/engine';
 import { loadLlama2cModel } from '@kvcompress/models';
 import fc from 'fast-check';
 import { requestWebGpuDevice } from '../src/device.ts';
+import { appendKvKernel, attentionKernel, movesGatherKernel, movesScatterKernel, wideAttentionKernel } from '../src/kernels.ts';
 import { WebGpuBackend } from '../src/webgpu-backend.ts';
 import { cases } from './conformance-cases.ts';
 import { type CaseResult, runConformanceCase } from './run-case.ts';
@@ -14,31 +16,56 @@ import { runSelectionCase, type SelectionParams, type SelectionResult } from './
 
 const device = await requestWebGpuDevice();
 
-async function runCase(name: string, subgroups = true): Promise<CaseResult> {
+async function runCase(name: string, subgroups = true, kvChunks = 1): Promise<CaseResult> {
   const c = cases.find((x) => x.name === name);
   if (c === undefined) throw new Error(`no case ${name}`);
-  return runConformanceCase(device, c, subgroups);
+  return runConformanceCase(device, c, subgroups, kvChunks);
 }
 
-/** Greedy ids of stories260K from BOS on both backends, with the full cache or KV-Compress. */
+/**
+ * Greedy ids of stories260K from BOS on both backends, with the full cache or KV-Compress.
+ * `kvChunks` > 1: the WebGPU KV pool is forced into about that many chunk buffers (see
+ * runConformanceCase), sized from the pool the CPU engine allocates.
+ */
 async function greedy(
   compress: boolean,
   tokens: number,
-): Promise<{ cpu: number[]; gpu: number[]; validation: string | null; gpuMs: number }> {
+  kvChunks = 1,
+): Promise<{ cpu: number[]; gpu: number[]; validation: string | null; gpuMs: number; gpuKvChunks: number }> {
   const bytes = new Uint8Array(await (await fetch('/shared/models/stories260K/stories260K.bin')).arrayBuffer());
   const model = loadLlama2cModel(bytes);
   const options = compress ? { budget: { targetCompressionRate: 4 }, protectedWindow: 16, compressionInterval: 32 } : {};
-  const cpu = await new Engine({ model, maxSequences: 1, ...options }).complete([1], { maxTokens: tokens, stopTokens: [] });
+  const cpuBackend = new CpuBackend();
+  let rowBytes = 0;
+  let slots = 0;
+  const create = cpuBackend.createKvCache.bind(cpuBackend);
+  cpuBackend.createKvCache = (numSlots, headDim, dtype) => {
+    rowBytes = headDim * (dtype === 'f16' ? 2 : 4);
+    slots = numSlots;
+    create(numSlots, headDim, dtype);
+  };
+  const cpu = await new Engine({ model, maxSequences: 1, backend: cpuBackend, ...options }).complete([1], {
+    maxTokens: tokens,
+    stopTokens: [],
+  });
+  const maxKvBindingBytes = kvChunks > 1 ? rowBytes * 2 ** Math.ceil(Math.log2(Math.ceil(slots / kvChunks))) : undefined;
   device.pushErrorScope('validation');
   const t0 = performance.now();
-  const gpu = await new Engine({ model, maxSequences: 1, backend: new WebGpuBackend(device), ...options }).complete([1], {
+  const backend = new WebGpuBackend(device, maxKvBindingBytes === undefined ? {} : { maxKvBindingBytes });
+  const gpu = await new Engine({ model, maxSequences: 1, backend, ...options }).complete([1], {
     maxTokens: tokens,
     stopTokens: [],
   });
   const gpuMs = performance.now() - t0;
   const error = await device.popErrorScope();
   if (gpu.error !== undefined) throw gpu.error;
-  return { cpu: [...cpu.tokens], gpu: [...gpu.tokens], validation: error === null ? null : error.message, gpuMs };
+  return {
+    cpu: [...cpu.tokens],
+    gpu: [...gpu.tokens],
+    validation: error === null ? null : error.message,
+    gpuMs,
+    gpuKvChunks: backend.kvChunks,
+  };
 }
 
 /**
@@ -277,8 +304,38 @@ async function samplingEngine(): Promise<{ device: number[][]; host: number[][];
   return { device: onDevice, host: onHost, validation: error === null ? null : error.message };
 }
 
+/**
+ * WGSL errors of the chunked-pool kernels at windows this device cannot bind (SwiftShader
+ * allows 10 storage buffers per stage: attention runs with a window of 1 chunk here, while a
+ * GPU with 16 binds up to 4): compiled, not dispatched. Returns the kernels counted and the errors.
+ */
+async function compileChunkedKernels(): Promise<{ kernels: number; errors: string[] }> {
+  const errors: string[] = [];
+  let kernels = 0;
+  for (const kv of ['f16', 'f32'] as const) {
+    for (const window of [2, 3, 4]) {
+      const c = { window, passes: 2, shift: 10 };
+      for (const k of [
+        attentionKernel(kv, 128, 4, c),
+        attentionKernel(kv, 20, 2, c),
+        wideAttentionKernel(kv, 128, 4, c),
+        wideAttentionKernel(kv, 64, 16, c),
+        appendKvKernel(kv, c),
+        movesGatherKernel(kv, c),
+        movesScatterKernel(kv, c),
+      ]) {
+        kernels++;
+        const info = await device.createShaderModule({ code: k.code, label: k.key }).getCompilationInfo();
+        for (const m of info.messages) if (m.type === 'error') errors.push(`${k.key}: ${m.message}`);
+      }
+    }
+  }
+  return { kernels, errors };
+}
+
 const kvc = {
   names: cases.map((c) => c.name),
+  compileChunkedKernels,
   runCase,
   greedy,
   mixedPolicies,

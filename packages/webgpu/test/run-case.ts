@@ -12,18 +12,46 @@ export interface CaseResult {
   readonly validation: string | null;
   /** Whether the WebGPU backend ran its subgroup kernels. */
   readonly subgroups: boolean;
+  /** Buffers K (and V) was split into (1: one binding). */
+  readonly kvChunks: number;
 }
 
-export async function runConformanceCase(device: GPUDevice, c: ConformanceCase, subgroups: boolean): Promise<CaseResult> {
-  const expected = await c.run(new CpuBackend());
+/**
+ * `kvChunks` > 1: the WebGPU backend's KV pool is forced into chunk buffers, about that many
+ * (between kvChunks / 2 and kvChunks: chunks hold a power of two of slots), sized from the
+ * pool the case creates on the CPU backend.
+ */
+export async function runConformanceCase(device: GPUDevice, c: ConformanceCase, subgroups: boolean, kvChunks = 1): Promise<CaseResult> {
+  const cpu = new CpuBackend();
+  let rowBytes = 0;
+  let slots = 0;
+  const create = cpu.createKvCache.bind(cpu);
+  cpu.createKvCache = (numSlots, headDim, dtype) => {
+    rowBytes = headDim * (dtype === 'f16' ? 2 : 4);
+    slots = Math.max(slots, numSlots);
+    create(numSlots, headDim, dtype);
+  };
+  const expected = await c.run(cpu);
+  const maxKvBindingBytes = kvChunks > 1 && slots > 0 ? rowBytes * 2 ** Math.ceil(Math.log2(Math.ceil(slots / kvChunks))) : undefined;
   device.pushErrorScope('validation');
-  const backend = new WebGpuBackend(device, { weightStore: c.weightStore ?? 'f32', subgroups });
+  const backend = new WebGpuBackend(device, {
+    weightStore: c.weightStore ?? 'f32',
+    subgroups,
+    ...(maxKvBindingBytes === undefined ? {} : { maxKvBindingBytes }),
+  });
   const actual = await c.run(backend);
   const error = await device.popErrorScope();
   let worst = 0;
   expected.forEach((e, i) => {
     worst = Math.max(worst, maxRelError(actual[i] as Float32Array, e));
   });
+  const chunks = backend.kvChunks;
   backend.destroyBuffers();
-  return { worst, tolerance: c.tolerance, validation: error === null ? null : error.message, subgroups: backend.subgroups };
+  return {
+    worst,
+    tolerance: c.tolerance,
+    validation: error === null ? null : error.message,
+    subgroups: backend.subgroups,
+    kvChunks: chunks,
+  };
 }
