@@ -431,6 +431,32 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
 }
 
 /**
+ * WGSL statements: the 256 invocations of a workgroup find the largest of
+ * `values[base .. base + n)` and its first index (ties go to the lower index; NaN never wins;
+ * 0xffffffff when none is above -FLT_MAX). The maximum ends in `bestValues[0]`, its index in
+ * `bestIndices[0]` (workgroup arrays of 256 f32 / u32). Shared by greedy and sampled selection.
+ */
+export function workgroupArgmaxWgsl(values: string, base: string, n: string, bestValues: string, bestIndices: string): string {
+  return `  var argmaxV = bitcast<f32>(0xff7fffffu); // -FLT_MAX
+  var argmaxI = 0xffffffffu;
+  for (var i = li; i < ${n}; i += 256u) {
+    let x = ${values}[${base} + i];
+    if (x > argmaxV || (argmaxI == 0xffffffffu && x == argmaxV)) { argmaxV = x; argmaxI = i; }
+  }
+  ${bestValues}[li] = argmaxV;
+  ${bestIndices}[li] = argmaxI;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (li < s) {
+      let ov = ${bestValues}[li + s];
+      let oi = ${bestIndices}[li + s];
+      if (ov > ${bestValues}[li] || (ov == ${bestValues}[li] && oi < ${bestIndices}[li])) { ${bestValues}[li] = ov; ${bestIndices}[li] = oi; }
+    }
+    workgroupBarrier();
+  }`;
+}
+
+/**
  * out[r] = argmax of logits row r (first index on ties; NaN never wins): one workgroup per
  * row, a strided scan per thread, then a tree over (value, index) pairs.
  */
@@ -449,23 +475,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   ${FLAT_ID}
   let r = min(wid, p.rows - 1u);
   let base = r * p.vocab;
-  var v = bitcast<f32>(0xff7fffffu); // -FLT_MAX
-  var idx = 0xffffffffu;
-  for (var i = li; i < p.vocab; i += 256u) {
-    let x = logits[base + i];
-    if (x > v || (idx == 0xffffffffu && x == v)) { v = x; idx = i; }
-  }
-  bestV[li] = v;
-  bestI[li] = idx;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (li < s) {
-      let ov = bestV[li + s];
-      let oi = bestI[li + s];
-      if (ov > bestV[li] || (ov == bestV[li] && oi < bestI[li])) { bestV[li] = ov; bestI[li] = oi; }
-    }
-    workgroupBarrier();
-  }
+${workgroupArgmaxWgsl('logits', 'base', 'p.vocab', 'bestV', 'bestI')}
   if (li == 0u && wid < p.rows) { out[r] = select(0, i32(bestI[0]), bestI[0] != 0xffffffffu); }
 }`,
   }));
@@ -1249,26 +1259,29 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
 }
 
 /**
- * Cache moves in a chunked pool, step 1 of 2: copies the K and V rows of moves
- * [p.offset, p.offset + p.count) whose source lies in this pass's chunks into scratch
- * [p.count][2][words] (K row, then V row). A move's source and destination may sit in
+ * Cache moves in a chunked pool, in two steps. A move's source and destination may sit in
  * chunks no one dispatch can bind together (and binding one chunk twice, writable, is not
- * allowed), so every source is read before any destination of the batch is written.
+ * allowed), so every source of a batch is read before any destination is written:
+ *   gather:  the K and V rows of moves [p.offset, p.offset + p.count) whose source lies in
+ *            this pass's chunks -> scratch [p.count][2][words] (K row, then V row);
+ *   scatter: scratch rows -> their destinations in this pass's chunks.
  */
-export function movesGatherKernel(kv: StoreType, c: KvChunking): KernelSource {
+function movesChunkKernel(kv: StoreType, c: KvChunking, step: 'gather' | 'scatter'): KernelSource {
   const elem = kv === 'f32' ? 'f32' : 'u32';
   const W = c.window;
-  return memo(`moves-gather:${kv}${chunkKey(c)}`, () => ({
+  const gather = step === 'gather';
+  const pool = gather ? 'read' : 'read_write';
+  return memo(`moves-${step}:${kv}${chunkKey(c)}`, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
 struct P { count: u32, words: u32, chunkPass: u32, offset: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-${chunkBindings('K', 1, W, 'read', `array<${elem}>`)}
-${chunkBindings('V', 1 + W, W, 'read', `array<${elem}>`)}
-@group(0) @binding(${1 + 2 * W}) var<storage, read> src: array<i32>;
-@group(0) @binding(${2 + 2 * W}) var<storage, read_write> scratch: array<${elem}>;
-${chunkReader('readK', 'K', W, elem)}
-${chunkReader('readV', 'V', W, elem)}
+${chunkBindings('K', 1, W, pool, `array<${elem}>`)}
+${chunkBindings('V', 1 + W, W, pool, `array<${elem}>`)}
+@group(0) @binding(${1 + 2 * W}) var<storage, read> slotOf: array<i32>;
+@group(0) @binding(${2 + 2 * W}) var<storage, ${gather ? 'read_write' : 'read'}> scratch: array<${elem}>;
+${gather ? chunkReader('readK', 'K', W, elem) : chunkWriter('storeK', 'K', W, elem)}
+${gather ? chunkReader('readV', 'V', W, elem) : chunkWriter('storeV', 'V', W, elem)}
 const SHIFT = ${c.shift}u;
 const W = ${W}u;
 @compute @workgroup_size(256)
@@ -1278,48 +1291,29 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   if (idx >= p.count * p.words) { return; }
   let m = idx / p.words;
   let e = idx % p.words;
-  let s = u32(src[p.offset + m]);
+  let s = u32(slotOf[p.offset + m]); // the move's source (gather) or destination (scatter)
   let ch = (s >> SHIFT) - p.chunkPass * W;
   if (ch >= W) { return; }
   let o = (s & ((1u << SHIFT) - 1u)) * p.words + e;
-  scratch[2u * m * p.words + e] = readK(ch, o);
-  scratch[(2u * m + 1u) * p.words + e] = readV(ch, o);
+${
+  gather
+    ? `  scratch[2u * m * p.words + e] = readK(ch, o);
+  scratch[(2u * m + 1u) * p.words + e] = readV(ch, o);`
+    : `  storeK(ch, o, scratch[2u * m * p.words + e]);
+  storeV(ch, o, scratch[(2u * m + 1u) * p.words + e]);`
+}
 }`,
   }));
 }
 
-/** Cache moves in a chunked pool, step 2 of 2: scratch rows (see movesGatherKernel) to their destinations in this pass's chunks. */
+/** Chunked cache moves, step 1: sources -> scratch (see movesChunkKernel). Bindings: K chunks, V chunks, src, scratch. */
+export function movesGatherKernel(kv: StoreType, c: KvChunking): KernelSource {
+  return movesChunkKernel(kv, c, 'gather');
+}
+
+/** Chunked cache moves, step 2: scratch -> destinations (see movesChunkKernel). Bindings: K chunks, V chunks, dst, scratch. */
 export function movesScatterKernel(kv: StoreType, c: KvChunking): KernelSource {
-  const elem = kv === 'f32' ? 'f32' : 'u32';
-  const W = c.window;
-  return memo(`moves-scatter:${kv}${chunkKey(c)}`, () => ({
-    workgroupSize: 256,
-    code: /* wgsl */ `
-struct P { count: u32, words: u32, chunkPass: u32, offset: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-${chunkBindings('K', 1, W, 'read_write', `array<${elem}>`)}
-${chunkBindings('V', 1 + W, W, 'read_write', `array<${elem}>`)}
-@group(0) @binding(${1 + 2 * W}) var<storage, read> dst: array<i32>;
-@group(0) @binding(${2 + 2 * W}) var<storage, read> scratch: array<${elem}>;
-${chunkWriter('storeK', 'K', W, elem)}
-${chunkWriter('storeV', 'V', W, elem)}
-const SHIFT = ${c.shift}u;
-const W = ${W}u;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  ${FLAT_ID}
-  let idx = wid * 256u + li;
-  if (idx >= p.count * p.words) { return; }
-  let m = idx / p.words;
-  let e = idx % p.words;
-  let d = u32(dst[p.offset + m]);
-  let ch = (d >> SHIFT) - p.chunkPass * W;
-  if (ch >= W) { return; }
-  let o = (d & ((1u << SHIFT) - 1u)) * p.words + e;
-  storeK(ch, o, scratch[2u * m * p.words + e]);
-  storeV(ch, o, scratch[(2u * m + 1u) * p.words + e]);
-}`,
-  }));
+  return movesChunkKernel(kv, c, 'scatter');
 }
 
 /** metrics[dst[i]] = metrics[src[i]] for i < count: the metric part of cache moves in a chunked pool. */

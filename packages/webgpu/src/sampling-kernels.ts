@@ -18,7 +18,7 @@
  * (32 passes: the largest kappa whose "key >= kappa" mass reaches the target), then the tie
  * within kappa's equal logits by a prefix count in id order.
  */
-import { type KernelSource, memo } from './kernels.ts';
+import { type KernelSource, memo, workgroupArgmaxWgsl } from './kernels.ts';
 
 export function sampleKernel(): KernelSource {
   return memo('sample', () => ({
@@ -149,23 +149,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   base = row * n;
   let q = params[row];
   // Argmax, first index on ties (argmaxKernel's reduction): the greedy pick and the max.
-  var bv = bitcast<f32>(0xff7fffffu);
-  var bi = NONE;
-  for (var i = li; i < n; i += 256u) {
-    let x = logits[base + i];
-    if (x > bv || (bi == NONE && x == bv)) { bv = x; bi = i; }
-  }
-  redF[li] = bv;
-  redU[li] = bi;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (li < s) {
-      let ov = redF[li + s];
-      let oi = redU[li + s];
-      if (ov > redF[li] || (ov == redF[li] && oi < redU[li])) { redF[li] = ov; redU[li] = oi; }
-    }
-    workgroupBarrier();
-  }
+${workgroupArgmaxWgsl('logits', 'base', 'n', 'redF', 'redU')}
   mx = workgroupUniformLoad(&redF[0]);
   let best = workgroupUniformLoad(&redU[0]);
   workgroupBarrier();
