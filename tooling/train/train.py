@@ -133,10 +133,14 @@ class Corpus:
         return [self.bos, *enc.ids], [*self.encode(ep.answer_text), self.eos], weights
 
 
-def synthetic_sequence(corpus: Corpus, rng: random.Random, n: int, task_weights: dict[str, float]) -> tuple[list[int], list[float]]:
-    """n tokens of packed retrieval episodes (lengths 256..n), topped up with plain text."""
+def synthetic_sequence(corpus: Corpus, rng: random.Random, n: int, task_weights: dict[str, float],
+                       eval_like_share: float = 0.0) -> tuple[list[int], list[float], list[int]]:
+    """n tokens of packed retrieval episodes (lengths 256..n), topped up with plain text; with
+    each token's task index in TASKS on answer tokens (-1 elsewhere), for the per-task loss log.
+    `eval_like_share` of the episodes use the evaluation's exact sizes and keys."""
     toks: list[int] = []
     weights: list[float] = []
+    tasks: list[int] = []
     names, probs = zip(*task_weights.items())
     while len(toks) < n:
         remaining = n - len(toks)
@@ -144,22 +148,25 @@ def synthetic_sequence(corpus: Corpus, rng: random.Random, n: int, task_weights:
         length = rng.randint(160, 1024) if r < 0.45 else rng.randint(1024, 2560) if r < 0.75 else rng.randint(2560, 4096)
         length = min(length, remaining)
         if length >= 160:
-            ep = make_episode(rng.choices(names, probs)[0], rng, corpus.source, length)
+            ep = make_episode(rng.choices(names, probs)[0], rng, corpus.source, length, eval_like=rng.random() < eval_like_share)
             prompt, answer, prompt_weights = corpus.episode_tokens(ep)
             if len(prompt) + len(answer) <= remaining:
                 toks += prompt + answer
                 weights += prompt_weights + [ANSWER_WEIGHT] * len(answer)
+                tasks += [-1] * len(prompt) + [TASKS.index(ep.task)] * len(answer)
                 continue
         filler = corpus.window(rng, remaining)
         toks += filler
         weights += [1.0] * remaining
-    return toks, weights
+        tasks += [-1] * remaining
+    return toks, weights, tasks
 
 
 class Batches(torch.utils.data.IterableDataset):
-    def __init__(self, corpus: Corpus, seq_len: int, seed: int, synthetic_share: float, task_weights: dict[str, float]):
+    def __init__(self, corpus: Corpus, seq_len: int, seed: int, synthetic_share: float, task_weights: dict[str, float],
+                 eval_like_share: float = 0.0):
         self.corpus, self.seq_len, self.seed = corpus, seq_len, seed
-        self.synthetic_share, self.task_weights = synthetic_share, task_weights
+        self.synthetic_share, self.task_weights, self.eval_like_share = synthetic_share, task_weights, eval_like_share
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -167,12 +174,12 @@ class Batches(torch.utils.data.IterableDataset):
         n = self.seq_len + 1
         while True:
             if rng.random() < self.synthetic_share:
-                toks, w = synthetic_sequence(self.corpus, rng, n, self.task_weights)
+                toks, w, tasks = synthetic_sequence(self.corpus, rng, n, self.task_weights, self.eval_like_share)
                 kind = 1
             else:
-                toks, w = self.corpus.window(rng, n), [1.0] * n
+                toks, w, tasks = self.corpus.window(rng, n), [1.0] * n, [-1] * n
                 kind = 0
-            yield torch.tensor(toks, dtype=torch.long), torch.tensor(w, dtype=torch.float32), kind
+            yield torch.tensor(toks, dtype=torch.long), torch.tensor(w, dtype=torch.float32), kind, torch.tensor(tasks, dtype=torch.int8)
 
 
 # ---------------------------------------------------------------- training
@@ -214,7 +221,7 @@ def train(a) -> None:
 
     corpus = Corpus(tok, training_documents())
     print(f"corpus: {len(corpus.stream)} tokens, {len(corpus.source.sentences)} sentences", flush=True)
-    loader = torch.utils.data.DataLoader(Batches(corpus, a.seq_len, a.seed + step, a.synthetic_share, {**TASK_WEIGHTS, **a.task_weights}), batch_size=a.batch, num_workers=a.workers,
+    loader = torch.utils.data.DataLoader(Batches(corpus, a.seq_len, a.seed + step, a.synthetic_share, {**TASK_WEIGHTS, **a.task_weights}, a.eval_like_share), batch_size=a.batch, num_workers=a.workers,
                                          pin_memory=dev.type == "cuda", prefetch_factor=4 if a.workers else None,
                                          persistent_workers=a.workers > 0)
     fwd = torch.compile(model) if a.compile else model
@@ -227,8 +234,10 @@ def train(a) -> None:
     t0 = time.time()
     t_log, tokens = time.time(), 0
     acc = {"loss": 0.0, "text": 0.0, "text_n": 0, "ans": 0.0, "ans_n": 0, "n": 0}
+    # Answer loss per task (sum, tokens): which retrieval task the model still gets wrong.
+    task_ce, task_n = torch.zeros(len(TASKS), device=dev), torch.zeros(len(TASKS), device=dev)
     model.train()
-    for seq, w, kind in loader:
+    for seq, w, kind, task in loader:
         elapsed = time.time() - t0
         if (a.steps and step >= a.steps) or elapsed > a.minutes * 60:
             break
@@ -262,6 +271,10 @@ def train(a) -> None:
             acc["text_n"] += int(text_mask.sum().item())
             acc["ans"] += ce[ans_mask].sum().item()
             acc["ans_n"] += int(ans_mask.sum().item())
+            t = task.to(dev)[:, 1:].long()
+            on = t >= 0
+            task_ce.index_add_(0, t[on], ce[on])
+            task_n.index_add_(0, t[on], torch.ones_like(ce[on]))
         if step % a.log_every == 0:
             dt = time.time() - t_log
             row = [step, f"{opt.param_groups[0]['lr']:.6f}", f"{acc['loss'] / acc['n']:.4f}",
@@ -269,8 +282,12 @@ def train(a) -> None:
             writer.writerow(row)
             log.flush()
             print("step {} lr {} loss {} text {} answer {} tok/s {}".format(*row), flush=True)
+            per_task = " ".join(f"{name} {float(c / n):.3f}" for name, c, n in zip(TASKS, task_ce, task_n) if n > 0)
+            print(f"  answer loss by task: {per_task}", flush=True)
             t_log, tokens = time.time(), 0
             acc = {k: 0 for k in acc}
+            task_ce.zero_()
+            task_n.zero_()
     log.close()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "config": cfg.__dict__}, a.ckpt)
     print(f"saved step {step} -> {a.ckpt} after {time.time() - t0:.0f}s", flush=True)
@@ -469,6 +486,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--synthetic-share", type=float, default=SYNTHETIC_SHARE)
+    p.add_argument("--eval-like-share", type=float, default=0.0,
+                   help="share of episodes drawn with the evaluation's exact sizes and key words (4 needles, 7 digits)")
     p.add_argument("--task-weights", type=lambda s: {k: float(v) for k, v in (x.split("=") for x in s.split(","))}, default={},
                    help="override task mixture weights, e.g. niah-multikey=0.35,passkey=0.04")
     p.add_argument("--log-every", type=int, default=25)
