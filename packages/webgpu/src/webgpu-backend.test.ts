@@ -102,6 +102,8 @@ describe.skipIf(!haveChromium)('WebGPU kernels against the CPU reference (headle
     const r = await page.evaluate((n) => (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n), name);
     expect(r.validation).toBeNull();
     expect(r.worst).toBeLessThan(r.tolerance);
+    // Prefill chunks on one KV buffer take the tiled prefill kernel; other cases do not.
+    expect(r.prefillDispatches > 0).toBe(name.startsWith('prefill attention'));
   });
   // The same cases with the subgroup kernels turned off (the path for devices without them).
   it.each(cases.map((c) => c.name))('%s (no subgroups)', async (name) => {
@@ -129,6 +131,8 @@ describe.skipIf(!haveChromium)('WebGPU KV cache split into chunk buffers = the C
     expect(r.validation).toBeNull();
     expect(r.kvChunks).toBeGreaterThanOrEqual(2);
     expect(r.kvChunks).toBeLessThanOrEqual(4);
+    // A chunked pool falls back to the split-K kernels.
+    expect(r.prefillDispatches).toBe(0);
     expect(r.worst).toBeLessThan(r.tolerance);
   });
 });
