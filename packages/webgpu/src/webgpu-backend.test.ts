@@ -161,6 +161,15 @@ describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'
     300_000,
   );
 
+  it('a 200-token prompt prefilled in 64-row chunks takes the tiled prefill kernel; greedy ids equal the CPU backend with KV-Compress 4x', async () => {
+    const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.greedy(true, 64, 1, 200, 64));
+    expect(r.validation).toBeNull();
+    // 4 prefill chunks (64, 64, 64, 8 rows): the first three (>= 16 rows) x 5 layers.
+    expect(r.prefillDispatches).toBe(3 * 5);
+    expect(r.gpu).toHaveLength(64);
+    expect(r.gpu).toEqual(r.cpu);
+  }, 300_000);
+
   it('a batch of requests under different policies gives each the same ids and per-head blocks as the CPU backend', async () => {
     const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.mixedPolicies(24));
     expect(r.validation).toBeNull();
