@@ -1111,9 +1111,12 @@ export function prefillKeyTile(headDim: number): number {
   return Math.max(4, Math.min(64, Math.floor(2048 / headDim)));
 }
 
-/** Whether `prefillAttentionKernel` serves this group size (a query tile holds whole groups). */
-export function prefillAttentionSupports(group: number): boolean {
-  return group >= 1 && group <= PREFILL_QUERIES && PREFILL_QUERIES % group === 0;
+/**
+ * Whether `prefillAttentionKernel` serves this head dim (query and accumulator live in each
+ * thread's registers, the key tile within 8 KiB) and group size (a query tile holds whole groups).
+ */
+export function prefillAttentionSupports(headDim: number, group: number): boolean {
+  return headDim <= 256 && group >= 1 && group <= PREFILL_QUERIES && PREFILL_QUERIES % group === 0;
 }
 
 /**

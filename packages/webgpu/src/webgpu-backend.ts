@@ -128,6 +128,8 @@ export interface WebGpuBackendOptions {
   readonly tiledMatmulMinRows?: number;
   /** Force the tiled kernel's tile height (benchmarks); default picks by workgroup count. */
   readonly tiledMatmulTileRows?: 32 | 64;
+  /** Use the tiled prefill attention kernel where it applies (default true; benchmarks compare). */
+  readonly prefillAttention?: boolean;
   /**
    * Internal (tests): caps the bytes of one K or V chunk buffer below the device's
    * maxStorageBufferBindingSize, so a small pool splits into several chunks as a large one
@@ -225,6 +227,7 @@ export class WebGpuBackend implements Backend {
   /** The rowInfo buffer whose device contents match its host copy. */
   #rowInfoUploaded: GpuBuffer | null = null;
   #prefillDispatches = 0;
+  readonly #prefillEnabled: boolean;
   /** The rowMetric buffer whose device contents match its host copy (for the rows recorded). */
   #rowMetricUploaded: GpuBuffer | null = null;
   /** Float32 view of the rowMetric host copy, for its groupScale words. */
@@ -236,6 +239,7 @@ export class WebGpuBackend implements Backend {
     this.device = device;
     this.weightStore = options.weightStore ?? 'auto';
     this.subgroups = (options.subgroups ?? true) && device.features.has('subgroups');
+    this.#prefillEnabled = options.prefillAttention ?? true;
     // With subgroups the matvec kernel keeps up with the tiled one to 256 rows (BENCHMARKS.md).
     this.#tiledMinRows = options.tiledMatmulMinRows ?? (this.subgroups ? 2 * TILED_MATMUL_MIN_ROWS : TILED_MATMUL_MIN_ROWS);
     this.#tileRows = options.tiledMatmulTileRows ?? null;
@@ -771,7 +775,8 @@ export class WebGpuBackend implements Backend {
    * size the kernel's query tile holds whole.
    */
   #prefillApplies(rows: number, group: number, seqHost: Int32Array): boolean {
-    if (this.#attentionPlan !== null || rows < PREFILL_MIN_ROWS || !prefillAttentionSupports(group)) return false;
+    if (!this.#prefillEnabled || this.#attentionPlan !== null || rows < PREFILL_MIN_ROWS || !prefillAttentionSupports(this.#headDim, group))
+      return false;
     const seq = seqHost[0];
     for (let r = 1; r < rows; r++) if (seqHost[r] !== seq) return false;
     return true;
