@@ -1103,6 +1103,180 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   }));
 }
 
+/** Query vectors (rows x the group's query heads) per workgroup of `prefillAttentionKernel`. */
+export const PREFILL_QUERIES = 64;
+
+/** Keys per K/V tile of `prefillAttentionKernel`: the tile (f32) stays within 8 KiB of workgroup memory. */
+export function prefillKeyTile(headDim: number): number {
+  return Math.max(4, Math.min(64, Math.floor(2048 / headDim)));
+}
+
+/**
+ * Whether `prefillAttentionKernel` serves this head dim (query and accumulator live in each
+ * thread's registers, the key tile within 8 KiB) and group size (a query tile holds whole groups).
+ */
+export function prefillAttentionSupports(headDim: number, group: number): boolean {
+  return headDim <= 256 && group >= 1 && group <= PREFILL_QUERIES && PREFILL_QUERIES % group === 0;
+}
+
+/**
+ * Tiled causal attention for many rows of ONE sequence (a prefill chunk), unchunked pool
+ * only. One workgroup of 64 threads per (query tile, kv-head): the tile is 64 / G
+ * consecutive rows x the G query heads of the kv-head, one query vector per thread (query
+ * and output accumulator in registers). Key tiles of KT keys are staged once in workgroup
+ * memory from the head's block table and shared by all 64 query vectors, so each K/V byte
+ * is read once per query tile instead of once per row; each thread keeps an online softmax.
+ * Keys whose slot position is later than the row's position are masked (slot positions,
+ * not logical indices: heads are ragged after compaction); key tiles later than every row
+ * of the query tile are skipped. Writes the normalised output directly (no reduction), and
+ * for recorded rows the raw scores [recordedRow][heads][scoreStride] and the softmax max and
+ * sum [recordedRow][heads][2], in the same form as attentionKernel + attentionReduceKernel
+ * leave them for the metric kernel.
+ */
+export function prefillAttentionKernel(kv: StoreType, headDim: number, group: number): KernelSource {
+  const D = headDim;
+  const G = group;
+  const KT = prefillKeyTile(D);
+  const QR = PREFILL_QUERIES / G;
+  return memo(`prefill-attention:${kv}:${D}:${G}:q${QR}:k${KT}`, () => ({
+    workgroupSize: 64,
+    code: /* wgsl */ `
+struct P {
+  rows: u32, heads: u32, kvHeads: u32, maxSeqs: u32,
+  maxBlocks: u32, blockSize: u32, layer: u32, scoreStride: u32,
+  scale: f32, pad0: u32, pad1: u32, pad2: u32,
+}
+@group(0) @binding(0) var<uniform> p: P;
+// out, q [rows][heads][D].
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> q: array<f32>;
+@group(0) @binding(3) var<storage, read> K: ${arrayType(kv)};
+@group(0) @binding(4) var<storage, read> V: ${arrayType(kv)};
+@group(0) @binding(5) var<storage, read> tables: array<i32>;
+@group(0) @binding(6) var<storage, read> lengths: array<i32>;
+@group(0) @binding(7) var<storage, read> slotPos: array<i32>;
+// rowInfo [rows][4]: sequence, position, recorded-row index (-1: not recorded), unused.
+@group(0) @binding(8) var<storage, read> rowInfo: array<vec4<i32>>;
+@group(0) @binding(9) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(10) var<storage, read_write> stats: array<f32>;
+${loader('loadK', 'K', kv)}
+${loader('loadV', 'V', kv)}
+const D = ${D}u;
+const G = ${G}u;
+const QR = ${QR}u;
+const KT = ${KT}u;
+const NEG_INF = -3.0e38;
+var<workgroup> tile: array<f32, ${KT * D}>;
+var<workgroup> tslot: array<u32, ${KT}>;
+// Key position, or i32 max for keys past the head's length.
+var<workgroup> tpos: array<i32, ${KT}>;
+// (head length, latest position of the query tile).
+var<workgroup> wrange: vec2<i32>;
+var<workgroup> wuse: u32;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let wid = wg.x + wg.y * nwg.x;
+  let g = wid % p.kvHeads;
+  let r0 = (wid / p.kvHeads) * QR;
+  let r = r0 + li / G;
+  let live = r < p.rows;
+  let rr = min(r, p.rows - 1u);
+  let h = g * G + li % G;
+  let info = rowInfo[rr];
+  let qPos = info.y;
+  let rec = select(-1, info.z, live);
+  // Every row of the dispatch is of one sequence: the tile's first row names it.
+  let seq = u32(rowInfo[min(r0, p.rows - 1u)].x);
+  let hi = (p.layer * p.maxSeqs + seq) * p.kvHeads + g;
+  let t0 = hi * p.maxBlocks;
+  if (li == 0u) {
+    var latest = -2147483647;
+    if (r0 < p.rows) {
+      for (var k = r0; k < min(r0 + QR, p.rows); k++) { latest = max(latest, rowInfo[k].y); }
+    }
+    wrange = vec2i(select(0, lengths[hi], r0 < p.rows), latest);
+  }
+  var qv: array<f32, ${D}>;
+  var acc: array<f32, ${D}>;
+  var sc: array<f32, ${KT}>;
+  for (var d = 0u; d < D; d++) {
+    qv[d] = q[(rr * p.heads + h) * D + d] * p.scale;
+    acc[d] = 0.0;
+  }
+  var m = NEG_INF;
+  var l = 0.0;
+  let range = workgroupUniformLoad(&wrange);
+  let len = u32(range.x);
+  for (var base = 0u; base < len; base += KT) {
+    if (li < KT) {
+      let i = base + li;
+      var slot = 0u;
+      var pos = 2147483647;
+      if (i < len) {
+        slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
+        pos = slotPos[slot];
+      }
+      tslot[li] = slot;
+      tpos[li] = pos;
+    }
+    workgroupBarrier();
+    if (li == 0u) {
+      var seen = 0u;
+      for (var k = 0u; k < KT; k++) { seen = select(seen, 1u, tpos[k] <= range.y); }
+      wuse = seen;
+    }
+    // Skip key tiles no row of the query tile may see (uniform: read through the barrier).
+    if (workgroupUniformLoad(&wuse) == 0u) { continue; }
+    for (var e = li; e < KT * D; e += 64u) {
+      let k = e / D;
+      tile[e] = select(0.0, loadK(tslot[k] * D + e % D), tpos[k] <= range.y);
+    }
+    workgroupBarrier();
+    var mNew = m;
+    for (var k = 0u; k < KT; k++) {
+      var s = NEG_INF;
+      if (live && tpos[k] <= qPos) {
+        s = 0.0;
+        for (var d = 0u; d < D; d++) { s += qv[d] * tile[k * D + d]; }
+        if (rec >= 0) { scores[(u32(rec) * p.heads + h) * p.scoreStride + base + k] = s; }
+      }
+      sc[k] = s;
+      mNew = max(mNew, s);
+    }
+    var c = 1.0;
+    if (m > NEG_INF) { c = exp(m - mNew); }
+    var sum = 0.0;
+    for (var k = 0u; k < KT; k++) {
+      var e = 0.0;
+      if (sc[k] > NEG_INF) { e = exp(sc[k] - mNew); }
+      sc[k] = e;
+      sum += e;
+    }
+    l = l * c + sum;
+    m = mNew;
+    workgroupBarrier();
+    for (var e = li; e < KT * D; e += 64u) {
+      let k = e / D;
+      tile[e] = select(0.0, loadV(tslot[k] * D + e % D), tpos[k] <= range.y);
+    }
+    workgroupBarrier();
+    for (var d = 0u; d < D; d++) {
+      var a = acc[d] * c;
+      for (var k = 0u; k < KT; k++) { a += sc[k] * tile[k * D + d]; }
+      acc[d] = a;
+    }
+    workgroupBarrier();
+  }
+  if (!live) { return; }
+  for (var d = 0u; d < D; d++) { out[(r * p.heads + h) * D + d] = select(0.0, acc[d] / l, l > 0.0); }
+  if (rec >= 0) {
+    stats[(u32(rec) * p.heads + h) * 2u] = m;
+    stats[(u32(rec) * p.heads + h) * 2u + 1u] = l;
+  }
+}`,
+  }));
+}
+
 /**
  * Combines the splits of `attentionKernel`: one thread per output element of (row, head);
  * out = Σ_s acc_s · e^(m_s - M) / Σ_s l_s · e^(m_s - M). Writes the softmax max and sum of

@@ -102,6 +102,8 @@ describe.skipIf(!haveChromium)('WebGPU kernels against the CPU reference (headle
     const r = await page.evaluate((n) => (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n), name);
     expect(r.validation).toBeNull();
     expect(r.worst).toBeLessThan(r.tolerance);
+    // Prefill chunks on one KV buffer take the tiled prefill kernel; other cases do not.
+    expect(r.prefillDispatches > 0).toBe(name.startsWith('prefill attention'));
   });
   // The same cases with the subgroup kernels turned off (the path for devices without them).
   it.each(cases.map((c) => c.name))('%s (no subgroups)', async (name) => {
@@ -129,6 +131,8 @@ describe.skipIf(!haveChromium)('WebGPU KV cache split into chunk buffers = the C
     expect(r.validation).toBeNull();
     expect(r.kvChunks).toBeGreaterThanOrEqual(2);
     expect(r.kvChunks).toBeLessThanOrEqual(4);
+    // A chunked pool falls back to the split-K kernels.
+    expect(r.prefillDispatches).toBe(0);
     expect(r.worst).toBeLessThan(r.tolerance);
   });
 });
@@ -156,6 +160,15 @@ describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'
     },
     300_000,
   );
+
+  it('a 200-token prompt prefilled in 64-row chunks takes the tiled prefill kernel; greedy ids equal the CPU backend with KV-Compress 4x', async () => {
+    const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.greedy(true, 64, 1, 200, 64));
+    expect(r.validation).toBeNull();
+    // 4 prefill chunks (64, 64, 64, 8 rows): the first three (>= 16 rows) x 5 layers.
+    expect(r.prefillDispatches).toBe(3 * 5);
+    expect(r.gpu).toHaveLength(64);
+    expect(r.gpu).toEqual(r.cpu);
+  }, 300_000);
 
   it('a batch of requests under different policies gives each the same ids and per-head blocks as the CPU backend', async () => {
     const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.mixedPolicies(24));

@@ -46,6 +46,9 @@ import {
   movesGatherKernel,
   movesKernel,
   movesScatterKernel,
+  PREFILL_QUERIES,
+  prefillAttentionKernel,
+  prefillAttentionSupports,
   rmsNormKernel,
   ropeKernel,
   type StoreType,
@@ -125,6 +128,8 @@ export interface WebGpuBackendOptions {
   readonly tiledMatmulMinRows?: number;
   /** Force the tiled kernel's tile height (benchmarks); default picks by workgroup count. */
   readonly tiledMatmulTileRows?: 32 | 64;
+  /** Use the tiled prefill attention kernel where it applies (default true; benchmarks compare). */
+  readonly prefillAttention?: boolean;
   /**
    * Internal (tests): caps the bytes of one K or V chunk buffer below the device's
    * maxStorageBufferBindingSize, so a small pool splits into several chunks as a large one
@@ -137,6 +142,8 @@ export interface WebGpuBackendOptions {
 const APPEND_OTHER_BINDINGS = 3;
 const ATTENTION_OTHER_BINDINGS = 7;
 const MOVES_OTHER_BINDINGS = 2;
+/** Fewest rows (of one sequence) for which attention takes the tiled prefill kernel. */
+const PREFILL_MIN_ROWS = 16;
 /** Bytes of K+V rows a chunked move batch stages at most (scratch of movesGatherKernel). */
 const MOVE_SCRATCH_BYTES = 64 * 2 ** 20;
 
@@ -219,6 +226,8 @@ export class WebGpuBackend implements Backend {
   #splitTarget = 128;
   /** The rowInfo buffer whose device contents match its host copy. */
   #rowInfoUploaded: GpuBuffer | null = null;
+  #prefillDispatches = 0;
+  readonly #prefillEnabled: boolean;
   /** The rowMetric buffer whose device contents match its host copy (for the rows recorded). */
   #rowMetricUploaded: GpuBuffer | null = null;
   /** Float32 view of the rowMetric host copy, for its groupScale words. */
@@ -230,6 +239,7 @@ export class WebGpuBackend implements Backend {
     this.device = device;
     this.weightStore = options.weightStore ?? 'auto';
     this.subgroups = (options.subgroups ?? true) && device.features.has('subgroups');
+    this.#prefillEnabled = options.prefillAttention ?? true;
     // With subgroups the matvec kernel keeps up with the tiled one to 256 rows (BENCHMARKS.md).
     this.#tiledMinRows = options.tiledMatmulMinRows ?? (this.subgroups ? 2 * TILED_MATMUL_MIN_ROWS : TILED_MATMUL_MIN_ROWS);
     this.#tileRows = options.tiledMatmulTileRows ?? null;
@@ -685,6 +695,117 @@ export class WebGpuBackend implements Backend {
     const scoreStride = maxLen;
     const scores = this.#ensureF32('scores', Math.max(1, recorded * heads * scoreStride));
     const stats = this.#ensureF32('stats', Math.max(1, recorded * heads * 2));
+    if (this.#prefillApplies(rows, group, seqHost)) {
+      // One sequence's prefill chunk: the tiled kernel reads each K/V tile once per query tile.
+      this.#setUniform([rows, heads, kvHeads, cache.maxSequences, cache.maxBlocksPerHead, cache.blockSize, layer, scoreStride, 0]);
+      this.#f32[8] = 1 / Math.sqrt(D);
+      const [px, py] = grid(Math.ceil(rows / (PREFILL_QUERIES / group)) * kvHeads);
+      this.#dispatchRaw(
+        prefillAttentionKernel(this.#kvStore, D, group),
+        [
+          (out as GpuBuffer).buffer,
+          (q as GpuBuffer).buffer,
+          K,
+          V,
+          (this.#tables as GpuBuffer).buffer,
+          (this.#lengths as GpuBuffer).buffer,
+          (this.#slotPos as GpuBuffer).buffer,
+          rowInfo.buffer,
+          scores.buffer,
+          stats.buffer,
+        ],
+        px,
+        py,
+      );
+      this.#prefillDispatches++;
+    } else {
+      this.#pagedAttention(out, q, layer, rows, cache, heads, kvHeads, seqHost, rowInfo, scores, stats);
+    }
+    if (recorded === 0 || metrics === undefined) return;
+    // Group the recorded rows by sequence so the metric kernel adds without races:
+    // groupRows = [start of each group (groupCount + 1)] ++ [row numbers].
+    const groupRows = this.#ensureI32('groupRows', 2 * recorded + 1);
+    const gr = groupRows.host as Int32Array;
+    // Count the groups (runs of one sequence), then write the starts and the row list.
+    let groupCount = 0;
+    let previous = -1;
+    for (let r = 0; r < rows; r++) {
+      if (info[4 * r + 2] === -1) continue;
+      if (groupCount === 0 || seqHost[previous] !== seqHost[r]) groupCount++;
+      previous = r;
+    }
+    let g = 0;
+    let n = 0;
+    previous = -1;
+    for (let r = 0; r < rows; r++) {
+      if (info[4 * r + 2] === -1) continue;
+      if (n === 0 || seqHost[previous] !== seqHost[r]) gr[g++] = n;
+      gr[groupCount + 1 + n++] = r;
+      previous = r;
+    }
+    gr[groupCount] = recorded;
+    if (!rowsGroupedBySequence(gr.subarray(groupCount + 1), recorded, seqHost)) {
+      throw new InvalidArgumentError('Recorded rows of one sequence must be contiguous in a step.');
+    }
+    this.#writeI32(groupRows, groupCount + 1 + recorded);
+    const rowMetric = this.#uploadRowMetrics(metrics, rows);
+    this.#setUniform([groupCount, heads, kvHeads, cache.maxSequences, cache.maxBlocksPerHead, cache.blockSize, layer, scoreStride, maxLen]);
+    const [gx, gy] = grid(groupCount * kvHeads * maxLen, 256);
+    this.#dispatchRaw(
+      metricKernel(),
+      [
+        this.#metrics as GPUBuffer,
+        scores.buffer,
+        stats.buffer,
+        groupRows.buffer,
+        rowInfo.buffer,
+        (this.#tables as GpuBuffer).buffer,
+        (this.#lengths as GpuBuffer).buffer,
+        (this.#slotPos as GpuBuffer).buffer,
+        rowMetric.buffer,
+      ],
+      gx,
+      gy,
+    );
+  }
+
+  /**
+   * Whether `attention` takes the tiled prefill kernel: an unchunked pool, at least
+   * PREFILL_MIN_ROWS rows, all of one sequence (the engine's prefill chunk), and a group
+   * size the kernel's query tile holds whole.
+   */
+  #prefillApplies(rows: number, group: number, seqHost: Int32Array): boolean {
+    if (!this.#prefillEnabled || this.#attentionPlan !== null || rows < PREFILL_MIN_ROWS || !prefillAttentionSupports(this.#headDim, group))
+      return false;
+    const seq = seqHost[0];
+    for (let r = 1; r < rows; r++) if (seqHost[r] !== seq) return false;
+    return true;
+  }
+
+  /** How many attention dispatches took the tiled prefill kernel (tests check the engine's prefill does). */
+  get prefillAttentionDispatches(): number {
+    return this.#prefillDispatches;
+  }
+
+  /** Split-K paged attention (decode, mixed batches, chunked pools) and its reduction. */
+  #pagedAttention(
+    out: DeviceBuffer,
+    q: DeviceBuffer,
+    layer: number,
+    rows: number,
+    cache: PagedCacheView,
+    heads: number,
+    kvHeads: number,
+    seqHost: Int32Array,
+    rowInfo: GpuBuffer,
+    scores: GpuBuffer,
+    stats: GpuBuffer,
+  ): void {
+    const { K, V } = this.#cache();
+    const D = this.#headDim;
+    const group = heads / kvHeads;
+    const maxLen = cache.maxBlocksPerHead * cache.blockSize;
+    const scoreStride = maxLen;
     const wide = wideAttentionSupports(D, group);
     // Split long contexts across workgroups so that even one sequence fills the GPU. The
     // wide kernel keeps a split's scores in workgroup memory: at most S keys per split, S
@@ -742,52 +863,6 @@ export class WebGpuBackend implements Backend {
       [rows, heads, kvHeads, splits * passes],
       [(out as GpuBuffer).buffer, partials.buffer, rowInfo.buffer, stats.buffer],
       rows * heads * D,
-    );
-    if (recorded === 0 || metrics === undefined) return;
-    // Group the recorded rows by sequence so the metric kernel adds without races:
-    // groupRows = [start of each group (groupCount + 1)] ++ [row numbers].
-    const groupRows = this.#ensureI32('groupRows', 2 * recorded + 1);
-    const gr = groupRows.host as Int32Array;
-    // Count the groups (runs of one sequence), then write the starts and the row list.
-    let groupCount = 0;
-    let previous = -1;
-    for (let r = 0; r < rows; r++) {
-      if (info[4 * r + 2] === -1) continue;
-      if (groupCount === 0 || seqHost[previous] !== seqHost[r]) groupCount++;
-      previous = r;
-    }
-    let g = 0;
-    let n = 0;
-    previous = -1;
-    for (let r = 0; r < rows; r++) {
-      if (info[4 * r + 2] === -1) continue;
-      if (n === 0 || seqHost[previous] !== seqHost[r]) gr[g++] = n;
-      gr[groupCount + 1 + n++] = r;
-      previous = r;
-    }
-    gr[groupCount] = recorded;
-    if (!rowsGroupedBySequence(gr.subarray(groupCount + 1), recorded, seqHost)) {
-      throw new InvalidArgumentError('Recorded rows of one sequence must be contiguous in a step.');
-    }
-    this.#writeI32(groupRows, groupCount + 1 + recorded);
-    const rowMetric = this.#uploadRowMetrics(metrics, rows);
-    this.#setUniform([groupCount, heads, kvHeads, cache.maxSequences, cache.maxBlocksPerHead, cache.blockSize, layer, scoreStride, maxLen]);
-    const [gx, gy] = grid(groupCount * kvHeads * maxLen, 256);
-    this.#dispatchRaw(
-      metricKernel(),
-      [
-        this.#metrics as GPUBuffer,
-        scores.buffer,
-        stats.buffer,
-        groupRows.buffer,
-        rowInfo.buffer,
-        (this.#tables as GpuBuffer).buffer,
-        (this.#lengths as GpuBuffer).buffer,
-        (this.#slotPos as GpuBuffer).buffer,
-        rowMetric.buffer,
-      ],
-      gx,
-      gy,
     );
   }
 

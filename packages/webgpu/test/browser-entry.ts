@@ -25,13 +25,24 @@ async function runCase(name: string, subgroups = true, kvChunks = 1): Promise<Ca
 /**
  * Greedy ids of stories260K from BOS on both backends, with the full cache or KV-Compress.
  * `kvChunks` > 1: the WebGPU KV pool is forced into about that many chunk buffers (see
- * runConformanceCase), sized from the pool the CPU engine allocates.
+ * runConformanceCase), sized from the pool the CPU engine allocates. `promptLength` > 1:
+ * BOS then fixed pseudo-random ids, prefilled in chunks of `prefillChunk` rows.
  */
 async function greedy(
   compress: boolean,
   tokens: number,
   kvChunks = 1,
-): Promise<{ cpu: number[]; gpu: number[]; validation: string | null; gpuMs: number; gpuKvChunks: number }> {
+  promptLength = 1,
+  prefillChunk = 256,
+): Promise<{
+  cpu: number[];
+  gpu: number[];
+  validation: string | null;
+  gpuMs: number;
+  gpuKvChunks: number;
+  prefillDispatches: number;
+}> {
+  const prompt = Array.from({ length: promptLength }, (_, i) => (i === 0 ? 1 : ((i * 37 + 5) % 500) + 3));
   const bytes = new Uint8Array(await (await fetch('/shared/models/stories260K/stories260K.bin')).arrayBuffer());
   const model = loadLlama2cModel(bytes);
   const options = compress ? { budget: { targetCompressionRate: 4 }, protectedWindow: 16, compressionInterval: 32 } : {};
@@ -44,7 +55,7 @@ async function greedy(
     slots = numSlots;
     create(numSlots, headDim, dtype);
   };
-  const cpu = await new Engine({ model, maxSequences: 1, backend: cpuBackend, ...options }).complete([1], {
+  const cpu = await new Engine({ model, maxSequences: 1, backend: cpuBackend, prefillChunk, ...options }).complete(prompt, {
     maxTokens: tokens,
     stopTokens: [],
   });
@@ -52,7 +63,7 @@ async function greedy(
   device.pushErrorScope('validation');
   const t0 = performance.now();
   const backend = new WebGpuBackend(device, maxKvBindingBytes === undefined ? {} : { maxKvBindingBytes });
-  const gpu = await new Engine({ model, maxSequences: 1, backend, ...options }).complete([1], {
+  const gpu = await new Engine({ model, maxSequences: 1, backend, prefillChunk, ...options }).complete(prompt, {
     maxTokens: tokens,
     stopTokens: [],
   });
@@ -65,6 +76,7 @@ async function greedy(
     validation: error === null ? null : error.message,
     gpuMs,
     gpuKvChunks: backend.kvChunks,
+    prefillDispatches: backend.prefillAttentionDispatches,
   };
 }
 

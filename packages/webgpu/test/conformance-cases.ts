@@ -177,6 +177,89 @@ function attentionCase(
   };
 }
 
+/**
+ * A prefill chunk: `rows` consecutive rows of ONE sequence ending at position tokens - 1 (the
+ * tiled prefill kernel's case on an unchunked pool), attending a head-ragged cache in which
+ * random earlier slots were evicted by compaction, so key positions are not contiguous.
+ * `record`: the last 5 rows record metrics (an observation window), else none.
+ */
+function prefillCase(
+  kvDtype: 'f32' | 'f16',
+  kvHeads: number,
+  group: number,
+  headDim: number,
+  tokens: number,
+  rows: number,
+  record: boolean,
+): ConformanceCase {
+  return {
+    name: `prefill attention ${kvDtype} KV, ${kvHeads} kv-heads x ${group} queries, D=${headDim}, ${rows} of ${tokens} tokens, ragged after compaction, ${record ? 'with' : 'no'} metrics`,
+    tolerance: kvDtype === 'f16' ? 2e-3 : 1e-5,
+    async run(b) {
+      const rand = rng(tokens * 13 + group * 5 + headDim + rows);
+      const heads = kvHeads * group;
+      const shape = { layers: 2, kvHeads, headDim, queryHeadsPerKvHead: group };
+      const units = 2 * kvHeads;
+      const blockSize = 16;
+      const K = Float32Array.from({ length: tokens * kvHeads * headDim }, rand);
+      const V = Float32Array.from({ length: tokens * kvHeads * headDim }, rand);
+      const Q = Float32Array.from({ length: rows * heads * headDim }, () => rand() * 3);
+      const evictRand = rng(tokens + 7);
+      const first = tokens - rows;
+      const a = new PageAllocator({
+        shape,
+        numBlocks: units * Math.ceil(tokens / blockSize) + 4,
+        blockSize,
+        maxSequences: 2,
+        maxContext: tokens,
+      });
+      b.createKvCache(a.numSlots, headDim, kvDtype);
+      const seq = a.addSequence();
+      const moves = a.createMoveList();
+      const slots = new Int32Array(units * tokens);
+      a.appendTokens(seq, tokens, slots);
+      const slotBuf = upload(b, slots, 'i32');
+      for (let layer = 0; layer < 2; layer++) b.appendKv(layer, upload(b, K), upload(b, V), slotBuf, tokens, kvHeads);
+      // Evict about a third of each head's earlier slots (a different set per head), as
+      // compaction of earlier chunks leaves them; the chunk's own keys stay.
+      const plan = a.createEvictionPlan();
+      plan.reset(seq);
+      for (let u = 0; u < units; u++) {
+        for (let t = 0; t < first; t++) if (evictRand() < -0.17) plan.add(u, slots[u * tokens + t] as number);
+      }
+      a.compact(plan, moves);
+      b.executeMoves(moves);
+      moves.clear();
+      const rowsSeq = new Int32Array(rows).fill(seq);
+      const rowsPos = Int32Array.from({ length: rows }, (_, r) => first + r);
+      const metrics = new Float32Array(a.numSlots);
+      const flags = Uint8Array.from({ length: rows }, (_, r) => (record && r >= rows - 5 ? 1 : 0));
+      const out = b.createBuffer(rows * heads * headDim);
+      b.attention(
+        out,
+        upload(b, Q),
+        1,
+        { rows, sequences: upload(b, rowsSeq, 'i32'), positions: upload(b, rowsPos, 'i32') },
+        a,
+        heads,
+        kvHeads,
+        {
+          values: metrics,
+          rowFlags: flags,
+          rowSquare: new Uint8Array(rows).fill(1),
+          rowGroupScale: new Float32Array(rows).fill(1),
+          rowMetricBuffer: new Int32Array(rows).fill(1),
+        },
+      );
+      const o = await read(b, out, rows * heads * headDim);
+      if (b.deviceMetrics === true) await b.downloadMetrics?.(metrics);
+      const m: number[] = [];
+      for (let h = 0; h < kvHeads; h++) for (let i = 0; i < a.length(seq, 1, h); i++) m.push(metrics[a.slot(seq, 1, h, i)] as number);
+      return [o, Float32Array.from(m)];
+    },
+  };
+}
+
 /** One row's metric settings in a per-row recording case. */
 interface RowSettings {
   readonly record: boolean;
@@ -370,6 +453,13 @@ export const cases: readonly ConformanceCase[] = [
   attentionCase('f16', 1, 16, 32, 700, 16),
   attentionCase('f32', 2, 2, 20, 300, 16),
   perRowMetricCase('f32', 2, 4, 16, 70),
+  // Prefill chunks (tiled prefill kernel): lengths not a multiple of the key or query tile.
+  prefillCase('f32', 2, 1, 16, 37, 37, true),
+  prefillCase('f16', 2, 4, 16, 37, 37, false),
+  prefillCase('f16', 2, 4, 64, 150, 70, true),
+  prefillCase('f32', 1, 4, 64, 150, 150, false),
+  prefillCase('f32', 1, 4, 128, 300, 40, true),
+  prefillCase('f16', 2, 1, 128, 300, 300, true),
   // Long enough for a split context and the wide kernel's several splits.
   perRowMetricCase('f16', 2, 2, 64, 1200),
   {

@@ -14,6 +14,8 @@ export interface CaseResult {
   readonly subgroups: boolean;
   /** Buffers K (and V) was split into (1: one binding). */
   readonly kvChunks: number;
+  /** Attention dispatches that took the tiled prefill kernel. */
+  readonly prefillDispatches: number;
 }
 
 /**
@@ -46,6 +48,7 @@ export async function runConformanceCase(device: GPUDevice, c: ConformanceCase, 
     worst = Math.max(worst, maxRelError(actual[i] as Float32Array, e));
   });
   const chunks = backend.kvChunks;
+  const prefillDispatches = backend.prefillAttentionDispatches;
   backend.destroyBuffers();
   return {
     worst,
@@ -53,5 +56,6 @@ export async function runConformanceCase(device: GPUDevice, c: ConformanceCase, 
     validation: error === null ? null : error.message,
     subgroups: backend.subgroups,
     kvChunks: chunks,
+    prefillDispatches,
   };
 }
