@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Builds the GPU benches (attention sweep, end-to-end decode, eviction selection) and the kvc CLI into .gpu/.
+# Builds the GPU benches (attention sweep, end-to-end decode, eviction selection, tiled prefill) and the kvc CLI into .gpu/.
 #   bash packages/webgpu/bench/run-gpu.sh        (from the repo root, after pnpm install)
 # On the GPU machine (the `device` tool, carry [".gpu"]), from the repo root:
 #   source .gpu/setup.sh && bash packages/webgpu/bench/on-gpu.sh
 set -euo pipefail
 [ -f .gpu/node.xz ] || bash ../shared/device/prepare.sh
-for bench in attention decode matmul conformance selection; do
+for bench in attention decode matmul conformance selection prefill; do
   packages/webgpu/node_modules/.bin/esbuild "packages/webgpu/bench/$bench.gpu.ts" --bundle --platform=node --format=esm \
     --target=es2023 --conditions=source --external:webgpu --outfile=".gpu/$bench.mjs" --log-level=warning
 done
