@@ -123,7 +123,7 @@ function chunkWriter(fn: string, name: string, count: number, value: string): st
 }
 
 /** Flattened workgroup index for 2-D dispatches (x at most 65535 groups). */
-const FLAT_ID = 'let wid = wg.x + wg.y * nwg.x;';
+export const FLAT_ID = 'let wid = wg.x + wg.y * nwg.x;';
 
 export function embedKernel(table: StoreType): KernelSource {
   return memo(`embed:${table}`, () => ({

@@ -22,7 +22,7 @@
  * found 8 bits at a time (levels 0..3) from per-row cumulative histograms, the way the CPU
  * planner narrows 11 + 11 + 10 bits. Every kernel's shapes are uniforms: one pipeline each.
  */
-import { type KernelSource, memo } from './kernels.ts';
+import { FLAT_ID, type KernelSource, memo } from './kernels.ts';
 
 /** Radix digits per level of the threshold search: 8 bits, 4 levels. */
 export const SELECTION_BINS = 256;
@@ -55,8 +55,6 @@ fn keyOf(t0: u32, i: u32, newest: i32, sinks: i32) -> u32 {
   return select(~bits, bits | 0x80000000u, (bits >> 31u) == 0u);
 }`;
 
-const FLAT_ROW = 'let wid = wg.x + wg.y * nwg.x;';
-
 /**
  * One workgroup per row: histograms (one level's 8 bits) of the row's evictable keys whose
  * higher bits equal the group's threshold prefix so far, written cumulative and offset by the
@@ -76,7 +74,7 @@ var<workgroup> counts: array<atomic<u32>, 256>;
 var<workgroup> cum: array<u32, 256>;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  ${FLAT_ROW}
+  ${FLAT_ID}
   let row = wid;
   if (row >= p.rows || rows[row * 8u + 5u] <= 0) { return; }
   let g = u32(rows[row * 8u]);
@@ -131,7 +129,7 @@ var<workgroup> goalShared: u32;
 var<workgroup> prefix: u32;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  ${FLAT_ROW}
+  ${FLAT_ID}
   let g = wid;
   if (g >= p.groups) { return; }
   let first = u32(groups[g * 8u + 1u]);
@@ -188,7 +186,7 @@ export function selectionAllocateKernel(): KernelSource {
 @group(0) @binding(4) var<storage, read_write> result: array<i32>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  ${FLAT_ROW}
+  ${FLAT_ID}
   let g = wid * 64u + li;
   if (g >= p.groups) { return; }
   let first = u32(groups[g * 8u + 1u]);
@@ -241,7 +239,7 @@ var<workgroup> pickedBin: u32;
 var<workgroup> pickedRank: u32;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  ${FLAT_ROW}
+  ${FLAT_ID}
   let row = wid;
   if (row >= p.rows) { return; }
   let g = u32(rows[row * 8u]);
