@@ -20,6 +20,8 @@ TASKS = [
     "variable-tracking",
     "kv-retrieval",
     "common-words",
+    # Training only (no evaluation task): many multi-key needles side by side, see make_episode.
+    "niah-multikey-dense",
 ]
 
 # The evaluation's keys (tasks.ts KEY_WORDS); training also draws other words as keys.
@@ -79,7 +81,7 @@ def pick_keys(rng: random.Random, source: Source, n: int, eval_keys: bool) -> li
 
 
 def haystack(rng: random.Random, source: Source, context_tokens: int, intro: str, needles: list[str], question: str,
-             max_new_tokens: int, ordered: bool = False) -> str:
+             max_new_tokens: int, ordered: bool = False, together: bool = False) -> str:
     fixed = source.count_tokens(f"{intro}\n{' '.join(needles)}\n{question}")
     budget = context_tokens - fixed - max_new_tokens - 8
     n = len(source.sentences)
@@ -94,6 +96,8 @@ def haystack(rng: random.Random, source: Source, context_tokens: int, intro: str
         used += cost
         i = (i + 1) % n
     depths = [rng.randint(0, len(filler)) for _ in needles]
+    if together:  # all needles side by side at one depth, in order
+        depths = [depths[0]] * len(needles)
     if ordered:
         depths.sort()
     order = sorted(range(len(needles)), key=lambda k: (-depths[k], -k))
@@ -125,6 +129,23 @@ def make_episode(task: str, rng: random.Random, source: Source, context_tokens: 
                           [passkey_needle(key)],
                           "What is the pass key? The pass key is", 12)
         return Episode(task, prompt, f" {key}.", [key], 12, task_spans(prompt, [prompt.split("\n")[0], passkey_needle(key), prompt.split("\n")[-1]]))
+    if task == "niah-multikey-dense":
+        # A curriculum for binding a value to its key. With needles in one template, an
+        # induction head at needle k+1's "for" predicts needle k's key; a model that tags
+        # values with that prediction answers with the value of the needle AFTER the asked
+        # one (the phase-2..4 models' commonest multi-key error). Needles side by side make
+        # that shortcut wrong for every needle but the first.
+        count = rng.randint(4, 12)
+        keys = pick_keys(rng, source, count, rng.random() < 0.5)
+        values = [digits(rng, 7 if eval_like else rng.randint(5, 8)) for _ in keys]
+        asked = rng.randint(0, count - 1)
+        intro = "Some special magic numbers are hidden within the following text. Make sure to memorize them."
+        k = keys[asked]
+        needles = [needle(kk, v) for kk, v in zip(keys, values)]
+        prompt = haystack(rng, source, min(context_tokens, 1024), intro, needles,
+                          f"What is the special magic number for {k} mentioned in the provided text? The special magic number for {k} is", 16,
+                          ordered=True, together=True)
+        return Episode(task, prompt, f" {values[asked]}.", [values[asked]], 16, task_spans(prompt, [intro, *needles, prompt.split("\n")[-1]]))
     if task in ("niah-single", "niah-multikey"):
         count = 1 if task == "niah-single" else (4 if eval_like else rng.randint(2, 6))
         keys = pick_keys(rng, source, count, eval_like or rng.random() < 0.5)

@@ -214,9 +214,20 @@ def train(a) -> None:
         step = state["step"]
         print(f"resumed at step {step}", flush=True)
     elif a.init and os.path.exists(a.init):
-        model.load_state_dict(load_exported(a.init), strict=False)
+        missing = model.load_state_dict(load_exported(a.init), strict=False).missing_keys
+        # Layers the exported model lacks (a deeper --layers than the init's) start as the
+        # identity: their output projections are zero, so the residual stream passes through
+        # unchanged and training grows them from the trained model's function.
+        grown = sorted({int(k.split(".")[2]) for k in missing if k.startswith("model.layers.")})
+        unexpected = [k for k in missing if not k.startswith("model.layers.") or int(k.split(".")[2]) not in grown]
+        if unexpected:
+            raise SystemExit(f"--init {a.init} lacks weights other than whole layers: {unexpected[:5]}")
+        with torch.no_grad():
+            for i in grown:
+                model.model.layers[i].self_attn.o_proj.weight.zero_()
+                model.model.layers[i].mlp.down_proj.weight.zero_()
         step = a.init_step
-        print(f"initialised from {a.init} (weights only) at step {step}", flush=True)
+        print(f"initialised from {a.init} (weights only) at step {step}; grown layers {grown}", flush=True)
     print(f"params {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, config {cfg}", flush=True)
 
     corpus = Corpus(tok, training_documents())
