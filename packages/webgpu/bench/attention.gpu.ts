@@ -60,6 +60,13 @@ if (process.env['COPY_BYTES'] !== '0') {
   b.destroy();
 }
 
+// KERNELS: decode attention kernels to compare in one run, each on its own backend:
+// 'wide', or 'streamU' (the stream kernel, U keys per key group and step).
+const kernels = (process.env['KERNELS'] ?? 'wide,stream4').split(',');
+const kernelOptions = (k: string) =>
+  k === 'wide'
+    ? { decodeAttention: 'wide' as const }
+    : { decodeAttention: 'stream' as const, streamKeysPerStep: Number(k.slice(6)) as 1 | 2 | 4 | 8 };
 const batches = (process.env['BATCHES'] ?? '1,8,32,128').split(',').map(Number);
 const contexts = (process.env['CONTEXTS'] ?? '1024,4096,16384,32768').split(',').map(Number);
 for (const batch of batches) {
@@ -72,65 +79,72 @@ for (const batch of batches) {
     const step = (m: string) => process.env['DEBUG'] && console.error('STEP', batch, ctx, m);
     // MAX_BINDING_MIB (checks on SwiftShader): force chunks smaller than the device's binding limit.
     const maxBinding = process.env['MAX_BINDING_MIB'];
-    const backend = new WebGpuBackend(device, maxBinding === undefined ? {} : { maxKvBindingBytes: Number(maxBinding) * 2 ** 20 });
-    backend.createKvCache(slots, D, 'f16');
-    step('kv');
-    const blocksPerHead = ctx / B;
-    // Two layers' tables: layer 0 uploads them once, the timed calls use layer 1.
-    const tables = new Int32Array(2 * batch * KV_HEADS * blocksPerHead);
-    const order = Int32Array.from({ length: batch * KV_HEADS * blocksPerHead }, (_, i) => i);
-    let s = 12345;
-    for (let i = order.length - 1; i > 0; i--) {
-      s = (Math.imul(s, 1664525) + 1013904223) | 0;
-      const j = (s >>> 0) % (i + 1);
-      const t = order[i] as number;
-      order[i] = order[j] as number;
-      order[j] = t;
-    }
-    tables.set(order, 0);
-    tables.set(order, order.length);
-    const slotPositions = new Int32Array(slots);
-    for (let h = 0; h < batch * KV_HEADS; h++) {
-      for (let j = 0; j < blocksPerHead; j++) {
-        const block = order[h * blocksPerHead + j] as number;
-        for (let o = 0; o < B; o++) slotPositions[block * B + o] = j * B + o;
+    for (const kernel of kernels) {
+      const backend = new WebGpuBackend(device, {
+        ...kernelOptions(kernel),
+        ...(maxBinding === undefined ? {} : { maxKvBindingBytes: Number(maxBinding) * 2 ** 20 }),
+      });
+      backend.createKvCache(slots, D, 'f16');
+      step('kv');
+      const blocksPerHead = ctx / B;
+      // Two layers' tables: layer 0 uploads them once, the timed calls use layer 1.
+      const tables = new Int32Array(2 * batch * KV_HEADS * blocksPerHead);
+      const order = Int32Array.from({ length: batch * KV_HEADS * blocksPerHead }, (_, i) => i);
+      let s = 12345;
+      for (let i = order.length - 1; i > 0; i--) {
+        s = (Math.imul(s, 1664525) + 1013904223) | 0;
+        const j = (s >>> 0) % (i + 1);
+        const t = order[i] as number;
+        order[i] = order[j] as number;
+        order[j] = t;
       }
-    }
-    const cache = {
-      blockSize: B,
-      maxSequences: batch,
-      maxBlocksPerHead: blocksPerHead,
-      blockTables: tables,
-      headLengths: new Int32Array(2 * batch * KV_HEADS).fill(ctx),
-      slotPositions,
-    };
-    const q = backend.createBuffer(batch * HEADS * D);
-    backend.write(
-      q,
-      Float32Array.from({ length: batch * HEADS * D }, () => Math.random() - 0.5),
-    );
-    const sequences = backend.createBuffer(batch, 'i32');
-    backend.write(
-      sequences,
-      Int32Array.from({ length: batch }, (_, i) => i),
-    );
-    const positions = backend.createBuffer(batch, 'i32');
-    backend.write(positions, new Int32Array(batch).fill(ctx - 1));
-    const out = backend.createBuffer(batch * HEADS * D);
-    const rows = { rows: batch, sequences, positions };
-    step('inputs');
-    backend.attention(out, q, 0, rows, cache, HEADS, KV_HEADS);
-    step('recorded');
-    backend.flush();
-    await device.queue.onSubmittedWorkDone();
-    step('first done');
-    const ms = await time(() => {
-      backend.attention(out, q, 1, rows, cache, HEADS, KV_HEADS);
+      tables.set(order, 0);
+      tables.set(order, order.length);
+      const slotPositions = new Int32Array(slots);
+      for (let h = 0; h < batch * KV_HEADS; h++) {
+        for (let j = 0; j < blocksPerHead; j++) {
+          const block = order[h * blocksPerHead + j] as number;
+          for (let o = 0; o < B; o++) slotPositions[block * B + o] = j * B + o;
+        }
+      }
+      const cache = {
+        blockSize: B,
+        maxSequences: batch,
+        maxBlocksPerHead: blocksPerHead,
+        blockTables: tables,
+        headLengths: new Int32Array(2 * batch * KV_HEADS).fill(ctx),
+        slotPositions,
+      };
+      const q = backend.createBuffer(batch * HEADS * D);
+      backend.write(
+        q,
+        Float32Array.from({ length: batch * HEADS * D }, () => Math.random() - 0.5),
+      );
+      const sequences = backend.createBuffer(batch, 'i32');
+      backend.write(
+        sequences,
+        Int32Array.from({ length: batch }, (_, i) => i),
+      );
+      const positions = backend.createBuffer(batch, 'i32');
+      backend.write(positions, new Int32Array(batch).fill(ctx - 1));
+      const out = backend.createBuffer(batch * HEADS * D);
+      const rows = { rows: batch, sequences, positions };
+      step('inputs');
+      backend.attention(out, q, 0, rows, cache, HEADS, KV_HEADS);
+      step('recorded');
       backend.flush();
-    }, 20);
-    const kvBytes = 2 * slots * D * 2;
-    console.log(JSON.stringify({ kind: 'attention', batch, ctx, ms, kvBytes, gbps: kvBytes / ms / 1e6, kvChunks: backend.kvChunks }));
-    backend.destroyBuffers();
+      await device.queue.onSubmittedWorkDone();
+      step('first done');
+      const ms = await time(() => {
+        backend.attention(out, q, 1, rows, cache, HEADS, KV_HEADS);
+        backend.flush();
+      }, 20);
+      const kvBytes = 2 * slots * D * 2;
+      console.log(
+        JSON.stringify({ kind: 'attention', kernel, batch, ctx, ms, kvBytes, gbps: kvBytes / ms / 1e6, kvChunks: backend.kvChunks }),
+      );
+      backend.destroyBuffers();
+    }
   }
 }
 process.exit(0);

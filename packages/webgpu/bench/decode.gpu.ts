@@ -13,7 +13,7 @@
 // is timed for ROUND_SEQS sequences of ROUND_CONTEXT tokens and compared with a decode step
 // of that batch.
 //
-// Env: SHAPE=8b|1b, KV_MIB (K+V pool), CONTEXT, RATES, STEPS, MAX_SEQS, WINDOW.
+// Env: SHAPE=8b|1b, KV_MIB (K+V pool), CONTEXT, RATES, STEPS, MAX_SEQS, WINDOW, ATTENTION.
 // Prints one JSON line per measurement. Build and run: see bench/run-gpu.sh.
 /// <reference types="@webgpu/types" />
 import { kvShapeOf, type ModelConfig, type SlotMoveList, type Tensor } from '@kvcompress/core';
@@ -170,7 +170,8 @@ function syntheticModel(c: ModelConfig): LoadedModel {
 }
 
 debug('fill pipeline ready');
-const backend = new RandomWeightBackend(device);
+// ATTENTION=wide|stream|auto: the decode attention kernel (WebGpuBackendOptions.decodeAttention).
+const backend = new RandomWeightBackend(device, { decodeAttention: (process.env['ATTENTION'] ?? 'auto') as 'auto' | 'wide' | 'stream' });
 const t0 = performance.now();
 const model = new LlamaModel(syntheticModel(config), backend, { maxRows: MAX_SEQS });
 debug('weights submitted');

@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
   echo "== $b"
   case $b in
-    attention) timeout 240 "$GPU_NODE" .gpu/attention.mjs | tee "$out/attention.jsonl" ;;
+    attention) timeout "${ATTENTION_TIMEOUT:-240}" "$GPU_NODE" .gpu/attention.mjs | tee "$out/attention.jsonl" ;;
     conformance) timeout 240 "$GPU_NODE" .gpu/conformance.mjs | tee "$out/conformance.jsonl" ;;
     matmul) timeout 240 "$GPU_NODE" .gpu/matmul.mjs | tee "$out/matmul.jsonl" ;;
     sdpa) timeout 120 python3 packages/webgpu/bench/sdpa.py | tee "$out/sdpa.jsonl" ;;
@@ -34,6 +34,8 @@ for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
       --requests "${SERVER_REQUESTS:-128}" --concurrency 64 --max-sequences 64 --pool-sequences 4 --pool-context 4096 --pressure-headroom "${SERVER_HEADROOM:-1}" --json | tee "$out/server-throughput-h${SERVER_HEADROOM:-1}.jsonl" ;;
     selection) timeout 400 "$GPU_NODE" .gpu/selection.mjs | tee "$out/selection.jsonl" ;;
     prefill) timeout 300 "$GPU_NODE" .gpu/prefill.mjs | tee "$out/prefill.jsonl" ;;
+    decode-8b-wide) c=${CONTEXT_8B:-4096}; ATTENTION=wide SHAPE=8b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-8b-$c-wide.jsonl" ;;
+    decode-1b-wide) c=${CONTEXT_1B:-16384}; ATTENTION=wide SHAPE=1b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-1b-$c-wide.jsonl" ;;
     decode-1b) c=${CONTEXT_1B:-16384}; SHAPE=1b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-1b-$c.jsonl" ;;
   esac
   echo "exit ${PIPESTATUS[0]}"

@@ -1103,6 +1103,269 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   }));
 }
 
+/** Most keys of one split of `streamAttentionKernel` (its slot prologue's workgroup array). */
+export const STREAM_ATTENTION_MAX_KEYS = 1024;
+
+/**
+ * Threads that share a key row in `streamAttentionKernel`: the largest power of two that
+ * divides D / 8 and fits one subgroup (their partial dot products are summed by subgroup
+ * shuffles), at most 16. 0 when the kernel cannot run (no subgroups, head dim not a multiple of 8).
+ */
+export function streamAttentionThreadsPerKey(headDim: number, subgroupMinSize: number): number {
+  if (headDim % 8 !== 0 || headDim > 256 || subgroupMinSize < 1) return 0;
+  let t = 1;
+  while (t * 2 <= Math.min(16, subgroupMinSize) && (headDim / 8) % (t * 2) === 0) t *= 2;
+  return t;
+}
+
+/** Whether `streamAttentionKernel` serves this shape with `threadsPerKey` lanes a key. */
+export function streamAttentionSupports(headDim: number, group: number, threadsPerKey: number): boolean {
+  // Each thread keeps G x (D / threadsPerKey) query values and as many accumulators in
+  // registers: at most 128 each (D = 128 with G = 4 on a device whose subgroups may be 4 wide;
+  // 32 on a GPU with 32-wide subgroups, where 16 lanes share a row).
+  return threadsPerKey >= 1 && group <= 8 && (group * headDim) / threadsPerKey <= 128;
+}
+
+/**
+ * Paged decode attention as one stream per key group, for devices with subgroups: one
+ * workgroup of 256 threads per (row, kv-head, split of at most STREAM_ATTENTION_MAX_KEYS
+ * keys), split into 256 / T key groups of T = threadsPerKey lanes of one subgroup. A key
+ * group walks every (256 / T)-th key of the split, U keys per step: it issues the K and V
+ * loads of all U keys at once (each lane 16 bytes of packed f16 per row piece, E = D / 8T
+ * pieces), sums the lanes' partial dot products with subgroup shuffles, and folds the U keys
+ * into its own online softmax (one rescale per step). No barrier inside the key loop: the
+ * only workgroup-wide steps are the slot prologue (as in `wideAttentionKernel`) and the
+ * final merge of the key groups' (max, sum, output). Output as `attentionKernel`: partials
+ * [rows][kvHeads][splits][G][D + 2] for `attentionReduceKernel`, raw scores of recorded rows.
+ */
+export function streamAttentionKernel(
+  kv: StoreType,
+  headDim: number,
+  group: number,
+  threadsPerKey: number,
+  keysPerStep: number,
+  chunking: KvChunking | null = null,
+): KernelSource {
+  const D = headDim;
+  const G = group;
+  const T = threadsPerKey;
+  const E = D / (8 * T); // 8-value pieces of a row per lane
+  const U = keysPerStep;
+  const NKG = 256 / T;
+  // Key groups merged per round: kgOut stays within 16 KiB of workgroup memory.
+  const KB = Math.min(NKG, 2 ** Math.floor(Math.log2(4096 / D)));
+  const S = STREAM_ATTENTION_MAX_KEYS;
+  const c = chunking;
+  const gs = Array.from({ length: G }, (_, i) => i);
+  const es = Array.from({ length: E }, (_, i) => i);
+  const us = Array.from({ length: U }, (_, i) => i);
+  const offs: number[] = [];
+  for (let o = T / 2; o >= 1; o /= 2) offs.push(o);
+  const each = <X>(xs: X[], f: (x: X) => string, sep = '\n    ') => xs.map(f).join(sep);
+  const vecType = kv === 'f16' ? 'array<vec4<u32>>' : 'array<vec4<f32>>';
+  const b0 = c === null ? 0 : 2 * c.window - 2;
+  const kvBindings =
+    c === null
+      ? `@group(0) @binding(3) var<storage, read> K: ${vecType};
+@group(0) @binding(4) var<storage, read> V: ${vecType};`
+      : `${chunkBindings('K', 3, c.window, 'read', vecType)}
+${chunkBindings('V', 3 + c.window, c.window, 'read', vecType)}
+${chunkReader('readK', 'K', c.window, kv === 'f16' ? 'vec4<u32>' : 'vec4f')}
+${chunkReader('readV', 'V', c.window, kv === 'f16' ? 'vec4<u32>' : 'vec4f')}
+const SHIFT = ${c.shift}u;
+const CHUNK_MASK = ${2 ** c.shift - 1}u;
+const W = ${c.window}u;
+const PASSES = ${c.passes}u;`;
+  // Piece e of this lane (8 values: row piece j + T e) of key u's row in buffer buf, into
+  // ${x}0, ${x}1 (vec4f). Masked keys read slot 0 (always in bounds) and are dropped later.
+  const rowWords = kv === 'f16' ? D / 8 : D / 4; // vec4 words per row
+  const load = (buf: string, u: number, e: number, x: string) => {
+    const piece = `j + ${T * e}u`;
+    if (c === null) {
+      return kv === 'f16'
+        ? `let w${x} = ${buf}[row${u} * ${rowWords}u + ${piece}];
+      let ${x}0 = vec4f(unpack2x16float(w${x}.x), unpack2x16float(w${x}.y));
+      let ${x}1 = vec4f(unpack2x16float(w${x}.z), unpack2x16float(w${x}.w));`
+        : `let ${x}0 = ${buf}[row${u} * ${rowWords}u + 2u * (${piece})];
+      let ${x}1 = ${buf}[row${u} * ${rowWords}u + 2u * (${piece}) + 1u];`;
+    }
+    return kv === 'f16'
+      ? `let w${x} = read${buf}(chunk${u}, row${u} * ${rowWords}u + ${piece});
+      let ${x}0 = vec4f(unpack2x16float(w${x}.x), unpack2x16float(w${x}.y));
+      let ${x}1 = vec4f(unpack2x16float(w${x}.z), unpack2x16float(w${x}.w));`
+      : `let ${x}0 = read${buf}(chunk${u}, row${u} * ${rowWords}u + 2u * (${piece}));
+      let ${x}1 = read${buf}(chunk${u}, row${u} * ${rowWords}u + 2u * (${piece}) + 1u);`;
+  };
+  const rowOf = (u: number) =>
+    c === null
+      ? `let row${u} = select(0u, slot${u}, ok${u});`
+      : `let chunk${u} = select(0u, (slot${u} >> SHIFT) - p.pad1 * W, ok${u});
+      let row${u} = select(0u, slot${u} & CHUNK_MASK, ok${u});`;
+  const masked = c === null ? 'masking && slotPos[slot] > qPos' : '(masking && slotPos[slot] > qPos) || (slot >> SHIFT) - p.pad1 * W >= W';
+  const splitIndex =
+    c === null ? '(r * p.kvHeads + g) * p.splits + split' : '(r * p.kvHeads + g) * p.splits * PASSES + p.pad1 * p.splits + split';
+  const maxOf = (xs: string[]): string => (xs.length === 1 ? (xs[0] as string) : `max(${xs[0]}, ${maxOf(xs.slice(1))})`);
+  return memo(`attention-stream:${kv}:${D}:${G}:${T}:${U}${chunkKey(c)}`, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+enable subgroups;
+struct Params {
+  rows: u32, heads: u32, kvHeads: u32, maxSeqs: u32,
+  maxBlocks: u32, blockSize: u32, layer: u32, scoreStride: u32,
+  scale: f32, splits: u32, pad1: u32, pad2: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(2) var<storage, read> q: array<f32>;
+${kvBindings}
+@group(0) @binding(${5 + b0}) var<storage, read> tables: array<i32>;
+@group(0) @binding(${6 + b0}) var<storage, read> lengths: array<i32>;
+@group(0) @binding(${7 + b0}) var<storage, read> slotPos: array<i32>;
+@group(0) @binding(${8 + b0}) var<storage, read> rowInfo: array<vec4<i32>>;
+@group(0) @binding(${9 + b0}) var<storage, read_write> scores: array<f32>;
+const D = ${D}u;
+const G = ${G}u;
+const NKG = ${NKG}u;
+const S = ${S}u;
+const MASKED = 0xffffffffu;
+const NEG_INF = -3.0e38;
+var<workgroup> tslot: array<u32, ${S}>; // slot of each key of the split, MASKED if not attended
+var<workgroup> wrange: vec2<u32>;
+var<workgroup> kgStat: array<f32, ${NKG * 2 * G}>; // [key group][G][max, sum]
+var<workgroup> kgOut: array<f32, ${KB * D}>; // [key group of a batch][D]: one query head's outputs at a time
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let wid = wg.x + wg.y * nwg.x;
+  let split = wid % p.splits;
+  let rg = wid / p.splits;
+  let live = rg < p.rows * p.kvHeads;
+  let r = min(rg / p.kvHeads, p.rows - 1u);
+  let g = rg % p.kvHeads;
+  let info = rowInfo[r];
+  let qPos = info.y;
+  let rec = info.z;
+  let hi = (p.layer * p.maxSeqs + u32(info.x)) * p.kvHeads + g;
+  let t0 = hi * p.maxBlocks;
+  if (li == 0u) {
+    var lo = 0u;
+    var hiKey = 0u;
+    if (live) {
+      let len = u32(lengths[hi]);
+      let chunk = (len + p.splits - 1u) / p.splits;
+      lo = min(split * chunk, len);
+      hiKey = min(min(lo + chunk, len), lo + S);
+    }
+    wrange = vec2u(lo, hiKey);
+  }
+  let range = workgroupUniformLoad(&wrange);
+  let n = range.y - range.x;
+  // Lanes j = 0..T-1 of key group kg are consecutive invocations, so one subgroup (>= T lanes) holds them.
+  let kg = li / ${T}u;
+  let j = li % ${T}u;
+  let qb = (r * p.heads + g * G) * D;
+  ${each(
+    gs,
+    (h) =>
+      each(
+        es,
+        (
+          e,
+        ) => `let q${h}_${e}a = vec4f(q[qb + ${h * D}u + (j + ${T * e}u) * 8u], q[qb + ${h * D}u + (j + ${T * e}u) * 8u + 1u], q[qb + ${h * D}u + (j + ${T * e}u) * 8u + 2u], q[qb + ${h * D}u + (j + ${T * e}u) * 8u + 3u]) * p.scale;
+  let q${h}_${e}b = vec4f(q[qb + ${h * D}u + (j + ${T * e}u) * 8u + 4u], q[qb + ${h * D}u + (j + ${T * e}u) * 8u + 5u], q[qb + ${h * D}u + (j + ${T * e}u) * 8u + 6u], q[qb + ${h * D}u + (j + ${T * e}u) * 8u + 7u]) * p.scale;`,
+        '\n  ',
+      ),
+    '\n  ',
+  )}
+  // Prologue: every key's slot (MASKED where later than the query), looked up by all threads at once.
+  let masking = info.w != 0;
+  for (var t = li; t < n; t += 256u) {
+    let i = range.x + t;
+    let slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
+    tslot[t] = select(slot, MASKED, ${masked});
+  }
+  workgroupBarrier();
+  ${each(gs, (h) => `var m${h} = NEG_INF;\n  var l${h} = 0.0;`, '\n  ')}
+  ${each(gs, (h) => each(es, (e) => `var acc${h}_${e}a = vec4f();\n  var acc${h}_${e}b = vec4f();`, '\n  '), '\n  ')}
+  // n is workgroup-uniform: every lane runs every step, so the shuffles stay in uniform control flow.
+  for (var base = 0u; base < n; base += ${NKG * U}u) {
+    ${each(
+      us,
+      (u) => `let t${u} = base + ${u * NKG}u + kg;
+    let slot${u} = select(MASKED, tslot[min(t${u}, S - 1u)], t${u} < n);
+    let ok${u} = slot${u} != MASKED;
+    ${rowOf(u)}`,
+    )}
+    ${each(us, (u) => each(es, (e) => load('K', u, e, `k${u}_${e}`), '\n    '))}
+    ${each(us, (u) => each(es, (e) => load('V', u, e, `v${u}_${e}`), '\n    '))}
+    ${each(us, (u) => each(gs, (h) => `var s${u}_${h} = ${es.map((e) => `dot(q${h}_${e}a, k${u}_${e}0) + dot(q${h}_${e}b, k${u}_${e}1)`).join(' + ')};`))}
+    ${each(offs, (o) => each(us, (u) => each(gs, (h) => `s${u}_${h} += subgroupShuffleXor(s${u}_${h}, ${o}u);`)))}
+    if (rec >= 0 && j == 0u) {
+      ${each(us, (u) => `if (ok${u}) {\n        ${each(gs, (h) => `scores[(u32(rec) * p.heads + g * G + ${h}u) * p.scoreStride + range.x + t${u}] = s${u}_${h};`, '\n        ')}\n      }`, '\n      ')}
+    }
+    ${each(
+      gs,
+      (h) => `{
+      let mNew = max(m${h}, ${maxOf(us.map((u) => `select(NEG_INF, s${u}_${h}, ok${u})`))});
+      let cor = exp(m${h} - mNew);
+      ${each(us, (u) => `let p${u} = select(0.0, exp(s${u}_${h} - mNew), ok${u});`, '\n      ')}
+      l${h} = l${h} * cor + ${us.map((u) => `p${u}`).join(' + ')};
+      ${each(
+        es,
+        (e) => `acc${h}_${e}a = acc${h}_${e}a * cor + ${us.map((u) => `p${u} * v${u}_${e}0`).join(' + ')};
+      acc${h}_${e}b = acc${h}_${e}b * cor + ${us.map((u) => `p${u} * v${u}_${e}1`).join(' + ')};`,
+        '\n      ',
+      )}
+      m${h} = mNew;
+    }`,
+    )}
+  }
+  // Merge the key groups: the split's max per head, each group's weight e^(m - max).
+  if (j == 0u) {
+    ${each(gs, (h) => `kgStat[(kg * G + ${h}u) * 2u] = m${h};\n    kgStat[(kg * G + ${h}u) * 2u + 1u] = l${h};`)}
+  }
+  workgroupBarrier();
+  let pbase = (${splitIndex}) * G * (D + 2u);
+  ${each(
+    gs,
+    (h) => `{
+    var mm = NEG_INF;
+    for (var k = 0u; k < NKG; k++) { mm = max(mm, kgStat[(k * G + ${h}u) * 2u]); }
+    let wk = select(0.0, exp(m${h} - mm), m${h} > NEG_INF);
+    var sum = 0.0; // output dim li (D <= 256) summed over the key groups
+    for (var kb = 0u; kb < NKG; kb += ${KB}u) {
+      if (kg >= kb && kg < kb + ${KB}u) {
+        ${each(
+          es,
+          (e) => `let o${e} = (kg - kb) * D + (j + ${T * e}u) * 8u;
+        kgOut[o${e}] = acc${h}_${e}a.x * wk; kgOut[o${e} + 1u] = acc${h}_${e}a.y * wk; kgOut[o${e} + 2u] = acc${h}_${e}a.z * wk; kgOut[o${e} + 3u] = acc${h}_${e}a.w * wk;
+        kgOut[o${e} + 4u] = acc${h}_${e}b.x * wk; kgOut[o${e} + 5u] = acc${h}_${e}b.y * wk; kgOut[o${e} + 6u] = acc${h}_${e}b.z * wk; kgOut[o${e} + 7u] = acc${h}_${e}b.w * wk;`,
+          '\n        ',
+        )}
+      }
+      workgroupBarrier();
+      if (li < D) { for (var k = 0u; k < ${KB}u; k++) { sum += kgOut[k * D + li]; } }
+      workgroupBarrier();
+    }
+    if (live) {
+      if (li < D) { partials[pbase + ${h}u * (D + 2u) + 2u + li] = sum; }
+      if (li == 0u) {
+        var ll = 0.0;
+        for (var k = 0u; k < NKG; k++) {
+          let mk = kgStat[(k * G + ${h}u) * 2u];
+          ll += select(0.0, kgStat[(k * G + ${h}u) * 2u + 1u] * exp(mk - mm), mk > NEG_INF);
+        }
+        partials[pbase + ${h}u * (D + 2u)] = mm;
+        partials[pbase + ${h}u * (D + 2u) + 1u] = ll;
+      }
+    }
+    workgroupBarrier();
+  }`,
+    '\n  ',
+  )}
+}`,
+  }));
+}
+
 /** Query vectors (rows x the group's query heads) per workgroup of `prefillAttentionKernel`. */
 export const PREFILL_QUERIES = 64;
 

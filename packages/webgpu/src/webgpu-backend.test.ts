@@ -104,11 +104,24 @@ describe.skipIf(!haveChromium)('WebGPU kernels against the CPU reference (headle
     expect(r.worst).toBeLessThan(r.tolerance);
     // Prefill chunks on one KV buffer take the tiled prefill kernel; other cases do not.
     expect(r.prefillDispatches > 0).toBe(name.startsWith('prefill attention'));
+    // Decode/mixed attention takes the stream kernel where it applies (subgroups, D % 8 == 0,
+    // G <= 8): not the group-16 or D=20 cases, which keep the wide and tiled kernels.
+    expect(r.streamDispatches > 0).toBe(/^(paged|decode) attention/.test(name) && !/x 16 queries|D=20/.test(name));
+  });
+  // The stream kernel one key per key group and step: on SwiftShader's 4-wide subgroups a
+  // step covers 64 keys, so splits take several steps and the online-softmax rescale runs.
+  const streamCases = cases.map((c) => c.name).filter((n) => /^(paged|decode) attention/.test(n) && !/x 16 queries|D=20/.test(n));
+  it.each(streamCases)('%s (stream kernel, 1 key per step)', async (name) => {
+    const r = await page.evaluate((n) => (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n, true, 1, 1), name);
+    expect(r.streamDispatches).toBeGreaterThan(0);
+    expect(r.validation).toBeNull();
+    expect(r.worst).toBeLessThan(r.tolerance);
   });
   // The same cases with the subgroup kernels turned off (the path for devices without them).
   it.each(cases.map((c) => c.name))('%s (no subgroups)', async (name) => {
     const r = await page.evaluate((n) => (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n, false), name);
     expect(r.subgroups).toBe(false);
+    expect(r.streamDispatches).toBe(0);
     expect(r.validation).toBeNull();
     expect(r.worst).toBeLessThan(r.tolerance);
   });
@@ -121,7 +134,7 @@ describe.skipIf(!haveChromium)('WebGPU KV cache split into chunk buffers = the C
   it('chunked kernels with windows of 2-4 chunks compile (wider than SwiftShader binds)', async () => {
     const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.compileChunkedKernels());
     expect(r.errors).toEqual([]);
-    expect(r.kernels).toBe(42);
+    expect(r.kernels).toBe(54);
   });
   it('covers append, attention and moves cases', () => {
     expect(kvCases.length).toBeGreaterThanOrEqual(12);

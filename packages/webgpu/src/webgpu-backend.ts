@@ -51,8 +51,12 @@ import {
   prefillAttentionSupports,
   rmsNormKernel,
   ropeKernel,
+  STREAM_ATTENTION_MAX_KEYS,
   type StoreType,
   scatterKernel,
+  streamAttentionKernel,
+  streamAttentionSupports,
+  streamAttentionThreadsPerKey,
   TILED_MATMUL_MIN_ROWS,
   TILED_MATMUL_TILE,
   tiledMatmulKernel,
@@ -128,6 +132,16 @@ export interface WebGpuBackendOptions {
   readonly tiledMatmulMinRows?: number;
   /** Force the tiled kernel's tile height (benchmarks); default picks by workgroup count. */
   readonly tiledMatmulTileRows?: 32 | 64;
+  /**
+   * Decode attention kernel: 'stream' (subgroup key groups, online softmax, no barrier in
+   * the key loop; needs subgroups and the adapter's subgroupMinSize) or 'wide' (workgroup
+   * reductions, any device). Default 'auto': 'stream' where it applies. Benchmarks compare.
+   */
+  readonly decodeAttention?: 'auto' | 'stream' | 'wide';
+  /** Keys each key group of the stream kernel loads per step (default 4; benchmarks compare). */
+  readonly streamKeysPerStep?: 1 | 2 | 4 | 8;
+  /** Lanes per key of the stream kernel (default: the largest the head dim and subgroup size allow). */
+  readonly streamThreadsPerKey?: number;
   /** Use the tiled prefill attention kernel where it applies (default true; benchmarks compare). */
   readonly prefillAttention?: boolean;
   /**
@@ -227,6 +241,7 @@ export class WebGpuBackend implements Backend {
   /** The rowInfo buffer whose device contents match its host copy. */
   #rowInfoUploaded: GpuBuffer | null = null;
   #prefillDispatches = 0;
+  #streamDispatches = 0;
   readonly #prefillEnabled: boolean;
   /** The rowMetric buffer whose device contents match its host copy (for the rows recorded). */
   #rowMetricUploaded: GpuBuffer | null = null;
@@ -234,6 +249,10 @@ export class WebGpuBackend implements Backend {
   #rowMetricScale: Float32Array = new Float32Array(0);
   readonly #tiledMinRows: number;
   readonly #tileRows: 32 | 64 | null;
+  readonly #decodeAttention: 'auto' | 'stream' | 'wide';
+  readonly #streamKeysPerStep: number;
+  /** Lanes per key the stream kernel may use on this device (0: it cannot run). */
+  readonly #streamLanes: number;
 
   constructor(device: GPUDevice, options: WebGpuBackendOptions = {}) {
     this.device = device;
@@ -243,6 +262,12 @@ export class WebGpuBackend implements Backend {
     // With subgroups the matvec kernel keeps up with the tiled one to 256 rows (BENCHMARKS.md).
     this.#tiledMinRows = options.tiledMatmulMinRows ?? (this.subgroups ? 2 * TILED_MATMUL_MIN_ROWS : TILED_MATMUL_MIN_ROWS);
     this.#tileRows = options.tiledMatmulTileRows ?? null;
+    this.#decodeAttention = options.decodeAttention ?? 'auto';
+    this.#streamKeysPerStep = options.streamKeysPerStep ?? 4;
+    // The stream kernel's lanes of a key must share a subgroup: bounded by the smallest
+    // subgroup the adapter may use (GPUAdapterInfo.subgroupMinSize; absent: not used).
+    const subgroupMinSize = (device as { adapterInfo?: { subgroupMinSize?: number } }).adapterInfo?.subgroupMinSize ?? 0;
+    this.#streamLanes = this.subgroups ? (options.streamThreadsPerKey ?? subgroupMinSize) : 0;
     this.#maxKvBindingBytes = options.maxKvBindingBytes;
     void device.lost.then((info) => {
       this.#lost = info.message || info.reason || 'unknown reason';
@@ -787,6 +812,11 @@ export class WebGpuBackend implements Backend {
     return this.#prefillDispatches;
   }
 
+  /** How many attention dispatches took the stream decode kernel (tests check where it applies). */
+  get streamAttentionDispatches(): number {
+    return this.#streamDispatches;
+  }
+
   /** Split-K paged attention (decode, mixed batches, chunked pools) and its reduction. */
   #pagedAttention(
     out: DeviceBuffer,
@@ -806,19 +836,26 @@ export class WebGpuBackend implements Backend {
     const group = heads / kvHeads;
     const maxLen = cache.maxBlocksPerHead * cache.blockSize;
     const scoreStride = maxLen;
-    const wide = wideAttentionSupports(D, group);
+    const lanes = this.#decodeAttention === 'wide' ? 0 : streamAttentionThreadsPerKey(D, this.#streamLanes);
+    const stream = lanes > 0 && streamAttentionSupports(D, group, lanes);
+    if (this.#decodeAttention === 'stream' && !stream) {
+      throw new InvalidArgumentError(
+        `decodeAttention 'stream' cannot run here (head dim ${D}, group ${group}, subgroups ${this.subgroups}); use 'auto'.`,
+      );
+    }
+    const wide = !stream && wideAttentionSupports(D, group);
     // Split long contexts across workgroups so that even one sequence fills the GPU. The
-    // wide kernel keeps a split's scores in workgroup memory: at most S keys per split, S
-    // sized from the longest head these rows attend to (not the table capacity).
+    // wide and stream kernels keep a split's scores or slots in workgroup memory: at most S
+    // keys per split, S sized from the longest head these rows attend to (not the table capacity).
     let splits: number;
-    if (wide) {
+    if (wide || stream) {
       let longest = 1;
       const lengths = cache.headLengths;
       for (let r = 0; r < rows; r++) {
         const h0 = (layer * cache.maxSequences + (seqHost[r] as number)) * kvHeads;
         for (let g = 0; g < kvHeads; g++) longest = Math.max(longest, lengths[h0 + g] as number);
       }
-      const needed = Math.ceil(longest / wideAttentionSplitKeys(group));
+      const needed = Math.ceil(longest / (stream ? STREAM_ATTENTION_MAX_KEYS : wideAttentionSplitKeys(group)));
       const toFill = Math.ceil((4 * this.#splitTarget) / Math.max(1, rows * kvHeads));
       splits = Math.max(needed, Math.min(toFill, Math.ceil(longest / 256)));
     } else {
@@ -854,7 +891,12 @@ export class WebGpuBackend implements Backend {
       ]);
       this.#f32[8] = 1 / Math.sqrt(D);
       const chunking = plan === null ? null : plan.chunking;
-      const kernel = wide ? wideAttentionKernel(this.#kvStore, D, group, chunking) : attentionKernel(this.#kvStore, D, group, chunking);
+      if (stream) this.#streamDispatches++;
+      const kernel = stream
+        ? streamAttentionKernel(this.#kvStore, D, group, lanes, this.#streamKeysPerStep, chunking)
+        : wide
+          ? wideAttentionKernel(this.#kvStore, D, group, chunking)
+          : attentionKernel(this.#kvStore, D, group, chunking);
       const kv = plan === null ? [K, V] : [...(plan.k[pass] as GPUBuffer[]), ...(plan.v[pass] as GPUBuffer[])];
       this.#dispatchRaw(kernel, [partials.buffer, (q as GpuBuffer).buffer, ...kv, ...others], ax, ay);
     }

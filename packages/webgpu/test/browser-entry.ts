@@ -7,7 +7,14 @@ import { type DoneEvent, Engine } from '@kvcompress/engine';
 import { loadLlama2cModel } from '@kvcompress/models';
 import fc from 'fast-check';
 import { requestWebGpuDevice } from '../src/device.ts';
-import { appendKvKernel, attentionKernel, movesGatherKernel, movesScatterKernel, wideAttentionKernel } from '../src/kernels.ts';
+import {
+  appendKvKernel,
+  attentionKernel,
+  movesGatherKernel,
+  movesScatterKernel,
+  streamAttentionKernel,
+  wideAttentionKernel,
+} from '../src/kernels.ts';
 import { WebGpuBackend } from '../src/webgpu-backend.ts';
 import { cases } from './conformance-cases.ts';
 import { type CaseResult, runConformanceCase } from './run-case.ts';
@@ -16,10 +23,10 @@ import { runSelectionCase, type SelectionParams, type SelectionResult } from './
 
 const device = await requestWebGpuDevice();
 
-async function runCase(name: string, subgroups = true, kvChunks = 1): Promise<CaseResult> {
+async function runCase(name: string, subgroups = true, kvChunks = 1, streamKeysPerStep?: 1 | 2 | 4 | 8): Promise<CaseResult> {
   const c = cases.find((x) => x.name === name);
   if (c === undefined) throw new Error(`no case ${name}`);
-  return runConformanceCase(device, c, subgroups, kvChunks);
+  return runConformanceCase(device, c, subgroups, kvChunks, streamKeysPerStep);
 }
 
 /**
@@ -332,6 +339,9 @@ async function compileChunkedKernels(): Promise<{ kernels: number; errors: strin
         attentionKernel(kv, 20, 2, c),
         wideAttentionKernel(kv, 128, 4, c),
         wideAttentionKernel(kv, 64, 16, c),
+        // The GPU's stream kernel shapes: 16 and 8 lanes a key (32-wide subgroups).
+        streamAttentionKernel(kv, 128, 4, 16, 4, c),
+        streamAttentionKernel(kv, 64, 8, 8, 8, c),
         appendKvKernel(kv, c),
         movesGatherKernel(kv, c),
         movesScatterKernel(kv, c),

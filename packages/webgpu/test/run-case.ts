@@ -16,6 +16,8 @@ export interface CaseResult {
   readonly kvChunks: number;
   /** Attention dispatches that took the tiled prefill kernel. */
   readonly prefillDispatches: number;
+  /** Attention dispatches that took the stream decode kernel. */
+  readonly streamDispatches: number;
 }
 
 /**
@@ -23,7 +25,13 @@ export interface CaseResult {
  * (between kvChunks / 2 and kvChunks: chunks hold a power of two of slots), sized from the
  * pool the case creates on the CPU backend.
  */
-export async function runConformanceCase(device: GPUDevice, c: ConformanceCase, subgroups: boolean, kvChunks = 1): Promise<CaseResult> {
+export async function runConformanceCase(
+  device: GPUDevice,
+  c: ConformanceCase,
+  subgroups: boolean,
+  kvChunks = 1,
+  streamKeysPerStep?: 1 | 2 | 4 | 8,
+): Promise<CaseResult> {
   const cpu = new CpuBackend();
   let rowBytes = 0;
   let slots = 0;
@@ -40,6 +48,7 @@ export async function runConformanceCase(device: GPUDevice, c: ConformanceCase, 
     weightStore: c.weightStore ?? 'f32',
     subgroups,
     ...(maxKvBindingBytes === undefined ? {} : { maxKvBindingBytes }),
+    ...(streamKeysPerStep === undefined ? {} : { streamKeysPerStep }),
   });
   const actual = await c.run(backend);
   const error = await device.popErrorScope();
@@ -49,6 +58,7 @@ export async function runConformanceCase(device: GPUDevice, c: ConformanceCase, 
   });
   const chunks = backend.kvChunks;
   const prefillDispatches = backend.prefillAttentionDispatches;
+  const streamDispatches = backend.streamAttentionDispatches;
   backend.destroyBuffers();
   return {
     worst,
@@ -57,5 +67,6 @@ export async function runConformanceCase(device: GPUDevice, c: ConformanceCase, 
     subgroups: backend.subgroups,
     kvChunks: chunks,
     prefillDispatches,
+    streamDispatches,
   };
 }
