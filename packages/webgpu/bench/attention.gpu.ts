@@ -60,13 +60,19 @@ if (process.env['COPY_BYTES'] !== '0') {
   b.destroy();
 }
 
-// KERNELS: decode attention kernels to compare in one run, each on its own backend:
-// 'wide', or 'streamU' (the stream kernel, U keys per key group and step).
+// KERNELS: decode attention kernels to compare in one run, each on its own backend: 'wide',
+// or 'streamU' / 'streamUtT' (the stream kernel, U keys per key group and step, T lanes a key).
 const kernels = (process.env['KERNELS'] ?? 'wide,stream4').split(',');
-const kernelOptions = (k: string) =>
-  k === 'wide'
-    ? { decodeAttention: 'wide' as const }
-    : { decodeAttention: 'stream' as const, streamKeysPerStep: Number(k.slice(6)) as 1 | 2 | 4 | 8 };
+const kernelOptions = (k: string) => {
+  if (k === 'wide') return { decodeAttention: 'wide' as const };
+  const m = /^stream(\d)(?:t(\d+))?$/.exec(k);
+  if (m === null) throw new Error(`KERNELS: unknown kernel ${k}`);
+  return {
+    decodeAttention: 'stream' as const,
+    streamKeysPerStep: Number(m[1]) as 1 | 2 | 4 | 8,
+    ...(m[2] === undefined ? {} : { streamThreadsPerKey: Number(m[2]) }),
+  };
+};
 const batches = (process.env['BATCHES'] ?? '1,8,32,128').split(',').map(Number);
 const contexts = (process.env['CONTEXTS'] ?? '1024,4096,16384,32768').split(',').map(Number);
 for (const batch of batches) {
