@@ -1128,9 +1128,9 @@ export function streamAttentionSupports(headDim: number, group: number, threadsP
 
 /**
  * Paged decode attention as one stream per key group, for devices with subgroups: one
- * workgroup of 256 threads per (row, kv-head, split of at most STREAM_ATTENTION_MAX_KEYS
- * keys), split into 256 / T key groups of T = threadsPerKey lanes of one subgroup. A key
- * group walks every (256 / T)-th key of the split, U keys per step: it issues the K and V
+ * workgroup of WGS = 128 or 256 threads per (row, kv-head, split of at most
+ * STREAM_ATTENTION_MAX_KEYS keys), split into WGS / T key groups of T = threadsPerKey lanes of
+ * one subgroup. A key group walks every (WGS / T)-th key of the split, U keys per step: it issues the K and V
  * loads of all U keys at once (each lane 16 bytes of packed f16 per row piece, E = D / 8T
  * pieces), sums the lanes' partial dot products with subgroup shuffles, and folds the U keys
  * into its own online softmax (one rescale per step). No barrier inside the key loop: the
@@ -1145,13 +1145,15 @@ export function streamAttentionKernel(
   threadsPerKey: number,
   keysPerStep: number,
   chunking: KvChunking | null = null,
+  workgroupSize: 128 | 256 = 256,
 ): KernelSource {
+  const WGS = headDim > 128 ? 256 : workgroupSize; // the merge gives each output dim a thread
   const D = headDim;
   const G = group;
   const T = threadsPerKey;
   const E = D / (8 * T); // 8-value pieces of a row per lane
   const U = keysPerStep;
-  const NKG = 256 / T;
+  const NKG = WGS / T;
   // Key groups merged per round: kgOut stays within 16 KiB of workgroup memory.
   const KB = Math.min(NKG, 2 ** Math.floor(Math.log2(4096 / D)));
   const S = STREAM_ATTENTION_MAX_KEYS;
@@ -1205,8 +1207,8 @@ const PASSES = ${c.passes}u;`;
   const splitIndex =
     c === null ? '(r * p.kvHeads + g) * p.splits + split' : '(r * p.kvHeads + g) * p.splits * PASSES + p.pad1 * p.splits + split';
   const maxOf = (xs: string[]): string => (xs.length === 1 ? (xs[0] as string) : `max(${xs[0]}, ${maxOf(xs.slice(1))})`);
-  return memo(`attention-stream:${kv}:${D}:${G}:${T}:${U}${chunkKey(c)}`, () => ({
-    workgroupSize: 256,
+  return memo(`attention-stream:${kv}:${D}:${G}:${T}:${U}:${WGS}${chunkKey(c)}`, () => ({
+    workgroupSize: WGS,
     code: /* wgsl */ `
 enable subgroups;
 struct Params {
@@ -1233,7 +1235,7 @@ var<workgroup> tslot: array<u32, ${S}>; // slot of each key of the split, MASKED
 var<workgroup> wrange: vec2<u32>;
 var<workgroup> kgStat: array<f32, ${NKG * 2 * G}>; // [key group][G][max, sum]
 var<workgroup> kgOut: array<f32, ${KB * D}>; // [key group of a batch][D]: one query head's outputs at a time
-@compute @workgroup_size(256)
+@compute @workgroup_size(${WGS})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
   let wid = wg.x + wg.y * nwg.x;
   let split = wid % p.splits;
@@ -1278,7 +1280,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   )}
   // Prologue: every key's slot (MASKED where later than the query), looked up by all threads at once.
   let masking = info.w != 0;
-  for (var t = li; t < n; t += 256u) {
+  for (var t = li; t < n; t += ${WGS}u) {
     let i = range.x + t;
     let slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
     tslot[t] = select(slot, MASKED, ${masked});
@@ -1331,7 +1333,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
     var mm = NEG_INF;
     for (var k = 0u; k < NKG; k++) { mm = max(mm, kgStat[(k * G + ${h}u) * 2u]); }
     let wk = select(0.0, exp(m${h} - mm), m${h} > NEG_INF);
-    var sum = 0.0; // output dim li (D <= 256) summed over the key groups
+    var sum = 0.0; // output dim li (D <= WGS) summed over the key groups
     for (var kb = 0u; kb < NKG; kb += ${KB}u) {
       if (kg >= kb && kg < kb + ${KB}u) {
         ${each(

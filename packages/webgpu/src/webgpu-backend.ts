@@ -142,7 +142,13 @@ export interface WebGpuBackendOptions {
   readonly streamKeysPerStep?: 1 | 2 | 4 | 8;
   /** Lanes per key of the stream kernel (default: the largest the head dim and subgroup size allow). */
   readonly streamThreadsPerKey?: number;
-  /** Use the tiled prefill attention kernel where it applies (default true; benchmarks compare). */
+  /** Threads per workgroup of the stream kernel (default 256, 128 on a chunked pool; benchmarks compare). */
+  readonly streamWorkgroupSize?: 128 | 256;
+  /**
+   * Use the tiled prefill attention kernel where it applies. Default false: on an H100 (head
+   * dim 128) it took 3-14x the split-K kernels' time (BENCHMARKS.md); tests and benchmarks
+   * turn it on.
+   */
   readonly prefillAttention?: boolean;
   /**
    * Internal (tests): caps the bytes of one K or V chunk buffer below the device's
@@ -251,6 +257,7 @@ export class WebGpuBackend implements Backend {
   readonly #tileRows: 32 | 64 | null;
   readonly #decodeAttention: 'auto' | 'stream' | 'wide';
   readonly #streamKeysPerStep: number;
+  readonly #streamWorkgroupSize: 128 | 256 | undefined;
   /** Lanes per key the stream kernel may use on this device (0: it cannot run). */
   readonly #streamLanes: number;
 
@@ -258,12 +265,13 @@ export class WebGpuBackend implements Backend {
     this.device = device;
     this.weightStore = options.weightStore ?? 'auto';
     this.subgroups = (options.subgroups ?? true) && device.features.has('subgroups');
-    this.#prefillEnabled = options.prefillAttention ?? true;
+    this.#prefillEnabled = options.prefillAttention ?? false;
     // With subgroups the matvec kernel keeps up with the tiled one to 256 rows (BENCHMARKS.md).
     this.#tiledMinRows = options.tiledMatmulMinRows ?? (this.subgroups ? 2 * TILED_MATMUL_MIN_ROWS : TILED_MATMUL_MIN_ROWS);
     this.#tileRows = options.tiledMatmulTileRows ?? null;
     this.#decodeAttention = options.decodeAttention ?? 'auto';
     this.#streamKeysPerStep = options.streamKeysPerStep ?? 4;
+    this.#streamWorkgroupSize = options.streamWorkgroupSize;
     // The stream kernel's lanes of a key must share a subgroup: bounded by the smallest
     // subgroup the adapter may use (GPUAdapterInfo.subgroupMinSize; absent: not used).
     const subgroupMinSize = (device as { adapterInfo?: { subgroupMinSize?: number } }).adapterInfo?.subgroupMinSize ?? 0;
@@ -893,7 +901,17 @@ export class WebGpuBackend implements Backend {
       const chunking = plan === null ? null : plan.chunking;
       if (stream) this.#streamDispatches++;
       const kernel = stream
-        ? streamAttentionKernel(this.#kvStore, D, group, lanes, this.#streamKeysPerStep, chunking)
+        ? streamAttentionKernel(
+            this.#kvStore,
+            D,
+            group,
+            lanes,
+            this.#streamKeysPerStep,
+            chunking,
+            // 128 threads on a chunked pool: its chunk switch costs registers, and smaller
+            // workgroups fill the SMs better then (H100: 2448 against 1666 GB/s at 128 x 16K).
+            this.#streamWorkgroupSize ?? (chunking === null ? 256 : 128),
+          )
         : wide
           ? wideAttentionKernel(this.#kvStore, D, group, chunking)
           : attentionKernel(this.#kvStore, D, group, chunking);

@@ -69,7 +69,10 @@ async function greedy(
   const maxKvBindingBytes = kvChunks > 1 ? rowBytes * 2 ** Math.ceil(Math.log2(Math.ceil(slots / kvChunks))) : undefined;
   device.pushErrorScope('validation');
   const t0 = performance.now();
-  const backend = new WebGpuBackend(device, maxKvBindingBytes === undefined ? {} : { maxKvBindingBytes });
+  const backend = new WebGpuBackend(device, {
+    prefillAttention: true,
+    ...(maxKvBindingBytes === undefined ? {} : { maxKvBindingBytes }),
+  });
   const gpu = await new Engine({ model, maxSequences: 1, backend, prefillChunk, ...options }).complete(prompt, {
     maxTokens: tokens,
     stopTokens: [],
@@ -339,9 +342,9 @@ async function compileChunkedKernels(): Promise<{ kernels: number; errors: strin
         attentionKernel(kv, 20, 2, c),
         wideAttentionKernel(kv, 128, 4, c),
         wideAttentionKernel(kv, 64, 16, c),
-        // The GPU's stream kernel shapes: 16 and 8 lanes a key (32-wide subgroups).
+        // The GPU's stream kernel shapes: 16 and 8 lanes a key (32-wide subgroups), 256 and 128 threads.
         streamAttentionKernel(kv, 128, 4, 16, 4, c),
-        streamAttentionKernel(kv, 64, 8, 8, 8, c),
+        streamAttentionKernel(kv, 64, 8, 8, 8, c, 128),
         appendKvKernel(kv, c),
         movesGatherKernel(kv, c),
         movesScatterKernel(kv, c),

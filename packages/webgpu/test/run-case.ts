@@ -47,6 +47,8 @@ export async function runConformanceCase(
   const backend = new WebGpuBackend(device, {
     weightStore: c.weightStore ?? 'f32',
     subgroups,
+    // The tiled prefill kernel is off by default (slower on the GPUs measured): test it here.
+    prefillAttention: true,
     ...(maxKvBindingBytes === undefined ? {} : { maxKvBindingBytes }),
     ...(streamKeysPerStep === undefined ? {} : { streamKeysPerStep }),
   });
