@@ -37,6 +37,7 @@ export async function runConformanceCase(device: GPUDevice, c: ConformanceCase, 
   const maxKvBindingBytes = kvChunks > 1 && slots > 0 ? rowBytes * 2 ** Math.ceil(Math.log2(Math.ceil(slots / kvChunks))) : undefined;
   device.pushErrorScope('validation');
   const backend = new WebGpuBackend(device, {
+    ...c.webgpu,
     weightStore: c.weightStore ?? 'f32',
     subgroups,
     ...(maxKvBindingBytes === undefined ? {} : { maxKvBindingBytes }),
