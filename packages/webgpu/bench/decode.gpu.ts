@@ -13,7 +13,9 @@
 // is timed for ROUND_SEQS sequences of ROUND_CONTEXT tokens and compared with a decode step
 // of that batch.
 //
-// Env: SHAPE=8b|1b, KV_MIB (K+V pool), CONTEXT, RATES, STEPS, MAX_SEQS, WINDOW, ATTENTION.
+// Env: SHAPE=8b|1b, KV_MIB (K+V pool), CONTEXT, RATES, STEPS, MAX_SEQS, WINDOW;
+// BLOCKED_MATMUL=0 turns the blocked matmul off (A/B), BLOCKED_MIN_ROWS sets its threshold;
+// ATTENTION=wide|stream|auto picks the decode attention kernel (decodeAttention).
 // Prints one JSON line per measurement. Build and run: see bench/run-gpu.sh.
 /// <reference types="@webgpu/types" />
 import { kvShapeOf, type ModelConfig, type SlotMoveList, type Tensor } from '@kvcompress/core';
@@ -74,7 +76,7 @@ const device = await requestWebGpuDevice();
 // Dawn's Node binding resolves promises from its own polling; keep the event loop alive
 // while we wait on them (older webgpu releases let Node exit mid-await otherwise).
 const keepAlive = setInterval(() => {}, 1000);
-const print = (o: object) => console.log(JSON.stringify({ shape: SHAPE, ...o }));
+const print = (o: object) => console.log(JSON.stringify({ shape: SHAPE, blockedMatmul: env('BLOCKED_MATMUL', '1') !== '0', ...o }));
 const tStart = performance.now();
 const debug = (m: string) => process.env['DEBUG'] && process.stderr.write(`[${((performance.now() - tStart) / 1000).toFixed(2)} s] ${m}\n`);
 // The card is recorded by on-gpu.sh (nvidia-smi): reading device.adapterInfo through older
@@ -170,8 +172,11 @@ function syntheticModel(c: ModelConfig): LoadedModel {
 }
 
 debug('fill pipeline ready');
-// ATTENTION=wide|stream|auto: the decode attention kernel (WebGpuBackendOptions.decodeAttention).
-const backend = new RandomWeightBackend(device, { decodeAttention: (process.env['ATTENTION'] ?? 'auto') as 'auto' | 'wide' | 'stream' });
+const backend = new RandomWeightBackend(device, {
+  blockedMatmul: env('BLOCKED_MATMUL', '1') !== '0',
+  ...(process.env['BLOCKED_MIN_ROWS'] ? { blockedMatmulMinRows: Number(process.env['BLOCKED_MIN_ROWS']) } : {}),
+  decodeAttention: (process.env['ATTENTION'] ?? 'auto') as 'auto' | 'wide' | 'stream',
+});
 const t0 = performance.now();
 const model = new LlamaModel(syntheticModel(config), backend, { maxRows: MAX_SEQS });
 debug('weights submitted');

@@ -1,35 +1,86 @@
-// Matmul kernels on a real GPU: the matvec kernel (up to 8 rows per workgroup) against the tiled kernel (32- and
-// 64-row tiles) for the Llama-3.1-8B projection shapes, f16 weights, across batch sizes.
-// Prints one JSON line per (shape, rows, kernel): ms, TFLOP/s, weight GB/s.
+// Matmul kernels on a real GPU, side by side in one process: the subgroup matvec kernel (up to
+// 8 rows per workgroup), the tiled kernel (32- and 64-row tiles) and the register-blocked
+// kernel (its default tile and split, and each tile forced) for the Llama-3.1-8B projection
+// shapes, f16 weights, across batch sizes. Prints one JSON line per (shape, rows, kernel): ms,
+// TFLOP/s, weight GB/s, and whether sampled outputs match the host (inputs are multiples of
+// 1/8 and 1/16 small enough that every order of summation is exact); then one summary line
+// per (shape, rows): the blocked kernel's default against the faster of matvec and tiled.
+//   ROWS=32,64,128        batch sizes (default 32..512)
+//   SHAPES=4096x4096      out x in (default the three 8B shapes)
+//   KERNELS=tiled64,blocked   which of: matvec tiled32 tiled64 blocked blocked64 blocked128 (default all)
+//   SPLIT_K=4             force the blocked kernels' K split (default: the backend's choice)
+//   WORKGROUPS=264        the workgroups the blocked kernel's split K aims for
+//   ITERS=20              timed matmuls per point
 /// <reference types="@webgpu/types" />
 import { requestWebGpuDevice } from '../src/device.ts';
-import { GpuWeight, WebGpuBackend } from '../src/webgpu-backend.ts';
+import { GpuWeight, WebGpuBackend, type WebGpuBackendOptions } from '../src/webgpu-backend.ts';
 
 const device = await requestWebGpuDevice();
 setInterval(() => {}, 1000);
-const shapes = [
-  [4096, 4096],
-  [14336, 4096],
-  [4096, 14336],
+const env = process.env;
+const shapes = (env['SHAPES'] ?? '4096x4096,14336x4096,4096x14336').split(',').map((s) => s.split('x').map(Number) as [number, number]);
+const rowsList = (env['ROWS'] ?? '32,48,64,96,128,193,256,384,512').split(',').map(Number);
+const iters = Number(env['ITERS'] ?? 20);
+const blocked: WebGpuBackendOptions = {
+  blockedMatmulMinRows: 1,
+  ...(env['SPLIT_K'] ? { blockedMatmulSplitK: Number(env['SPLIT_K']) } : {}),
+  ...(env['WORKGROUPS'] ? { blockedMatmulWorkgroups: Number(env['WORKGROUPS']) } : {}),
+};
+const allKernels: { name: string; options: WebGpuBackendOptions }[] = [
+  { name: 'matvec', options: { blockedMatmul: false, tiledMatmulMinRows: 1 << 30 } },
+  { name: 'tiled32', options: { blockedMatmul: false, tiledMatmulMinRows: 1, tiledMatmulTileRows: 32 } },
+  { name: 'tiled64', options: { blockedMatmul: false, tiledMatmulMinRows: 1, tiledMatmulTileRows: 64 } },
+  { name: 'blocked', options: blocked },
+  { name: 'blocked64', options: { ...blocked, blockedMatmulTileRows: 64 } },
+  { name: 'blocked128', options: { ...blocked, blockedMatmulTileRows: 128 } },
 ];
-const rowsList = (process.env['ROWS'] ?? '1,8,16,24,32,48,64,96,128,192,256').split(',').map(Number);
-const kernels = [
-  { name: 'matvec', options: { tiledMatmulMinRows: 1 << 30 } },
-  { name: 'tiled32', options: { tiledMatmulMinRows: 1, tiledMatmulTileRows: 32 as const } },
-  { name: 'tiled64', options: { tiledMatmulMinRows: 1, tiledMatmulTileRows: 64 as const } },
-];
-for (const [outDim, inDim] of shapes as [number, number][]) {
+const wanted = env['KERNELS']?.split(',');
+const kernels = allKernels.filter((k) => wanted === undefined || wanted.includes(k.name));
+
+/** W[j][i] and x[r][i]: small multiples of 1/8 and 1/16, so f32 sums of up to ~10^5 terms are exact. */
+const wValue = (j: number, i: number) => (((j * 7 + i * 3) % 17) - 8) / 8;
+const xValue = (r: number, i: number) => (((r * 5 + i * 11) % 13) - 6) / 16;
+const f16Bits = (v: number) => {
+  const bits = new DataView(new ArrayBuffer(2));
+  bits.setFloat16(0, v, true);
+  return bits.getUint16(0, true);
+};
+const halves = new Uint16Array(17).map((_, k) => f16Bits((k - 8) / 8));
+
+/** Outputs compared with the host: a fixed spread over rows and columns. */
+function samples(rows: number, outDim: number): [number, number][] {
+  return Array.from({ length: 64 }, (_, s) => [(s * 37 + 5) % rows, (s * 977 + 11) % outDim] as [number, number]);
+}
+
+interface Point {
+  readonly outDim: number;
+  readonly inDim: number;
+  readonly rows: number;
+  readonly kernel: string;
+  readonly tflops: number;
+}
+const points: Point[] = [];
+for (const [outDim, inDim] of shapes) {
+  const packed = new Uint32Array((outDim * inDim) / 2);
+  for (let j = 0; j < outDim; j++) {
+    for (let i = 0; i < inDim; i += 2) {
+      const e = j * inDim + i;
+      packed[e / 2] = (halves[(j * 7 + i * 3) % 17] as number) | ((halves[(j * 7 + (i + 1) * 3) % 17] as number) << 16);
+    }
+  }
   const wbuf = device.createBuffer({ size: outDim * inDim * 2, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
-  device.queue.writeBuffer(wbuf, 0, new Uint32Array((outDim * inDim) / 2).fill(0x3c003c00));
+  device.queue.writeBuffer(wbuf, 0, packed);
   const w = new GpuWeight('w', [outDim, inDim], wbuf, 'f16');
+  const maxRows = Math.max(...rowsList);
+  const xHost = new Float32Array(maxRows * inDim);
+  for (let r = 0; r < maxRows; r++) for (let i = 0; i < inDim; i++) xHost[r * inDim + i] = xValue(r, i);
   for (const k of kernels) {
     const backend = new WebGpuBackend(device, k.options);
-    const maxRows = Math.max(...rowsList);
     const x = backend.createBuffer(maxRows * inDim);
-    backend.write(x, new Float32Array(maxRows * inDim).fill(0.01));
+    backend.write(x, xHost);
     const out = backend.createBuffer(maxRows * outDim);
+    const result = new Float32Array(maxRows * outDim);
     for (const rows of rowsList) {
-      const iters = 20;
       // Warm up with as many dispatches as are timed: each uses its own uniform slot, and its
       // bind group is created on first use.
       for (let i = 0; i < iters; i++) backend.matmul(out, x, w, rows);
@@ -42,6 +93,15 @@ for (const [outDim, inDim] of shapes as [number, number][]) {
       const encodeMs = (performance.now() - t) / iters;
       await device.queue.onSubmittedWorkDone();
       const ms = (performance.now() - t) / iters;
+      await backend.read(out, result, 0, rows * outDim);
+      let wrong = 0;
+      for (const [r, j] of samples(rows, outDim)) {
+        let s = 0;
+        for (let i = 0; i < inDim; i++) s += xValue(r, i) * wValue(j, i);
+        if (result[r * outDim + j] !== s) wrong++;
+      }
+      const tflops = (2 * rows * outDim * inDim) / ms / 1e9;
+      points.push({ outDim, inDim, rows, kernel: k.name, tflops });
       console.log(
         JSON.stringify({
           kind: 'matmul',
@@ -51,13 +111,36 @@ for (const [outDim, inDim] of shapes as [number, number][]) {
           rows,
           ms,
           encodeMs,
-          tflops: (2 * rows * outDim * inDim) / ms / 1e9,
+          tflops,
           weightGBps: (outDim * inDim * 2) / ms / 1e6,
+          ...(k.name.startsWith('blocked') ? { plan: backend.blockedMatmulPlan(rows, outDim, inDim) } : {}),
+          wrongSamples: wrong,
         }),
       );
     }
     backend.destroyBuffers();
   }
   wbuf.destroy();
+}
+// Per (shape, rows): the blocked kernel's default against the faster of the earlier kernels.
+for (const [outDim, inDim] of shapes) {
+  for (const rows of rowsList) {
+    const here = points.filter((p) => p.outDim === outDim && p.inDim === inDim && p.rows === rows);
+    const earlier = here.filter((p) => !p.kernel.startsWith('blocked')).sort((a, b) => b.tflops - a.tflops)[0];
+    const ours = here.find((p) => p.kernel === 'blocked');
+    if (earlier === undefined || ours === undefined) continue;
+    console.log(
+      JSON.stringify({
+        kind: 'matmul-summary',
+        outDim,
+        inDim,
+        rows,
+        best: earlier.kernel,
+        bestTflops: earlier.tflops,
+        blockedTflops: ours.tflops,
+        speedup: ours.tflops / earlier.tflops,
+      }),
+    );
+  }
 }
 process.exit(0);

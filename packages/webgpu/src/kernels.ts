@@ -430,6 +430,201 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   }));
 }
 
+/** Output columns of a blocked-matmul workgroup. */
+export const BLOCKED_MATMUL_COLS = 128;
+/** K values staged in workgroup memory per step of the blocked matmul. */
+export const BLOCKED_MATMUL_K_STEP = 16;
+/**
+ * Batches of at least this many rows use the blocked matmul where it applies (inDim a
+ * multiple of 8). A guess before GPU measurements: at 64 rows its 64-row tile is full; the
+ * backend option `blockedMatmulMinRows` overrides it.
+ */
+export const BLOCKED_MATMUL_MIN_ROWS = 64;
+/** Fewest K values per split of the blocked matmul's split K: shorter ranges spend more on the partials than they gain. */
+export const BLOCKED_MATMUL_MIN_SPLIT_K = 256;
+/** Workgroups the blocked matmul's split K aims for: two per SM of a 132-SM H100/H200 (a guess at its residency). */
+export const BLOCKED_MATMUL_WORKGROUPS = 264;
+
+/**
+ * WGSL statements that load the next step's 8 weights of this thread's staging column into
+ * registers (raw: unpacked only when stored, so the loads stay in flight during the FMAs),
+ * or zeros past kEnd. `e` is the element index of the first weight (a multiple of 8).
+ */
+function blockedFetchW(weight: StoreType, e: string, live: string): string {
+  if (weight === 'f16') return `if (${live}) { wq = W[(${e}) >> 3u]; } else { wq = vec4u(); }`;
+  if (weight === 'f32') return `if (${live}) { let i = (${e}) >> 2u; wf0 = W[i]; wf1 = W[i + 1u]; } else { wf0 = vec4f(); wf1 = vec4f(); }`;
+  return `if (${live}) {
+      let i = (${e}) >> 2u;
+      wq0 = W[i];
+      wq1 = W[i + 1u];
+      wsc = bitcast<f32>(W[p.outDim * p.inDim / 4u + (${e}) / 32u]);
+    } else { wq0 = 0u; wq1 = 0u; wsc = 0.0; }`;
+}
+
+/** WGSL declaring the weight registers of blockedFetchW. */
+function blockedWRegisters(weight: StoreType): string {
+  if (weight === 'f16') return 'var wq = vec4u();';
+  if (weight === 'f32') return 'var wf0 = vec4f(); var wf1 = vec4f();';
+  return 'var wq0 = 0u; var wq1 = 0u; var wsc = 0.0;';
+}
+
+/** WGSL that sets w0, w1 (vec4f) to the 8 weights held in the registers of blockedFetchW. */
+function blockedUnpackW(weight: StoreType): string {
+  if (weight === 'f16')
+    return 'let w0 = vec4f(unpack2x16float(wq.x), unpack2x16float(wq.y)); let w1 = vec4f(unpack2x16float(wq.z), unpack2x16float(wq.w));';
+  if (weight === 'f32') return 'let w0 = wf0; let w1 = wf1;';
+  const q = (v: string) =>
+    `vec4f(vec4i(bitcast<i32>(${v} << 24u), bitcast<i32>(${v} << 16u), bitcast<i32>(${v} << 8u), bitcast<i32>(${v})) >> vec4u(24u)) * wsc`;
+  return `let w0 = ${q('wq0')}; let w1 = ${q('wq1')};`;
+}
+
+/**
+ * The register-blocked matmul for many rows (prefill, large decode batches; inDim a multiple
+ * of 8): out[r][j] = Σ_i x[r][i] W[j][i] (+ b[j]), in the classic SGEMM shape.
+ *
+ * Tile: TM x 128 outputs per workgroup of 256 threads (TM = 128 or 64 rows). Thread
+ * (tx, ty) = (li % 16, li / 16) owns a TM/16 x 8 micro-tile: rows 4ty..4ty+3 (and, for
+ * TM = 128, 64+4ty..64+4ty+3), columns 4tx..4tx+3 and 64+4tx..64+4tx+3, accumulated in
+ * TM/16 x 2 named vec4f registers (no private arrays: NVIDIA may put those in local memory).
+ * K advances 16 values per step, staged in workgroup memory as f32: xs [16][TM / 4] and
+ * ws [16][32] vec4f, i.e. [k][row] and [k][column], so each thread reads its 4 consecutive
+ * rows or columns as one vec4 (a warp's 16 tx read 64 consecutive words: no bank conflicts;
+ * its two ty broadcast). Staging: thread li loads 8 consecutive K values of x row li % TM
+ * (two 16-byte loads) and of W column li % 128 (one 16-byte load of packed f16, two of f32,
+ * or 8 Q8_0 bytes and their scale) at K offset 8 * (li / 128 or li / 64), unpacks W to f32
+ * once, and stores them transposed: 32 consecutive rows per warp and k, no bank conflicts.
+ * The next step's global loads are issued into registers before the current step's FMAs.
+ *
+ * Split K: workgroup (z, column tile, row tile) (row tile fastest, so the workgroups that
+ * run together share W's column tile in L2) covers K [z * kPerSplit, (z+1) * kPerSplit) and
+ * writes its partial sums to out[z][rows][outDim]; with splits > 1, `out` is a scratch
+ * buffer that blockedMatmulReduceKernel sums (and bias is added there, so `bias` is false).
+ * Rows and columns past the matrix read clamped (duplicate) values and are not written; K
+ * past inDim (a half step: inDim % 16 == 8) reads zeros.
+ */
+export function blockedMatmulKernel(weight: StoreType, bias: boolean, tileRows: 64 | 128): KernelSource {
+  const TM = tileRows;
+  // Micro-tile rows i: row 4ty + i (vec4 a0) for i < 4, 64 + 4ty + (i - 4) (vec4 a1) after.
+  const rowRegs = TM / 16;
+  const acc = (i: number, h: number) => `acc${i}_${h}`;
+  const rowOffset = (i: number) => (i < 4 ? `${i}u` : `${64 + i - 4}u`);
+  const comp = 'xyzw';
+  const accDecl: string[] = [];
+  for (let i = 0; i < rowRegs; i++) for (let h = 0; h < 2; h++) accDecl.push(`var ${acc(i, h)} = vec4f();`);
+  const step: string[] = [];
+  for (let k = 0; k < BLOCKED_MATMUL_K_STEP; k++) {
+    const lines = [`let a0 = xs[${k}][ty];`];
+    if (TM === 128) lines.push(`let a1 = xs[${k}][ty + 16u];`);
+    lines.push(`let b0 = ws[${k}][tx];`, `let b1 = ws[${k}][tx + 16u];`);
+    for (let i = 0; i < rowRegs; i++) {
+      const a = `vec4f(a${i >> 2}.${comp[i & 3]})`;
+      for (let h = 0; h < 2; h++) lines.push(`${acc(i, h)} = fma(${a}, b${h}, ${acc(i, h)});`);
+    }
+    step.push(`{ ${lines.join(' ')} }`);
+  }
+  const put = (v: string, c: string) =>
+    [0, 1, 2, 3]
+      .map((j) => `if (${c} + ${j}u < p.outDim) { out[o + ${j}u] = ${v}.${comp[j]}${bias ? ` + b[${c} + ${j}u]` : ''}; }`)
+      .join(' ');
+  const epilogue: string[] = [];
+  for (let i = 0; i < rowRegs; i++) {
+    const cols = [0, 1]
+      .map((h) => `{ let c = c0 + 4u * tx + ${64 * h}u; let o = (z * p.rows + r) * p.outDim + c; ${put(acc(i, h), 'c')} }`)
+      .join('\n      ');
+    epilogue.push(`{ let r = r0 + 4u * ty + ${rowOffset(i)}; if (r < p.rows) {\n      ${cols}\n    } }`);
+  }
+  // x staging: TM rows x 2 halves of 8 K values; with TM = 64 only threads 0..127 take part.
+  const xLive = TM === 128 ? '' : 'li < 128u';
+  const xStore = Array.from({ length: 8 }, (_, c) => `xs[xk + ${c}u][xv][xc] = x${c >> 2}.${comp[c & 3]};`).join(' ');
+  const wStore = Array.from({ length: 8 }, (_, c) => `ws[wk + ${c}u][wv][wc] = w${c >> 2}.${comp[c & 3]};`).join(' ');
+  const wArray = weight === 'f16' ? 'array<vec4<u32>>' : weight === 'q8' ? 'array<u32>' : 'array<vec4f>';
+  const fetch = (k: string) => `{
+    let kx = ${k} + xk;
+    if (${xLive ? `${xLive} && ` : ''}kx < kEnd) { let i = xBase + (kx >> 2u); x0 = x[i]; x1 = x[i + 1u]; } else { x0 = vec4f(); x1 = vec4f(); }
+    let kw = ${k} + wk;
+    ${blockedFetchW(weight, 'wBase + kw', 'kw < kEnd')}
+  }`;
+  return memo(`matmul-blocked:${weight}:${bias}:${TM}`, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { rows: u32, inDim: u32, outDim: u32, rowTiles: u32, colTiles: u32, kPerSplit: u32, splits: u32, pad: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<vec4f>;
+@group(0) @binding(3) var<storage, read> W: ${wArray};
+${bias ? '@group(0) @binding(4) var<storage, read> b: array<f32>;' : ''}
+// [k][row / 4] and [k][column / 4] of the current K step, f32.
+var<workgroup> xs: array<array<vec4f, ${TM / 4}>, ${BLOCKED_MATMUL_K_STEP}>;
+var<workgroup> ws: array<array<vec4f, ${BLOCKED_MATMUL_COLS / 4}>, ${BLOCKED_MATMUL_K_STEP}>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  let rowTile = wid % p.rowTiles;
+  let colTile = (wid / p.rowTiles) % p.colTiles;
+  // Workgroups past the last (2-D grid rounding) have z >= splits: an empty K range, no writes.
+  let z = wid / (p.rowTiles * p.colTiles);
+  let r0 = rowTile * ${TM}u;
+  let c0 = colTile * ${BLOCKED_MATMUL_COLS}u;
+  let tx = li & 15u;
+  let ty = li >> 4u;
+  let kBegin = z * p.kPerSplit;
+  let kEnd = min(p.inDim, kBegin + p.kPerSplit);
+  // Staging roles: x row xm (K offset xk), W column wn (K offset wk), each 8 K values.
+  let xm = li & ${TM - 1}u;
+  let xk = 8u * ((li >> ${Math.log2(TM)}u) & 1u);
+  let xv = xm >> 2u;
+  let xc = xm & 3u;
+  let xBase = min(r0 + xm, p.rows - 1u) * (p.inDim / 4u);
+  let wn = li & 127u;
+  let wk = 8u * (li >> 7u);
+  let wv = wn >> 2u;
+  let wc = wn & 3u;
+  let wBase = min(c0 + wn, p.outDim - 1u) * p.inDim;
+  var x0 = vec4f();
+  var x1 = vec4f();
+  ${blockedWRegisters(weight)}
+  ${accDecl.join(' ')}
+  ${fetch('kBegin')}
+  for (var k0 = kBegin; k0 < kEnd; k0 += ${BLOCKED_MATMUL_K_STEP}u) {
+    ${xLive ? `if (${xLive}) { ${xStore} }` : xStore}
+    {
+      ${blockedUnpackW(weight)}
+      ${wStore}
+    }
+    workgroupBarrier();
+    if (k0 + ${BLOCKED_MATMUL_K_STEP}u < kEnd) ${fetch(`k0 + ${BLOCKED_MATMUL_K_STEP}u`)}
+    ${step.join('\n    ')}
+    workgroupBarrier();
+  }
+  if (z < p.splits) {
+    ${epilogue.join('\n    ')}
+  }
+}`,
+  }));
+}
+
+/** out[i] = Σ_z partials[z][i] (+ b[i % outDim]): the split-K sums of blockedMatmulKernel, in order of z. */
+export function blockedMatmulReduceKernel(bias: boolean): KernelSource {
+  return memo(`matmul-blocked-reduce:${bias}`, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { n: u32, outDim: u32, splits: u32, pad: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> partials: array<f32>;
+${bias ? '@group(0) @binding(3) var<storage, read> b: array<f32>;' : ''}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  let i = wid * 256u + li;
+  if (i >= p.n) { return; }
+  var s = partials[i];
+  for (var z = 1u; z < p.splits; z++) { s += partials[z * p.n + i]; }
+  out[i] = s${bias ? ' + b[i % p.outDim]' : ''};
+}`,
+  }));
+}
+
 /**
  * WGSL statements: the 256 invocations of a workgroup find the largest of
  * `values[base .. base + n)` and its first index (ties go to the lower index; NaN never wins;

@@ -31,6 +31,13 @@ import {
   argmaxKernel,
   attentionKernel,
   attentionReduceKernel,
+  BLOCKED_MATMUL_COLS,
+  BLOCKED_MATMUL_K_STEP,
+  BLOCKED_MATMUL_MIN_ROWS,
+  BLOCKED_MATMUL_MIN_SPLIT_K,
+  BLOCKED_MATMUL_WORKGROUPS,
+  blockedMatmulKernel,
+  blockedMatmulReduceKernel,
   elementwiseKernel,
   embedKernel,
   gatherRowsKernel,
@@ -133,6 +140,24 @@ export interface WebGpuBackendOptions {
   /** Force the tiled kernel's tile height (benchmarks); default picks by workgroup count. */
   readonly tiledMatmulTileRows?: 32 | 64;
   /**
+   * Use the register-blocked matmul (blockedMatmulKernel) for matmuls of at least
+   * `blockedMatmulMinRows` rows whose inDim is a multiple of 8 (default true; false keeps the
+   * matvec / tiled selection above, for A/B benchmarks).
+   */
+  readonly blockedMatmul?: boolean;
+  /** Fewest rows for the blocked matmul (default BLOCKED_MATMUL_MIN_ROWS). */
+  readonly blockedMatmulMinRows?: number;
+  /** Force the blocked matmul's tile height (benchmarks); default picks the one that pads fewer rows. */
+  readonly blockedMatmulTileRows?: 64 | 128;
+  /**
+   * Force how many K ranges the blocked matmul splits into (1: none; benchmarks). Default:
+   * enough to bring tiles x splits near `blockedMatmulWorkgroups`, each range at least
+   * BLOCKED_MATMUL_MIN_SPLIT_K values long.
+   */
+  readonly blockedMatmulSplitK?: number;
+  /** Workgroups the blocked matmul's split K aims for (default 264: two per SM of a 132-SM H100/H200). */
+  readonly blockedMatmulWorkgroups?: number;
+  /**
    * Decode attention kernel: 'stream' (subgroup key groups, online softmax, no barrier in
    * the key loop; needs subgroups and the adapter's subgroupMinSize) or 'wide' (workgroup
    * reductions, any device). Default 'auto': 'stream' where it applies. Benchmarks compare.
@@ -156,6 +181,18 @@ export interface WebGpuBackendOptions {
    * does on a real GPU.
    */
   readonly maxKvBindingBytes?: number;
+}
+
+/** How the blocked matmul covers one product (WebGpuBackend.blockedMatmulPlan). */
+export interface BlockedMatmulPlan {
+  /** Rows of a workgroup's tile (its columns: BLOCKED_MATMUL_COLS). */
+  readonly tileRows: 64 | 128;
+  readonly rowTiles: number;
+  readonly colTiles: number;
+  /** K values per split (a multiple of the K step). */
+  readonly kPerSplit: number;
+  /** K ranges, each one workgroup per tile; above 1, a second dispatch sums them. */
+  readonly splits: number;
 }
 
 /** Storage bindings besides K/V chunks: append (k, v, slots), attention (7), moves gather/scatter (slots, scratch). */
@@ -260,6 +297,11 @@ export class WebGpuBackend implements Backend {
   readonly #streamWorkgroupSize: 128 | 256 | undefined;
   /** Lanes per key the stream kernel may use on this device (0: it cannot run). */
   readonly #streamLanes: number;
+  /** Fewest rows for the blocked matmul (Infinity when it is off). */
+  readonly #blockedMinRows: number;
+  readonly #blockedTileRows: 64 | 128 | null;
+  readonly #blockedSplitK: number | null;
+  readonly #blockedWorkgroups: number;
 
   constructor(device: GPUDevice, options: WebGpuBackendOptions = {}) {
     this.device = device;
@@ -276,6 +318,10 @@ export class WebGpuBackend implements Backend {
     // subgroup the adapter may use (GPUAdapterInfo.subgroupMinSize; absent: not used).
     const subgroupMinSize = (device as { adapterInfo?: { subgroupMinSize?: number } }).adapterInfo?.subgroupMinSize ?? 0;
     this.#streamLanes = this.subgroups ? (options.streamThreadsPerKey ?? subgroupMinSize) : 0;
+    this.#blockedMinRows = (options.blockedMatmul ?? true) ? (options.blockedMatmulMinRows ?? BLOCKED_MATMUL_MIN_ROWS) : Infinity;
+    this.#blockedTileRows = options.blockedMatmulTileRows ?? null;
+    this.#blockedSplitK = options.blockedMatmulSplitK ?? null;
+    this.#blockedWorkgroups = options.blockedMatmulWorkgroups ?? BLOCKED_MATMUL_WORKGROUPS;
     this.#maxKvBindingBytes = options.maxKvBindingBytes;
     void device.lost.then((info) => {
       this.#lost = info.message || info.reason || 'unknown reason';
@@ -549,6 +595,11 @@ export class WebGpuBackend implements Backend {
 
   matmul(out: DeviceBuffer, x: DeviceBuffer, w: DeviceWeight, rows: number, bias?: DeviceWeight): void {
     const wt = w as GpuWeight;
+    const blocked = this.blockedMatmulPlan(rows, wt.rows, wt.cols);
+    if (blocked !== null) {
+      this.#blockedMatmul(blocked, out as GpuBuffer, x as GpuBuffer, wt, rows, bias as GpuWeight | undefined);
+      return;
+    }
     if (rows >= this.#tiledMinRows) {
       const colTiles = Math.ceil(wt.rows / TILED_MATMUL_TILE);
       // 64-row tiles when they make enough workgroups to fill a large GPU, else 32-row ones.
@@ -582,6 +633,48 @@ export class WebGpuBackend implements Backend {
     this.#setUniform([rows, wt.cols, wt.rows, total]);
     const [gx, gy] = grid(total);
     this.#dispatchRaw(matmulKernel(wt.store, bias !== undefined), buffers, gx, gy);
+  }
+
+  /**
+   * How `matmul` runs the blocked kernel for this shape, or null where it takes another
+   * kernel (benchmarks report it). Tiles of 128 or 64 rows, whichever pads fewer rows (64
+   * only when it saves over a fifth: its micro-tile does half the FMAs per shared-memory
+   * read); K split when the tiles alone are too few workgroups to fill the GPU.
+   */
+  blockedMatmulPlan(rows: number, outDim: number, inDim: number): BlockedMatmulPlan | null {
+    if (rows < this.#blockedMinRows || inDim % 8 !== 0) return null;
+    const tileRows = this.#blockedTileRows ?? (Math.ceil(rows / 64) * 64 * 1.25 < Math.ceil(rows / 128) * 128 ? 64 : 128);
+    const rowTiles = Math.ceil(rows / tileRows);
+    const colTiles = Math.ceil(outDim / BLOCKED_MATMUL_COLS);
+    const steps = Math.ceil(inDim / BLOCKED_MATMUL_K_STEP);
+    const wanted =
+      this.#blockedSplitK ??
+      Math.min(Math.floor(this.#blockedWorkgroups / (rowTiles * colTiles)), Math.floor(inDim / BLOCKED_MATMUL_MIN_SPLIT_K));
+    const kPerSplit = Math.ceil(steps / Math.max(1, Math.min(wanted, steps))) * BLOCKED_MATMUL_K_STEP;
+    // Rounding kPerSplit up may leave fewer (never empty) ranges than asked for.
+    return { tileRows, rowTiles, colTiles, kPerSplit, splits: Math.ceil(inDim / kPerSplit) };
+  }
+
+  /** The blocked matmul; with split K, partials in scratch summed by a second dispatch that also adds the bias. */
+  #blockedMatmul(plan: BlockedMatmulPlan, out: GpuBuffer, x: GpuBuffer, w: GpuWeight, rows: number, bias: GpuWeight | undefined): void {
+    const { tileRows, rowTiles, colTiles, kPerSplit, splits } = plan;
+    const outDim = w.rows;
+    const [gx, gy] = grid(rowTiles * colTiles * splits);
+    const params = [rows, w.cols, outDim, rowTiles, colTiles, kPerSplit, splits, 0];
+    if (splits === 1) {
+      const buffers = [out.buffer, x.buffer, w.buffer];
+      if (bias !== undefined) buffers.push(bias.buffer);
+      this.#setUniform(params);
+      this.#dispatchRaw(blockedMatmulKernel(w.store, bias !== undefined, tileRows), buffers, gx, gy);
+      return;
+    }
+    // partials [splits][rows][outDim]
+    const partials = this.#ensureF32('matmulPartials', splits * rows * outDim);
+    this.#setUniform(params);
+    this.#dispatchRaw(blockedMatmulKernel(w.store, false, tileRows), [partials.buffer, x.buffer, w.buffer], gx, gy);
+    const buffers = [out.buffer, partials.buffer];
+    if (bias !== undefined) buffers.push(bias.buffer);
+    this.#dispatch(blockedMatmulReduceKernel(bias !== undefined), [rows * outDim, outDim, splits, 0], buffers, rows * outDim);
   }
 
   rope(x: DeviceBuffer, positions: DeviceBuffer, rows: number, heads: number, rope: RopeSettings): void {

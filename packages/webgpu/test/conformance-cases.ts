@@ -3,6 +3,7 @@
 // inputs from a fixed seed) and compares. Runs in the browser (see browser-entry.ts).
 import { type Backend, type DeviceBuffer, quantizeQ8_0, SlotMoveList, type Tensor } from '@kvcompress/core';
 import { PageAllocator } from '@kvcompress/page-allocator';
+import type { WebGpuBackendOptions } from '../src/webgpu-backend.ts';
 
 export interface ConformanceCase {
   readonly name: string;
@@ -10,6 +11,8 @@ export interface ConformanceCase {
   readonly tolerance: number;
   /** How the WebGPU backend stores matrices for this case. */
   readonly weightStore?: 'f32' | 'f16' | 'q8' | 'auto';
+  /** More WebGPU backend options (which matmul kernel, its tile), besides weightStore and subgroups. */
+  readonly webgpu?: WebGpuBackendOptions;
   run(b: Backend): Promise<Float32Array[]>;
 }
 
@@ -58,12 +61,21 @@ async function read(b: Backend, buf: DeviceBuffer, n: number): Promise<Float32Ar
   return out;
 }
 
-function matmulCase(rows: number, inDim: number, outDim: number, bias: boolean, dtype: 'f32' | 'f16' | 'q8_0'): ConformanceCase {
+/** `kernel`: a label for `webgpu`, the WebGPU options that pick the matmul kernel. */
+function matmulCase(
+  rows: number,
+  inDim: number,
+  outDim: number,
+  bias: boolean,
+  dtype: 'f32' | 'f16' | 'q8_0',
+  kernel?: { readonly label: string; readonly webgpu: WebGpuBackendOptions },
+): ConformanceCase {
   return {
-    name: `matmul ${rows}x${inDim}->${outDim}${bias ? ' +bias' : ''} (${dtype} weights)`,
+    name: `matmul ${rows}x${inDim}->${outDim}${bias ? ' +bias' : ''} (${dtype} weights${kernel === undefined ? '' : `, ${kernel.label}`})`,
     tolerance: 1e-5,
     // Q8_0 tensors stay Q8_0 under 'auto'.
     weightStore: dtype === 'q8_0' ? 'auto' : dtype,
+    ...(kernel === undefined ? {} : { webgpu: kernel.webgpu }),
     async run(b) {
       const rand = rng(rows * 31 + inDim + outDim);
       const w = tensor('w', [outDim, inDim], rand, dtype);
@@ -375,6 +387,9 @@ function perRowMetricCase(kvDtype: 'f32' | 'f16', kvHeads: number, group: number
   };
 }
 
+/** The blocked matmul off: the cases that cover the other kernels (matvec, tiled) at rows it would take. */
+const BLOCKED_OFF = { label: 'blocked off', webgpu: { blockedMatmul: false } };
+
 export const cases: readonly ConformanceCase[] = [
   matmulCase(1, 64, 96, false, 'f32'),
   // inDim a multiple of 8: the vectorised matvec kernel (R = 4, two row tiles).
@@ -383,17 +398,31 @@ export const cases: readonly ConformanceCase[] = [
   matmulCase(11, 30, 7, false, 'f32'),
   matmulCase(2, 64, 40, false, 'f16'),
   matmulCase(9, 128, 33, true, 'f16'),
-  // Tiled path (rows >= 32): partial row and column tiles, inDim not a multiple of 32.
-  matmulCase(70, 96, 100, true, 'f32'),
+  // inDim not a multiple of 8: the plain matmul kernel (any rows).
   matmulCase(33, 50, 64, false, 'f16'),
-  matmulCase(129, 256, 130, true, 'f16'),
+  // The blocked kernel off: the tiled kernel from 128 rows (256 with subgroups), matvec
+  // below: partial row and column tiles, inDim not a multiple of 32.
+  matmulCase(70, 96, 100, true, 'f32', BLOCKED_OFF),
+  matmulCase(129, 256, 130, true, 'f16', BLOCKED_OFF),
   // Enough column tiles for the 64-row tile variant.
-  matmulCase(65, 40, 16389, false, 'f16'),
-  // Q8_0 weights: matvec (1, 5 and 9 rows), the tiled kernel (40 rows), with and without bias.
+  matmulCase(65, 40, 16389, false, 'f16', BLOCKED_OFF),
+  // Q8_0 weights: matvec (1, 5 and 9 rows), the tiled kernel (300 rows), with and without bias.
   matmulCase(1, 64, 96, false, 'q8_0'),
   matmulCase(5, 96, 36, true, 'q8_0'),
   matmulCase(9, 128, 40, false, 'q8_0'),
-  matmulCase(300, 64, 70, true, 'q8_0'),
+  matmulCase(300, 64, 70, true, 'q8_0', BLOCKED_OFF),
+  // The blocked kernel: rows, outDim and inDim off the tile (inDim % 16 == 8: a half K step;
+  // outDim % 4 != 0: a partial vec4 of columns), several tiles both ways, split K.
+  matmulCase(131, 72, 200, true, 'f32', { label: 'blocked, 128-row tiles', webgpu: { blockedMatmulTileRows: 128 } }),
+  matmulCase(100, 136, 250, true, 'f16', { label: 'blocked, 64-row tiles', webgpu: { blockedMatmulTileRows: 64 } }),
+  matmulCase(257, 264, 96, false, 'f16', {
+    label: 'blocked, 64-row tiles, K split in 3',
+    webgpu: { blockedMatmulTileRows: 64, blockedMatmulSplitK: 3 },
+  }),
+  matmulCase(70, 96, 136, true, 'q8_0', { label: 'blocked, K split in 2', webgpu: { blockedMatmulSplitK: 2 } }),
+  matmulCase(130, 160, 130, false, 'q8_0'),
+  // The default split: one tile, K long enough for two ranges.
+  matmulCase(64, 512, 64, false, 'f16'),
   {
     name: 'embed, rmsnorm, silu-mul, add (in place and not), gather rows',
     tolerance: 1e-5,

@@ -45,6 +45,7 @@ export async function runConformanceCase(
   const maxKvBindingBytes = kvChunks > 1 && slots > 0 ? rowBytes * 2 ** Math.ceil(Math.log2(Math.ceil(slots / kvChunks))) : undefined;
   device.pushErrorScope('validation');
   const backend = new WebGpuBackend(device, {
+    ...c.webgpu,
     weightStore: c.weightStore ?? 'f32',
     subgroups,
     // The tiled prefill kernel is off by default (slower on the GPUs measured): test it here.
