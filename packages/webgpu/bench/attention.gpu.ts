@@ -60,10 +60,10 @@ if (process.env['COPY_BYTES'] !== '0') {
   b.destroy();
 }
 
-// KERNELS: decode attention kernels to compare in one run, each on its own backend: 'wide',
+// ATTENTION_KERNELS: decode attention kernels to compare in one run, each on its own backend: 'wide',
 // or 'streamU[tT][w128]' (the stream kernel, U keys per key group and step, T lanes a key,
 // 128-thread workgroups).
-const kernels = (process.env['KERNELS'] ?? 'wide,stream4').split(',');
+const kernels = (process.env['ATTENTION_KERNELS'] ?? 'wide,stream4').split(',');
 const kernelOptions = (k: string) => {
   if (k === 'wide') return { decodeAttention: 'wide' as const };
   const m = /^stream(\d)(?:t(\d+))?(w128)?$/.exec(k);

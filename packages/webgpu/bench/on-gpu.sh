@@ -2,6 +2,7 @@
 # Runs on the GPU machine after `source .gpu/setup.sh` (which unpacks Node and Dawn): runs the
 # benches, writing JSON lines to $OUT (or .gpu/out).
 #   BENCHES="conformance attention sdpa matmul decode-8b decode-1b"   which to run (default these;
+#   decode-8b-old / decode-1b-old: the same with the wide attention and without the blocked matmul;
 #   also: selection, prefill, eval, server)
 #   SEQS=64 CONTEXT=8192 LAYERS=32 KV_HEADS=8    selection round shape (see selection.gpu.ts)
 #   CONTEXT_8B=4096 CONTEXT_1B=16384 KV_MIB=3584    decode settings (see decode.gpu.ts)
@@ -34,8 +35,8 @@ for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
       --requests "${SERVER_REQUESTS:-128}" --concurrency 64 --max-sequences 64 --pool-sequences 4 --pool-context 4096 --pressure-headroom "${SERVER_HEADROOM:-1}" --json | tee "$out/server-throughput-h${SERVER_HEADROOM:-1}.jsonl" ;;
     selection) timeout 400 "$GPU_NODE" .gpu/selection.mjs | tee "$out/selection.jsonl" ;;
     prefill) timeout 300 "$GPU_NODE" .gpu/prefill.mjs | tee "$out/prefill.jsonl" ;;
-    decode-8b-wide) c=${CONTEXT_8B:-4096}; ATTENTION=wide SHAPE=8b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-8b-$c-wide.jsonl" ;;
-    decode-1b-wide) c=${CONTEXT_1B:-16384}; ATTENTION=wide SHAPE=1b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-1b-$c-wide.jsonl" ;;
+    decode-8b-old) c=${CONTEXT_8B:-4096}; ATTENTION=wide BLOCKED_MATMUL=0 SHAPE=8b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-8b-$c-old.jsonl" ;;
+    decode-1b-old) c=${CONTEXT_1B:-16384}; ATTENTION=wide BLOCKED_MATMUL=0 SHAPE=1b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-1b-$c-old.jsonl" ;;
     decode-1b) c=${CONTEXT_1B:-16384}; SHAPE=1b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-1b-$c.jsonl" ;;
   esac
   echo "exit ${PIPESTATUS[0]}"
