@@ -61,18 +61,19 @@ if (process.env['COPY_BYTES'] !== '0') {
 }
 
 // ATTENTION_KERNELS: decode attention kernels to compare in one run, each on its own backend: 'wide',
-// or 'streamU[tT][w128]' (the stream kernel, U keys per key group and step, T lanes a key,
-// 128-thread workgroups).
+// or 'streamU[tT][w128][xor]' (the stream kernel, U keys per key group and step, T lanes a
+// key, 128-thread workgroups, every lane reducing every score instead of the reduce-scatter).
 const kernels = (process.env['ATTENTION_KERNELS'] ?? 'wide,stream4').split(',');
 const kernelOptions = (k: string) => {
   if (k === 'wide') return { decodeAttention: 'wide' as const };
-  const m = /^stream(\d)(?:t(\d+))?(w128)?$/.exec(k);
+  const m = /^stream(\d)(?:t(\d+))?(w128)?(xor)?$/.exec(k);
   if (m === null) throw new Error(`KERNELS: unknown kernel ${k}`);
   return {
     decodeAttention: 'stream' as const,
     streamKeysPerStep: Number(m[1]) as 1 | 2 | 4 | 8,
     ...(m[2] === undefined ? {} : { streamThreadsPerKey: Number(m[2]) }),
     ...(m[3] === undefined ? {} : { streamWorkgroupSize: 128 as const }),
+    ...(m[4] === undefined ? {} : { streamScatter: false }),
   };
 };
 const batches = (process.env['BATCHES'] ?? '1,8,32,128').split(',').map(Number);

@@ -1341,6 +1341,7 @@ export function streamAttentionKernel(
   keysPerStep: number,
   chunking: KvChunking | null = null,
   workgroupSize: 128 | 256 = 256,
+  scatter = false,
 ): KernelSource {
   const WGS = headDim > 128 ? 256 : workgroupSize; // the merge gives each output dim a thread
   const D = headDim;
@@ -1401,8 +1402,85 @@ const PASSES = ${c.passes}u;`;
   const masked = c === null ? 'masking && slotPos[slot] > qPos' : '(masking && slotPos[slot] > qPos) || (slot >> SHIFT) - p.pad1 * W >= W';
   const splitIndex =
     c === null ? '(r * p.kvHeads + g) * p.splits + split' : '(r * p.kvHeads + g) * p.splits * PASSES + p.pad1 * p.splits + split';
+  // Scatter reduction (V = U x G scores per lane, a power of two <= T): a butterfly reduce-
+  // scatter leaves each lane ONE full score (value v = j >> SH: key v / G, head v % G), its
+  // softmax terms are computed once per value instead of on every lane, and the
+  // probabilities and new maxima are shuffled back: V - 1 + log2(U) + V + G shuffles and
+  // 1 + G exps per lane and step, against V log2(T) shuffles and V + G exps.
+  const V = U * G;
+  const useScatter = scatter && V <= T && (V & (V - 1)) === 0;
+  const SH = useScatter ? Math.log2(T) - Math.log2(V) : 0;
+  const xorCode = () => `${each(offs, (o) => each(us, (u) => each(gs, (h) => `s${u}_${h} += subgroupShuffleXor(s${u}_${h}, ${o}u);`)))}
+    if (rec >= 0 && j == 0u) {
+      ${each(us, (u) => `if (ok${u}) {\n        ${each(gs, (h) => `scores[(u32(rec) * p.heads + g * G + ${h}u) * p.scoreStride + range.x + t${u}] = s${u}_${h};`, '\n        ')}\n      }`, '\n      ')}
+    }
+    ${each(
+      gs,
+      (h) => `{
+      let mNew = max(m${h}, ${maxOf(us.map((u) => `select(NEG_INF, s${u}_${h}, ok${u})`))});
+      let cor = exp(m${h} - mNew);
+      ${each(us, (u) => `let p${u} = select(0.0, exp(s${u}_${h} - mNew), ok${u});`, '\n      ')}
+      l${h} = l${h} * cor + ${us.map((u) => `p${u}`).join(' + ')};
+      ${each(
+        es,
+        (e) => `acc${h}_${e}a = acc${h}_${e}a * cor + ${us.map((u) => `p${u} * v${u}_${e}0`).join(' + ')};
+      acc${h}_${e}b = acc${h}_${e}b * cor + ${us.map((u) => `p${u} * v${u}_${e}1`).join(' + ')};`,
+        '\n      ',
+      )}
+      m${h} = mNew;
+    }`,
+    )}`;
+  const scatterCode = () => {
+    const lines: string[] = [];
+    let cur = us.flatMap((u) => gs.map((h) => `s${u}_${h}`));
+    let level = 0;
+    for (const o of offs) {
+      if (cur.length > 1) {
+        const half = cur.length / 2;
+        lines.push(`let up${level} = (j & ${o}u) != 0u;`);
+        const next: string[] = [];
+        for (let i = 0; i < half; i++) {
+          lines.push(
+            `let r${level}_${i} = select(${cur[i]}, ${cur[half + i]}, up${level}) + subgroupShuffleXor(select(${cur[half + i]}, ${cur[i]}, up${level}), ${o}u);`,
+          );
+          next.push(`r${level}_${i}`);
+        }
+        cur = next;
+      } else {
+        lines.push(`let r${level}_0 = ${cur[0]} + subgroupShuffleXor(${cur[0]}, ${o}u);`);
+        cur = [`r${level}_0`];
+      }
+      level++;
+    }
+    const sMine = cur[0] as string;
+    lines.push('let vMine = j >> ' + SH + 'u;', 'let uMine = vMine / G;', 'let hMine = vMine % G;');
+    lines.push('var okMine = ok0;', ...us.slice(1).map((u) => `okMine = select(okMine, ok${u}, uMine == ${u}u);`));
+    lines.push('var mOld = m0;', ...gs.slice(1).map((h) => `mOld = select(mOld, m${h}, hMine == ${h}u);`));
+    lines.push(
+      `if (rec >= 0 && okMine && (j & ${(1 << SH) - 1}u) == 0u) { scores[(u32(rec) * p.heads + g * G + hMine) * p.scoreStride + range.x + base + uMine * NKG + kg] = ${sMine}; }`,
+    );
+    lines.push(`var mx = select(NEG_INF, ${sMine}, okMine);`);
+    for (let bit = 0; bit < Math.log2(U); bit++) lines.push(`mx = max(mx, subgroupShuffleXor(mx, ${1 << (SH + Math.log2(G) + bit)}u));`);
+    lines.push('let mNewMine = max(mOld, mx);', `let pMine = select(0.0, exp(${sMine} - mNewMine), okMine);`, 'let kg0 = sgid - j;');
+    for (const u of us) for (const h of gs) lines.push(`let p${u}_${h} = subgroupShuffle(pMine, kg0 + ${(u * G + h) << SH}u);`);
+    for (const h of gs) lines.push(`let mN${h} = subgroupShuffle(mNewMine, kg0 + ${h << SH}u);`);
+    for (const h of gs) {
+      lines.push(`{
+      let cor = exp(m${h} - mN${h});
+      l${h} = l${h} * cor + ${us.map((u) => `p${u}_${h}`).join(' + ')};
+      ${each(
+        es,
+        (e) => `acc${h}_${e}a = acc${h}_${e}a * cor + ${us.map((u) => `p${u}_${h} * v${u}_${e}0`).join(' + ')};
+      acc${h}_${e}b = acc${h}_${e}b * cor + ${us.map((u) => `p${u}_${h} * v${u}_${e}1`).join(' + ')};`,
+        '\n      ',
+      )}
+      m${h} = mN${h};
+    }`);
+    }
+    return lines.join('\n    ');
+  };
   const maxOf = (xs: string[]): string => (xs.length === 1 ? (xs[0] as string) : `max(${xs[0]}, ${maxOf(xs.slice(1))})`);
-  return memo(`attention-stream:${kv}:${D}:${G}:${T}:${U}:${WGS}${chunkKey(c)}`, () => ({
+  return memo(`attention-stream:${kv}:${D}:${G}:${T}:${U}:${WGS}${useScatter ? ':rs' : ''}${chunkKey(c)}`, () => ({
     workgroupSize: WGS,
     code: /* wgsl */ `
 enable subgroups;
@@ -1431,7 +1509,8 @@ var<workgroup> wrange: vec2<u32>;
 var<workgroup> kgStat: array<f32, ${NKG * 2 * G}>; // [key group][G][max, sum]
 var<workgroup> kgOut: array<f32, ${KB * D}>; // [key group of a batch][D]: one query head's outputs at a time
 @compute @workgroup_size(${WGS})
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32,
+        @builtin(subgroup_invocation_id) sgid: u32) {
   let wid = wg.x + wg.y * nwg.x;
   let split = wid % p.splits;
   let rg = wid / p.splits;
@@ -1495,26 +1574,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
     ${each(us, (u) => each(es, (e) => load('K', u, e, `k${u}_${e}`), '\n    '))}
     ${each(us, (u) => each(es, (e) => load('V', u, e, `v${u}_${e}`), '\n    '))}
     ${each(us, (u) => each(gs, (h) => `var s${u}_${h} = ${es.map((e) => `dot(q${h}_${e}a, k${u}_${e}0) + dot(q${h}_${e}b, k${u}_${e}1)`).join(' + ')};`))}
-    ${each(offs, (o) => each(us, (u) => each(gs, (h) => `s${u}_${h} += subgroupShuffleXor(s${u}_${h}, ${o}u);`)))}
-    if (rec >= 0 && j == 0u) {
-      ${each(us, (u) => `if (ok${u}) {\n        ${each(gs, (h) => `scores[(u32(rec) * p.heads + g * G + ${h}u) * p.scoreStride + range.x + t${u}] = s${u}_${h};`, '\n        ')}\n      }`, '\n      ')}
-    }
-    ${each(
-      gs,
-      (h) => `{
-      let mNew = max(m${h}, ${maxOf(us.map((u) => `select(NEG_INF, s${u}_${h}, ok${u})`))});
-      let cor = exp(m${h} - mNew);
-      ${each(us, (u) => `let p${u} = select(0.0, exp(s${u}_${h} - mNew), ok${u});`, '\n      ')}
-      l${h} = l${h} * cor + ${us.map((u) => `p${u}`).join(' + ')};
-      ${each(
-        es,
-        (e) => `acc${h}_${e}a = acc${h}_${e}a * cor + ${us.map((u) => `p${u} * v${u}_${e}0`).join(' + ')};
-      acc${h}_${e}b = acc${h}_${e}b * cor + ${us.map((u) => `p${u} * v${u}_${e}1`).join(' + ')};`,
-        '\n      ',
-      )}
-      m${h} = mNew;
-    }`,
-    )}
+    ${useScatter ? scatterCode() : xorCode()}
   }
   // Merge the key groups: the split's max per head, each group's weight e^(m - max).
   if (j == 0u) {

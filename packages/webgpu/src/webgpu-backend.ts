@@ -170,6 +170,12 @@ export interface WebGpuBackendOptions {
   /** Threads per workgroup of the stream kernel (default 256, 128 on a chunked pool; benchmarks compare). */
   readonly streamWorkgroupSize?: 128 | 256;
   /**
+   * Sum the stream kernel's partial scores by a reduce-scatter (each lane finishes one
+   * score and its softmax terms, then shares them) where keys x heads per step fit a key
+   * group's lanes; false: every lane reduces every score (default true; benchmarks compare).
+   */
+  readonly streamScatter?: boolean;
+  /**
    * Use the tiled prefill attention kernel where it applies. Default false: on an H100 (head
    * dim 128) it took 3-14x the split-K kernels' time (BENCHMARKS.md); tests and benchmarks
    * turn it on.
@@ -295,6 +301,7 @@ export class WebGpuBackend implements Backend {
   readonly #decodeAttention: 'auto' | 'stream' | 'wide';
   readonly #streamKeysPerStep: number;
   readonly #streamWorkgroupSize: 128 | 256 | undefined;
+  readonly #streamScatter: boolean;
   /** Lanes per key the stream kernel may use on this device (0: it cannot run). */
   readonly #streamLanes: number;
   /** Fewest rows for the blocked matmul (Infinity when it is off). */
@@ -314,6 +321,7 @@ export class WebGpuBackend implements Backend {
     this.#decodeAttention = options.decodeAttention ?? 'auto';
     this.#streamKeysPerStep = options.streamKeysPerStep ?? 4;
     this.#streamWorkgroupSize = options.streamWorkgroupSize;
+    this.#streamScatter = options.streamScatter ?? true;
     // The stream kernel's lanes of a key must share a subgroup: bounded by the smallest
     // subgroup the adapter may use (GPUAdapterInfo.subgroupMinSize; absent: not used).
     const subgroupMinSize = (device as { adapterInfo?: { subgroupMinSize?: number } }).adapterInfo?.subgroupMinSize ?? 0;
@@ -1004,6 +1012,7 @@ export class WebGpuBackend implements Backend {
             // 128 threads on a chunked pool: its chunk switch costs registers, and smaller
             // workgroups fill the SMs better then (H100: 2448 against 1666 GB/s at 128 x 16K).
             this.#streamWorkgroupSize ?? (chunking === null ? 256 : 128),
+            this.#streamScatter,
           )
         : wide
           ? wideAttentionKernel(this.#kvStore, D, group, chunking)
