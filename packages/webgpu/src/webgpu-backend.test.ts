@@ -208,6 +208,10 @@ describe.skipIf(!haveChromium)('eviction selection on the device = the CPU plann
       { ...base, seed: 5, blockSize: 16, tokens: [3000], distinct: 40, ragged: true },
     ],
     ['block size 1, 8 kv-heads', { ...base, seed: 6, blockSize: 1, kvHeads: 8, layers: 1, tokens: [90, 60], distinct: 5 }],
+    [
+      'no subgroups; compaction of f16 rows (head dim 8) in a pool of 16 chunk buffers (several windows)',
+      { ...base, seed: 8, tokens: [180, 95], distinct: 5, ragged: true, subgroups: false, headDim: 8, f16: true, kvChunks: 16 },
+    ],
   ];
   it.each(named)(
     '%s',
@@ -216,6 +220,14 @@ describe.skipIf(!haveChromium)('eviction selection on the device = the CPU plann
       expect(r.validation).toBeNull();
       expect(r.mismatches).toEqual([]);
       expect(r.sameCompaction).toBe(true);
+      expect(r.deviceCompaction).toEqual([]);
+      if (params.kvChunks === undefined) expect(r.kvChunks).toBe(1);
+      else {
+        // Moves within a window of chunks and moves across windows (through scratch) both ran.
+        expect(r.kvChunks).toBeGreaterThanOrEqual(2);
+        expect(r.windowMoves).toBeGreaterThan(0);
+        expect(r.crossWindowMoves).toBeGreaterThan(0);
+      }
       expect(r.rows).toBeGreaterThan(0);
       expect(r.evicted).toBeGreaterThan(0);
     },

@@ -183,13 +183,19 @@ async function selectionProperty(runs: number, seed: number): Promise<{ runs: nu
     specials: fc.boolean(),
     ragged: fc.boolean(),
     policy: fc.constantFrom('kv-compress' as const, 'ada-kv' as const),
+    subgroups: fc.boolean(),
+    headDim: fc.constantFrom(2, 4, 8),
+    f16: fc.boolean(),
+    kvChunks: fc.constantFrom(1, 1, 3),
   });
   await fc.assert(
     fc.asyncProperty(params, async (q) => {
       const r = await runSelectionCase(device, q);
       if (r.validation !== null) throw new Error(`validation: ${r.validation}`);
-      if (r.mismatches.length > 0 || !r.sameCompaction)
-        throw new Error(`${r.mismatches.join('; ')} (same compaction: ${r.sameCompaction})`);
+      if (r.mismatches.length > 0 || !r.sameCompaction || r.deviceCompaction.length > 0)
+        throw new Error(
+          `${r.mismatches.join('; ')} (same compaction: ${r.sameCompaction}; on the device: ${r.deviceCompaction.join('; ')})`,
+        );
       evicted += r.evicted;
       partialRows += r.partialRows;
       done++;
