@@ -177,8 +177,10 @@ export interface Backend {
    * decides the slots of every group of `selection` from the device metrics and the cache
    * tables, and writes only the decision into `selection.result`. The decision is the one
    * `PolicyContext.freeCheapestBlocks` makes on the same metrics (see EvictionSelection).
+   * `masks: false` downloads only the blocks freed per row (the masks stay on the device, for a
+   * `compactEvictions` of the same selection right after).
    */
-  selectEvictions?(selection: EvictionSelection, cache: PagedCacheView): Promise<void>;
+  selectEvictions?(selection: EvictionSelection, cache: PagedCacheView, options?: { readonly masks?: boolean }): Promise<void>;
   /**
    * `selectEvictions`' decision and the compaction it implies, both on the device: for each
    * row, the survivors past its new length (length - evicted) move into its evicted slots
@@ -189,9 +191,12 @@ export interface Backend {
    * `selection.rowMoves[r]` (slot moves per row), not the masks. The caller then applies the
    * outcome to its allocator (`Compressor.applyDeviceCompaction`), which leaves the host copy of
    * the moved positions stale (see `PagedCacheView.stalePositions`). Requires a pool without
-   * shared blocks (no forks).
+   * shared blocks (no forks). `rows`: compacts only the first `rows` rows (whole groups; the
+   * rest keep everything, their result 0). Right after `selectEvictions(selection, cache,
+   * { masks: false })` of the same selection, with nothing changed in between, that decision
+   * is reused; otherwise the selection runs first.
    */
-  compactEvictions?(selection: EvictionSelection, cache: PagedCacheView): Promise<void>;
+  compactEvictions?(selection: EvictionSelection, cache: PagedCacheView, rows?: number): Promise<void>;
   /**
    * Makes `cache.slotPositions` equal to the device copy (after sending the host's pending
    * changes), for host code that reads positions a device compaction moved. The caller then

@@ -317,10 +317,15 @@ describe('the block rule of EvictionSelection', () => {
         // Host planning of a compacted sequence needs its positions from the device first.
         const moved = a.sequences.find((seq) => A.hasStalePositions(seq));
         if (moved !== undefined) {
-          expect(() => ca.compress(moved, A.createMoveList())).toThrow(StalePositionsError);
+          const ctx = ca.context;
+          ctx.begin(moved, config);
+          const unit = Array.from({ length: units }, (_, u) => u).find((u) => ctx.length(u) > 0) as number;
+          expect(() => ctx.position(unit, 0)).toThrow(StalePositionsError);
+          expect(() => ctx.evictLowest(unit, 1)).toThrow(StalePositionsError);
           A.slotPositions.set(devPositions);
           A.positionsSynced();
-          ca.compress(moved, A.createMoveList());
+          ctx.begin(moved, config);
+          expect(ctx.position(unit, 0)).toBe(devPositions[ctx.slot(unit, 0)]);
         }
       }),
       { numRuns: 100 },

@@ -473,7 +473,7 @@ export class PageAllocator {
   compact(plan: EvictionPlan, moves: SlotMoveList): CompactionResult {
     const sequence = plan.sequence;
     this.#requireActive(sequence);
-    if (this.hasStalePositions(sequence)) throw new StalePositionsError(sequence, 'compact()');
+    if (plan.count > 0 && this.hasStalePositions(sequence)) throw new StalePositionsError(sequence, 'compact()');
     const B = this.blockSize;
     const units = this.headsPerSequence;
     const marks = this.#slotMarks;

@@ -244,7 +244,7 @@ describe.skipIf(!haveChromium)('eviction selection on the device = the CPU plann
 });
 
 describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'))('stories260K: device eviction selection', () => {
-  it('KV-Compress 4x with selection on the device: same greedy ids and per-head blocks as host planning', async () => {
+  it('KV-Compress 4x selected and compacted on the device, or compacted on the host: same greedy ids, compressions and per-head blocks as host planning', async () => {
     const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.selectionEngine());
     expect(r.validation).toBeNull();
     expect(r.device.deviceSelection).toBe(true);
@@ -252,20 +252,24 @@ describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'
     expect(r.device.log.some((l) => l.startsWith('prefill'))).toBe(true);
     expect(r.device.log.some((l) => l.startsWith('interval'))).toBe(true);
     expect(r.device.log.some((l) => l.startsWith('memory-pressure'))).toBe(true);
-    expect(r.device.log).toEqual(r.host.log);
-    expect(r.device.tokens).toEqual(r.host.tokens);
-    expect(r.device.blocksPerHead).toEqual(r.host.blocksPerHead);
-    expect(r.device.preemptions).toBe(r.host.preemptions);
-    expect(r.device.deviceSelectionRounds).toBeGreaterThan(0);
+    for (const run of [r.device, r.masks]) {
+      expect(run?.log).toEqual(r.host.log);
+      expect(run?.tokens).toEqual(r.host.tokens);
+      expect(run?.blocksPerHead).toEqual(r.host.blocksPerHead);
+      expect(run?.preemptions).toBe(r.host.preemptions);
+      expect(run?.deviceSelectionRounds).toBeGreaterThan(0);
+    }
+    expect(r.device.deviceCompactionRounds).toBe(r.device.deviceSelectionRounds);
+    expect(r.masks?.deviceCompactionRounds).toBe(0);
     expect(r.host.deviceSelectionRounds).toBe(0);
   }, 300_000);
 
   it('per-request block-rule policies (kv-compress, kv-compress-trailing, ada-kv) select on the device as on the host', async () => {
     const r = await page.evaluate(() =>
-      (globalThis as unknown as { kvc: Kvc }).kvc.selectionEngine(['kv-compress', 'kv-compress-trailing', 'ada-kv']),
+      (globalThis as unknown as { kvc: Kvc }).kvc.selectionEngine(['kv-compress', 'kv-compress-trailing', 'ada-kv'], false),
     );
     expect(r.validation).toBeNull();
-    expect(r.device.deviceSelectionRounds).toBeGreaterThan(0);
+    expect(r.device.deviceCompactionRounds).toBeGreaterThan(0);
     expect(r.host.deviceSelectionRounds).toBe(0);
     expect(r.device.log.some((l) => l.startsWith('memory-pressure'))).toBe(true);
     expect(r.device.log).toEqual(r.host.log);

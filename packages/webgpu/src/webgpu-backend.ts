@@ -984,11 +984,16 @@ export class WebGpuBackend implements Backend {
    * and the marking, and downloads only `selection.result` (blocks freed per row and one bit
    * per cached slot). Scratch buffers are sized for the selection's capacity on first use.
    */
-  async selectEvictions(selection: EvictionSelection, cache: PagedCacheView): Promise<void> {
+  async selectEvictions(selection: EvictionSelection, cache: PagedCacheView, options: { readonly masks?: boolean } = {}): Promise<void> {
     const result = this.#recordSelection(selection, cache);
     if (result === null) return;
-    await this.#readGpu(result.buffer, 0, selection.result.subarray(0, selection.rowCount + selection.maskWords));
+    const masks = options.masks ?? true;
+    await this.#readGpu(result.buffer, 0, selection.result.subarray(0, selection.rowCount + (masks ? selection.maskWords : 0)));
+    this.#selected = selection;
   }
+
+  /** The selection whose decision the device buffers hold (after selectEvictions; consumed by compactEvictions). */
+  #selected: EvictionSelection | null = null;
 
   /**
    * The selection and the compaction it implies, on the device (Backend.compactEvictions):
@@ -999,17 +1004,22 @@ export class WebGpuBackend implements Backend {
    * K and V, and the metrics and positions. They run while the host applies the outcome to its
    * allocator (Compressor.applyDeviceCompaction).
    */
-  async compactEvictions(selection: EvictionSelection, cache: PagedCacheView): Promise<void> {
+  async compactEvictions(selection: EvictionSelection, cache: PagedCacheView, compactRows = selection.rowCount): Promise<void> {
     const rows = selection.rowCount;
-    const result = this.#recordSelection(selection, cache);
-    if (result === null) {
-      selection.rowMoves.fill(0, 0, rows);
+    assertInteger('rows', compactRows, 0, rows);
+    const reuse = this.#selected === selection;
+    this.#selected = null;
+    const result = reuse ? (this.#named.get('selectResult') as GpuBuffer) : this.#recordSelection(selection, cache);
+    selection.rowMoves.fill(0, 0, rows);
+    if (result === null || compactRows === 0) {
+      selection.result.fill(0, 0, rows);
+      this.lastCompaction = { moves: 0, windowMoves: 0, crossWindowMoves: 0 };
       return;
     }
     const cap = selection.maxRows;
     // At most min(e, length - e) <= length / 2 moves per row.
     let bound = 0;
-    for (let r = 0; r < rows; r++) bound += (selection.rows[r * SELECTION_ROW_FIELDS + 3] as number) >>> 1;
+    for (let r = 0; r < compactRows; r++) bound += (selection.rows[r * SELECTION_ROW_FIELDS + 3] as number) >>> 1;
     const info = this.#ensureI32('compactInfo', COMPACT_INFO_HEADER + 2 * cap);
     const src = this.#ensureF32('compactSrc', Math.max(1, bound)).buffer;
     const dst = this.#ensureF32('compactDst', Math.max(1, bound)).buffer;
@@ -1019,7 +1029,7 @@ export class WebGpuBackend implements Backend {
     this.#encoder.clearBuffer(info.buffer, 0, COMPACT_INFO_HEADER * 4);
     const selectBufs = this.#selectBuffers as SelectBuffers;
     this.#setUniform([rows, selection.groupCount, 0, cache.blockSize]);
-    const [rx, ry] = grid(rows);
+    const [rx, ry] = grid(compactRows);
     this.#dispatchRaw(
       compactPairsKernel(),
       [selectBufs.rows, selectBufs.state, result.buffer, (this.#tables as GpuBuffer).buffer, src, dst, info.buffer],
@@ -1041,8 +1051,8 @@ export class WebGpuBackend implements Backend {
     const out = this.#compactOut(COMPACT_INFO_HEADER + 2 * rows);
     await this.#readGpu(info.buffer, 0, out);
     for (let r = 0; r < rows; r++) {
-      selection.result[r] = out[COMPACT_INFO_HEADER + r] as number;
-      selection.rowMoves[r] = out[COMPACT_INFO_HEADER + rows + r] as number;
+      selection.result[r] = r < compactRows ? (out[COMPACT_INFO_HEADER + r] as number) : 0;
+      selection.rowMoves[r] = r < compactRows ? (out[COMPACT_INFO_HEADER + rows + r] as number) : 0;
     }
     const total = out[0] as number;
     this.#tablesVersion = -1;
