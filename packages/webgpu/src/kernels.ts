@@ -1641,58 +1641,51 @@ export const MOVE_BUCKET_COUNTS = 16;
 export const MOVE_BUCKET_CURSORS = 40;
 /** Most window buckets (passes + 1 for moves across windows). */
 export const MOVE_BUCKETS_MAX = 24;
+/** Moves each invocation of moveBucketKernel sorts (dispatch ceil(moves / MOVES_PER_INVOCATION)). */
+export const MOVES_PER_INVOCATION = 16;
 
 /**
  * Sorts the moves of a chunked pool by window (counting sort, three steps): a move whose
  * source and destination lie in the same window of chunks goes to that window's bucket, any
- * other to bucket `passes` (gathered and scattered through scratch).
+ * other to bucket `passes` (gathered and scattered through scratch). Each invocation takes
+ * MOVES_PER_INVOCATION consecutive moves, counting them per bucket privately, so the
+ * workgroup's atomics see one add per bucket and invocation (most moves of a head share one).
  *   count:   info[MOVE_BUCKET_COUNTS + b] += moves of bucket b (per workgroup, then once globally)
  *   offsets: info[MOVE_BUCKET_CURSORS + b] = moves of buckets before b (one invocation)
  *   scatter: each move to sorted[cursor of its bucket++]
- * Bindings: src, dst, info (atomic), then for scatter sortedSrc, sortedDst; offsets binds info only.
+ * The moves are the first min(p.count, info[0]) of src / dst. Bindings: src, dst, info
+ * (atomic), then for scatter sortedSrc, sortedDst; offsets binds info only.
  */
 export function moveBucketKernel(c: KvChunking, step: 'count' | 'offsets' | 'scatter'): KernelSource {
   const nb = c.passes + 1;
-  return memo(`move-bucket-${step}${chunkKey(c)}`, () => ({
-    workgroupSize: 256,
-    code: /* wgsl */ `
-struct P { count: u32, p1: u32, p2: u32, p3: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-${
-  step === 'offsets'
-    ? '@group(0) @binding(1) var<storage, read_write> info: array<atomic<u32>>;'
-    : `@group(0) @binding(1) var<storage, read> src: array<i32>;
+  if (nb > MOVE_BUCKETS_MAX) throw new Error(`moveBucketKernel: ${c.passes} window passes exceed ${MOVE_BUCKETS_MAX - 1}.`);
+  const bindings =
+    step === 'offsets'
+      ? '@group(0) @binding(1) var<storage, read_write> info: array<atomic<u32>>;'
+      : `@group(0) @binding(1) var<storage, read> src: array<i32>;
 @group(0) @binding(2) var<storage, read> dst: array<i32>;
-@group(0) @binding(3) var<storage, read_write> info: array<atomic<u32>>;`
-}
-${step === 'scatter' ? '@group(0) @binding(4) var<storage, read_write> sortedSrc: array<i32>;\n@group(0) @binding(5) var<storage, read_write> sortedDst: array<i32>;' : ''}
-const SHIFT = ${c.shift}u;
-const W = ${c.window}u;
-const NB = ${nb}u;
-var<workgroup> local: array<atomic<u32>, ${nb}>;
-var<workgroup> base: array<u32, ${nb}>;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  ${FLAT_ID}
-${
-  step === 'offsets'
-    ? `  if (wid != 0u || li != 0u || p.count == 0u) { return; }
+@group(0) @binding(3) var<storage, read_write> info: array<atomic<u32>>;
+${step === 'scatter' ? '@group(0) @binding(4) var<storage, read_write> sortedSrc: array<i32>;\n@group(0) @binding(5) var<storage, read_write> sortedDst: array<i32>;' : ''}`;
+  const offsets = `  if (wid != 0u || li != 0u || p.count == 0u) { return; }
   var run = 0u;
   for (var b = 0u; b < NB; b++) {
     atomicStore(&info[${MOVE_BUCKET_CURSORS}u + b], run);
     run += atomicLoad(&info[${MOVE_BUCKET_COUNTS}u + b]);
-  }
-}`
-    : `  if (li < NB) { atomicStore(&local[li], 0u); }
+  }`;
+  const sort = `  if (li < NB) { atomicStore(&local[li], 0u); }
   workgroupBarrier();
-  let i = wid * 256u + li;
-  var bucket = NB;
-  var rank = 0u;
-  if (i < min(p.count, atomicLoad(&info[0]))) {
-    let ws = (u32(src[i]) >> SHIFT) / W;
-    let wd = (u32(dst[i]) >> SHIFT) / W;
-    bucket = select(NB - 1u, ws, ws == wd);
-    rank = atomicAdd(&local[bucket], 1u);
+  let total = min(p.count, atomicLoad(&info[0]));
+  let first = (wid * 256u + li) * PER;
+  var mine: array<u32, NB>;
+  var at: array<u32, NB>;
+  for (var k = 0u; k < PER; k++) {
+    if (first + k < total) {
+      let b = bucketOf(first + k);
+      mine[b] += 1u;
+    }
+  }
+  for (var b = 0u; b < NB; b++) {
+    if (mine[b] > 0u) { at[b] = atomicAdd(&local[b], mine[b]); }
   }
   workgroupBarrier();
   if (li < NB) {
@@ -1706,14 +1699,43 @@ ${
 ${
   step === 'scatter'
     ? `  workgroupBarrier();
-  if (bucket < NB) {
-    let at = base[bucket] + rank;
-    sortedSrc[at] = src[i];
-    sortedDst[at] = dst[i];
+  for (var k = 0u; k < PER; k++) {
+    let i = first + k;
+    if (i < total) {
+      let b = bucketOf(i);
+      let to = base[b] + at[b];
+      at[b] += 1u;
+      sortedSrc[to] = src[i];
+      sortedDst[to] = dst[i];
+    }
   }`
     : ''
-}
+}`;
+  return memo(`move-bucket-${step}${chunkKey(c)}`, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { count: u32, p1: u32, p2: u32, p3: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+${bindings}
+const SHIFT = ${c.shift}u;
+const W = ${c.window}u;
+const NB = ${nb}u;
+const PER = ${MOVES_PER_INVOCATION}u;
+var<workgroup> local: array<atomic<u32>, ${nb}>;
+var<workgroup> base: array<u32, ${nb}>;
+${
+  step === 'offsets'
+    ? ''
+    : `fn bucketOf(i: u32) -> u32 {
+  let ws = (u32(src[i]) >> SHIFT) / W;
+  let wd = (u32(dst[i]) >> SHIFT) / W;
+  return select(NB - 1u, ws, ws == wd);
 }`
+}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+${step === 'offsets' ? offsets : sort}
 }`,
   }));
 }

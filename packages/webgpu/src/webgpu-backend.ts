@@ -41,6 +41,7 @@ import {
   MATVEC_SUBGROUP_OUTPUTS,
   MOVE_BUCKET_COUNTS,
   MOVE_BUCKET_CURSORS,
+  MOVES_PER_INVOCATION,
   matmulKernel,
   matvecKernel,
   matvecSubgroupKernel,
@@ -1037,16 +1038,17 @@ export class WebGpuBackend implements Backend {
       ry,
     );
     let sorted: { src: GPUBuffer; dst: GPUBuffer } | null = null;
-    if (plan !== null && bound > 0) {
+    if (plan !== null && plan.chunking.passes > 1 && bound > 0) {
       // Sort the moves by window of chunks (the kernels stop at the device's move count).
       sorted = {
         src: this.#ensureF32('compactSortedSrc', bound).buffer,
         dst: this.#ensureF32('compactSortedDst', bound).buffer,
       };
       const c = plan.chunking;
-      this.#dispatch(moveBucketKernel(c, 'count'), [bound, 0, 0, 0], [src, dst, info.buffer], bound);
+      const n = Math.ceil(bound / MOVES_PER_INVOCATION);
+      this.#dispatch(moveBucketKernel(c, 'count'), [bound, 0, 0, 0], [src, dst, info.buffer], n);
       this.#dispatch(moveBucketKernel(c, 'offsets'), [bound, 0, 0, 0], [info.buffer], 1);
-      this.#dispatch(moveBucketKernel(c, 'scatter'), [bound, 0, 0, 0], [src, dst, info.buffer, sorted.src, sorted.dst], bound);
+      this.#dispatch(moveBucketKernel(c, 'scatter'), [bound, 0, 0, 0], [src, dst, info.buffer, sorted.src, sorted.dst], n);
     }
     const out = this.#compactOut(COMPACT_INFO_HEADER + 2 * rows);
     await this.#readGpu(info.buffer, 0, out);
@@ -1056,15 +1058,19 @@ export class WebGpuBackend implements Backend {
     }
     const total = out[0] as number;
     this.#tablesVersion = -1;
-    const cross = plan === null ? 0 : (out[MOVE_BUCKET_COUNTS + plan.chunking.passes] as number);
+    const cross = sorted === null ? 0 : (out[MOVE_BUCKET_COUNTS + (plan as ChunkPlan).chunking.passes] as number);
     this.lastCompaction = { moves: total, windowMoves: total - cross, crossWindowMoves: cross };
     if (total === 0) return;
     const words = this.#kvStore === 'f32' ? this.#headDim : this.#headDim / 2;
     const vec = words % 4 === 0 ? 4 : 1;
     this.#dispatch(slotMovesKernel(), [total, 0, 0, 0], [this.#metrics as GPUBuffer, (this.#slotPos as GpuBuffer).buffer, src, dst], total);
-    if (plan === null || sorted === null) {
+    if (plan === null) {
       const { K, V } = this.#cache();
       this.#dispatch(compactMovesKernel(vec), [total, words, 0, 0], [K, V, src, dst], (total * words) / vec);
+    } else if (sorted === null) {
+      // One window holds every chunk: every move runs in place.
+      const kv = [...(plan.k[0] as GPUBuffer[]), ...(plan.v[0] as GPUBuffer[])];
+      this.#dispatch(movesDirectKernel(plan.chunking, vec), [total, words, 0, 0], [...kv, src, dst], (total * words) / vec);
     } else {
       // Moves within one window of chunks run in place, one pass each; the rest through scratch.
       const c = plan.chunking;
