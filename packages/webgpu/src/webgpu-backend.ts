@@ -990,10 +990,15 @@ export class WebGpuBackend implements Backend {
     if (result === null) return;
     const masks = options.masks ?? true;
     await this.#readGpu(result.buffer, 0, selection.result.subarray(0, selection.rowCount + (masks ? selection.maskWords : 0)));
-    this.#selected = selection;
+    // Kept for a compactEvictions of this selection right after (any dispatch in between, or a
+    // host change to the tables, forgets it).
+    this.#selected = masks ? null : selection;
   }
 
-  /** The selection whose decision the device buffers hold (after selectEvictions; consumed by compactEvictions). */
+  /**
+   * The selection whose decision the device buffers hold, from selectEvictions without masks,
+   * for compactEvictions to reuse; null once anything else is recorded.
+   */
   #selected: EvictionSelection | null = null;
 
   /**
@@ -1008,7 +1013,8 @@ export class WebGpuBackend implements Backend {
   async compactEvictions(selection: EvictionSelection, cache: PagedCacheView, compactRows = selection.rowCount): Promise<void> {
     const rows = selection.rowCount;
     assertInteger('rows', compactRows, 0, rows);
-    const reuse = this.#selected === selection;
+    const changes = [cache.tableChanges, cache.positionChanges];
+    const reuse = this.#selected === selection && changes.every((log) => log !== undefined && log.count === 0 && !log.overflowed);
     this.#selected = null;
     const result = reuse ? (this.#named.get('selectResult') as GpuBuffer) : this.#recordSelection(selection, cache);
     selection.rowMoves.fill(0, 0, rows);
@@ -1429,6 +1435,7 @@ export class WebGpuBackend implements Backend {
 
   #dispatchRaw(source: KernelSource, buffers: GPUBuffer[], gx: number, gy: number): void {
     this.#checkAlive();
+    this.#selected = null;
     if (gx === 0 || gy === 0) return;
     const p = this.#pipeline(source);
     if (this.#uniformSlot >= UNIFORM_SLOTS) this.flush();
