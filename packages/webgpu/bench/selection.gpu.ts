@@ -22,9 +22,12 @@
 // and the cache after compaction (tables, lengths, free blocks, positions) against
 // compressSelected's.
 //
+// PROFILE=1 adds the GPU time of every kernel of one round (timestamp queries, each dispatch
+// in its own compute pass; the other timings of such a run are not comparable).
+//
 // Env: SHAPE (8b), SEQS (64), CONTEXT (8192), LAYERS / KV_HEADS / HEAD_DIM (override the
 // shape's cache), RATE (4), WINDOW (64), REPEATS (3), STEP (auto|0|1), STEPS (3), HOST (0),
-// VERIFY (1), SUBGROUPS (1).
+// VERIFY (1), SUBGROUPS (1), PROFILE (0).
 // A small shape checks the bench itself on SwiftShader:
 //   SHAPE=tiny SEQS=3 CONTEXT=300 LAYERS=2 KV_HEADS=2 HOST=1 VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json node .gpu/selection.mjs
 // Prints one JSON line per measurement and a summary line. Build and run: see bench/run-gpu.sh.
@@ -68,10 +71,11 @@ const STEP = env('STEP', 'auto');
 const STEPS = Number(env('STEPS', '3'));
 const HOST = env('HOST', '0') === '1';
 const VERIFY = env('VERIFY', '1') === '1';
+const PROFILE = env('PROFILE', '0') === '1';
 const B = 16;
 const WARMUP_STEPS = 1;
 
-const device = await requestWebGpuDevice({ subgroups: env('SUBGROUPS', '1') === '1' });
+const device = await requestWebGpuDevice({ subgroups: env('SUBGROUPS', '1') === '1', timestamps: PROFILE });
 // Dawn's Node binding resolves promises from its own polling: keep the event loop alive.
 const keepAlive = setInterval(() => {}, 1000);
 const print = (o: object) =>
@@ -101,7 +105,7 @@ const newAllocator = () => new PageAllocator({ shape, numBlocks, blockSize: B, m
 // Every round starts from a fresh allocator holding the same cache (see fill).
 let allocator = newAllocator();
 const store = new MetricStore(allocator.numSlots);
-const backend: WebGpuBackend = randomWeightBackend(device, debug);
+const backend: WebGpuBackend = randomWeightBackend(device, debug, { profile: PROFILE });
 backend.createKvCache(allocator.numSlots, HEAD_DIM, 'f16');
 await device.queue.onSubmittedWorkDone();
 print({ kind: 'pool', slots: allocator.numSlots, kvBytes: allocator.numSlots * HEAD_DIM * 4, kvChunks: backend.kvChunks });
@@ -334,6 +338,21 @@ await fill();
 print({ mode: 'round-breakdown', ...(await deviceRoundBreakdown()) });
 await fill();
 print({ mode: 'selection-device', ...(await selectionOnly()) });
+if (PROFILE) {
+  await fill();
+  await backend.readProfile();
+  await deviceRound();
+  const kernels: Record<string, { ms: number; dispatches: number }> = {};
+  let total = 0;
+  for (const { kernel, ms } of await backend.readProfile()) {
+    const k = kernels[kernel] ?? { ms: 0, dispatches: 0 };
+    k.ms += ms;
+    k.dispatches++;
+    kernels[kernel] = k;
+    total += ms;
+  }
+  print({ mode: 'profile', gpuMs: total, kernels, timestamps: device.features.has('timestamp-query') });
+}
 let stepAfterMs: number | null = null;
 if (model !== null) {
   await fill();

@@ -4,7 +4,7 @@
 /// <reference types="@webgpu/types" />
 import type { ModelConfig, Tensor } from '@kvcompress/core';
 import type { LoadedModel } from '@kvcompress/models';
-import { GpuWeight, WebGpuBackend } from '../src/webgpu-backend.ts';
+import { GpuWeight, WebGpuBackend, type WebGpuBackendOptions } from '../src/webgpu-backend.ts';
 
 const llama3Scaling = { type: 'llama3' as const, factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 };
 const llama31_8b: ModelConfig = {
@@ -84,7 +84,11 @@ export function syntheticModelBytes(c: ModelConfig): number {
  * A WebGPU backend whose uploadWeight makes random weights on the device: uniform in
  * ±sqrt(3 / inDim) (unit-variance outputs), packed f16; norm weights are ones.
  */
-export function randomWeightBackend(device: GPUDevice, debug: (m: string) => void = () => {}): WebGpuBackend {
+export function randomWeightBackend(
+  device: GPUDevice,
+  debug: (m: string) => void = () => {},
+  options: WebGpuBackendOptions = {},
+): WebGpuBackend {
   const fill = device.createComputePipeline({
     layout: 'auto',
     compute: {
@@ -146,5 +150,5 @@ fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nw: ve
       return new GpuWeight(tensor.name, tensor.shape, buffer, 'f16');
     }
   }
-  return new RandomWeightBackend(device);
+  return new RandomWeightBackend(device, options);
 }

@@ -142,6 +142,12 @@ export interface WebGpuBackendOptions {
   /** Use the tiled prefill attention kernel where it applies (default true; benchmarks compare). */
   readonly prefillAttention?: boolean;
   /**
+   * Benchmarks: time every dispatch on the GPU (each in its own compute pass, with timestamp
+   * queries; needs the device's `timestamp-query` feature, else nothing is recorded). See
+   * `readProfile()`.
+   */
+  readonly profile?: boolean;
+  /**
    * Internal (tests): caps the bytes of one K or V chunk buffer below the device's
    * maxStorageBufferBindingSize, so a small pool splits into several chunks as a large one
    * does on a real GPU.
@@ -155,6 +161,8 @@ const ATTENTION_OTHER_BINDINGS = 7;
 const MOVES_OTHER_BINDINGS = 2;
 /** Fewest rows (of one sequence) for which attention takes the tiled prefill kernel. */
 const PREFILL_MIN_ROWS = 16;
+/** Timestamp queries of WebGpuBackendOptions.profile: two per dispatch, 2048 dispatches per readProfile(). */
+const PROFILE_QUERIES = 4096;
 /** Bytes of K+V rows a chunked move batch stages at most (scratch of movesGatherKernel). */
 const MOVE_SCRATCH_BYTES = 64 * 2 ** 20;
 
@@ -251,6 +259,8 @@ export class WebGpuBackend implements Backend {
   #rowMetricScale: Float32Array = new Float32Array(0);
   readonly #tiledMinRows: number;
   readonly #tileRows: 32 | 64 | null;
+  /** Profiling (WebGpuBackendOptions.profile): timestamp queries, two per dispatch, and the kernels they time. */
+  readonly #profile: { readonly queries: GPUQuerySet; readonly resolve: GPUBuffer; readonly kernels: string[] } | null;
 
   constructor(device: GPUDevice, options: WebGpuBackendOptions = {}) {
     this.device = device;
@@ -261,6 +271,14 @@ export class WebGpuBackend implements Backend {
     this.#tiledMinRows = options.tiledMatmulMinRows ?? (this.subgroups ? 2 * TILED_MATMUL_MIN_ROWS : TILED_MATMUL_MIN_ROWS);
     this.#tileRows = options.tiledMatmulTileRows ?? null;
     this.#maxKvBindingBytes = options.maxKvBindingBytes;
+    this.#profile =
+      options.profile === true && device.features.has('timestamp-query')
+        ? {
+            queries: device.createQuerySet({ type: 'timestamp', count: PROFILE_QUERIES }),
+            resolve: device.createBuffer({ size: PROFILE_QUERIES * 8, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC }),
+            kernels: [],
+          }
+        : null;
     void device.lost.then((info) => {
       this.#lost = info.message || info.reason || 'unknown reason';
     });
@@ -1442,10 +1460,45 @@ export class WebGpuBackend implements Backend {
     const offset = this.#uniformSlot * UNIFORM_SLOT;
     this.#uniformSlot++;
     this.#uniformHost.set(this.#u32, offset / 4);
+    const profile = this.#profile;
+    if (profile !== null && 2 * profile.kernels.length < PROFILE_QUERIES) {
+      // Its own pass, timed.
+      this.#endPass();
+      this.#encoder ??= this.device.createCommandEncoder();
+      const at = 2 * profile.kernels.length;
+      profile.kernels.push(source.key);
+      const timed = this.#encoder.beginComputePass({
+        timestampWrites: { querySet: profile.queries, beginningOfPassWriteIndex: at, endOfPassWriteIndex: at + 1 },
+      });
+      timed.setPipeline(p.pipeline);
+      timed.setBindGroup(0, this.#bindGroup(p, buffers, offset));
+      timed.dispatchWorkgroups(gx, gy);
+      timed.end();
+      return;
+    }
     const pass = this.#beginPass();
     pass.setPipeline(p.pipeline);
     pass.setBindGroup(0, this.#bindGroup(p, buffers, offset));
     pass.dispatchWorkgroups(gx, gy);
+  }
+
+  /**
+   * GPU milliseconds of each dispatch recorded since the last call, in order, as (kernel key,
+   * ms) (WebGpuBackendOptions.profile; empty without it). Waits for them to run.
+   */
+  async readProfile(): Promise<{ kernel: string; ms: number }[]> {
+    const profile = this.#profile;
+    if (profile === null || profile.kernels.length === 0) return [];
+    const n = profile.kernels.length;
+    this.#endPass();
+    this.#encoder ??= this.device.createCommandEncoder();
+    this.#encoder.resolveQuerySet(profile.queries, 0, 2 * n, profile.resolve, 0);
+    const words = new Int32Array(4 * n);
+    await this.#readGpu(profile.resolve, 0, words);
+    const ns = new BigUint64Array(words.buffer);
+    const out = profile.kernels.map((kernel, i) => ({ kernel, ms: Number((ns[2 * i + 1] as bigint) - (ns[2 * i] as bigint)) / 1e6 }));
+    profile.kernels.length = 0;
+    return out;
   }
 
   #bindGroup(p: Pipeline, buffers: GPUBuffer[], uniformOffset: number): GPUBindGroup {
