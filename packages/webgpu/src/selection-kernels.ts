@@ -202,6 +202,10 @@ export function selectionThresholdKernel(): KernelSource {
 var<workgroup> below: atomic<u32>;
 var<workgroup> goalShared: u32;
 var<workgroup> prefix: u32;
+/** freedAt for rows that may free blocks (maxFree > 0), else 0. */
+fn rowFreed(r: u32, available: u32) -> u32 {
+  return select(0u, freedAt(r, available), rows[r * 8u + 5u] > 0);
+}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
   ${FLAT_ID}
@@ -210,10 +214,17 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let first = u32(groups[g * 8u + 1u]);
   let end = first + u32(groups[g * 8u + 2u]);
   let gs = p.rows * 8u + g * 4u;
+  // F over the group's rows, four loads in flight at a time.
   var F = 0u;
-  for (var r = first; r < end; r++) {
-    if (rows[r * 8u + 5u] > 0) { F += freedAt(r, hist[r * 256u + li]); }
+  var r = first;
+  for (; r + 4u <= end; r += 4u) {
+    let h0 = hist[r * 256u + li];
+    let h1 = hist[(r + 1u) * 256u + li];
+    let h2 = hist[(r + 2u) * 256u + li];
+    let h3 = hist[(r + 3u) * 256u + li];
+    F += rowFreed(r, h0) + rowFreed(r + 1u, h1) + rowFreed(r + 2u, h2) + rowFreed(r + 3u, h3);
   }
+  for (; r < end; r++) { F += rowFreed(r, hist[r * 256u + li]); }
   if (li == 0u) {
     atomicStore(&below, 0u);
     if (p.level == 0u) {
