@@ -35,6 +35,16 @@ export interface PagedCacheView {
    */
   readonly tableChanges?: ChangeLog;
   readonly positionChanges?: ChangeLog;
+  /**
+   * Int32 per head (`headLengths` layout): the head's first n logical slots may hold positions
+   * that only the device copy has (a device compaction, `Backend.compactEvictions`, moved
+   * them); the host `slotPositions` of those slots are stale until refreshed. Absent or all
+   * zero: the host copy is exact. A backend that syncs `slotPositions` from the host must not
+   * overwrite these slots on the device.
+   */
+  readonly stalePositions?: Int32Array;
+  /** Heads with `stalePositions` > 0. */
+  readonly staleHeads?: number;
 }
 
 /**
@@ -167,8 +177,32 @@ export interface Backend {
    * decides the slots of every group of `selection` from the device metrics and the cache
    * tables, and writes only the decision into `selection.result`. The decision is the one
    * `PolicyContext.freeCheapestBlocks` makes on the same metrics (see EvictionSelection).
+   * `masks: false` downloads only the blocks freed per row (the masks stay on the device, for a
+   * `compactEvictions` of the same selection right after).
    */
-  selectEvictions?(selection: EvictionSelection, cache: PagedCacheView): Promise<void>;
+  selectEvictions?(selection: EvictionSelection, cache: PagedCacheView, options?: { readonly masks?: boolean }): Promise<void>;
+  /**
+   * `selectEvictions`' decision and the compaction it implies, both on the device: for each
+   * row, the survivors past its new length (length - evicted) move into its evicted slots
+   * below it, pairing the holes and the survivors each in ascending logical order (exactly
+   * the moves `PageAllocator.compact` makes for the same evictions); K, V, the device metric
+   * store and the device slot positions move, and the released block-table entries are
+   * cleared on the device. Writes `selection.result[r]` (blocks freed per row) and
+   * `selection.rowMoves[r]` (slot moves per row), not the masks. The caller then applies the
+   * outcome to its allocator (`Compressor.applyDeviceCompaction`), which leaves the host copy of
+   * the moved positions stale (see `PagedCacheView.stalePositions`). Requires a pool without
+   * shared blocks (no forks). `rows`: compacts only the first `rows` rows (whole groups; the
+   * rest keep everything, their result 0). Right after `selectEvictions(selection, cache,
+   * { masks: false })` of the same selection, with nothing changed in between, that decision
+   * is reused; otherwise the selection runs first.
+   */
+  compactEvictions?(selection: EvictionSelection, cache: PagedCacheView, rows?: number): Promise<void>;
+  /**
+   * Makes `cache.slotPositions` equal to the device copy (after sending the host's pending
+   * changes), for host code that reads positions a device compaction moved. The caller then
+   * calls `PageAllocator.positionsSynced()`.
+   */
+  downloadPositions?(cache: PagedCacheView): Promise<void>;
 }
 
 /** What RoPE needs to know. */

@@ -88,6 +88,24 @@ export class DuplicatePolicyError extends KvCompressError {
   }
 }
 
+/**
+ * Host code read slot positions that only the device holds: a device compaction
+ * (`Backend.compactEvictions`) moved them, and the host copy was not refreshed since
+ * (`Backend.downloadPositions`, then `PageAllocator.positionsSynced()`).
+ */
+export class StalePositionsError extends KvCompressError {
+  readonly sequence: number;
+
+  constructor(sequence: number, what: string) {
+    super(
+      'STALE_POSITIONS',
+      `${what} reads the slot positions of sequence ${sequence}, but a device compaction moved them and the host copy is stale. ` +
+        'Download them first (Backend.downloadPositions, then allocator.positionsSynced()).',
+    );
+    this.sequence = sequence;
+  }
+}
+
 /** An internal consistency check failed: a bug in kvcompress or in a custom policy. */
 export class InvariantViolationError extends KvCompressError {
   constructor(message: string) {

@@ -41,6 +41,8 @@ export class EvictionSelection {
    * when logical slot i of the row is evicted.
    */
   readonly result: Int32Array;
+  /** Int32 [maxRows], written by `Backend.compactEvictions`: slot moves the device ran per row. */
+  readonly rowMoves: Int32Array;
   readonly maxRows: number;
   readonly maxMaskWords: number;
   groupCount = 0;
@@ -56,6 +58,7 @@ export class EvictionSelection {
     this.groups = new Int32Array(maxRows * SELECTION_GROUP_FIELDS);
     this.rows = new Int32Array(maxRows * SELECTION_ROW_FIELDS);
     this.result = new Int32Array(maxRows + maxMaskWords);
+    this.rowMoves = new Int32Array(maxRows);
   }
 
   reset(): void {

@@ -33,6 +33,7 @@ export {
   KvPoolTooLargeError,
   ModelFormatError,
   OutOfBlocksError,
+  StalePositionsError,
   UnknownPolicyError,
   UnknownSequenceError,
   UnsupportedModelError,

@@ -8,6 +8,7 @@ import {
   kvShapeOf,
   type MetricRecording,
   OutOfBlocksError,
+  SELECTION_GROUP_FIELDS,
   type SlotMoveList,
 } from '@kvcompress/core';
 import { CpuBackend } from '@kvcompress/cpu';
@@ -73,6 +74,14 @@ export interface EngineOptions {
    * downloads the metrics and plans on the host. Both make the same decision.
    */
   readonly deviceSelection?: boolean;
+  /**
+   * With device selection, where the compaction that follows runs when the backend can
+   * (`Backend.compactEvictions`): true (default) pairs evicted slots with survivors and moves
+   * K, V, metrics and positions on the device, the host updating only its block tables and
+   * free list (O(blocks), not O(slots)); false downloads the eviction masks and compacts on
+   * the host. Both leave the same cache.
+   */
+  readonly deviceCompaction?: boolean;
   /**
    * Whether sampled (temperature > 0) rows pick their token on the device when the backend
    * can (`Backend.sample`), reading back one integer per row instead of the logits (default
@@ -182,6 +191,8 @@ export interface EngineStats {
   readonly compressionMs: number;
   /** Compression rounds whose eviction was selected on the device (no metric download). */
   readonly deviceSelectionRounds: number;
+  /** Of those, rounds compacted on the device too (no mask download, no host compaction). */
+  readonly deviceCompactionRounds: number;
   readonly preemptions: number;
   readonly usedBlocks: number;
   readonly peakUsedBlocks: number;
@@ -358,6 +369,8 @@ export class Engine {
   readonly #selection: EvictionSelection | null;
   /** Requests of one device selection round. */
   readonly #roundScratch: Request[] = [];
+  /** EngineOptions.deviceCompaction. */
+  readonly #deviceCompaction: boolean;
 
   /**
    * Serialises forward passes (the step scratch is shared by generation and forwardLogits).
@@ -379,6 +392,7 @@ export class Engine {
     compressions: 0,
     compressionMs: 0,
     deviceSelectionRounds: 0,
+    deviceCompactionRounds: 0,
     preemptions: 0,
     peakUsedBlocks: 0,
   };
@@ -472,6 +486,29 @@ export class Engine {
     // of all sequences hold at most the pool's slots.
     const rows = maxSequences * this.#units;
     this.#selection = onDevice ? new EvictionSelection(rows, Math.ceil(this.allocator.numSlots / 32) + rows) : null;
+    this.#deviceCompaction = (options.deviceCompaction ?? true) && this.backend.compactEvictions !== undefined;
+  }
+
+  /** Whether a device selection round compacts on the device too (not while forks share blocks). */
+  #compactsOnDevice(): boolean {
+    return this.#deviceCompaction && this.allocator.sharedBlocks === 0;
+  }
+
+  /**
+   * Before host planning on a backend that keeps metrics on the device: downloads them, and the
+   * slot positions a device compaction moved (the host copy of those is stale).
+   */
+  async #syncHostCache(): Promise<void> {
+    if (this.backend.deviceMetrics !== true) return;
+    await this.backend.downloadMetrics?.(this.metrics.values);
+    await this.#syncPositions();
+  }
+
+  /** Downloads the slot positions a device compaction moved, if any. */
+  async #syncPositions(): Promise<void> {
+    if (this.allocator.staleHeads === 0 || this.backend.downloadPositions === undefined) return;
+    await this.backend.downloadPositions(this.allocator);
+    this.allocator.positionsSynced();
   }
 
   /** Whether compressions under the default policy decide on the device (see EngineOptions.deviceSelection). */
@@ -890,7 +927,7 @@ export class Engine {
   }
 
   async #downloadMetricsThen(t0: number): Promise<void> {
-    await this.backend.downloadMetrics?.(this.metrics.values);
+    await this.#syncHostCache();
     await this.#decodeRows(t0);
   }
 
@@ -1008,7 +1045,7 @@ export class Engine {
     for (const r of this.#running) compressible ||= r.compressor !== null;
     if (!compressible) return;
     if (this.#allSelectOnDevice()) return this.#relieveOnDevice(needed);
-    if (this.backend.deviceMetrics === true) await this.backend.downloadMetrics?.(this.metrics.values);
+    await this.#syncHostCache();
     this.#relievePressureNow(needed);
   }
 
@@ -1044,7 +1081,8 @@ export class Engine {
   /**
    * One device selection round: selects for every request of `round` at once, then compresses
    * them in order; with `needed`, stops once that many blocks are free (the rest stay as they
-   * are, as on the host path).
+   * are, as on the host path). Compacting on the device, such a round first downloads the
+   * blocks each row frees, and compacts only the requests the host path would compress.
    */
   async #compressOnDevice(round: readonly Request[], reason: CompressionReason, needed = -1): Promise<void> {
     const selection = this.#selection;
@@ -1056,8 +1094,21 @@ export class Engine {
       const config = reason === 'memory-pressure' ? r.pressureCompression : r.compression;
       if (r.compressor !== null && config !== null) r.compressor.addSelection(selection, r.sequence, config);
     }
+    const onDevice = this.#compactsOnDevice();
     if (selection.rowCount > 0) {
-      await this.backend.selectEvictions?.(selection, this.allocator);
+      if (onDevice) {
+        let rows = selection.rowCount;
+        if (needed >= 0) {
+          await this.backend.selectEvictions?.(selection, this.allocator, { masks: false });
+          rows = this.#rowsNeeded(round, selection, needed);
+        }
+        await this.backend.compactEvictions?.(selection, this.allocator, rows);
+        this.#stats.deviceCompactionRounds++;
+      } else {
+        // compressSelected checks the marked slots' positions on the host.
+        await this.#syncPositions();
+        await this.backend.selectEvictions?.(selection, this.allocator);
+      }
       this.#stats.deviceSelectionRounds++;
     }
     // The round's device time and download; each compression adds its own host time below.
@@ -1066,8 +1117,34 @@ export class Engine {
       if (needed >= 0 && needed <= this.allocator.freeBlocks) return;
       const config = reason === 'memory-pressure' ? r.pressureCompression : r.compression;
       if (r.compressor === null || config === null) continue;
-      this.#compressed(r, reason, r.compressor.compressSelected(r.sequence, this.#moves, selection, config));
+      const c = r.compressor;
+      this.#compressed(
+        r,
+        reason,
+        onDevice ? c.applyDeviceCompaction(r.sequence, selection, config) : c.compressSelected(r.sequence, this.#moves, selection, config),
+      );
     }
+  }
+
+  /**
+   * The leading rows of a selection (whole requests, in round order) that the loop of
+   * #compressOnDevice compresses before `needed` blocks are free, from the blocks each row
+   * frees (selection.result, before any compaction).
+   */
+  #rowsNeeded(round: readonly Request[], selection: EvictionSelection, needed: number): number {
+    let free = this.allocator.freeBlocks;
+    let rows = 0;
+    for (const r of round) {
+      if (needed <= free) break;
+      for (let g = 0; g < selection.groupCount; g++) {
+        const go = g * SELECTION_GROUP_FIELDS;
+        if (selection.groups[go] !== r.sequence) continue;
+        const end = (selection.groups[go + 1] as number) + (selection.groups[go + 2] as number);
+        for (let row = selection.groups[go + 1] as number; row < end; row++) free += selection.freed(row);
+        rows = Math.max(rows, end);
+      }
+    }
+    return rows;
   }
 
   /** Compresses running sequences, fullest first, until `needed` blocks are free. */
@@ -1109,7 +1186,7 @@ export class Engine {
       round.push(r);
       return this.#compressOnDevice(round, reason);
     }
-    if (this.backend.deviceMetrics === true) await this.backend.downloadMetrics?.(this.metrics.values);
+    await this.#syncHostCache();
     this.#compressNow(r, reason);
   }
 

@@ -3,6 +3,7 @@
 // Metrics are heavy-tailed like squared attention (log-normal, a different scale per head).
 //   node --conditions=source packages/eviction/bench/plan.bench.ts [--json]
 import os from 'node:os';
+import { EvictionSelection, SELECTION_GROUP_FIELDS, SELECTION_ROW_FIELDS } from '@kvcompress/core';
 import { MetricStore } from '@kvcompress/metrics';
 import { PageAllocator } from '@kvcompress/page-allocator';
 import { type CompressionConfig, CompressionContext, Compressor, getPolicy, resolveCompressionConfig } from '../src/index.ts';
@@ -107,6 +108,40 @@ const resolved = resolveCompressionConfig(config);
     policy.plan(ctx);
   }
   rows.push({ case: `plan, ${n} sequences`, policy: 'kv-compress', ms: performance.now() - t0, evicted: ctx.plan.count * n, sequences: n });
+  // The host's part of a round decided and compacted on the device (Backend.compactEvictions):
+  // describe the round (addSelection), then apply each sequence's blocks freed per head to a
+  // twin allocator (applyDeviceCompaction, O(blocks)). The device's decision is the planner's.
+  {
+    const twin = build(n);
+    const c = new Compressor({ allocator: twin.allocator, metrics: twin.store, policy, config });
+    const units = layers * kvHeads;
+    const selection = new EvictionSelection(n * units, n * units * Math.ceil(tokens / 32));
+    const t1 = performance.now();
+    for (const seq of twin.seqs) c.addSelection(selection, seq);
+    const describeMs = performance.now() - t1;
+    for (let r = 0; r < selection.rowCount; r++) {
+      const seq = selection.groups[(selection.rows[r * SELECTION_ROW_FIELDS] as number) * SELECTION_GROUP_FIELDS] as number;
+      const unit = selection.rows[r * SELECTION_ROW_FIELDS + 1] as number;
+      if (r === 0 || unit === 0) {
+        ctx.begin(seq, resolved);
+        policy.plan(ctx);
+      }
+      const len = ctx.length(unit);
+      let e = 0;
+      for (let i = 0; i < len; i++) if (ctx.isEvicted(unit, i)) e++;
+      selection.result[r] = Math.ceil(len / blockSize) - Math.ceil((len - e) / blockSize);
+    }
+    const t2 = performance.now();
+    let evicted = 0;
+    for (const seq of twin.seqs) evicted += c.applyDeviceCompaction(seq, selection).evictedSlots;
+    rows.push({
+      case: `host side of a device-compacted round, ${n} sequences`,
+      policy: 'kv-compress',
+      ms: describeMs + performance.now() - t2,
+      evicted,
+      sequences: n,
+    });
+  }
   const compressor = new Compressor({ allocator, metrics: store, policy, config });
   const moves = allocator.createMoveList();
   t0 = performance.now();

@@ -65,6 +65,7 @@ export class Compressor {
       throw new InvalidArgumentError('A shared CompressionContext must be of the same allocator and metric store as the compressor.');
     }
     this.context = shared ?? new CompressionContext(options.allocator, options.metrics.values);
+    this.#newLengths = new Int32Array(options.allocator.headsPerSequence);
   }
 
   /** Blocks this sequence may hold under the budget (default: the compressor's) right now. */
@@ -163,6 +164,70 @@ export class Compressor {
     }
     return this.#compact(sequence, moves, blocksBefore, t0);
   }
+
+  /**
+   * Applies to the allocator the compaction a backend ran on the device for this sequence
+   * (`Backend.compactEvictions` on `selection`, filled by `addSelection` for this sequence and
+   * this cache state; a sequence with no group there keeps everything): each row's head keeps
+   * length - e slots, e = (k - 1) * blockSize + hanging for the k blocks it freed, and releases
+   * its tail blocks. The same tables, lengths and free list as `compressSelected` on the same
+   * selection, in O(heads + freed blocks): the slots moved on the device (K, V, the device
+   * metrics and positions), so the host copies of the moved positions are stale until
+   * downloaded (`PageAllocator.stalePositions`) and the host metric store is not updated (a
+   * backend with device metrics is downloaded from before any host planning).
+   */
+  applyDeviceCompaction(
+    sequence: number,
+    selection: EvictionSelection,
+    config: ResolvedCompressionConfig = this.config,
+  ): CompressionOutcome {
+    const ctx = this.context;
+    const a = this.allocator;
+    const B = a.blockSize;
+    const t0 = performance.now();
+    ctx.begin(sequence, config);
+    const blocksBefore = a.sequenceBlocks(sequence);
+    const newLengths = this.#newLengths;
+    newLengths.fill(-1);
+    let moves = 0;
+    for (let g = 0; g < selection.groupCount; g++) {
+      const go = g * SELECTION_GROUP_FIELDS;
+      if (selection.groups[go] !== sequence) continue;
+      const first = selection.groups[go + 1] as number;
+      const end = first + (selection.groups[go + 2] as number);
+      for (let r = first; r < end; r++) {
+        const ro = r * SELECTION_ROW_FIELDS;
+        const unit = selection.rows[ro + 1] as number;
+        const len = selection.rows[ro + 3] as number;
+        const k = selection.freed(r);
+        if (len !== ctx.length(unit) || k < 0 || k > (selection.rows[ro + 5] as number) || newLengths[unit] !== -1) {
+          throw new InvalidPlanError(
+            `The device compaction frees ${k} blocks of unit ${unit} (length ${len}, now ${ctx.length(unit)}), or was made for another cache state.`,
+          );
+        }
+        // Freeing k blocks evicts the (k - 1) * B + hanging cheapest slots: k whole blocks go.
+        if (k > 0) newLengths[unit] = len - ((k - 1) * B + (selection.rows[ro + 4] as number));
+        moves += selection.rowMoves[r] as number;
+      }
+    }
+    const t1 = performance.now();
+    const result = a.compactedOnDevice(sequence, newLengths, moves, true);
+    const t2 = performance.now();
+    const blocksAfter = a.sequenceBlocks(sequence);
+    return {
+      ...result,
+      sequence,
+      blocksBefore,
+      blocksAfter,
+      targetBlocks: ctx.targetBlocks,
+      budgetMet: blocksAfter <= ctx.targetBlocks,
+      planMs: t1 - t0,
+      compactMs: t2 - t1,
+    };
+  }
+
+  /** Scratch of applyDeviceCompaction: new length per unit, -1 = unchanged. */
+  readonly #newLengths: Int32Array;
 
   #checkMoves(moves: SlotMoveList): void {
     if (moves.capacity < this.allocator.maxSlotsPerSequence) {

@@ -1,4 +1,10 @@
-import { type EvictionSelection, InvalidArgumentError, InvalidPlanError, SELECTION_ROW_FIELDS } from '@kvcompress/core';
+import {
+  type EvictionSelection,
+  InvalidArgumentError,
+  InvalidPlanError,
+  SELECTION_ROW_FIELDS,
+  StalePositionsError,
+} from '@kvcompress/core';
 import type { EvictionPlan, PageAllocator } from '@kvcompress/page-allocator';
 import { keepPerHead, protectedCount, type ResolvedCompressionConfig } from './budget.ts';
 
@@ -87,6 +93,8 @@ export class CompressionContext implements PolicyContext {
   /** Int32 [units][stride]: ordered metric key per logical slot; PROTECTED_KEY if protected or evicted. */
   readonly #keys: Int32Array;
   readonly #evicted: Uint8Array;
+  /** Per unit: the length it had when planning began (its #evicted marks lie below it). */
+  readonly #markedLength: Int32Array;
   /** Int32 [units][2048]: histograms for the threshold search. */
   readonly #hist: Int32Array;
   readonly #countBelow: Int32Array;
@@ -127,10 +135,15 @@ export class CompressionContext implements PolicyContext {
     this.#candidates = new Int32Array(this.units * this.#stride);
     this.#candidateStart = new Int32Array(this.units + 1);
     this.#evictedPerUnit = new Int32Array(this.units);
+    this.#markedLength = new Int32Array(this.units);
     this.plan = allocator.createEvictionPlan();
   }
 
-  /** Starts planning for a sequence. Clears the plan. */
+  /**
+   * Starts planning for a sequence. Clears the plan. O(units): only the units the previous
+   * plan marked are cleared, so a caller that only needs the budget (Compressor.addSelection)
+   * pays nothing per slot.
+   */
   begin(sequence: number, config: ResolvedCompressionConfig): void {
     const a = this.allocator;
     this.sequence = sequence;
@@ -146,8 +159,11 @@ export class CompressionContext implements PolicyContext {
         ? Math.min(budgetBlocks, Math.max(budgetBlocks - headroom, this.units * Math.ceil(this.protectedTokens / this.blockSize)))
         : budgetBlocks;
     this.plan.reset(sequence);
-    this.#evictedPerUnit.fill(0);
-    for (let u = 0; u < this.units; u++) this.#evicted.fill(0, u * this.#stride, u * this.#stride + this.length(u));
+    for (let u = 0; u < this.units; u++) {
+      if (this.#evictedPerUnit[u] !== 0) this.#evicted.fill(0, u * this.#stride, u * this.#stride + (this.#markedLength[u] as number));
+      this.#evictedPerUnit[u] = 0;
+      this.#markedLength[u] = this.length(u);
+    }
   }
 
   unit(layer: number, kvHead: number): number {
@@ -182,6 +198,7 @@ export class CompressionContext implements PolicyContext {
 
   position(unit: number, i: number): number {
     this.#checkIndex(unit, i);
+    this.#checkPositions();
     return this.allocator.slotPositions[this.slot(unit, i)] as number;
   }
 
@@ -369,6 +386,7 @@ export class CompressionContext implements PolicyContext {
     const a = this.allocator;
     const B = this.blockSize;
     const len = this.length(unit);
+    this.#checkPositions();
     const t0 = a.unitHeadIndex(this.sequence, unit) * a.maxBlocksPerHead;
     const words = selection.result;
     const w0 = selection.rowCount + (selection.rows[row * SELECTION_ROW_FIELDS + 6] as number);
@@ -438,6 +456,7 @@ export class CompressionContext implements PolicyContext {
    * PROTECTED_KEY for protected and already planned slots. Returns the evictable count.
    */
   #loadKeys(unit: number, len: number, histogramAt = -1): number {
+    this.#checkPositions();
     const a = this.allocator;
     const B = this.blockSize;
     const t0 = a.unitHeadIndex(this.sequence, unit) * a.maxBlocksPerHead;
@@ -591,6 +610,11 @@ export class CompressionContext implements PolicyContext {
     this.#evicted[unit * this.#stride + i] = 1;
     this.#evictedPerUnit[unit] = (this.#evictedPerUnit[unit] as number) + 1;
     this.plan.add(unit, this.slot(unit, i));
+  }
+
+  /** Planning reads slot positions: refuse a sequence whose host copy a device compaction left stale. */
+  #checkPositions(): void {
+    if (this.allocator.hasStalePositions(this.sequence)) throw new StalePositionsError(this.sequence, 'Planning a compression');
   }
 
   #positionProtected(p: number): boolean {

@@ -1,7 +1,14 @@
 // KV-Compress's block rule as EvictionSelection documents it, written the slow, obvious way
 // (sort every candidate), against the planner's freeCheapestBlocks; and the host half of a
 // device selection (addSelection, compressSelected) against compress().
-import { EvictionSelection, InvalidPlanError, SELECTION_GROUP_FIELDS, SELECTION_ROW_FIELDS, type SlotMoveList } from '@kvcompress/core';
+import {
+  EvictionSelection,
+  InvalidPlanError,
+  SELECTION_GROUP_FIELDS,
+  SELECTION_ROW_FIELDS,
+  type SlotMoveList,
+  StalePositionsError,
+} from '@kvcompress/core';
 import { MetricStore } from '@kvcompress/metrics';
 import { PageAllocator } from '@kvcompress/page-allocator';
 import fc from 'fast-check';
@@ -241,6 +248,85 @@ describe('the block rule of EvictionSelection', () => {
         a.allocator.checkInvariants();
         expect([...a.allocator.blockTables]).toEqual([...b.allocator.blockTables]);
         expect([...a.allocator.headLengths]).toEqual([...b.allocator.headLengths]);
+      }),
+      { numRuns: 100 },
+    );
+  });
+
+  it('property: applyDeviceCompaction after the device moves (emulated) = compressSelected', () => {
+    fc.assert(
+      fc.property(sceneParams, fc.constantFrom(0, 1), (q, which) => {
+        const policy = policies[which] as EvictionPolicy;
+        const a = buildScene(q);
+        const b = buildScene(q);
+        const config = a.configs[0] as ResolvedCompressionConfig;
+        const ca = new Compressor({ allocator: a.allocator, metrics: a.store, policy, config });
+        const cb = new Compressor({ allocator: b.allocator, metrics: b.store, policy, config });
+        const A = a.allocator;
+        const B = A.blockSize;
+        const units = A.headsPerSequence;
+        const selection = new EvictionSelection(A.maxSequences * units, A.maxSlotsPerSequence * A.maxSequences);
+        a.sequences.forEach((seq, i) => {
+          ca.addSelection(selection, seq, a.configs[i]);
+        });
+        fillResult(selection, a, policy);
+        // The device: per row, holes below the new length <- survivors past it, both ascending;
+        // positions and metrics move with the slots (on the device copies).
+        const devPositions = A.slotPositions.slice();
+        const devMetrics = a.store.values.slice();
+        const pairs: [number, number][] = [];
+        for (let r = 0; r < selection.rowCount; r++) {
+          const o = r * SELECTION_ROW_FIELDS;
+          const t0 = selection.rows[o + 2] as number;
+          const len = selection.rows[o + 3] as number;
+          const slotOf = (i: number) => (A.blockTables[t0 + Math.floor(i / B)] as number) * B + (i % B);
+          const k = selection.freed(r);
+          const survivors = k === 0 ? len : len - ((k - 1) * B + (selection.rows[o + 4] as number));
+          const holes: number[] = [];
+          const sources: number[] = [];
+          for (let i = 0; i < len; i++) {
+            if (i < survivors && selection.evicted(r, i)) holes.push(slotOf(i));
+            if (i >= survivors && !selection.evicted(r, i)) sources.push(slotOf(i));
+          }
+          expect(sources.length).toBe(holes.length);
+          selection.rowMoves[r] = holes.length;
+          for (let n = 0; n < holes.length; n++) pairs.push([sources[n] as number, holes[n] as number]);
+        }
+        for (const [src, dst] of pairs) {
+          devPositions[dst] = devPositions[src] as number;
+          devMetrics[dst] = devMetrics[src] as number;
+        }
+        const mb: SlotMoveList = b.allocator.createMoveList();
+        a.sequences.forEach((seq, i) => {
+          const config = a.configs[i] as ResolvedCompressionConfig;
+          const x = ca.applyDeviceCompaction(seq, selection, config);
+          const y = cb.compressSelected(seq, mb, selection, config);
+          expect({ ...x, planMs: 0, compactMs: 0 }).toEqual({ ...y, planMs: 0, compactMs: 0 });
+        });
+        A.checkInvariants();
+        expect([...A.blockTables]).toEqual([...b.allocator.blockTables]);
+        expect([...A.headLengths]).toEqual([...b.allocator.headLengths]);
+        expect(A.freeBlocks).toBe(b.allocator.freeBlocks);
+        for (let h = 0; h < A.headLengths.length; h++) {
+          for (let i = 0; i < (A.headLengths[h] as number); i++) {
+            const slot = (A.blockTables[h * A.maxBlocksPerHead + Math.floor(i / B)] as number) * B + (i % B);
+            expect(devPositions[slot]).toBe(b.allocator.slotPositions[slot]);
+            expect(Object.is(devMetrics[slot], b.store.values[slot])).toBe(true);
+          }
+        }
+        // Host planning of a compacted sequence needs its positions from the device first.
+        const moved = a.sequences.find((seq) => A.hasStalePositions(seq));
+        if (moved !== undefined) {
+          const ctx = ca.context;
+          ctx.begin(moved, config);
+          const unit = Array.from({ length: units }, (_, u) => u).find((u) => ctx.length(u) > 0) as number;
+          expect(() => ctx.position(unit, 0)).toThrow(StalePositionsError);
+          expect(() => ctx.evictLowest(unit, 1)).toThrow(StalePositionsError);
+          A.slotPositions.set(devPositions);
+          A.positionsSynced();
+          ctx.begin(moved, config);
+          expect(ctx.position(unit, 0)).toBe(devPositions[ctx.slot(unit, 0)]);
+        }
       }),
       { numRuns: 100 },
     );

@@ -5,6 +5,7 @@ import {
   InvalidPlanError,
   OutOfBlocksError,
   SlotMoveList,
+  StalePositionsError,
   UnknownSequenceError,
 } from '@kvcompress/core';
 import fc from 'fast-check';
@@ -444,5 +445,200 @@ describe('PageAllocator properties', () => {
       ),
       { numRuns: 2500 },
     );
+  });
+});
+
+// Compaction on the device (Backend.compactEvictions) and its host side, compactedOnDevice():
+// against compact() on a twin allocator, with the device's moves emulated as the kernel
+// makes them (holes below the new length paired with the survivors past it, both ascending).
+
+/** The moves a device compaction makes for one head: evicted[i] marks logical slot i. */
+function deviceMoves(a: PageAllocator, seq: number, unit: number, evicted: boolean[]): [number, number][] {
+  const h = a.unitHeadIndex(seq, unit);
+  const len = a.headLengths[h] as number;
+  const B = a.blockSize;
+  const slotOf = (i: number) => (a.blockTables[h * a.maxBlocksPerHead + Math.floor(i / B)] as number) * B + (i % B);
+  const survivors = len - evicted.filter(Boolean).length;
+  const holes: number[] = [];
+  const sources: number[] = [];
+  for (let i = 0; i < len; i++) {
+    if (i < survivors && evicted[i]) holes.push(slotOf(i));
+    if (i >= survivors && !evicted[i]) sources.push(slotOf(i));
+  }
+  expect(holes.length).toBe(sources.length);
+  return holes.map((d, k) => [sources[k] as number, d]);
+}
+
+describe('PageAllocator.compactedOnDevice', () => {
+  it('ends with the tables, lengths, free list and positions of compact(), positions stale on the host until synced', () => {
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.record({
+            seq: fc.nat(2),
+            tokens: fc.integer({ min: 1, max: 30 }),
+            fraction: fc.double({ min: 0, max: 1, noNaN: true }),
+            seed: fc.nat(),
+          }),
+          {
+            minLength: 1,
+            maxLength: 12,
+          },
+        ),
+        fc.constantFrom(1, 3, 4, 16),
+        (steps, blockSize) => {
+          const opts = { shape, numBlocks: 200, blockSize, maxSequences: 3, maxContext: 400 };
+          const host = new PageAllocator(opts); // compact()
+          const dev = new PageAllocator(opts); // compactedOnDevice() + emulated device moves
+          const units = host.headsPerSequence;
+          for (let i = 0; i < 3; i++) {
+            host.addSequence();
+            dev.addSequence();
+          }
+          // The device copy of dev's tables and positions, synced through the change logs as a backend does.
+          const devTables = dev.blockTables.slice();
+          const devPositions = dev.slotPositions.slice();
+          dev.tableChanges.clear();
+          dev.positionChanges.clear();
+          const sync = () => {
+            for (const [log, from, to] of [
+              [dev.tableChanges, dev.blockTables, devTables],
+              [dev.positionChanges, dev.slotPositions, devPositions],
+            ] as const) {
+              expect(log.overflowed).toBe(false);
+              for (let i = 0; i < log.count; i++) to[log.indices[i] as number] = from[log.indices[i] as number] as number;
+              log.clear();
+            }
+          };
+          const moves = host.createMoveList();
+          const plan = host.createEvictionPlan();
+          const newLengths = new Int32Array(units);
+          for (const step of steps) {
+            try {
+              host.appendTokens(step.seq, step.tokens);
+            } catch (e) {
+              expect(e).toBeInstanceOf(OutOfBlocksError);
+              continue;
+            }
+            dev.appendTokens(step.seq, step.tokens);
+            sync();
+            let rng = step.seed + 1;
+            const rand = () => {
+              rng = (rng * 1103515245 + 12345) % 2147483648;
+              return rng / 2147483648;
+            };
+            plan.reset(step.seq);
+            const devMoves: [number, number][] = [];
+            let evicted = 0;
+            for (let unit = 0; unit < units; unit++) {
+              const len = host.headLengths[host.unitHeadIndex(step.seq, unit)] as number;
+              const marks = Array.from({ length: len }, () => rand() < step.fraction * rand());
+              newLengths[unit] = marks.some(Boolean) ? len - marks.filter(Boolean).length : -1;
+              marks.forEach((m, i) => {
+                if (m) plan.add(unit, host.slot(step.seq, Math.floor(unit / shape.kvHeads), unit % shape.kvHeads, i));
+              });
+              devMoves.push(...deviceMoves(dev, step.seq, unit, marks));
+              evicted += marks.filter(Boolean).length;
+            }
+            moves.clear();
+            const a = host.compact(plan, moves);
+            // The device: moves (positions here), then the released table entries cleared.
+            const before = devPositions.slice();
+            for (const [src, dst] of devMoves) devPositions[dst] = before[src] as number;
+            const b = dev.compactedOnDevice(step.seq, newLengths, devMoves.length, true);
+            for (let h = 0; h < dev.headLengths.length; h++) {
+              for (let j = Math.ceil((dev.headLengths[h] as number) / blockSize); j < dev.maxBlocksPerHead; j++)
+                devTables[h * dev.maxBlocksPerHead + j] = -1;
+            }
+            expect(b).toEqual({ ...a });
+            expect(b.evictedSlots).toBe(evicted);
+            expect(dev.tableChanges.count).toBe(0);
+            host.checkInvariants();
+            dev.checkInvariants();
+            expect(dev.blockTables).toEqual(host.blockTables);
+            expect(dev.headLengths).toEqual(host.headLengths);
+            expect(dev.freeBlocks).toBe(host.freeBlocks);
+            expect(devTables).toEqual(dev.blockTables);
+            // Every live slot: the device's position is compact()'s; the host copy agrees outside the stale ranges.
+            for (let h = 0; h < dev.headLengths.length; h++) {
+              for (let i = 0; i < (dev.headLengths[h] as number); i++) {
+                const slot =
+                  (dev.blockTables[h * dev.maxBlocksPerHead + Math.floor(i / blockSize)] as number) * blockSize + (i % blockSize);
+                expect(devPositions[slot]).toBe(host.slotPositions[slot]);
+                if (i >= (dev.stalePositions[h] as number)) expect(dev.slotPositions[slot]).toBe(host.slotPositions[slot]);
+              }
+            }
+            if (newLengths.some((n) => n > 0)) expect(dev.hasStalePositions(step.seq)).toBe(true);
+            if (plan.count > 0 && dev.hasStalePositions(step.seq)) expect(() => dev.compact(plan, moves)).toThrow(StalePositionsError);
+            // Every other step, the host downloads the device positions (Backend.downloadPositions).
+            if (step.seed % 2 === 0) {
+              dev.slotPositions.set(devPositions);
+              dev.positionsSynced();
+              expect(dev.staleHeads).toBe(0);
+            }
+          }
+          // The free lists agree in order: the next allocations take the same blocks.
+          for (let s = 0; s < 3; s++) {
+            host.removeSequence(s);
+            dev.removeSequence(s);
+          }
+          expect(dev.staleHeads).toBe(0);
+          const s0 = host.addSequence();
+          dev.addSequence();
+          const n = Math.min(Math.floor(host.freeBlocks / units), Math.floor(400 / blockSize)) * blockSize;
+          if (n > 0) {
+            host.appendTokens(s0, n);
+            dev.appendTokens(s0, n);
+          }
+          expect(dev.blockTables).toEqual(host.blockTables);
+          dev.checkInvariants();
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+
+  it('refuses pools with shared blocks, bad lengths, and stale sequences where host code reads positions', () => {
+    const a = make(64, 4, 4, 64);
+    const s = a.addSequence();
+    a.appendTokens(s, 10);
+    const f = a.forkSequence(s);
+    expect(a.sharedBlocks).toBe(12);
+    const lengths = new Int32Array(4).fill(-1);
+    lengths[0] = 4;
+    expect(() => a.compactedOnDevice(s, lengths, 0)).toThrow(InvalidArgumentError);
+    a.appendTokens(f, 1, undefined, a.createMoveList()); // copy-on-write of each last block
+    expect(a.sharedBlocks).toBe(8);
+    a.removeSequence(f);
+    expect(a.sharedBlocks).toBe(0);
+    const before = snapshot(a);
+    lengths[0] = 11;
+    expect(() => a.compactedOnDevice(s, lengths, 0)).toThrow(InvalidPlanError);
+    expect(snapshot(a)).toBe(before);
+    lengths[0] = 3;
+    lengths[2] = 0;
+    const r = a.compactedOnDevice(s, lengths, 3);
+    expect(r).toEqual({ evictedSlots: 17, freedBlocks: 5, releasedBlocks: 5, copiedBlocks: 0, moves: 3 });
+    expect(a.length(s, 0, 0)).toBe(3);
+    expect(a.length(s, 1, 0)).toBe(0);
+    expect(Array.from(a.stalePositions).filter((x) => x > 0)).toEqual([3]);
+    expect(a.hasStalePositions(s)).toBe(true);
+    const plan = a.createEvictionPlan();
+    plan.reset(s);
+    a.compact(plan, a.createMoveList()); // an empty plan reads no position
+    plan.add(0, a.slot(s, 0, 0, 0));
+    expect(() => a.compact(plan, a.createMoveList())).toThrow(StalePositionsError);
+    expect(() => a.forkSequence(s)).toThrow(StalePositionsError);
+    a.checkInvariants();
+    a.positionsSynced();
+    expect(a.hasStalePositions(s)).toBe(false);
+    a.compact(plan, a.createMoveList());
+    expect(a.length(s, 0, 0)).toBe(2);
+    a.compactedOnDevice(s, lengths.fill(-1).fill(1, 0, 1), 0);
+    expect(a.staleHeads).toBe(1);
+    a.removeSequence(s);
+    expect(a.staleHeads).toBe(0);
+    expect(a.freeBlocks).toBe(64);
+    a.checkInvariants();
   });
 });

@@ -10,6 +10,7 @@ import {
   kvDtypeBytes,
   OutOfBlocksError,
   SlotMoveList,
+  StalePositionsError,
   UnknownSequenceError,
   validateKvCacheShape,
 } from '@kvcompress/core';
@@ -88,16 +89,30 @@ export class PageAllocator {
   /** blockTables / slotPositions entries written since a device copy last synchronised. */
   readonly tableChanges: ChangeLog;
   readonly positionChanges: ChangeLog;
+  /** Block-table references per block (unspecified for a free block: see compactedOnDevice). */
   readonly refCounts: Int32Array;
-  /** Head unit (layer * kvHeads + kvHead) a block belongs to, or -1 when free. */
+  /** Head unit (layer * kvHeads + kvHead) a block belongs to (-1 or unspecified when free). */
   readonly blockUnit: Int32Array;
-  /** Index of a block inside its block tables (the same in every sequence that shares it). */
+  /** Index of a block inside its block tables, the same in every sequence that shares it (-1 or unspecified when free). */
   readonly blockTableIndex: Int32Array;
   /** Next position to append, per sequence row. */
   readonly nextPositions: Int32Array;
+  /**
+   * Int32 per head (`headLengths` layout): the head's first n logical slots hold positions
+   * that a device compaction moved (`compactedOnDevice`), so their host `slotPositions` are
+   * stale until the device copy is downloaded and `positionsSynced()` is called. Host code
+   * that reads a stale sequence's positions (compact, forkSequence, the planners) throws
+   * StalePositionsError.
+   */
+  readonly stalePositions: Int32Array;
 
   #active: Uint8Array;
   #activeCount = 0;
+  /** Blocks referenced more than once (forks). */
+  #sharedBlocks = 0;
+  /** Heads with stalePositions > 0, in all and per sequence. */
+  #staleHeads = 0;
+  #staleBySequence: Int32Array;
   /** Stack of free block ids; the top `#freeCount` entries are valid. */
   #freeStack: Int32Array;
   #freeCount: number;
@@ -137,6 +152,8 @@ export class PageAllocator {
     this.blockUnit = new Int32Array(this.numBlocks).fill(EMPTY);
     this.blockTableIndex = new Int32Array(this.numBlocks).fill(EMPTY);
     this.nextPositions = new Int32Array(this.maxSequences);
+    this.stalePositions = new Int32Array(this.headsPerSequence * this.maxSequences);
+    this.#staleBySequence = new Int32Array(this.maxSequences);
     this.#active = new Uint8Array(this.maxSequences);
     // Pop order 0, 1, 2, ...: the stack holds block ids in descending order.
     this.#freeStack = new Int32Array(this.numBlocks);
@@ -165,6 +182,32 @@ export class PageAllocator {
 
   get activeSequences(): number {
     return this.#activeCount;
+  }
+
+  /** Blocks referenced by more than one block table (shared with a fork). */
+  get sharedBlocks(): number {
+    return this.#sharedBlocks;
+  }
+
+  /** Heads whose host slot positions are stale (see `stalePositions`). */
+  get staleHeads(): number {
+    return this.#staleHeads;
+  }
+
+  /** Whether some head of the sequence has stale host slot positions (see `stalePositions`). */
+  hasStalePositions(sequence: number): boolean {
+    return this.#staleBySequence[sequence] !== undefined && (this.#staleBySequence[sequence] as number) > 0;
+  }
+
+  /**
+   * The host `slotPositions` equal the device copy again (the caller downloaded it, e.g. with
+   * `Backend.downloadPositions`): clears `stalePositions`.
+   */
+  positionsSynced(): void {
+    if (this.#staleHeads === 0) return;
+    this.stalePositions.fill(0);
+    this.#staleBySequence.fill(0);
+    this.#staleHeads = 0;
   }
 
   /** Most slots any one eviction plan or move list for a sequence can need. */
@@ -256,6 +299,7 @@ export class PageAllocator {
           this.tableChanges.mark(t0 + j);
         }
         this.headLengths[h] = 0;
+        this.#setStale(sequence, h, 0);
       }
     }
     this.#active[sequence] = 0;
@@ -269,6 +313,7 @@ export class PageAllocator {
    */
   forkSequence(parent: number): number {
     this.#requireActive(parent);
+    if (this.hasStalePositions(parent)) throw new StalePositionsError(parent, 'forkSequence()');
     const child = this.#freeRow();
     const { layers, kvHeads } = this.shape;
     for (let layer = 0; layer < layers; layer++) {
@@ -283,7 +328,9 @@ export class PageAllocator {
           const block = this.blockTables[tp + j] as number;
           this.blockTables[tc + j] = block;
           this.tableChanges.mark(tc + j);
-          this.refCounts[block] = (this.refCounts[block] as number) + 1;
+          const refs = (this.refCounts[block] as number) + 1;
+          this.refCounts[block] = refs;
+          if (refs === 2) this.#sharedBlocks++;
         }
         this.headLengths[hc] = len;
       }
@@ -381,7 +428,7 @@ export class PageAllocator {
               positions[dst] = positions[src] as number;
               this.positionChanges.mark(dst);
             }
-            this.refCounts[last] = (this.refCounts[last] as number) - 1;
+            this.#unref(last);
             this.blockTables[t0 + j] = fresh;
             this.tableChanges.mark(t0 + j);
           }
@@ -426,6 +473,7 @@ export class PageAllocator {
   compact(plan: EvictionPlan, moves: SlotMoveList): CompactionResult {
     const sequence = plan.sequence;
     this.#requireActive(sequence);
+    if (plan.count > 0 && this.hasStalePositions(sequence)) throw new StalePositionsError(sequence, 'compact()');
     const B = this.blockSize;
     const units = this.headsPerSequence;
     const marks = this.#slotMarks;
@@ -555,7 +603,7 @@ export class PageAllocator {
         const old = this.blockTables[t0 + j] as number;
         const cur = newTable[j] as number;
         if (cur !== old) {
-          this.refCounts[old] = (this.refCounts[old] as number) - 1;
+          this.#unref(old);
           this.blockTables[t0 + j] = cur;
           this.tableChanges.mark(t0 + j);
         }
@@ -583,6 +631,72 @@ export class PageAllocator {
     }
     this.#clearMarks(plan, plan.count);
     return { evictedSlots, freedBlocks, releasedBlocks, copiedBlocks, moves: moves.count - movesBefore };
+  }
+
+  /**
+   * Applies a compaction whose slot moves ran on the device (`Backend.compactEvictions`):
+   * head unit u of the sequence keeps its first `newLengths[u]` logical slots (-1: the head is
+   * left as it is). The device paired the evicted slots below the new length with the
+   * survivors past it exactly as `compact()` pairs them, so the tables, lengths and free list
+   * end as `compact()` leaves them for the same evictions: each shortened head releases its
+   * tail blocks, heads in unit order, blocks in table order. O(heads + released blocks); no
+   * slot is touched on the host.
+   *
+   * The moved positions are on the device only: the first `newLengths[u]` slots of every
+   * shortened head become stale on the host (`stalePositions`) until `positionsSynced()`.
+   * `tablesOnDevice`: the caller's device copy of the block tables already has the released
+   * entries cleared, so they are not logged in `tableChanges`. `moves` (the device's count)
+   * is only reported back.
+   *
+   * Needs a pool without shared blocks (no forks: copy-on-write is not done on the device).
+   * Everything is checked first; on an error nothing changes.
+   */
+  compactedOnDevice(sequence: number, newLengths: Int32Array, moves: number, tablesOnDevice = false): CompactionResult {
+    this.#requireActive(sequence);
+    const units = this.headsPerSequence;
+    if (newLengths.length < units) throw new InvalidArgumentError(`newLengths holds ${newLengths.length} entries; ${units} are needed.`);
+    if (this.#sharedBlocks > 0) {
+      throw new InvalidArgumentError(
+        `The pool holds ${this.#sharedBlocks} blocks shared by forks; compact them on the host (compact()), which copies them on write.`,
+      );
+    }
+    for (let unit = 0; unit < units; unit++) {
+      const n = newLengths[unit] as number;
+      if (n === -1) continue;
+      const len = this.headLengths[this.unitHeadIndex(sequence, unit)] as number;
+      if (!Number.isInteger(n) || n < 0 || n > len) {
+        throw new InvalidPlanError(`Head unit ${unit} of sequence ${sequence} holds ${len} slots; it cannot keep ${n}.`);
+      }
+    }
+    const B = this.blockSize;
+    const maxBlocks = this.maxBlocksPerHead;
+    const tables = this.blockTables;
+    const freeStack = this.#freeStack;
+    let free = this.#freeCount;
+    let evictedSlots = 0;
+    let released = 0;
+    for (let unit = 0; unit < units; unit++) {
+      const n = newLengths[unit] as number;
+      const h = this.unitHeadIndex(sequence, unit);
+      const len = this.headLengths[h] as number;
+      if (n === -1 || n === len) continue;
+      evictedSlots += len - n;
+      const t0 = h * maxBlocks;
+      const keep = Math.ceil(n / B);
+      const old = Math.ceil(len / B);
+      // Unshared blocks (checked above): each released entry frees its block. Their
+      // refCounts / blockUnit / blockTableIndex are left as they were (unspecified for a free
+      // block; the next #take sets them): millions of blocks are pushed with two copies.
+      freeStack.set(tables.subarray(t0 + keep, t0 + old), free);
+      free += old - keep;
+      if (!tablesOnDevice) for (let j = t0 + keep; j < t0 + old; j++) this.tableChanges.mark(j);
+      tables.fill(EMPTY, t0 + keep, t0 + old);
+      released += old - keep;
+      this.headLengths[h] = n;
+      this.#setStale(sequence, h, n);
+    }
+    this.#freeCount = free;
+    return { evictedSlots, freedBlocks: released, releasedBlocks: released, copiedBlocks: 0, moves };
   }
 
   // ---------------------------------------------------------------------------------------
@@ -724,7 +838,8 @@ export class PageAllocator {
     }
     let referenced = 0;
     for (let b = 0; b < this.numBlocks; b++) {
-      if (refs[b] !== this.refCounts[b]) {
+      // A free block's refCount is unspecified (compactedOnDevice leaves it); referenced ones must match.
+      if ((refs[b] as number) > 0 && refs[b] !== this.refCounts[b]) {
         throw new InvariantViolationError(`block ${b} has ${refs[b]} references but refCount ${this.refCounts[b]}`);
       }
       if ((refs[b] as number) > 0) referenced++;
@@ -736,7 +851,6 @@ export class PageAllocator {
       if (seenFree[b] === 1) throw new InvariantViolationError(`block ${b} is on the free list twice`);
       seenFree[b] = 1;
       if (refs[b] !== 0) throw new InvariantViolationError(`block ${b} is free but referenced`);
-      if (this.blockUnit[b] !== EMPTY) throw new InvariantViolationError(`free block ${b} still has an owner`);
     }
     if (referenced + this.#freeCount !== this.numBlocks) {
       throw new InvariantViolationError(
@@ -746,6 +860,26 @@ export class PageAllocator {
     let active = 0;
     for (let s = 0; s < this.maxSequences; s++) active += this.#active[s] as number;
     if (active !== this.#activeCount) throw new InvariantViolationError(`active count ${this.#activeCount} != ${active}`);
+    let shared = 0;
+    for (let b = 0; b < this.numBlocks; b++) if ((refs[b] as number) > 1) shared++;
+    if (shared !== this.#sharedBlocks)
+      throw new InvariantViolationError(`${shared} shared blocks but the count says ${this.#sharedBlocks}`);
+    let stale = 0;
+    for (let s = 0; s < this.maxSequences; s++) {
+      let n = 0;
+      for (let unit = 0; unit < this.headsPerSequence; unit++) {
+        const h = this.unitHeadIndex(s, unit);
+        const v = this.stalePositions[h] as number;
+        if (v < 0 || v > (this.headLengths[h] as number)) {
+          throw new InvariantViolationError(`sequence ${s} head ${unit} has ${v} stale positions and length ${this.headLengths[h]}`);
+        }
+        if (v > 0) n++;
+      }
+      if (n !== this.#staleBySequence[s])
+        throw new InvariantViolationError(`sequence ${s} has ${n} stale heads, counted ${this.#staleBySequence[s]}`);
+      stale += n;
+    }
+    if (stale !== this.#staleHeads) throw new InvariantViolationError(`${stale} stale heads, counted ${this.#staleHeads}`);
     for (let i = 0; i < this.#slotMarks.length; i++) {
       if (this.#slotMarks[i] !== 0) throw new InvariantViolationError(`scratch mark left on slot ${i}`);
     }
@@ -789,13 +923,32 @@ export class PageAllocator {
 
   /** Drops one reference; returns true if the block went back to the pool. */
   #release(block: number): boolean {
-    const refs = (this.refCounts[block] as number) - 1;
-    this.refCounts[block] = refs;
-    if (refs > 0) return false;
+    if (this.#unref(block) > 0) return false;
     this.blockUnit[block] = EMPTY;
     this.blockTableIndex[block] = EMPTY;
     this.#freeStack[this.#freeCount++] = block;
     return true;
+  }
+
+  /** Drops one reference (keeping the shared-block count); returns the references left. */
+  #unref(block: number): number {
+    const refs = (this.refCounts[block] as number) - 1;
+    this.refCounts[block] = refs;
+    if (refs === 1) this.#sharedBlocks--;
+    return refs;
+  }
+
+  /** Sets a head's stale-position count, keeping the per-sequence and total counts. */
+  #setStale(sequence: number, h: number, n: number): void {
+    const was = this.stalePositions[h] as number;
+    if (was > 0 === n > 0) {
+      this.stalePositions[h] = n;
+      return;
+    }
+    const d = n > 0 ? 1 : -1;
+    this.stalePositions[h] = n;
+    this.#staleHeads += d;
+    this.#staleBySequence[sequence] = (this.#staleBySequence[sequence] as number) + d;
   }
 
   /** Null if (unit, slot) is a slot the sequence's head holds, else what is wrong with it. */

@@ -3,8 +3,12 @@
 # benches, writing JSON lines to $OUT (or .gpu/out).
 #   BENCHES="conformance attention sdpa matmul decode-8b decode-1b"   which to run (default these;
 #   decode-8b-old / decode-1b-old: the same with the wide attention and without the blocked matmul;
-#   also: selection, prefill, eval, server)
-#   SEQS=64 CONTEXT=8192 LAYERS=32 KV_HEADS=8    selection round shape (see selection.gpu.ts)
+#   also: round-8b, round-1b, selection, prefill, eval, server)
+#   round-8b / round-1b: one compression round (device selection + compaction + moves) of SEQS
+#   sequences of CONTEXT tokens (default 64 x 8192) of the Llama-3.1-8B / -3.2-1B cache, and a
+#   decode step of the same batch when the weights fit beside the pool (selection.gpu.ts; also
+#   RATE, REPEATS, STEP, HOST, VERIFY); selection: the same with SHAPE (default 8b) from the env
+#   SEQS=64 CONTEXT=8192 LAYERS=32 KV_HEADS=8    round / selection shape (see selection.gpu.ts)
 #   CONTEXT_8B=4096 CONTEXT_1B=16384 KV_MIB=3584    decode settings (see decode.gpu.ts)
 #   server: the server throughput bench on the default model (SERVER_PROMPT, SERVER_REQUESTS)
 #   eval: `kvc eval` of the default model on WebGPU (EVAL_CONTEXTS, EVAL_TASKS, EVAL_EXAMPLES,
@@ -33,7 +37,9 @@ for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
     server) timeout "${SERVER_TIMEOUT:-300}" "$GPU_NODE" .gpu/server-throughput.mjs --backend webgpu --model models/kvc-20m-4k \
       --text .gpu/shared/data/gutenberg/pg11_alice_in_wonderland.txt --prompt-tokens "${SERVER_PROMPT:-1800}" --max-tokens "${SERVER_MAX_TOKENS:-64}" \
       --requests "${SERVER_REQUESTS:-128}" --concurrency 64 --max-sequences 64 --pool-sequences 4 --pool-context 4096 --pressure-headroom "${SERVER_HEADROOM:-1}" --json | tee "$out/server-throughput-h${SERVER_HEADROOM:-1}.jsonl" ;;
-    selection) timeout 400 "$GPU_NODE" .gpu/selection.mjs | tee "$out/selection.jsonl" ;;
+    selection) timeout 540 "$GPU_NODE" .gpu/selection.mjs | tee "$out/selection.jsonl" ;;
+    round-8b) SHAPE=8b timeout 540 "$GPU_NODE" .gpu/selection.mjs | tee "$out/round-8b.jsonl" ;;
+    round-1b) SHAPE=1b timeout 540 "$GPU_NODE" .gpu/selection.mjs | tee "$out/round-1b.jsonl" ;;
     prefill) timeout 300 "$GPU_NODE" .gpu/prefill.mjs | tee "$out/prefill.jsonl" ;;
     decode-8b-old) c=${CONTEXT_8B:-4096}; ATTENTION=wide BLOCKED_MATMUL=0 SHAPE=8b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-8b-$c-old.jsonl" ;;
     decode-1b-old) c=${CONTEXT_1B:-16384}; ATTENTION=wide BLOCKED_MATMUL=0 SHAPE=1b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-1b-$c-old.jsonl" ;;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the GPU benches (attention sweep, end-to-end decode, eviction selection, tiled prefill) and the kvc CLI into .gpu/.
+# Builds the GPU benches (attention sweep, end-to-end decode, compression round / eviction selection, tiled prefill) and the kvc CLI into .gpu/.
 #   bash packages/webgpu/bench/run-gpu.sh        (from the repo root, after pnpm install)
 # On the GPU machine (the `device` tool, carry [".gpu"]), from the repo root:
 #   source .gpu/setup.sh && bash packages/webgpu/bench/on-gpu.sh

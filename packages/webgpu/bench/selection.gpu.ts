@@ -1,144 +1,437 @@
-// One KV-Compress selection round on a real GPU through Dawn: the eviction decision for
-// SEQS sequences of CONTEXT tokens each (Llama-3.1-8B's cache shape by default: 32 layers x
-// 8 kv-heads, blocks of 16), made
-//   device: on the device metrics (WebGpuBackend.selectEvictions), downloading the decision
-//           (one integer per head, one bit per slot);
-//   host:   by downloading the whole metric store and planning on the CPU (Compressor's
-//           policy.plan), the path the engine takes without device selection.
-// Only the decision is timed (compaction and moves are the same afterwards). The decisions
-// are compared slot by slot (VERIFY=0 skips it).
+// One KV-Compress compression round on a real GPU through Dawn, metrics to freed pages, for
+// SEQS sequences of CONTEXT tokens of a Llama-shaped cache (SHAPE=8b: 32 layers x 8 kv-heads x
+// head dim 128; SHAPE=1b: 16 x 8 x 64; blocks of 16, f16 K/V, random metrics), against one
+// decode step of the same batch in the same run:
+//   round (device):  the eviction decision and the compaction on the device
+//                    (WebGpuBackend.compactEvictions: selection, hole/survivor pairing, K/V,
+//                    metric and position moves), the host applying the outcome to its
+//                    allocator (Compressor.applyDeviceCompaction, O(blocks)); timed until the
+//                    moves have run;
+//   breakdown:       the same round split at each download: selection (selectEvictions
+//                    without masks), pairing (compactEvictions reusing it), host apply, moves;
+//   selection:       the decision alone with its masks downloaded (selectEvictions), as the
+//                    previous round did before compacting on the host;
+//   round (host):    HOST=1: download the metric store, plan each sequence on the CPU, compact
+//                    on the host, execute the moves (the engine without device selection);
+//   step:            a greedy decode step of the batch before the round (LlamaModel.forward
+//                    with metric recording, as the engine runs KV-Compress, + device argmax),
+//                    random f16 weights made on the device; skipped (STEP=0, or when the
+//                    weights do not fit beside the pool: STEP=auto, the default).
+// Each timed round starts from the same uncompressed cache. VERIFY (default 1) checks the
+// device round against the host path on a twin allocator: the masks against the CPU planner
+// and the cache after compaction (tables, lengths, free blocks, positions) against
+// compressSelected's.
 //
-// Env: SEQS (64), CONTEXT (8192), LAYERS (32), KV_HEADS (8), RATE (4), WINDOW (64), REPEATS (3).
+// PROFILE=1 adds the GPU time of every kernel of one round (timestamp queries, each dispatch
+// in its own compute pass; the other timings of such a run are not comparable).
+//
+// Env: SHAPE (8b), SEQS (64), CONTEXT (8192), LAYERS / KV_HEADS / HEAD_DIM (override the
+// shape's cache), RATE (4), WINDOW (64), REPEATS (3), STEP (auto|0|1), STEPS (3), HOST (0),
+// VERIFY (1), SUBGROUPS (1), PROFILE (0).
 // A small shape checks the bench itself on SwiftShader:
-//   SEQS=3 CONTEXT=300 LAYERS=2 KV_HEADS=2 VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json node .gpu/selection.mjs
-// Prints one JSON line per measurement. Build and run: see bench/run-gpu.sh.
+//   SHAPE=tiny SEQS=3 CONTEXT=300 LAYERS=2 KV_HEADS=2 HOST=1 VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json node .gpu/selection.mjs
+// Prints one JSON line per measurement and a summary line. Build and run: see bench/run-gpu.sh.
 /// <reference types="@webgpu/types" />
-import { EvictionSelection, SELECTION_GROUP_FIELDS, SELECTION_ROW_FIELDS } from '@kvcompress/core';
-import { Compressor, getPolicy } from '@kvcompress/eviction';
+import {
+  EvictionSelection,
+  kvShapeOf,
+  type MetricRecording,
+  type ModelConfig,
+  SELECTION_GROUP_FIELDS,
+  SELECTION_ROW_FIELDS,
+} from '@kvcompress/core';
+import { type CompressionOutcome, Compressor, getPolicy } from '@kvcompress/eviction';
 import { MetricStore } from '@kvcompress/metrics';
+import { type ForwardStep, LlamaModel } from '@kvcompress/models';
 import { PageAllocator } from '@kvcompress/page-allocator';
 import { requestWebGpuDevice } from '../src/device.ts';
-import { WebGpuBackend } from '../src/webgpu-backend.ts';
+import type { WebGpuBackend } from '../src/webgpu-backend.ts';
+import { randomWeightBackend, shapeNamed, syntheticModel, syntheticModelBytes } from './synthetic-llama.ts';
 
-const env = (name: string, fallback: string): number => Number(process.env[name] ?? fallback);
-const SEQS = env('SEQS', '64');
-const CONTEXT = env('CONTEXT', '8192');
-const LAYERS = env('LAYERS', '32');
-const KV_HEADS = env('KV_HEADS', '8');
-const RATE = env('RATE', '4');
-const WINDOW = env('WINDOW', '64');
-const REPEATS = env('REPEATS', '3');
-const VERIFY = process.env['VERIFY'] !== '0';
+const env = (name: string, fallback: string): string => process.env[name] ?? fallback;
+const SHAPE = env('SHAPE', '8b');
+const base = shapeNamed(SHAPE);
+const LAYERS = Number(env('LAYERS', String(base.numLayers)));
+const KV_HEADS = Number(env('KV_HEADS', String(base.numKvHeads)));
+const HEAD_DIM = Number(env('HEAD_DIM', String(base.headDim)));
+const config: ModelConfig = {
+  ...base,
+  numLayers: LAYERS,
+  numKvHeads: KV_HEADS,
+  numHeads: KV_HEADS * (base.numHeads / base.numKvHeads),
+  headDim: HEAD_DIM,
+  ropeDim: HEAD_DIM,
+};
+const SEQS = Number(env('SEQS', '64'));
+const CONTEXT = Number(env('CONTEXT', '8192'));
+const RATE = Number(env('RATE', '4'));
+const WINDOW = Number(env('WINDOW', '64'));
+const REPEATS = Number(env('REPEATS', '3'));
+const STEP = env('STEP', 'auto');
+const STEPS = Number(env('STEPS', '3'));
+const HOST = env('HOST', '0') === '1';
+const VERIFY = env('VERIFY', '1') === '1';
+const PROFILE = env('PROFILE', '0') === '1';
 const B = 16;
+const WARMUP_STEPS = 1;
 
-const device = await requestWebGpuDevice();
+const device = await requestWebGpuDevice({ subgroups: env('SUBGROUPS', '1') === '1', timestamps: PROFILE });
 // Dawn's Node binding resolves promises from its own polling: keep the event loop alive.
 const keepAlive = setInterval(() => {}, 1000);
 const print = (o: object) =>
-  console.log(JSON.stringify({ kind: 'selection', seqs: SEQS, context: CONTEXT, layers: LAYERS, kvHeads: KV_HEADS, ...o }));
+  console.log(
+    JSON.stringify({
+      kind: 'selection',
+      shape: SHAPE,
+      seqs: SEQS,
+      context: CONTEXT,
+      layers: LAYERS,
+      kvHeads: KV_HEADS,
+      headDim: HEAD_DIM,
+      ...o,
+    }),
+  );
+const tStart = performance.now();
+const debug = (m: string) => {
+  if (process.env['DEBUG']) process.stderr.write(`[${((performance.now() - tStart) / 1000).toFixed(2)} s] ${m}\n`);
+};
 
-const shape = { layers: LAYERS, kvHeads: KV_HEADS, headDim: 2, queryHeadsPerKvHead: 4 };
-const units = LAYERS * KV_HEADS;
-const numBlocks = SEQS * units * Math.ceil(CONTEXT / B);
-const allocator = new PageAllocator({ shape, numBlocks, blockSize: B, maxSequences: SEQS, maxContext: CONTEXT });
+const shape = kvShapeOf(config);
+const units = shape.layers * shape.kvHeads;
+// Room for the timed decode steps after the context.
+const maxContext = CONTEXT + WARMUP_STEPS + STEPS + B;
+const numBlocks = SEQS * units * Math.ceil(maxContext / B);
+const newAllocator = () => new PageAllocator({ shape, numBlocks, blockSize: B, maxSequences: SEQS, maxContext });
+// Every round starts from a fresh allocator holding the same cache (see fill).
+let allocator = newAllocator();
 const store = new MetricStore(allocator.numSlots);
-const backend = new WebGpuBackend(device);
-// K and V are never read here: the smallest head dimension keeps the pool small.
-backend.createKvCache(allocator.numSlots, 2, 'f16');
-const sequences: number[] = [];
-for (let s = 0; s < SEQS; s++) {
-  const seq = allocator.addSequence();
-  allocator.appendTokens(seq, CONTEXT);
-  sequences.push(seq);
-}
-// Random metrics with some ties (24-bit values), uploaded in chunks.
-let rnd = 777;
-const values = store.values;
-for (let i = 0; i < values.length; i++) {
-  rnd = (Math.imul(rnd, 1664525) + 1013904223) | 0;
-  values[i] = (rnd >>> 8) / 2 ** 24;
-}
-const chunk = 1 << 23;
-const slots = new Int32Array(chunk);
-for (let start = 0; start < values.length; start += chunk) {
-  const n = Math.min(chunk, values.length - start);
-  for (let i = 0; i < n; i++) slots[i] = start + i;
-  backend.uploadMetrics(slots, values.subarray(start, start + n), n);
-}
-backend.flush();
+const backend: WebGpuBackend = randomWeightBackend(device, debug, { profile: PROFILE });
+backend.createKvCache(allocator.numSlots, HEAD_DIM, 'f16');
 await device.queue.onSubmittedWorkDone();
-values.fill(0);
+print({ kind: 'pool', slots: allocator.numSlots, kvBytes: allocator.numSlots * HEAD_DIM * 4, kvChunks: backend.kvChunks });
 
-const compressor = new Compressor({
-  allocator,
-  metrics: store,
-  policy: getPolicy('kv-compress'),
-  config: { budget: { targetCompressionRate: RATE }, protectedWindow: WINDOW },
-});
+// The decode step's model: random weights on the device, if they fit beside the pool.
+let model: LlamaModel | null = null;
+if (STEP !== '0') {
+  const t = performance.now();
+  device.pushErrorScope('out-of-memory');
+  try {
+    model = new LlamaModel(syntheticModel(config), backend, { maxRows: SEQS });
+  } catch (error) {
+    if (STEP === '1') throw error;
+    debug(`model: ${(error as Error).message}`);
+  }
+  const oom = await device.popErrorScope();
+  await device.queue.onSubmittedWorkDone();
+  if (oom !== null) {
+    if (STEP === '1') throw new Error(`The model's weights do not fit beside the pool: ${oom.message}`);
+    model = null;
+  }
+  print({ kind: 'weights', bytes: syntheticModelBytes(config), ms: performance.now() - t, loaded: model !== null });
+}
+
+const policy = getPolicy('kv-compress');
+const newCompressor = () =>
+  new Compressor({ allocator, metrics: store, policy, config: { budget: { targetCompressionRate: RATE }, protectedWindow: WINDOW } });
+let compressor = newCompressor();
 const rows = SEQS * units;
 const selection = new EvictionSelection(rows, rows * Math.ceil((allocator.maxBlocksPerHead * B) / 32));
+let moves = allocator.createMoveList();
+const sequences: number[] = [];
 
-async function deviceRound(): Promise<{ ms: number; hostMs: number }> {
+/**
+ * The uncompressed cache on a fresh allocator (so every round sees the same block layout and
+ * decides the same): SEQS sequences of CONTEXT tokens, random metrics with ties (24-bit values).
+ */
+async function fill(): Promise<void> {
+  allocator = newAllocator();
+  compressor = newCompressor();
+  moves = allocator.createMoveList();
+  sequences.length = 0;
+  for (let s = 0; s < SEQS; s++) {
+    const seq = allocator.addSequence();
+    allocator.appendTokens(seq, CONTEXT);
+    sequences.push(seq);
+  }
+  let rnd = 777;
+  const values = store.values;
+  for (let i = 0; i < values.length; i++) {
+    rnd = (Math.imul(rnd, 1664525) + 1013904223) | 0;
+    values[i] = (rnd >>> 8) / 2 ** 24;
+  }
+  const chunk = 1 << 23;
+  const slots = new Int32Array(Math.min(chunk, values.length));
+  for (let start = 0; start < values.length; start += chunk) {
+    const n = Math.min(chunk, values.length - start);
+    for (let i = 0; i < n; i++) slots[i] = start + i;
+    backend.uploadMetrics(slots, values.subarray(start, start + n), n);
+  }
+  // The device tables in sync with the host's, as the decode step before a round leaves them
+  // (this downloads the positions too: outside the timings).
+  await backend.downloadPositions(allocator);
+  await device.queue.onSubmittedWorkDone();
+}
+
+// A decode step as the engine runs KV-Compress: every row records its attention (L2, sum).
+const stepTokens = new Int32Array(SEQS);
+const stepSequences = new Int32Array(SEQS);
+const stepPositions = new Int32Array(SEQS);
+const stepSlots = new Int32Array(units * SEQS);
+const seqSlots = new Int32Array(units);
+const logitRows = Int32Array.from({ length: SEQS }, (_, i) => i);
+const greedy = backend.createBuffer(SEQS, 'i32');
+const greedyHost = new Int32Array(SEQS);
+const recording: MetricRecording = {
+  values: store.values,
+  rowFlags: new Uint8Array(SEQS).fill(1),
+  rowSquare: new Uint8Array(SEQS).fill(1),
+  rowGroupScale: new Float32Array(SEQS).fill(1),
+  rowMetricBuffer: new Int32Array(SEQS),
+};
+const newSlotValues = new Float32Array(units * SEQS);
+
+async function decodeStep(m: LlamaModel): Promise<number> {
+  const t = performance.now();
+  const n = sequences.length;
+  for (let i = 0; i < n; i++) {
+    const seq = sequences[i] as number;
+    stepSequences[i] = seq;
+    stepPositions[i] = allocator.nextPosition(seq);
+    stepTokens[i] = greedyHost[i] as number;
+    allocator.appendTokens(seq, 1, seqSlots);
+    for (let u = 0; u < units; u++) stepSlots[u * n + i] = seqSlots[u] as number;
+  }
+  backend.uploadMetrics(stepSlots, newSlotValues, units * n);
+  const step: ForwardStep = {
+    rows: n,
+    tokens: stepTokens,
+    sequences: stepSequences,
+    positions: stepPositions,
+    slots: stepSlots,
+    logitRows,
+    logitCount: n,
+  };
+  m.forward(step, allocator, recording);
+  backend.argmax(greedy, m.logits, n, config.vocabSize);
+  backend.flush();
+  const hostMs = performance.now() - t;
+  await backend.read(greedy, greedyHost, 0, n);
+  return hostMs;
+}
+
+async function timeSteps(m: LlamaModel, label: string): Promise<number> {
+  for (let i = 0; i < WARMUP_STEPS; i++) await decodeStep(m);
+  const t = performance.now();
+  let host = 0;
+  for (let i = 0; i < STEPS; i++) host += await decodeStep(m);
+  const ms = (performance.now() - t) / STEPS;
+  print({ kind: 'step', when: label, stepMs: ms, hostMsPerStep: host / STEPS, tokens: allocator.nextPosition(sequences[0] as number) });
+  return ms;
+}
+
+function addSelections(): number {
   const t = performance.now();
   selection.reset();
   for (const seq of sequences) compressor.addSelection(selection, seq);
-  const hostMs = performance.now() - t;
-  await backend.selectEvictions(selection, allocator);
-  return { ms: performance.now() - t, hostMs };
+  return performance.now() - t;
 }
 
-async function hostRound(): Promise<{ ms: number; downloadMs: number; planMs: number }> {
-  const t = performance.now();
-  await backend.downloadMetrics(values);
-  const t1 = performance.now();
-  const ctx = compressor.context;
+interface RoundTotals {
+  freedBlocks: number;
+  evictedSlots: number;
+  moves: number;
+}
+
+function applyAll(): RoundTotals {
+  const totals = { freedBlocks: 0, evictedSlots: 0, moves: 0 };
   for (const seq of sequences) {
-    ctx.begin(seq, compressor.config);
-    compressor.policy.plan(ctx);
+    const o: CompressionOutcome = compressor.applyDeviceCompaction(seq, selection);
+    totals.freedBlocks += o.freedBlocks;
+    totals.evictedSlots += o.evictedSlots;
+    totals.moves += o.moves;
   }
-  const t2 = performance.now();
-  return { ms: t2 - t, downloadMs: t1 - t, planMs: t2 - t1 };
+  return totals;
 }
 
-// Warm-up: compiles the pipelines and uploads the tables (attention keeps them synced in an engine).
-await deviceRound();
-await hostRound();
-for (let r = 0; r < REPEATS; r++) {
-  const d = await deviceRound();
-  print({ mode: 'device', repeat: r, ms: d.ms, hostMs: d.hostMs, downloadBytes: (selection.rowCount + selection.maskWords) * 4 });
+/** The round as the engine runs it: one download, the moves running while the host applies. */
+async function deviceRound(): Promise<Record<string, number>> {
+  const t0 = performance.now();
+  const hostSelectMs = addSelections();
+  await backend.compactEvictions(selection, allocator);
+  const t1 = performance.now();
+  const totals = applyAll();
+  const t2 = performance.now();
+  await device.queue.onSubmittedWorkDone();
+  const t3 = performance.now();
+  return {
+    roundMs: t3 - t0,
+    hostSelectMs,
+    compactEvictionsMs: t1 - t0 - hostSelectMs,
+    applyMs: t2 - t1,
+    movesTailMs: t3 - t2,
+    ...totals,
+    ...backend.lastCompaction,
+  };
 }
+
+/** The same round with a download (and a wait) after each stage, to see where the time goes. */
+async function deviceRoundBreakdown(): Promise<Record<string, number>> {
+  const t0 = performance.now();
+  addSelections();
+  await backend.selectEvictions(selection, allocator, { masks: false });
+  const t1 = performance.now();
+  await backend.compactEvictions(selection, allocator);
+  const t2 = performance.now();
+  await device.queue.onSubmittedWorkDone();
+  const t3 = performance.now();
+  const totals = applyAll();
+  const t4 = performance.now();
+  return { selectionMs: t1 - t0, pairsMs: t2 - t1, movesMs: t3 - t2, applyMs: t4 - t3, ...totals };
+}
+
+/** The decision alone, with its masks downloaded. */
+async function selectionOnly(): Promise<Record<string, number>> {
+  const t0 = performance.now();
+  const hostMs = addSelections();
+  await backend.selectEvictions(selection, allocator);
+  return { ms: performance.now() - t0, hostMs, downloadBytes: (selection.rowCount + selection.maskWords) * 4 };
+}
+
+/** The engine without device selection: download the metrics, plan and compact on the host, moves on the device. */
+async function hostRound(): Promise<Record<string, number>> {
+  const t0 = performance.now();
+  await backend.downloadMetrics(store.values);
+  const t1 = performance.now();
+  let planMs = 0;
+  let compactMs = 0;
+  let freedBlocks = 0;
+  let count = 0;
+  for (const seq of sequences) {
+    const o = compressor.compress(seq, moves);
+    planMs += o.planMs;
+    compactMs += o.compactMs;
+    freedBlocks += o.freedBlocks;
+    count += moves.count;
+    backend.executeMoves(moves);
+    moves.clear();
+  }
+  backend.flush();
+  await device.queue.onSubmittedWorkDone();
+  return { roundMs: performance.now() - t0, downloadMs: t1 - t0, planMs, compactMs, moves: count, freedBlocks };
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+
+await fill();
+let stepMs: number | null = null;
+if (model !== null) stepMs = await timeSteps(model, 'before the round');
+const rounds: number[] = [];
+// Warm-up (pipelines, scratch buffers), then the timed repeats, each from the uncompressed cache.
+await deviceRound();
 for (let r = 0; r < REPEATS; r++) {
-  const h = await hostRound();
-  print({ mode: 'host', repeat: r, ms: h.ms, downloadMs: h.downloadMs, planMs: h.planMs, downloadBytes: values.length * 4 });
+  await fill();
+  const d = await deviceRound();
+  rounds.push(d['roundMs'] as number);
+  print({ mode: 'round-device', repeat: r, ...d });
+}
+await fill();
+print({ mode: 'round-breakdown', ...(await deviceRoundBreakdown()) });
+await fill();
+print({ mode: 'selection-device', ...(await selectionOnly()) });
+if (PROFILE) {
+  await fill();
+  await backend.readProfile();
+  await deviceRound();
+  const kernels: Record<string, { ms: number; dispatches: number }> = {};
+  let total = 0;
+  for (const { kernel, ms } of await backend.readProfile()) {
+    const k = kernels[kernel] ?? { ms: 0, dispatches: 0 };
+    k.ms += ms;
+    k.dispatches++;
+    kernels[kernel] = k;
+    total += ms;
+  }
+  print({ mode: 'profile', gpuMs: total, kernels, timestamps: device.features.has('timestamp-query') });
+}
+let stepAfterMs: number | null = null;
+if (model !== null) {
+  await fill();
+  await deviceRound();
+  stepAfterMs = await timeSteps(model, 'after the round');
+}
+if (HOST) {
+  await fill();
+  print({ mode: 'round-host', ...(await hostRound()) });
 }
 
 if (VERIFY) {
-  // The last device round's masks against the host plan, sequence by sequence.
-  const ctx = compressor.context;
-  const evictedBy = new Uint8Array(allocator.numSlots);
-  let mismatches = 0;
+  // The device's decision and compaction against the host path, on two allocators holding the same cache.
+  const fresh = () => {
+    const a = newAllocator();
+    for (let s = 0; s < SEQS; s++) a.appendTokens(a.addSequence(), CONTEXT);
+    const m = new MetricStore(a.numSlots);
+    m.values.set(store.values);
+    const c = new Compressor({ allocator: a, metrics: m, policy: compressor.policy, config: compressor.config });
+    return { a, c };
+  };
+  const dev = fresh();
+  const twin = fresh();
+  const all = Int32Array.from({ length: dev.a.numSlots }, (_, i) => i);
+  backend.uploadMetrics(all, store.values, all.length);
+  selection.reset();
+  for (let s = 0; s < SEQS; s++) dev.c.addSelection(selection, s);
+  await backend.selectEvictions(selection, dev.a);
+  // 1. The masks against the CPU planner.
+  const ctx = twin.c.context;
+  let mismatchedSlots = 0;
   let evicted = 0;
   for (let g = 0; g < selection.groupCount; g++) {
     const seq = selection.groups[g * SELECTION_GROUP_FIELDS] as number;
-    ctx.begin(seq, compressor.config);
-    compressor.policy.plan(ctx);
-    for (let n = 0; n < ctx.plan.count; n++) evictedBy[ctx.plan.slots[n] as number] = 1;
+    ctx.begin(seq, twin.c.config);
+    twin.c.policy.plan(ctx);
     evicted += ctx.plan.count;
     const first = selection.groups[g * SELECTION_GROUP_FIELDS + 1] as number;
     const end = first + (selection.groups[g * SELECTION_GROUP_FIELDS + 2] as number);
     for (let r = first; r < end; r++) {
       const unit = selection.rows[r * SELECTION_ROW_FIELDS + 1] as number;
       const len = selection.rows[r * SELECTION_ROW_FIELDS + 3] as number;
-      const t0 = allocator.unitHeadIndex(seq, unit) * allocator.maxBlocksPerHead;
-      for (let i = 0; i < len; i++) {
-        const slot = (allocator.blockTables[t0 + ((i / B) | 0)] as number) * B + (i % B);
-        if (selection.evicted(r, i) !== (evictedBy[slot] === 1)) mismatches++;
-        evictedBy[slot] = 0;
-      }
+      for (let i = 0; i < len; i++) if (selection.evicted(r, i) !== ctx.isEvicted(unit, i)) mismatchedSlots++;
     }
   }
-  print({ mode: 'verify', evictedSlots: evicted, mismatchedSlots: mismatches, agree: mismatches === 0 });
-  if (mismatches > 0) process.exitCode = 1;
+  // 2. The cache after the device compaction against compressSelected's on the twin.
+  const twinMoves = twin.a.createMoveList();
+  for (let s = 0; s < SEQS; s++) twin.c.compressSelected(s, twinMoves, selection);
+  await backend.compactEvictions(selection, dev.a);
+  for (let s = 0; s < SEQS; s++) dev.c.applyDeviceCompaction(s, selection);
+  await backend.downloadPositions(dev.a);
+  dev.a.positionsSynced();
+  const a = dev.a;
+  const b = twin.a;
+  let cacheMismatches = a.freeBlocks === b.freeBlocks ? 0 : 1;
+  for (let i = 0; i < a.headLengths.length; i++) if (a.headLengths[i] !== b.headLengths[i]) cacheMismatches++;
+  for (let i = 0; i < a.blockTables.length; i++) if (a.blockTables[i] !== b.blockTables[i]) cacheMismatches++;
+  for (let h = 0; h < a.headLengths.length; h++) {
+    for (let i = 0; i < (a.headLengths[h] as number); i++) {
+      const slot = (a.blockTables[h * a.maxBlocksPerHead + Math.floor(i / B)] as number) * B + (i % B);
+      if (a.slotPositions[slot] !== b.slotPositions[slot]) cacheMismatches++;
+    }
+  }
+  const agree = mismatchedSlots === 0 && cacheMismatches === 0 && evicted > 0;
+  print({ mode: 'verify', evictedSlots: evicted, mismatchedSlots, cacheMismatches, agree });
+  if (!agree) process.exitCode = 1;
 }
+
+const roundMs = median(rounds);
+print({
+  mode: 'summary',
+  rate: RATE,
+  roundMs,
+  stepMs,
+  roundOverStep: stepMs === null ? null : roundMs / stepMs,
+  stepAfterMs,
+  target: 0.1,
+  kvChunks: backend.kvChunks,
+  subgroups: backend.subgroups,
+});
 clearInterval(keepAlive);
 process.exit(process.exitCode ?? 0);

@@ -40,6 +40,8 @@ export interface DeviceOptions {
   readonly powerPreference?: GPUPowerPreference;
   /** Request the `subgroups` feature when the adapter has it (default true): faster kernels. */
   readonly subgroups?: boolean;
+  /** Request `timestamp-query` when the adapter has it (default false): WebGpuBackendOptions.profile. */
+  readonly timestamps?: boolean;
 }
 
 /**
@@ -54,6 +56,7 @@ export async function requestWebGpuDevice(options: DeviceOptions = {}): Promise<
   const L = adapter.limits;
   const features: GPUFeatureName[] = [];
   if ((options.subgroups ?? true) && adapter.features.has('subgroups')) features.push('subgroups' as GPUFeatureName);
+  if (options.timestamps === true && adapter.features.has('timestamp-query')) features.push('timestamp-query');
   return adapter.requestDevice({
     requiredFeatures: features,
     requiredLimits: {

@@ -2047,3 +2047,215 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
 }`,
   }));
 }
+
+// ---------------------------------------------------------------------------------------
+// Compaction moves made on the device (WebGpuBackend.compactEvictions). K and V rows are
+// copied as raw 32-bit words (f16 pairs or f32 alike), `vec` words at a time (4 where a row's
+// words divide by 4). A compaction never moves into a slot that is also a source, so every
+// move runs in parallel.
+
+/** The word type of a K/V row copied `vec` words at a time. */
+function rowWordType(vec: 1 | 4): string {
+  return vec === 4 ? 'vec4<u32>' : 'u32';
+}
+
+/** K and V moves dst := src of moves [p.offset, p.offset + p.count) in a pool of one buffer each. */
+export function compactMovesKernel(vec: 1 | 4): KernelSource {
+  const T = rowWordType(vec);
+  return memo(`compact-moves:v${vec}`, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { count: u32, words: u32, p2: u32, offset: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> K: array<${T}>;
+@group(0) @binding(2) var<storage, read_write> V: array<${T}>;
+@group(0) @binding(3) var<storage, read> src: array<i32>;
+@group(0) @binding(4) var<storage, read> dst: array<i32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  let idx = wid * 256u + li;
+  let n = p.words / ${vec}u;
+  if (idx >= p.count * n) { return; }
+  let m = p.offset + idx / n;
+  let e = idx % n;
+  let s = u32(src[m]) * n + e;
+  let d = u32(dst[m]) * n + e;
+  K[d] = K[s];
+  V[d] = V[s];
+}`,
+  }));
+}
+
+/**
+ * K and V moves of one window pass of a chunked pool, for moves whose source and destination
+ * both lie in the pass's chunks (the compaction sorts its moves by window: see
+ * moveBucketKernel). Bindings: K chunks, V chunks (read-write), src, dst.
+ */
+export function movesDirectKernel(c: KvChunking, vec: 1 | 4): KernelSource {
+  const T = rowWordType(vec);
+  const W = c.window;
+  return memo(`moves-direct:v${vec}${chunkKey(c)}`, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { count: u32, words: u32, chunkPass: u32, offset: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+${chunkBindings('K', 1, W, 'read_write', `array<${T}>`)}
+${chunkBindings('V', 1 + W, W, 'read_write', `array<${T}>`)}
+@group(0) @binding(${1 + 2 * W}) var<storage, read> src: array<i32>;
+@group(0) @binding(${2 + 2 * W}) var<storage, read> dst: array<i32>;
+${chunkReader('readK', 'K', W, T)}
+${chunkReader('readV', 'V', W, T)}
+${chunkWriter('storeK', 'K', W, T)}
+${chunkWriter('storeV', 'V', W, T)}
+const SHIFT = ${c.shift}u;
+const W = ${W}u;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  let idx = wid * 256u + li;
+  let n = p.words / ${vec}u;
+  if (idx >= p.count * n) { return; }
+  let m = p.offset + idx / n;
+  let e = idx % n;
+  let s = u32(src[m]);
+  let d = u32(dst[m]);
+  let cs = (s >> SHIFT) - p.chunkPass * W;
+  let cd = (d >> SHIFT) - p.chunkPass * W;
+  if (cs >= W || cd >= W) { return; }
+  let mask = (1u << SHIFT) - 1u;
+  let os = (s & mask) * n + e;
+  let od = (d & mask) * n + e;
+  storeK(cd, od, readK(cs, os));
+  storeV(cd, od, readV(cs, os));
+}`,
+  }));
+}
+
+/** metrics[dst] := metrics[src] and positions[dst] := positions[src] for moves [0, p.count). */
+export function slotMovesKernel(): KernelSource {
+  return memo('slot-moves', () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { count: u32, p1: u32, p2: u32, p3: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> metrics: array<u32>;
+@group(0) @binding(2) var<storage, read_write> positions: array<i32>;
+@group(0) @binding(3) var<storage, read> src: array<i32>;
+@group(0) @binding(4) var<storage, read> dst: array<i32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  let i = wid * 256u + li;
+  if (i >= p.count) { return; }
+  let s = u32(src[i]);
+  let d = u32(dst[i]);
+  metrics[d] = metrics[s];
+  positions[d] = positions[s];
+}`,
+  }));
+}
+
+/** Words of the compaction info buffer where the window buckets' move counts and cursors start. */
+export const MOVE_BUCKET_COUNTS = 16;
+export const MOVE_BUCKET_CURSORS = 40;
+/** Most window buckets (passes + 1 for moves across windows). */
+export const MOVE_BUCKETS_MAX = 24;
+/** Moves each invocation of moveBucketKernel sorts (dispatch ceil(moves / MOVES_PER_INVOCATION)). */
+export const MOVES_PER_INVOCATION = 16;
+
+/**
+ * Sorts the moves of a chunked pool by window (counting sort, three steps): a move whose
+ * source and destination lie in the same window of chunks goes to that window's bucket, any
+ * other to bucket `passes` (gathered and scattered through scratch). Each invocation takes
+ * MOVES_PER_INVOCATION consecutive moves, counting them per bucket privately, so the
+ * workgroup's atomics see one add per bucket and invocation (most moves of a head share one).
+ *   count:   info[MOVE_BUCKET_COUNTS + b] += moves of bucket b (per workgroup, then once globally)
+ *   offsets: info[MOVE_BUCKET_CURSORS + b] = moves of buckets before b (one invocation)
+ *   scatter: each move to sorted[cursor of its bucket++]
+ * The moves are the first min(p.count, info[0]) of src / dst. Bindings: src, dst, info
+ * (atomic), then for scatter sortedSrc, sortedDst; offsets binds info only.
+ */
+export function moveBucketKernel(c: KvChunking, step: 'count' | 'offsets' | 'scatter'): KernelSource {
+  const nb = c.passes + 1;
+  if (nb > MOVE_BUCKETS_MAX) throw new Error(`moveBucketKernel: ${c.passes} window passes exceed ${MOVE_BUCKETS_MAX - 1}.`);
+  const bindings =
+    step === 'offsets'
+      ? '@group(0) @binding(1) var<storage, read_write> info: array<atomic<u32>>;'
+      : `@group(0) @binding(1) var<storage, read> src: array<i32>;
+@group(0) @binding(2) var<storage, read> dst: array<i32>;
+@group(0) @binding(3) var<storage, read_write> info: array<atomic<u32>>;
+${step === 'scatter' ? '@group(0) @binding(4) var<storage, read_write> sortedSrc: array<i32>;\n@group(0) @binding(5) var<storage, read_write> sortedDst: array<i32>;' : ''}`;
+  const offsets = `  if (wid != 0u || li != 0u || p.count == 0u) { return; }
+  var run = 0u;
+  for (var b = 0u; b < NB; b++) {
+    atomicStore(&info[${MOVE_BUCKET_CURSORS}u + b], run);
+    run += atomicLoad(&info[${MOVE_BUCKET_COUNTS}u + b]);
+  }`;
+  const sort = `  if (li < NB) { atomicStore(&local[li], 0u); }
+  workgroupBarrier();
+  let total = min(p.count, atomicLoad(&info[0]));
+  let first = (wid * 256u + li) * PER;
+  var mine: array<u32, NB>;
+  var at: array<u32, NB>;
+  for (var k = 0u; k < PER; k++) {
+    if (first + k < total) {
+      let b = bucketOf(first + k);
+      mine[b] += 1u;
+    }
+  }
+  for (var b = 0u; b < NB; b++) {
+    if (mine[b] > 0u) { at[b] = atomicAdd(&local[b], mine[b]); }
+  }
+  workgroupBarrier();
+  if (li < NB) {
+    let n = atomicLoad(&local[li]);
+    ${
+      step === 'count'
+        ? `if (n > 0u) { atomicAdd(&info[${MOVE_BUCKET_COUNTS}u + li], n); }`
+        : `if (n > 0u) { base[li] = atomicAdd(&info[${MOVE_BUCKET_CURSORS}u + li], n); }`
+    }
+  }
+${
+  step === 'scatter'
+    ? `  workgroupBarrier();
+  for (var k = 0u; k < PER; k++) {
+    let i = first + k;
+    if (i < total) {
+      let b = bucketOf(i);
+      let to = base[b] + at[b];
+      at[b] += 1u;
+      sortedSrc[to] = src[i];
+      sortedDst[to] = dst[i];
+    }
+  }`
+    : ''
+}`;
+  return memo(`move-bucket-${step}${chunkKey(c)}`, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { count: u32, p1: u32, p2: u32, p3: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+${bindings}
+const SHIFT = ${c.shift}u;
+const W = ${c.window}u;
+const NB = ${nb}u;
+const PER = ${MOVES_PER_INVOCATION}u;
+var<workgroup> local: array<atomic<u32>, ${nb}>;
+var<workgroup> base: array<u32, ${nb}>;
+${
+  step === 'offsets'
+    ? ''
+    : `fn bucketOf(i: u32) -> u32 {
+  let ws = (u32(src[i]) >> SHIFT) / W;
+  let wd = (u32(dst[i]) >> SHIFT) / W;
+  return select(NB - 1u, ws, ws == wd);
+}`
+}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+${step === 'offsets' ? offsets : sort}
+}`,
+  }));
+}

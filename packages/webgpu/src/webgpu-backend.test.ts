@@ -221,6 +221,10 @@ describe.skipIf(!haveChromium)('eviction selection on the device = the CPU plann
       { ...base, seed: 5, blockSize: 16, tokens: [3000], distinct: 40, ragged: true },
     ],
     ['block size 1, 8 kv-heads', { ...base, seed: 6, blockSize: 1, kvHeads: 8, layers: 1, tokens: [90, 60], distinct: 5 }],
+    [
+      'no subgroups; compaction of f16 rows (head dim 8) in a pool of 16 chunk buffers (several windows)',
+      { ...base, seed: 8, tokens: [180, 95], distinct: 5, ragged: true, subgroups: false, headDim: 8, f16: true, kvChunks: 16 },
+    ],
   ];
   it.each(named)(
     '%s',
@@ -229,6 +233,14 @@ describe.skipIf(!haveChromium)('eviction selection on the device = the CPU plann
       expect(r.validation).toBeNull();
       expect(r.mismatches).toEqual([]);
       expect(r.sameCompaction).toBe(true);
+      expect(r.deviceCompaction).toEqual([]);
+      if (params.kvChunks === undefined) expect(r.kvChunks).toBe(1);
+      else {
+        // Moves within a window of chunks and moves across windows (through scratch) both ran.
+        expect(r.kvChunks).toBeGreaterThanOrEqual(2);
+        expect(r.windowMoves).toBeGreaterThan(0);
+        expect(r.crossWindowMoves).toBeGreaterThan(0);
+      }
       expect(r.rows).toBeGreaterThan(0);
       expect(r.evicted).toBeGreaterThan(0);
     },
@@ -245,7 +257,7 @@ describe.skipIf(!haveChromium)('eviction selection on the device = the CPU plann
 });
 
 describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'))('stories260K: device eviction selection', () => {
-  it('KV-Compress 4x with selection on the device: same greedy ids and per-head blocks as host planning', async () => {
+  it('KV-Compress 4x selected and compacted on the device, or compacted on the host: same greedy ids, compressions and per-head blocks as host planning', async () => {
     const r = await page.evaluate(() => (globalThis as unknown as { kvc: Kvc }).kvc.selectionEngine());
     expect(r.validation).toBeNull();
     expect(r.device.deviceSelection).toBe(true);
@@ -253,20 +265,24 @@ describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'
     expect(r.device.log.some((l) => l.startsWith('prefill'))).toBe(true);
     expect(r.device.log.some((l) => l.startsWith('interval'))).toBe(true);
     expect(r.device.log.some((l) => l.startsWith('memory-pressure'))).toBe(true);
-    expect(r.device.log).toEqual(r.host.log);
-    expect(r.device.tokens).toEqual(r.host.tokens);
-    expect(r.device.blocksPerHead).toEqual(r.host.blocksPerHead);
-    expect(r.device.preemptions).toBe(r.host.preemptions);
-    expect(r.device.deviceSelectionRounds).toBeGreaterThan(0);
+    for (const run of [r.device, r.masks]) {
+      expect(run?.log).toEqual(r.host.log);
+      expect(run?.tokens).toEqual(r.host.tokens);
+      expect(run?.blocksPerHead).toEqual(r.host.blocksPerHead);
+      expect(run?.preemptions).toBe(r.host.preemptions);
+      expect(run?.deviceSelectionRounds).toBeGreaterThan(0);
+    }
+    expect(r.device.deviceCompactionRounds).toBe(r.device.deviceSelectionRounds);
+    expect(r.masks?.deviceCompactionRounds).toBe(0);
     expect(r.host.deviceSelectionRounds).toBe(0);
   }, 300_000);
 
   it('per-request block-rule policies (kv-compress, kv-compress-trailing, ada-kv) select on the device as on the host', async () => {
     const r = await page.evaluate(() =>
-      (globalThis as unknown as { kvc: Kvc }).kvc.selectionEngine(['kv-compress', 'kv-compress-trailing', 'ada-kv']),
+      (globalThis as unknown as { kvc: Kvc }).kvc.selectionEngine(['kv-compress', 'kv-compress-trailing', 'ada-kv'], false),
     );
     expect(r.validation).toBeNull();
-    expect(r.device.deviceSelectionRounds).toBeGreaterThan(0);
+    expect(r.device.deviceCompactionRounds).toBeGreaterThan(0);
     expect(r.host.deviceSelectionRounds).toBe(0);
     expect(r.device.log.some((l) => l.startsWith('memory-pressure'))).toBe(true);
     expect(r.device.log).toEqual(r.host.log);

@@ -38,6 +38,7 @@ import {
   BLOCKED_MATMUL_WORKGROUPS,
   blockedMatmulKernel,
   blockedMatmulReduceKernel,
+  compactMovesKernel,
   elementwiseKernel,
   embedKernel,
   gatherRowsKernel,
@@ -45,11 +46,16 @@ import {
   type KvChunking,
   MATMUL_ROWS,
   MATVEC_SUBGROUP_OUTPUTS,
+  MOVE_BUCKET_COUNTS,
+  MOVE_BUCKET_CURSORS,
+  MOVES_PER_INVOCATION,
   matmulKernel,
   matvecKernel,
   matvecSubgroupKernel,
   metricKernel,
   metricMovesKernel,
+  moveBucketKernel,
+  movesDirectKernel,
   movesGatherKernel,
   movesKernel,
   movesScatterKernel,
@@ -61,6 +67,7 @@ import {
   STREAM_ATTENTION_MAX_KEYS,
   type StoreType,
   scatterKernel,
+  slotMovesKernel,
   streamAttentionKernel,
   streamAttentionSupports,
   streamAttentionThreadsPerKey,
@@ -73,7 +80,11 @@ import {
 } from './kernels.ts';
 import { sampleKernel } from './sampling-kernels.ts';
 import {
+  COMPACT_INFO_HEADER,
+  compactPairsKernel,
+  restorePositionsKernel,
   SELECTION_BINS,
+  SELECTION_GROUP_STATE_FIELDS,
   SELECTION_LEVELS,
   SELECTION_STATE_FIELDS,
   selectionAllocateKernel,
@@ -182,6 +193,12 @@ export interface WebGpuBackendOptions {
    */
   readonly prefillAttention?: boolean;
   /**
+   * Benchmarks: time every dispatch on the GPU (each in its own compute pass, with timestamp
+   * queries; needs the device's `timestamp-query` feature, else nothing is recorded). See
+   * `readProfile()`.
+   */
+  readonly profile?: boolean;
+  /**
    * Internal (tests): caps the bytes of one K or V chunk buffer below the device's
    * maxStorageBufferBindingSize, so a small pool splits into several chunks as a large one
    * does on a real GPU.
@@ -207,6 +224,8 @@ const ATTENTION_OTHER_BINDINGS = 7;
 const MOVES_OTHER_BINDINGS = 2;
 /** Fewest rows (of one sequence) for which attention takes the tiled prefill kernel. */
 const PREFILL_MIN_ROWS = 16;
+/** Timestamp queries of WebGpuBackendOptions.profile: two per dispatch, 2048 dispatches per readProfile(). */
+const PROFILE_QUERIES = 4096;
 /** Bytes of K+V rows a chunked move batch stages at most (scratch of movesGatherKernel). */
 const MOVE_SCRATCH_BYTES = 64 * 2 ** 20;
 
@@ -223,6 +242,12 @@ interface ChunkPlan {
 
 const UNIFORM_SLOT = 256; // minUniformBufferOffsetAlignment
 const UNIFORM_SLOTS = 4096;
+
+/** The selection's row and state buffers, for the compaction that follows it. */
+interface SelectBuffers {
+  readonly rows: GPUBuffer;
+  readonly state: GPUBuffer;
+}
 
 interface Pipeline {
   /** Kept referenced: Dawn's Node binding may free a module the JS side no longer holds while it compiles. */
@@ -309,6 +334,8 @@ export class WebGpuBackend implements Backend {
   readonly #blockedTileRows: 64 | 128 | null;
   readonly #blockedSplitK: number | null;
   readonly #blockedWorkgroups: number;
+  /** Profiling (WebGpuBackendOptions.profile): timestamp queries, two per dispatch, and the kernels they time. */
+  readonly #profile: { readonly queries: GPUQuerySet; readonly resolve: GPUBuffer; readonly kernels: string[] } | null;
 
   constructor(device: GPUDevice, options: WebGpuBackendOptions = {}) {
     this.device = device;
@@ -331,6 +358,14 @@ export class WebGpuBackend implements Backend {
     this.#blockedSplitK = options.blockedMatmulSplitK ?? null;
     this.#blockedWorkgroups = options.blockedMatmulWorkgroups ?? BLOCKED_MATMUL_WORKGROUPS;
     this.#maxKvBindingBytes = options.maxKvBindingBytes;
+    this.#profile =
+      options.profile === true && device.features.has('timestamp-query')
+        ? {
+            queries: device.createQuerySet({ type: 'timestamp', count: PROFILE_QUERIES }),
+            resolve: device.createBuffer({ size: PROFILE_QUERIES * 8, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC }),
+            kernels: [],
+          }
+        : null;
     void device.lost.then((info) => {
       this.#lost = info.message || info.reason || 'unknown reason';
     });
@@ -1083,10 +1118,11 @@ export class WebGpuBackend implements Backend {
   /**
    * Moves in a chunked pool, in batches of at most MOVE_SCRATCH_BYTES of rows: gather every
    * source row of the batch into scratch (one dispatch per window of chunks), then scatter
-   * them to their destinations, then move the metrics. Compaction never moves into a slot
-   * that is also a source, so batches are independent.
+   * them to their destinations, then move the metrics (unless `metrics` is false). Moves
+   * [base, base + count) of the lists. Compaction never moves into a slot that is also a
+   * source, so batches are independent.
    */
-  #chunkedMoves(plan: ChunkPlan, count: number, words: number, src: GPUBuffer, dst: GPUBuffer): void {
+  #chunkedMoves(plan: ChunkPlan, count: number, words: number, src: GPUBuffer, dst: GPUBuffer, base = 0, metrics = true): void {
     const batch = Math.max(1, Math.min(count, Math.floor(MOVE_SCRATCH_BYTES / (8 * words))));
     // scratch [batch][2][words]: the K row, then the V row of each move.
     const scratch = this.#ensureF32('moveScratch', 2 * batch * words).buffer;
@@ -1096,14 +1132,14 @@ export class WebGpuBackend implements Backend {
       const n = Math.min(batch, count - offset);
       for (let pass = 0; pass < plan.chunking.passes; pass++) {
         const kv = [...(plan.k[pass] as GPUBuffer[]), ...(plan.v[pass] as GPUBuffer[])];
-        this.#dispatch(gather, [n, words, pass, offset], [...kv, src, scratch], n * words);
+        this.#dispatch(gather, [n, words, pass, base + offset], [...kv, src, scratch], n * words);
       }
       for (let pass = 0; pass < plan.chunking.passes; pass++) {
         const kv = [...(plan.k[pass] as GPUBuffer[]), ...(plan.v[pass] as GPUBuffer[])];
-        this.#dispatch(scatter, [n, words, pass, offset], [...kv, dst, scratch], n * words);
+        this.#dispatch(scatter, [n, words, pass, base + offset], [...kv, dst, scratch], n * words);
       }
     }
-    this.#dispatch(metricMovesKernel(), [count, 0, 0, 0], [this.#metrics as GPUBuffer, src, dst], count);
+    if (metrics) this.#dispatch(metricMovesKernel(), [count, 0, 0, 0], [this.#metrics as GPUBuffer, src, dst], count);
   }
 
   /** Copies the device metric store to the host (before planning a compression). */
@@ -1129,17 +1165,156 @@ export class WebGpuBackend implements Backend {
    * and the marking, and downloads only `selection.result` (blocks freed per row and one bit
    * per cached slot). Scratch buffers are sized for the selection's capacity on first use.
    */
-  async selectEvictions(selection: EvictionSelection, cache: PagedCacheView): Promise<void> {
+  async selectEvictions(selection: EvictionSelection, cache: PagedCacheView, options: { readonly masks?: boolean } = {}): Promise<void> {
+    const result = this.#recordSelection(selection, cache);
+    if (result === null) return;
+    const masks = options.masks ?? true;
+    await this.#readGpu(result.buffer, 0, selection.result.subarray(0, selection.rowCount + (masks ? selection.maskWords : 0)));
+    // Kept for a compactEvictions of this selection right after (any dispatch in between, or a
+    // host change to the tables, forgets it).
+    this.#selected = masks ? null : selection;
+  }
+
+  /**
+   * The selection whose decision the device buffers hold, from selectEvictions without masks,
+   * for compactEvictions to reuse; null once anything else is recorded.
+   */
+  #selected: EvictionSelection | null = null;
+
+  /**
+   * The selection and the compaction it implies, on the device (Backend.compactEvictions):
+   * after the selection kernels, one workgroup per row pairs the row's holes with its
+   * survivors and writes the moves to a list (compactPairsKernel), clearing the released
+   * block-table entries; in a chunked pool the list is then sorted by window of chunks. One
+   * download (blocks freed and moves per row, the move count), then the moves are recorded:
+   * K and V, and the metrics and positions. They run while the host applies the outcome to its
+   * allocator (Compressor.applyDeviceCompaction).
+   */
+  async compactEvictions(selection: EvictionSelection, cache: PagedCacheView, compactRows = selection.rowCount): Promise<void> {
+    const rows = selection.rowCount;
+    assertInteger('rows', compactRows, 0, rows);
+    const changes = [cache.tableChanges, cache.positionChanges];
+    const reuse = this.#selected === selection && changes.every((log) => log !== undefined && log.count === 0 && !log.overflowed);
+    this.#selected = null;
+    const result = reuse ? (this.#named.get('selectResult') as GpuBuffer) : this.#recordSelection(selection, cache);
+    selection.rowMoves.fill(0, 0, rows);
+    if (result === null || compactRows === 0) {
+      selection.result.fill(0, 0, rows);
+      this.lastCompaction = { moves: 0, windowMoves: 0, crossWindowMoves: 0 };
+      return;
+    }
+    const cap = selection.maxRows;
+    // At most min(e, length - e) <= length / 2 moves per row.
+    let bound = 0;
+    for (let r = 0; r < compactRows; r++) bound += (selection.rows[r * SELECTION_ROW_FIELDS + 3] as number) >>> 1;
+    const info = this.#ensureI32('compactInfo', COMPACT_INFO_HEADER + 2 * cap);
+    const src = this.#ensureF32('compactSrc', Math.max(1, bound)).buffer;
+    const dst = this.#ensureF32('compactDst', Math.max(1, bound)).buffer;
+    const plan = this.#movesPlan;
+    this.#endPass();
+    this.#encoder ??= this.device.createCommandEncoder();
+    this.#encoder.clearBuffer(info.buffer, 0, COMPACT_INFO_HEADER * 4);
+    const selectBufs = this.#selectBuffers as SelectBuffers;
+    this.#setUniform([rows, selection.groupCount, 0, cache.blockSize]);
+    const [rx, ry] = grid(compactRows);
+    this.#dispatchRaw(
+      compactPairsKernel(),
+      [selectBufs.rows, selectBufs.state, result.buffer, (this.#tables as GpuBuffer).buffer, src, dst, info.buffer],
+      rx,
+      ry,
+    );
+    let sorted: { src: GPUBuffer; dst: GPUBuffer } | null = null;
+    if (plan !== null && plan.chunking.passes > 1 && bound > 0) {
+      // Sort the moves by window of chunks (the kernels stop at the device's move count).
+      sorted = {
+        src: this.#ensureF32('compactSortedSrc', bound).buffer,
+        dst: this.#ensureF32('compactSortedDst', bound).buffer,
+      };
+      const c = plan.chunking;
+      const n = Math.ceil(bound / MOVES_PER_INVOCATION);
+      this.#dispatch(moveBucketKernel(c, 'count'), [bound, 0, 0, 0], [src, dst, info.buffer], n);
+      this.#dispatch(moveBucketKernel(c, 'offsets'), [bound, 0, 0, 0], [info.buffer], 1);
+      this.#dispatch(moveBucketKernel(c, 'scatter'), [bound, 0, 0, 0], [src, dst, info.buffer, sorted.src, sorted.dst], n);
+    }
+    const out = this.#compactOut(COMPACT_INFO_HEADER + 2 * rows);
+    await this.#readGpu(info.buffer, 0, out);
+    for (let r = 0; r < rows; r++) {
+      selection.result[r] = r < compactRows ? (out[COMPACT_INFO_HEADER + r] as number) : 0;
+      selection.rowMoves[r] = r < compactRows ? (out[COMPACT_INFO_HEADER + rows + r] as number) : 0;
+    }
+    const total = out[0] as number;
+    this.#tablesVersion = -1;
+    const cross = sorted === null ? 0 : (out[MOVE_BUCKET_COUNTS + (plan as ChunkPlan).chunking.passes] as number);
+    this.lastCompaction = { moves: total, windowMoves: total - cross, crossWindowMoves: cross };
+    if (total === 0) return;
+    const words = this.#kvStore === 'f32' ? this.#headDim : this.#headDim / 2;
+    const vec = words % 4 === 0 ? 4 : 1;
+    this.#dispatch(slotMovesKernel(), [total, 0, 0, 0], [this.#metrics as GPUBuffer, (this.#slotPos as GpuBuffer).buffer, src, dst], total);
+    if (plan === null) {
+      const { K, V } = this.#cache();
+      this.#dispatch(compactMovesKernel(vec), [total, words, 0, 0], [K, V, src, dst], (total * words) / vec);
+    } else if (sorted === null) {
+      // One window holds every chunk: every move runs in place.
+      const kv = [...(plan.k[0] as GPUBuffer[]), ...(plan.v[0] as GPUBuffer[])];
+      this.#dispatch(movesDirectKernel(plan.chunking, vec), [total, words, 0, 0], [...kv, src, dst], (total * words) / vec);
+    } else {
+      // Moves within one window of chunks run in place, one pass each; the rest through scratch.
+      const c = plan.chunking;
+      for (let pass = 0; pass <= c.passes; pass++) {
+        const n = out[MOVE_BUCKET_COUNTS + pass] as number;
+        if (n === 0) continue;
+        const start = (out[MOVE_BUCKET_CURSORS + pass] as number) - n;
+        if (pass === c.passes) {
+          this.#chunkedMoves(plan, n, words, sorted.src, sorted.dst, start, false);
+          continue;
+        }
+        const kv = [...(plan.k[pass] as GPUBuffer[]), ...(plan.v[pass] as GPUBuffer[])];
+        this.#dispatch(movesDirectKernel(c, vec), [n, words, pass, start], [...kv, sorted.src, sorted.dst], (n * words) / vec);
+      }
+    }
+    this.flush();
+  }
+
+  /**
+   * The last compactEvictions' slot moves, and (in a chunked pool) how many of them had their
+   * source and destination in one window of chunks (copied in place) or not (through scratch).
+   */
+  lastCompaction = { moves: 0, windowMoves: 0, crossWindowMoves: 0 };
+
+  /** Host scratch for compactEvictions' download (grows, never per round). */
+  #compactOutHost = new Int32Array(0);
+
+  #compactOut(length: number): Int32Array {
+    if (this.#compactOutHost.length < length) this.#compactOutHost = new Int32Array(Math.max(length, 2 * this.#compactOutHost.length));
+    return this.#compactOutHost.subarray(0, length);
+  }
+
+  /** The selection's device buffers, kept for compactEvictions after #recordSelection. */
+  #selectBuffers: SelectBuffers | null = null;
+
+  /**
+   * Records the selection kernels (see selection-kernels.ts) for `selection` on the current
+   * cache tables: the threshold search level by level, the allocation of blocks to rows, the
+   * masks. Returns the result buffer ([rows] blocks freed, then the masks), or null when the
+   * selection has no rows.
+   */
+  #recordSelection(selection: EvictionSelection, cache: PagedCacheView): GpuBuffer | null {
     if (this.#metrics === null) throw new InvalidArgumentError('createKvCache() must run before selectEvictions().');
     const rows = selection.rowCount;
     const groups = selection.groupCount;
-    if (rows === 0) return;
+    if (rows === 0) return null;
     const cap = selection.maxRows;
     const rowBuf = this.#ensureI32('selectRows', cap * SELECTION_ROW_FIELDS);
     const groupBuf = this.#ensureI32('selectGroups', cap * SELECTION_GROUP_FIELDS);
-    const state = this.#ensureI32('selectState', 2 * cap * SELECTION_STATE_FIELDS);
-    const hist = this.#ensureI32('selectHist', cap * SELECTION_BINS);
+    const state = this.#ensureF32('selectState', cap * (SELECTION_STATE_FIELDS + SELECTION_GROUP_STATE_FIELDS));
+    const hist = this.#ensureF32('selectHist', cap * SELECTION_BINS);
     const result = this.#ensureI32('selectResult', cap + selection.maxMaskWords);
+    // Each row's keys, padded to whole mask words.
+    const keyWords = selection.maskWords * 32;
+    if (keyWords * 4 > this.device.limits.maxStorageBufferBindingSize) {
+      throw new KvPoolTooLargeError(`The selection's ${keyWords} keys (4 bytes each) do not fit one storage binding.`);
+    }
+    const keys = this.#ensureF32('selectKeys', Math.max(4, keyWords)).buffer;
     // The tables may have changed since the last attention (compaction of other sequences).
     this.#uploadTables(cache, 0);
     this.flush();
@@ -1155,28 +1330,59 @@ export class WebGpuBackend implements Backend {
     const positions = (this.#slotPos as GpuBuffer).buffer;
     const metrics = this.#metrics;
     const B = cache.blockSize;
+    const sg = this.subgroups;
     const [rx, ry] = grid(rows);
     const [gx, gy] = grid(groups);
     for (let level = 0; level < SELECTION_LEVELS; level++) {
       this.#setUniform([rows, groups, level, B]);
       this.#dispatchRaw(
-        selectionHistogramKernel(),
-        [rowBuf.buffer, groupBuf.buffer, tables, positions, metrics, state.buffer, hist.buffer],
+        selectionHistogramKernel(sg),
+        [rowBuf.buffer, groupBuf.buffer, tables, positions, metrics, keys, state.buffer, hist.buffer],
         rx,
         ry,
       );
       this.#setUniform([rows, groups, level, B]);
       this.#dispatchRaw(selectionThresholdKernel(), [rowBuf.buffer, groupBuf.buffer, hist.buffer, state.buffer], gx, gy);
     }
-    this.#dispatch(selectionAllocateKernel(), [rows, groups, 0, B], [rowBuf.buffer, groupBuf.buffer, state.buffer, result.buffer], groups);
     this.#setUniform([rows, groups, 0, B]);
-    this.#dispatchRaw(
-      selectionMarkKernel(),
-      [rowBuf.buffer, groupBuf.buffer, tables, positions, metrics, state.buffer, result.buffer],
-      rx,
-      ry,
-    );
-    await this.#readGpu(result.buffer, 0, selection.result.subarray(0, rows + selection.maskWords));
+    this.#dispatchRaw(selectionAllocateKernel(), [rowBuf.buffer, groupBuf.buffer, state.buffer, result.buffer], gx, gy);
+    this.#setUniform([rows, groups, 0, B]);
+    this.#dispatchRaw(selectionMarkKernel(sg), [rowBuf.buffer, keys, state.buffer, result.buffer], rx, ry);
+    this.#selectBuffers = { rows: rowBuf.buffer, state: state.buffer };
+    return result;
+  }
+
+  /**
+   * Copies the device's slot positions into `cache.slotPositions`, after sending the host's
+   * pending changes (Backend.downloadPositions): for host code that reads the positions a
+   * device compaction moved. The caller then calls `positionsSynced()` on its allocator.
+   */
+  async downloadPositions(cache: PagedCacheView): Promise<void> {
+    this.#uploadTables(cache, 0);
+    await this.#readGpu((this.#slotPos as GpuBuffer).buffer, 0, cache.slotPositions);
+    this.#tablesVersion = -1;
+  }
+
+  /** K or V of every slot, as f32 [slots][headDim] (tests). */
+  async readCache(which: 'k' | 'v'): Promise<Float32Array> {
+    this.#cache();
+    const D = this.#headDim;
+    const out = new Float32Array(this.#numSlots * D);
+    const chunks = which === 'k' ? this.#kChunks : this.#vChunks;
+    const per = chunks.length === 1 ? this.#numSlots : 2 ** this.#chunkShift;
+    for (let c = 0; c < chunks.length; c++) {
+      const n = Math.min(per, this.#numSlots - c * per);
+      const part = out.subarray(c * per * D, (c * per + n) * D);
+      if (this.#kvStore === 'f32') {
+        await this.#readGpu(chunks[c] as GPUBuffer, 0, part);
+        continue;
+      }
+      const words = new Int32Array((n * D) / 2);
+      await this.#readGpu(chunks[c] as GPUBuffer, 0, words);
+      const u16 = new Uint16Array(words.buffer);
+      for (let i = 0; i < n * D; i++) part[i] = f16ToF32(u16[i] as number);
+    }
+    return out;
   }
 
   /** Reads K or V of one slot (tests). */
@@ -1239,17 +1445,18 @@ export class WebGpuBackend implements Backend {
    */
   #uploadTables(cache: PagedCacheView, layer: number): void {
     if (layer !== 0 && this.#tablesVersion === 0) return;
-    const t = this.#ensureI32('tables', cache.blockTables.length);
-    const l = this.#ensureI32('lengths', cache.headLengths.length);
-    const s = this.#ensureI32('slotPos', cache.slotPositions.length);
+    // (No host copies: the host arrays are the allocator's.)
+    const t = this.#ensureF32('tables', cache.blockTables.length);
+    const l = this.#ensureF32('lengths', cache.headLengths.length);
+    const s = this.#ensureF32('slotPos', cache.slotPositions.length);
     this.flush();
     // Block tables and slot positions are large (up to tens of MiB) but a decode step changes
     // a few entries: patch the device copy from the change logs when it is known to hold
     // everything before them, else upload it whole.
     this.#syncTable(0, t, t !== this.#tables, cache.blockTables, cache.tableChanges);
-    this.#syncTable(1, s, s !== this.#slotPos, cache.slotPositions, cache.positionChanges);
-    this.device.queue.writeBuffer(l.buffer, 0, cache.headLengths.buffer, cache.headLengths.byteOffset, cache.headLengths.byteLength);
     this.#tables = t;
+    this.#syncTable(1, s, s !== this.#slotPos, cache.slotPositions, cache.positionChanges, cache);
+    this.device.queue.writeBuffer(l.buffer, 0, cache.headLengths.buffer, cache.headLengths.byteOffset, cache.headLengths.byteLength);
     this.#lengths = l;
     this.#slotPos = s;
     this.#tableSources[0] = cache.blockTables;
@@ -1260,10 +1467,17 @@ export class WebGpuBackend implements Backend {
   /** The host arrays last uploaded into the tables / slot-position buffers. */
   #tableSources: (Int32Array | null)[] = [null, null];
 
-  #syncTable(which: 0 | 1, target: GpuBuffer, fresh: boolean, host: Int32Array, log: ChangeLog | undefined): void {
+  #syncTable(which: 0 | 1, target: GpuBuffer, fresh: boolean, host: Int32Array, log: ChangeLog | undefined, cache?: PagedCacheView): void {
     const known = !fresh && this.#tableSources[which] === host;
     if (log === undefined || log.overflowed || !known) {
-      this.device.queue.writeBuffer(target.buffer, 0, host.buffer, host.byteOffset, host.byteLength);
+      const stale = which === 1 && (cache?.staleHeads ?? 0) > 0;
+      if (stale && !known) {
+        throw new InvalidArgumentError(
+          'The slot positions a device compaction moved live only in a device buffer this backend no longer holds: download them (downloadPositions) before switching caches.',
+        );
+      }
+      if (stale) this.#uploadKeepingStale(target, host, cache as PagedCacheView);
+      else this.device.queue.writeBuffer(target.buffer, 0, host.buffer, host.byteOffset, host.byteLength);
     } else if (log.count > 0) {
       const n = log.count;
       const idx = this.#ensureI32('patchIndex', n);
@@ -1277,6 +1491,37 @@ export class WebGpuBackend implements Backend {
       this.flush();
     }
     log?.clear();
+  }
+
+  /**
+   * Uploads the host's slot positions whole, except those only the device holds (the stale
+   * ranges a device compaction left, PagedCacheView.stalePositions): the device copy is saved,
+   * the host copy written over it, and the stale ranges restored from the save (with the
+   * device block tables, already synced).
+   */
+  #uploadKeepingStale(target: GpuBuffer, host: Int32Array, cache: PagedCacheView): void {
+    const stale = cache.stalePositions as Int32Array;
+    const heads = cache.staleHeads as number;
+    const list = this.#ensureI32('staleHeads', 2 * heads);
+    const h2 = list.host as Int32Array;
+    let n = 0;
+    for (let h = 0; h < stale.length && n < heads; h++) {
+      if ((stale[h] as number) === 0) continue;
+      h2[2 * n] = h * cache.maxBlocksPerHead;
+      h2[2 * n + 1] = stale[h] as number;
+      n++;
+    }
+    const save = this.#ensureF32('positionsSave', host.length).buffer;
+    this.flush();
+    this.device.queue.writeBuffer(list.buffer, 0, h2.buffer, h2.byteOffset, 2 * n * 4);
+    this.#encoder = this.device.createCommandEncoder();
+    this.#encoder.copyBufferToBuffer(target.buffer, 0, save, 0, host.byteLength);
+    this.flush();
+    this.device.queue.writeBuffer(target.buffer, 0, host.buffer, host.byteOffset, host.byteLength);
+    this.#setUniform([n, cache.blockSize, 0, 0]);
+    const [gx, gy] = grid(n);
+    this.#dispatchRaw(restorePositionsKernel(), [list.buffer, (this.#tables as GpuBuffer).buffer, save, target.buffer], gx, gy);
+    this.flush();
   }
 
   /** Scratch per sequence row, all -1 between calls: the latest position among a step's rows. */
@@ -1297,13 +1542,18 @@ export class WebGpuBackend implements Backend {
     return this.#ensure(name, length, 'f32');
   }
 
-  /** A scratch buffer that grows (doubling) only when a step needs more than ever before. */
+  /**
+   * A scratch buffer that grows (doubling, within one storage binding) only when a step needs
+   * more than ever before.
+   */
   #ensure(name: string, length: number, kind: 'f32' | 'i32'): GpuBuffer {
     const have = this.#named.get(name);
     if (have !== undefined && have.length >= length) return have;
     this.flush();
     have?.buffer.destroy();
-    const b = this.createBuffer(Math.max(length, (have?.length ?? 0) * 2), kind) as GpuBuffer;
+    const limits = this.device.limits;
+    const most = Math.floor(Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) / 4);
+    const b = this.createBuffer(Math.max(length, Math.min(most, (have?.length ?? 0) * 2)), kind) as GpuBuffer;
     this.#named.set(name, b);
     return b;
   }
@@ -1365,16 +1615,52 @@ export class WebGpuBackend implements Backend {
 
   #dispatchRaw(source: KernelSource, buffers: GPUBuffer[], gx: number, gy: number): void {
     this.#checkAlive();
+    this.#selected = null;
     if (gx === 0 || gy === 0) return;
     const p = this.#pipeline(source);
     if (this.#uniformSlot >= UNIFORM_SLOTS) this.flush();
     const offset = this.#uniformSlot * UNIFORM_SLOT;
     this.#uniformSlot++;
     this.#uniformHost.set(this.#u32, offset / 4);
+    const profile = this.#profile;
+    if (profile !== null && 2 * profile.kernels.length < PROFILE_QUERIES) {
+      // Its own pass, timed.
+      this.#endPass();
+      this.#encoder ??= this.device.createCommandEncoder();
+      const at = 2 * profile.kernels.length;
+      profile.kernels.push(source.key);
+      const timed = this.#encoder.beginComputePass({
+        timestampWrites: { querySet: profile.queries, beginningOfPassWriteIndex: at, endOfPassWriteIndex: at + 1 },
+      });
+      timed.setPipeline(p.pipeline);
+      timed.setBindGroup(0, this.#bindGroup(p, buffers, offset));
+      timed.dispatchWorkgroups(gx, gy);
+      timed.end();
+      return;
+    }
     const pass = this.#beginPass();
     pass.setPipeline(p.pipeline);
     pass.setBindGroup(0, this.#bindGroup(p, buffers, offset));
     pass.dispatchWorkgroups(gx, gy);
+  }
+
+  /**
+   * GPU milliseconds of each dispatch recorded since the last call, in order, as (kernel key,
+   * ms) (WebGpuBackendOptions.profile; empty without it). Waits for them to run.
+   */
+  async readProfile(): Promise<{ kernel: string; ms: number }[]> {
+    const profile = this.#profile;
+    if (profile === null || profile.kernels.length === 0) return [];
+    const n = profile.kernels.length;
+    this.#endPass();
+    this.#encoder ??= this.device.createCommandEncoder();
+    this.#encoder.resolveQuerySet(profile.queries, 0, 2 * n, profile.resolve, 0);
+    const words = new Int32Array(4 * n);
+    await this.#readGpu(profile.resolve, 0, words);
+    const ns = new BigUint64Array(words.buffer);
+    const out = profile.kernels.map((kernel, i) => ({ kernel, ms: Number((ns[2 * i + 1] as bigint) - (ns[2 * i] as bigint)) / 1e6 }));
+    profile.kernels.length = 0;
+    return out;
   }
 
   #bindGroup(p: Pipeline, buffers: GPUBuffer[], uniformOffset: number): GPUBindGroup {

@@ -193,13 +193,19 @@ async function selectionProperty(runs: number, seed: number): Promise<{ runs: nu
     specials: fc.boolean(),
     ragged: fc.boolean(),
     policy: fc.constantFrom('kv-compress' as const, 'ada-kv' as const),
+    subgroups: fc.boolean(),
+    headDim: fc.constantFrom(2, 4, 8),
+    f16: fc.boolean(),
+    kvChunks: fc.constantFrom(1, 1, 3),
   });
   await fc.assert(
     fc.asyncProperty(params, async (q) => {
       const r = await runSelectionCase(device, q);
       if (r.validation !== null) throw new Error(`validation: ${r.validation}`);
-      if (r.mismatches.length > 0 || !r.sameCompaction)
-        throw new Error(`${r.mismatches.join('; ')} (same compaction: ${r.sameCompaction})`);
+      if (r.mismatches.length > 0 || !r.sameCompaction || r.deviceCompaction.length > 0)
+        throw new Error(
+          `${r.mismatches.join('; ')} (same compaction: ${r.sameCompaction}; on the device: ${r.deviceCompaction.join('; ')})`,
+        );
       evicted += r.evicted;
       partialRows += r.partialRows;
       done++;
@@ -216,22 +222,28 @@ interface SelectionEngineRun {
   log: string[];
   deviceSelection: boolean;
   deviceSelectionRounds: number;
+  deviceCompactionRounds: number;
   preemptions: number;
 }
 
 /**
  * stories260K, three requests batched under a tight block pool (compressions after prefill,
- * on the interval and under memory pressure), KV-Compress 4x on WebGPU:
- * decisions made on the device (deviceSelection) and on the host from downloaded metrics.
+ * on the interval and under memory pressure), KV-Compress 4x on WebGPU: decisions made and
+ * compacted on the device (deviceSelection, deviceCompaction), made on the device and
+ * compacted on the host (masks), and made on the host from downloaded metrics.
  */
-/** `policies`: one per request (per-request policy choice); default: the engine's kv-compress for all. */
+/**
+ * `policies`: one per request (per-request policy choice); default: the engine's kv-compress for
+ * all. `withMasks`: also the run that compacts on the host.
+ */
 async function selectionEngine(
   policies?: readonly string[],
-): Promise<{ device: SelectionEngineRun; host: SelectionEngineRun; validation: string | null }> {
+  withMasks = true,
+): Promise<{ device: SelectionEngineRun; masks: SelectionEngineRun | null; host: SelectionEngineRun; validation: string | null }> {
   const bytes = new Uint8Array(await (await fetch('/shared/models/stories260K/stories260K.bin')).arrayBuffer());
   const model = loadLlama2cModel(bytes);
   const units = model.config.numLayers * model.config.numKvHeads;
-  const run = async (deviceSelection: boolean): Promise<SelectionEngineRun> => {
+  const run = async (deviceSelection: boolean, deviceCompaction = true): Promise<SelectionEngineRun> => {
     const engine = new Engine({
       model,
       backend: new WebGpuBackend(device),
@@ -241,10 +253,14 @@ async function selectionEngine(
       protectedWindow: 16,
       compressionInterval: 32,
       deviceSelection,
+      deviceCompaction,
     });
     const log: string[] = [];
     engine.onCompression((e) => {
-      log.push(`${e.reason} ${e.outcome.sequence} ${engine.allocator.blocksPerHead(e.outcome.sequence).join(',')}`);
+      const o = e.outcome;
+      log.push(
+        `${e.reason} ${o.sequence} ${o.evictedSlots}/${o.moves}/${o.freedBlocks} ${engine.allocator.blocksPerHead(o.sequence).join(',')}`,
+      );
     });
     const prompts = [[1], [1, 400, 30, 80, 7], [1, 50, 60, 70, 80, 90, 100, 110]];
     const done = await Promise.all(
@@ -260,14 +276,16 @@ async function selectionEngine(
       log,
       deviceSelection: engine.deviceSelection,
       deviceSelectionRounds: engine.stats().deviceSelectionRounds,
+      deviceCompactionRounds: engine.stats().deviceCompactionRounds,
       preemptions: engine.stats().preemptions,
     };
   };
   device.pushErrorScope('validation');
   const onDevice = await run(true);
+  const masks = withMasks ? await run(true, false) : null;
   const onHost = await run(false);
   const error = await device.popErrorScope();
-  return { device: onDevice, host: onHost, validation: error === null ? null : error.message };
+  return { device: onDevice, masks, host: onHost, validation: error === null ? null : error.message };
 }
 
 function sampling(params: SamplingParams): Promise<SamplingResult> {

@@ -31,6 +31,13 @@ export interface SelectionParams {
   /** Evict and compact random slots first, so heads hold different lengths and slot orders. */
   readonly ragged: boolean;
   readonly policy: 'kv-compress' | 'ada-kv';
+  /** Subgroup kernels (default true). */
+  readonly subgroups?: boolean;
+  /** The compaction on the device: K/V rows of this many f16 (or f32) values (default 2, f32). */
+  readonly headDim?: number;
+  readonly f16?: boolean;
+  /** > 1: the KV pool split into about this many chunk buffers (see runConformanceCase). */
+  readonly kvChunks?: number;
 }
 
 export interface SelectionResult {
@@ -45,6 +52,16 @@ export interface SelectionResult {
   readonly mismatches: string[];
   /** Blocks per head after compressSelected() equal those after compress() on a twin cache. */
   readonly sameCompaction: boolean;
+  /**
+   * compactEvictions() + applyDeviceCompaction() on a third twin against compressSelected() +
+   * its moves: differences in blocks, tables, free list, positions, metrics, K or V (at most 5).
+   */
+  readonly deviceCompaction: string[];
+  /** Buffers K was split into for the device compaction. */
+  readonly kvChunks: number;
+  /** The device compaction's K/V moves within one window of chunks, and across windows. */
+  readonly windowMoves: number;
+  readonly crossWindowMoves: number;
 }
 
 const bits = new DataView(new ArrayBuffer(4));
@@ -136,7 +153,8 @@ export async function runSelectionCase(device: GPUDevice, q: SelectionParams): P
   const B = allocator.blockSize;
 
   device.pushErrorScope('validation');
-  const backend = new WebGpuBackend(device);
+  const subgroups = q.subgroups ?? true;
+  const backend = new WebGpuBackend(device, { subgroups });
   backend.createKvCache(allocator.numSlots, 2, 'f32');
   const all = Int32Array.from({ length: allocator.numSlots }, (_, i) => i);
   backend.uploadMetrics(all, store.values, all.length);
@@ -241,18 +259,54 @@ export async function runSelectionCase(device: GPUDevice, q: SelectionParams): P
     config: configs[0] as ResolvedCompressionConfig,
   });
   twin.store.values.set(store.values);
+  // The device compaction on a third twin, before this cache is compacted on the host.
+  const onDevice = await compactOnDevice(device, q, policy);
   const moves = new SlotMoveList(allocator.maxSlotsPerSequence);
   const twinMoves = twin.allocator.createMoveList();
+  // Which original slot's K/V each slot holds, as the host path's moves leave them.
+  const origin = Int32Array.from({ length: allocator.numSlots }, (_, i) => i);
   let sameCompaction = true;
+  const outcomes: string[] = [];
   sequences.forEach((seq, i) => {
     const config = configs[i] as ResolvedCompressionConfig;
     const a = compressor.compressSelected(seq, moves, selection, config);
+    const before = origin.slice();
+    for (let m = 0; m < moves.count; m++) origin[moves.dst[m] as number] = before[moves.src[m] as number] as number;
+    outcomes.push(JSON.stringify({ ...a, planMs: 0, compactMs: 0 }));
     const b = twinCompressor.compress(seq, twinMoves, config);
     sameCompaction &&=
       a.blocksAfter === b.blocksAfter &&
       allocator.blocksPerHead(seq).join() === twin.allocator.blocksPerHead(seq).join() &&
       allocator.lengthsPerHead(seq).join() === twin.allocator.lengthsPerHead(seq).join();
   });
+  // The device compaction must leave exactly the host path's cache.
+  const deviceCompaction: string[] = [];
+  const d = onDevice.scene.allocator;
+  if (onDevice.validation !== null) deviceCompaction.push(`validation: ${onDevice.validation}`);
+  if (onDevice.outcomes.join() !== outcomes.join()) deviceCompaction.push(`outcomes ${onDevice.outcomes.join()} != ${outcomes.join()}`);
+  if (d.blockTables.join() !== allocator.blockTables.join()) deviceCompaction.push('block tables differ');
+  if (d.headLengths.join() !== allocator.headLengths.join()) deviceCompaction.push('head lengths differ');
+  if (d.freeBlocks !== allocator.freeBlocks) deviceCompaction.push(`free blocks ${d.freeBlocks} != ${allocator.freeBlocks}`);
+  const D = onDevice.headDim;
+  for (let h = 0; h < d.headLengths.length && deviceCompaction.length < 5; h++) {
+    for (let i = 0; i < (d.headLengths[h] as number) && deviceCompaction.length < 5; i++) {
+      const slot = (d.blockTables[h * d.maxBlocksPerHead + Math.floor(i / B)] as number) * B + (i % B);
+      const from = origin[slot] as number;
+      const where = `head ${h} slot ${i} (global ${slot}, from ${from})`;
+      if (onDevice.positions[slot] !== allocator.slotPositions[slot]) {
+        deviceCompaction.push(`${where}: position ${onDevice.positions[slot]} != ${allocator.slotPositions[slot]}`);
+      }
+      if (!Object.is(onDevice.metrics[slot], store.values[slot])) {
+        deviceCompaction.push(`${where}: metric ${onDevice.metrics[slot]} != ${store.values[slot]}`);
+      }
+      for (let x = 0; x < D; x++) {
+        if (onDevice.k[slot * D + x] !== kvValue(from, x, 0) || onDevice.v[slot * D + x] !== kvValue(from, x, 1)) {
+          deviceCompaction.push(`${where}: K/V element ${x} is not the original slot's`);
+          break;
+        }
+      }
+    }
+  }
   backend.destroyBuffers();
   return {
     validation: error === null ? null : error.message,
@@ -261,5 +315,108 @@ export async function runSelectionCase(device: GPUDevice, q: SelectionParams): P
     partialRows,
     mismatches: mismatches.slice(0, 5),
     sameCompaction,
+    deviceCompaction: deviceCompaction.slice(0, 5),
+    kvChunks: onDevice.kvChunks,
+    windowMoves: onDevice.windowMoves,
+    crossWindowMoves: onDevice.crossWindowMoves,
   };
+}
+
+/** K (which 0) or V (1) element x of the row first written to `slot`: small integers, exact in f16. */
+function kvValue(slot: number, x: number, which: number): number {
+  return ((slot * 7 + x * 3 + which * 5) % 1999) - 999;
+}
+
+interface DeviceCompaction {
+  scene: Scene;
+  outcomes: string[];
+  validation: string | null;
+  headDim: number;
+  kvChunks: number;
+  windowMoves: number;
+  crossWindowMoves: number;
+  /** The device's positions, metrics, K and V after the compaction. */
+  positions: Int32Array;
+  metrics: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+}
+
+/**
+ * A twin of the case's cache compacted on the device: K and V rows hold kvValue(slot), then
+ * compactEvictions() and applyDeviceCompaction() for every sequence; then the device copies
+ * are read back. Every other case first forces a whole upload of the host's (stale) positions,
+ * which must keep the ones only the device holds.
+ */
+async function compactOnDevice(device: GPUDevice, q: SelectionParams, policy: EvictionPolicy): Promise<DeviceCompaction> {
+  const scene = buildScene(q);
+  const { allocator, store, sequences, configs } = scene;
+  const D = q.headDim ?? 2;
+  const dtype = q.f16 === true ? 'f16' : 'f32';
+  const rowBytes = D * (dtype === 'f16' ? 2 : 4);
+  const chunks = q.kvChunks ?? 1;
+  const maxKvBindingBytes = chunks > 1 ? rowBytes * 2 ** Math.ceil(Math.log2(Math.ceil(allocator.numSlots / chunks))) : undefined;
+  device.pushErrorScope('validation');
+  const backend = new WebGpuBackend(device, {
+    subgroups: q.subgroups ?? true,
+    ...(maxKvBindingBytes === undefined ? {} : { maxKvBindingBytes }),
+  });
+  backend.createKvCache(allocator.numSlots, D, dtype);
+  const n = allocator.numSlots;
+  const k = backend.createBuffer(n * D);
+  const v = backend.createBuffer(n * D);
+  const slots = backend.createBuffer(n, 'i32');
+  const kHost = new Float32Array(n * D);
+  const vHost = new Float32Array(n * D);
+  for (let s = 0; s < n; s++) {
+    for (let x = 0; x < D; x++) {
+      kHost[s * D + x] = kvValue(s, x, 0);
+      vHost[s * D + x] = kvValue(s, x, 1);
+    }
+  }
+  backend.write(k, kHost);
+  backend.write(v, vHost);
+  backend.write(
+    slots,
+    Int32Array.from({ length: n }, (_, i) => i),
+  );
+  backend.appendKv(0, k, v, slots, n, 1);
+  const all = Int32Array.from({ length: n }, (_, i) => i);
+  backend.uploadMetrics(all, store.values, n);
+  const compressor = new Compressor({ allocator, metrics: store, policy, config: { budget: { targetCompressionRate: 2 } } });
+  const units = allocator.headsPerSequence;
+  const rowsCap = allocator.maxSequences * units;
+  const selection = new EvictionSelection(rowsCap, rowsCap * Math.ceil((allocator.maxBlocksPerHead * allocator.blockSize) / 32));
+  sequences.forEach((seq, i) => {
+    compressor.addSelection(selection, seq, configs[i]);
+  });
+  await backend.compactEvictions(selection, allocator);
+  const { windowMoves, crossWindowMoves } = backend.lastCompaction;
+  const outcomes = sequences.map((seq, i) =>
+    JSON.stringify({ ...compressor.applyDeviceCompaction(seq, selection, configs[i]), planMs: 0, compactMs: 0 }),
+  );
+  // A whole upload of the host positions (as after a change log overflows) keeps the device's.
+  if (q.seed % 2 === 0) allocator.positionChanges.overflowed = true;
+  await backend.downloadPositions(allocator);
+  allocator.positionsSynced();
+  const positions = allocator.slotPositions.slice();
+  const metrics = new Float32Array(n);
+  await backend.downloadMetrics(metrics);
+  const result = {
+    scene,
+    outcomes,
+    validation: null as string | null,
+    headDim: D,
+    kvChunks: backend.kvChunks,
+    windowMoves,
+    crossWindowMoves,
+    positions,
+    metrics,
+    k: await backend.readCache('k'),
+    v: await backend.readCache('v'),
+  };
+  const error = await device.popErrorScope();
+  result.validation = error === null ? null : error.message;
+  backend.destroyBuffers();
+  return result;
 }
