@@ -1038,6 +1038,88 @@ function loadChunkedRow(kv: StoreType, P: number, buf: string, slot: string, use
       let ${x}1 = select(vec4f(), read${buf}(c${x}, r${x} + 1u), ${use});`;
 }
 
+/**
+ * What the split-K decode kernels (`wideAttentionKernel`, `streamAttentionKernel`) share: K/V
+ * bound as vec4 rows (chunked: a window of chunk bindings, see KvChunking), the WGSL header
+ * (uniforms and bindings), the split setup and the slot prologue.
+ */
+function splitKernelParts(kv: StoreType, c: KvChunking | null) {
+  const vecType = kv === 'f16' ? 'array<vec4<u32>>' : 'array<vec4<f32>>';
+  const b0 = c === null ? 0 : 2 * c.window - 2;
+  const kvBindings =
+    c === null
+      ? `@group(0) @binding(3) var<storage, read> K: ${vecType};
+@group(0) @binding(4) var<storage, read> V: ${vecType};`
+      : `${chunkBindings('K', 3, c.window, 'read', vecType)}
+${chunkBindings('V', 3 + c.window, c.window, 'read', vecType)}
+${chunkReader('readK', 'K', c.window, kv === 'f16' ? 'vec4<u32>' : 'vec4f')}
+${chunkReader('readV', 'V', c.window, kv === 'f16' ? 'vec4<u32>' : 'vec4f')}
+const SHIFT = ${c.shift}u;
+const CHUNK_MASK = ${2 ** c.shift - 1}u;
+const W = ${c.window}u;
+const PASSES = ${c.passes}u;`;
+  const header = `struct Params {
+  rows: u32, heads: u32, kvHeads: u32, maxSeqs: u32,
+  maxBlocks: u32, blockSize: u32, layer: u32, scoreStride: u32,
+  scale: f32, splits: u32, pad1: u32, pad2: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(2) var<storage, read> q: array<f32>;
+${kvBindings}
+@group(0) @binding(${5 + b0}) var<storage, read> tables: array<i32>;
+@group(0) @binding(${6 + b0}) var<storage, read> lengths: array<i32>;
+@group(0) @binding(${7 + b0}) var<storage, read> slotPos: array<i32>;
+// rowInfo [rows][4]: sequence, position, recorded-row index (-1: not recorded), may see later keys.
+@group(0) @binding(${8 + b0}) var<storage, read> rowInfo: array<vec4<i32>>;
+@group(0) @binding(${9 + b0}) var<storage, read_write> scores: array<f32>;
+const MASKED = 0xffffffffu;
+const NEG_INF = -3.0e38;
+var<workgroup> tslot: array<u32, S>; // slot of each key of the split, MASKED if not attended
+var<workgroup> wrange: vec2<u32>;`;
+  // This workgroup's (row r, kv-head g, split) and its key range [range.x, range.y), n keys
+  // (at most S; the backend picks enough splits). Dead workgroups (grid rounding) get n = 0.
+  const setup = `let wid = wg.x + wg.y * nwg.x;
+  let split = wid % p.splits;
+  let rg = wid / p.splits;
+  let live = rg < p.rows * p.kvHeads;
+  let r = min(rg / p.kvHeads, p.rows - 1u);
+  let g = rg % p.kvHeads;
+  let info = rowInfo[r];
+  let qPos = info.y;
+  let rec = info.z;
+  let hi = (p.layer * p.maxSeqs + u32(info.x)) * p.kvHeads + g;
+  let t0 = hi * p.maxBlocks;
+  if (li == 0u) {
+    var lo = 0u;
+    var hiKey = 0u;
+    if (live) {
+      let len = u32(lengths[hi]);
+      let chunk = (len + p.splits - 1u) / p.splits;
+      lo = min(split * chunk, len);
+      hiKey = min(min(lo + chunk, len), lo + S);
+    }
+    wrange = vec2u(lo, hiKey);
+  }
+  let range = workgroupUniformLoad(&wrange);
+  let n = range.y - range.x;`;
+  const masked = c === null ? 'masking && slotPos[slot] > qPos' : '(masking && slotPos[slot] > qPos) || (slot >> SHIFT) - p.pad1 * W >= W';
+  // Every key's slot (MASKED where later than the query, or, chunked, outside this pass's
+  // chunks) in workgroup memory, looked up by all threads at once, so the key loops wait on
+  // one global read per key. rowInfo.w says whether this row can see later keys at all
+  // (another row of its sequence later in the same step); if not, positions are not read.
+  const slotPrologue = (threads: number) => `let masking = info.w != 0;
+  for (var t = li; t < n; t += ${threads}u) {
+    let i = range.x + t;
+    let slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
+    tslot[t] = select(slot, MASKED, ${masked});
+  }
+  workgroupBarrier();`;
+  const splitIndex =
+    c === null ? '(r * p.kvHeads + g) * p.splits + split' : '(r * p.kvHeads + g) * p.splits * PASSES + p.pad1 * p.splits + split';
+  return { header, setup, slotPrologue, splitIndex };
+}
+
 /** Keys of one split of the wide attention kernel: its scores stay in workgroup memory. */
 export function wideAttentionSplitKeys(group: number): number {
   return Math.max(128, Math.min(512, Math.floor(2048 / group)));
@@ -1085,79 +1167,23 @@ export function wideAttentionKernel(kv: StoreType, headDim: number, group: numbe
       let ${x}1 = select(vec4f(), vec4f(unpack2x16float(w${x}.z), unpack2x16float(w${x}.w)), ${use});`
         : `let ${x}0 = select(vec4f(), ${buf}[select(0u, ${slot}, ${use}) * ${2 * P}u + 2u * j], ${use});
       let ${x}1 = select(vec4f(), ${buf}[select(0u, ${slot}, ${use}) * ${2 * P}u + 2u * j + 1u], ${use});`;
-  const vecType = kv === 'f16' ? 'array<vec4<u32>>' : 'array<vec4<f32>>';
-  const b0 = c === null ? 0 : 2 * c.window - 2;
-  const kvBindings =
-    c === null
-      ? `@group(0) @binding(3) var<storage, read> K: ${vecType};
-@group(0) @binding(4) var<storage, read> V: ${vecType};`
-      : `${chunkBindings('K', 3, c.window, 'read', vecType)}
-${chunkBindings('V', 3 + c.window, c.window, 'read', vecType)}
-${chunkReader('readK', 'K', c.window, kv === 'f16' ? 'vec4<u32>' : 'vec4f')}
-${chunkReader('readV', 'V', c.window, kv === 'f16' ? 'vec4<u32>' : 'vec4f')}
-const SHIFT = ${c.shift}u;
-const CHUNK_MASK = ${2 ** c.shift - 1}u;
-const W = ${c.window}u;
-const PASSES = ${c.passes}u;`;
-  const masked = c === null ? 'masking && slotPos[slot] > qPos' : '(masking && slotPos[slot] > qPos) || (slot >> SHIFT) - p.pad1 * W >= W';
-  const splitIndex =
-    c === null ? '(r * p.kvHeads + g) * p.splits + split' : '(r * p.kvHeads + g) * p.splits * PASSES + p.pad1 * p.splits + split';
+  const parts = splitKernelParts(kv, c);
   return memo(`attention-wide:${kv}:${D}:${G}${chunkKey(c)}`, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
-struct Params {
-  rows: u32, heads: u32, kvHeads: u32, maxSeqs: u32,
-  maxBlocks: u32, blockSize: u32, layer: u32, scoreStride: u32,
-  scale: f32, splits: u32, pad1: u32, pad2: u32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-${kvBindings}
-@group(0) @binding(${5 + b0}) var<storage, read> tables: array<i32>;
-@group(0) @binding(${6 + b0}) var<storage, read> lengths: array<i32>;
-@group(0) @binding(${7 + b0}) var<storage, read> slotPos: array<i32>;
-@group(0) @binding(${8 + b0}) var<storage, read> rowInfo: array<vec4<i32>>;
-@group(0) @binding(${9 + b0}) var<storage, read_write> scores: array<f32>;
+${parts.header}
 const D = ${D}u;
 const G = ${G}u;
 const P = ${P}u;
 const LANES = ${LANES}u;
 const U = ${U}u;
 const S = ${S}u;
-const MASKED = 0xffffffffu;
-const NEG_INF = -3.0e38;
 var<workgroup> sc: array<f32, ${G * S}>; // [G][S]: scores, then probabilities
-var<workgroup> tslot: array<u32, ${S}>; // slot of each key of the split, MASKED if not attended
 var<workgroup> red: array<f32, ${RED}>;
 var<workgroup> stat: array<f32, ${2 * G}>; // max, sum per query head
-var<workgroup> wrange: vec2<u32>;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let wid = wg.x + wg.y * nwg.x;
-  let split = wid % p.splits;
-  let rg = wid / p.splits;
-  let live = rg < p.rows * p.kvHeads;
-  let r = min(rg / p.kvHeads, p.rows - 1u);
-  let g = rg % p.kvHeads;
-  let info = rowInfo[r];
-  let qPos = info.y;
-  let rec = info.z;
-  let hi = (p.layer * p.maxSeqs + u32(info.x)) * p.kvHeads + g;
-  let t0 = hi * p.maxBlocks;
-  if (li == 0u) {
-    var lo = 0u;
-    var hiKey = 0u;
-    if (live) {
-      let len = u32(lengths[hi]);
-      let chunk = (len + p.splits - 1u) / p.splits;
-      lo = min(split * chunk, len);
-      hiKey = min(lo + chunk, len);
-    }
-    wrange = vec2u(lo, hiKey);
-  }
-  let range = workgroupUniformLoad(&wrange);
-  let n = range.y - range.x;
+  ${parts.setup}
   let lane = li / P;
   let j = li % P;
   let working = lane < LANES;
@@ -1169,17 +1195,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let q${q}b = vec4f(q[qb + ${q * D + 4}u], q[qb + ${q * D + 5}u], q[qb + ${q * D + 6}u], q[qb + ${q * D + 7}u]) * p.scale;`,
     '\n  ',
   )}
-  // Prologue: every key's slot (MASKED where the key is later than the query) in workgroup
-  // memory, looked up by all threads at once, so the passes below wait on one global read
-  // per key (its K or V row). rowInfo.w says whether this row can see later keys at all
-  // (another row of its sequence later in the same step); if not, positions are not read.
-  let masking = info.w != 0;
-  for (var t = li; t < n; t += 256u) {
-    let i = range.x + t;
-    let slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
-    tslot[t] = select(slot, MASKED, ${masked});
-  }
-  workgroupBarrier();
+  ${parts.slotPrologue(256)}
   // Pass 1: scores of the split's keys; all U keys' rows are fetched before any is used.
   for (var base = 0u; base < n; base += LANES * U) {
     ${each(
@@ -1271,7 +1287,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
       )}
     }
   }
-  let pbase = (${splitIndex}) * G * (D + 2u);
+  let pbase = (${parts.splitIndex}) * G * (D + 2u);
   ${each(
     gs,
     (q) => `if (working) {
@@ -1360,20 +1376,7 @@ export function streamAttentionKernel(
   const offs: number[] = [];
   for (let o = T / 2; o >= 1; o /= 2) offs.push(o);
   const each = <X>(xs: X[], f: (x: X) => string, sep = '\n    ') => xs.map(f).join(sep);
-  const vecType = kv === 'f16' ? 'array<vec4<u32>>' : 'array<vec4<f32>>';
-  const b0 = c === null ? 0 : 2 * c.window - 2;
-  const kvBindings =
-    c === null
-      ? `@group(0) @binding(3) var<storage, read> K: ${vecType};
-@group(0) @binding(4) var<storage, read> V: ${vecType};`
-      : `${chunkBindings('K', 3, c.window, 'read', vecType)}
-${chunkBindings('V', 3 + c.window, c.window, 'read', vecType)}
-${chunkReader('readK', 'K', c.window, kv === 'f16' ? 'vec4<u32>' : 'vec4f')}
-${chunkReader('readV', 'V', c.window, kv === 'f16' ? 'vec4<u32>' : 'vec4f')}
-const SHIFT = ${c.shift}u;
-const CHUNK_MASK = ${2 ** c.shift - 1}u;
-const W = ${c.window}u;
-const PASSES = ${c.passes}u;`;
+  const parts = splitKernelParts(kv, c);
   // Piece e of this lane (8 values: row piece j + T e) of key u's row in buffer buf, into
   // ${x}0, ${x}1 (vec4f). Masked keys read slot 0 (always in bounds) and are dropped later.
   const rowWords = kv === 'f16' ? D / 8 : D / 4; // vec4 words per row
@@ -1399,9 +1402,6 @@ const PASSES = ${c.passes}u;`;
       ? `let row${u} = select(0u, slot${u}, ok${u});`
       : `let chunk${u} = select(0u, (slot${u} >> SHIFT) - p.pad1 * W, ok${u});
       let row${u} = select(0u, slot${u} & CHUNK_MASK, ok${u});`;
-  const masked = c === null ? 'masking && slotPos[slot] > qPos' : '(masking && slotPos[slot] > qPos) || (slot >> SHIFT) - p.pad1 * W >= W';
-  const splitIndex =
-    c === null ? '(r * p.kvHeads + g) * p.splits + split' : '(r * p.kvHeads + g) * p.splits * PASSES + p.pad1 * p.splits + split';
   // Scatter reduction (V = U x G scores per lane, a power of two <= T): a butterfly reduce-
   // scatter leaves each lane ONE full score (value v = j >> SH: key v / G, head v % G), its
   // softmax terms are computed once per value instead of on every lane, and the
@@ -1484,57 +1484,17 @@ const PASSES = ${c.passes}u;`;
     workgroupSize: WGS,
     code: /* wgsl */ `
 enable subgroups;
-struct Params {
-  rows: u32, heads: u32, kvHeads: u32, maxSeqs: u32,
-  maxBlocks: u32, blockSize: u32, layer: u32, scoreStride: u32,
-  scale: f32, splits: u32, pad1: u32, pad2: u32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-${kvBindings}
-@group(0) @binding(${5 + b0}) var<storage, read> tables: array<i32>;
-@group(0) @binding(${6 + b0}) var<storage, read> lengths: array<i32>;
-@group(0) @binding(${7 + b0}) var<storage, read> slotPos: array<i32>;
-@group(0) @binding(${8 + b0}) var<storage, read> rowInfo: array<vec4<i32>>;
-@group(0) @binding(${9 + b0}) var<storage, read_write> scores: array<f32>;
+${parts.header}
 const D = ${D}u;
 const G = ${G}u;
 const NKG = ${NKG}u;
 const S = ${S}u;
-const MASKED = 0xffffffffu;
-const NEG_INF = -3.0e38;
-var<workgroup> tslot: array<u32, ${S}>; // slot of each key of the split, MASKED if not attended
-var<workgroup> wrange: vec2<u32>;
 var<workgroup> kgStat: array<f32, ${NKG * 2 * G}>; // [key group][G][max, sum]
 var<workgroup> kgOut: array<f32, ${KB * D}>; // [key group of a batch][D]: one query head's outputs at a time
 @compute @workgroup_size(${WGS})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32,
         @builtin(subgroup_invocation_id) sgid: u32) {
-  let wid = wg.x + wg.y * nwg.x;
-  let split = wid % p.splits;
-  let rg = wid / p.splits;
-  let live = rg < p.rows * p.kvHeads;
-  let r = min(rg / p.kvHeads, p.rows - 1u);
-  let g = rg % p.kvHeads;
-  let info = rowInfo[r];
-  let qPos = info.y;
-  let rec = info.z;
-  let hi = (p.layer * p.maxSeqs + u32(info.x)) * p.kvHeads + g;
-  let t0 = hi * p.maxBlocks;
-  if (li == 0u) {
-    var lo = 0u;
-    var hiKey = 0u;
-    if (live) {
-      let len = u32(lengths[hi]);
-      let chunk = (len + p.splits - 1u) / p.splits;
-      lo = min(split * chunk, len);
-      hiKey = min(min(lo + chunk, len), lo + S);
-    }
-    wrange = vec2u(lo, hiKey);
-  }
-  let range = workgroupUniformLoad(&wrange);
-  let n = range.y - range.x;
+  ${parts.setup}
   // Lanes j = 0..T-1 of key group kg are consecutive invocations, so one subgroup (>= T lanes) holds them.
   let kg = li / ${T}u;
   let j = li % ${T}u;
@@ -1552,14 +1512,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
       ),
     '\n  ',
   )}
-  // Prologue: every key's slot (MASKED where later than the query), looked up by all threads at once.
-  let masking = info.w != 0;
-  for (var t = li; t < n; t += ${WGS}u) {
-    let i = range.x + t;
-    let slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
-    tslot[t] = select(slot, MASKED, ${masked});
-  }
-  workgroupBarrier();
+  ${parts.slotPrologue(WGS)}
   ${each(gs, (h) => `var m${h} = NEG_INF;\n  var l${h} = 0.0;`, '\n  ')}
   ${each(gs, (h) => each(es, (e) => `var acc${h}_${e}a = vec4f();\n  var acc${h}_${e}b = vec4f();`, '\n  '), '\n  ')}
   // n is workgroup-uniform: every lane runs every step, so the shuffles stay in uniform control flow.
@@ -1581,7 +1534,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
     ${each(gs, (h) => `kgStat[(kg * G + ${h}u) * 2u] = m${h};\n    kgStat[(kg * G + ${h}u) * 2u + 1u] = l${h};`)}
   }
   workgroupBarrier();
-  let pbase = (${splitIndex}) * G * (D + 2u);
+  let pbase = (${parts.splitIndex}) * G * (D + 2u);
   ${each(
     gs,
     (h) => `{
