@@ -834,6 +834,28 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   }));
 }
 
+/**
+ * Uniforms and bindings of the split-K attention kernels: `kvBindings` declares K and V (one
+ * binding each, or a window of chunks taking b0 = 2 x window - 2 more binding numbers).
+ */
+function splitAttentionBindings(kvBindings: string, b0: number): string {
+  return `struct Params {
+  rows: u32, heads: u32, kvHeads: u32, maxSeqs: u32,
+  maxBlocks: u32, blockSize: u32, layer: u32, scoreStride: u32,
+  scale: f32, splits: u32, pad1: u32, pad2: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(2) var<storage, read> q: array<f32>;
+${kvBindings}
+@group(0) @binding(${5 + b0}) var<storage, read> tables: array<i32>;
+@group(0) @binding(${6 + b0}) var<storage, read> lengths: array<i32>;
+@group(0) @binding(${7 + b0}) var<storage, read> slotPos: array<i32>;
+// rowInfo [rows][4]: sequence, position, recorded-row index (-1: not recorded), may see later keys.
+@group(0) @binding(${8 + b0}) var<storage, read> rowInfo: array<vec4<i32>>;
+@group(0) @binding(${9 + b0}) var<storage, read_write> scores: array<f32>;`;
+}
+
 /** Keys per tile of the attention kernel. */
 export const ATTENTION_TILE = 16;
 
@@ -881,21 +903,8 @@ const PASSES = ${c.passes}u;`;
   return memo(`attention:${kv}:${D}:${G}${chunkKey(c)}`, () => ({
     workgroupSize: 64,
     code: /* wgsl */ `
-struct P {
-  rows: u32, heads: u32, kvHeads: u32, maxSeqs: u32,
-  maxBlocks: u32, blockSize: u32, layer: u32, scoreStride: u32,
-  scale: f32, splits: u32, pad1: u32, pad2: u32,
-}
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-${kvBindings}
-@group(0) @binding(${5 + b0}) var<storage, read> tables: array<i32>;
-@group(0) @binding(${6 + b0}) var<storage, read> lengths: array<i32>;
-@group(0) @binding(${7 + b0}) var<storage, read> slotPos: array<i32>;
-// rowInfo [rows][4]: sequence, position, recorded-row index (-1: not recorded), may-see-later-keys (unused here: always masks).
-@group(0) @binding(${8 + b0}) var<storage, read> rowInfo: array<vec4<i32>>;
-@group(0) @binding(${9 + b0}) var<storage, read_write> scores: array<f32>;
+// This kernel always masks by position (it ignores rowInfo.w).
+${splitAttentionBindings(kvBindings, b0)}
 ${kvLoaders}
 const D = ${D}u;
 const G = ${G}u;
@@ -1058,21 +1067,7 @@ const SHIFT = ${c.shift}u;
 const CHUNK_MASK = ${2 ** c.shift - 1}u;
 const W = ${c.window}u;
 const PASSES = ${c.passes}u;`;
-  const header = `struct Params {
-  rows: u32, heads: u32, kvHeads: u32, maxSeqs: u32,
-  maxBlocks: u32, blockSize: u32, layer: u32, scoreStride: u32,
-  scale: f32, splits: u32, pad1: u32, pad2: u32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-${kvBindings}
-@group(0) @binding(${5 + b0}) var<storage, read> tables: array<i32>;
-@group(0) @binding(${6 + b0}) var<storage, read> lengths: array<i32>;
-@group(0) @binding(${7 + b0}) var<storage, read> slotPos: array<i32>;
-// rowInfo [rows][4]: sequence, position, recorded-row index (-1: not recorded), may see later keys.
-@group(0) @binding(${8 + b0}) var<storage, read> rowInfo: array<vec4<i32>>;
-@group(0) @binding(${9 + b0}) var<storage, read_write> scores: array<f32>;
+  const header = `${splitAttentionBindings(kvBindings, b0)}
 const MASKED = 0xffffffffu;
 const NEG_INF = -3.0e38;
 var<workgroup> tslot: array<u32, S>; // slot of each key of the split, MASKED if not attended
