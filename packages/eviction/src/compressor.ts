@@ -212,18 +212,7 @@ export class Compressor {
     }
     const t1 = performance.now();
     const result = a.compactedOnDevice(sequence, newLengths, moves, true);
-    const t2 = performance.now();
-    const blocksAfter = a.sequenceBlocks(sequence);
-    return {
-      ...result,
-      sequence,
-      blocksBefore,
-      blocksAfter,
-      targetBlocks: ctx.targetBlocks,
-      budgetMet: blocksAfter <= ctx.targetBlocks,
-      planMs: t1 - t0,
-      compactMs: t2 - t1,
-    };
+    return this.#outcome(result, sequence, blocksBefore, t0, t1);
   }
 
   /** Scratch of applyDeviceCompaction: new length per unit, -1 = unchanged. */
@@ -242,7 +231,13 @@ export class Compressor {
     moves.clear();
     const result = this.allocator.compact(ctx.plan, moves);
     this.metrics.applyMoves(moves);
+    return this.#outcome(result, sequence, blocksBefore, t0, t1);
+  }
+
+  /** The outcome of a compaction that planned from t0 and compacted from t1 until now. */
+  #outcome(result: CompactionResult, sequence: number, blocksBefore: number, t0: number, t1: number): CompressionOutcome {
     const t2 = performance.now();
+    const ctx = this.context;
     const blocksAfter = this.allocator.sequenceBlocks(sequence);
     return {
       ...result,

@@ -199,6 +199,17 @@ const sceneParams = fc.record({
 });
 const policies = [createKvCompressPolicy(), createAdaKvPolicy({ alpha: 0.5 })];
 
+/** Two identical scenes of q, each with its own Compressor under policies[which]. */
+function twinScenes(q: SceneParams, which: number) {
+  const policy = policies[which] as EvictionPolicy;
+  const a = buildScene(q);
+  const b = buildScene(q);
+  const config = a.configs[0] as ResolvedCompressionConfig;
+  const ca = new Compressor({ allocator: a.allocator, metrics: a.store, policy, config });
+  const cb = new Compressor({ allocator: b.allocator, metrics: b.store, policy, config });
+  return { policy, a, b, config, ca, cb };
+}
+
 describe('the block rule of EvictionSelection', () => {
   it('property: freeCheapestBlocks (kv-compress, ada-kv) decides as the rule written naively, ties included', () => {
     fc.assert(
@@ -220,12 +231,7 @@ describe('the block rule of EvictionSelection', () => {
   it('property: compressSelected with the rule decided elsewhere = compress', () => {
     fc.assert(
       fc.property(sceneParams, fc.constantFrom(0, 1), (q, which) => {
-        const policy = policies[which] as EvictionPolicy;
-        const a = buildScene(q);
-        const b = buildScene(q);
-        const config = a.configs[0] as ResolvedCompressionConfig;
-        const ca = new Compressor({ allocator: a.allocator, metrics: a.store, policy, config });
-        const cb = new Compressor({ allocator: b.allocator, metrics: b.store, policy, config });
+        const { policy, a, b, ca, cb } = twinScenes(q, which);
         const units = a.allocator.headsPerSequence;
         const selection = new EvictionSelection(
           a.allocator.maxSequences * units,
@@ -256,12 +262,7 @@ describe('the block rule of EvictionSelection', () => {
   it('property: applyDeviceCompaction after the device moves (emulated) = compressSelected', () => {
     fc.assert(
       fc.property(sceneParams, fc.constantFrom(0, 1), (q, which) => {
-        const policy = policies[which] as EvictionPolicy;
-        const a = buildScene(q);
-        const b = buildScene(q);
-        const config = a.configs[0] as ResolvedCompressionConfig;
-        const ca = new Compressor({ allocator: a.allocator, metrics: a.store, policy, config });
-        const cb = new Compressor({ allocator: b.allocator, metrics: b.store, policy, config });
+        const { policy, a, b, config, ca, cb } = twinScenes(q, which);
         const A = a.allocator;
         const B = A.blockSize;
         const units = A.headsPerSequence;

@@ -128,10 +128,10 @@ const logitRows = Int32Array.from({ length: MAX_SEQS }, (_, i) => i);
 const greedy = backend.createBuffer(MAX_SEQS, 'i32');
 const greedyHost = new Int32Array(MAX_SEQS);
 
-/** One greedy decode step over every sequence of the batch; returns after the ids are back. */
 /** Host time spent building and recording steps (the GPU runs behind it). */
 let hostMs = 0;
 
+/** One greedy decode step over every sequence of the batch; returns after the ids are back. */
 async function decodeStep(batch: Batch): Promise<void> {
   const t = performance.now();
   const { allocator, sequences } = batch;

@@ -73,6 +73,18 @@ fn keyOf(t0: u32, i: u32, newest: i32, sinks: i32) -> u32 {
   return select(~bits, bits | 0x80000000u, (bits >> 31u) == 0u);
 }`;
 
+/** cum: array<u32, 256> in workgroup memory and scanCum(li), its inclusive scan in place (every invocation calls it). */
+const SCAN_CUM = /* wgsl */ `var<workgroup> cum: array<u32, 256>;
+fn scanCum(li: u32) {
+  for (var s = 1u; s < 256u; s <<= 1u) {
+    var v = 0u;
+    if (li >= s) { v = cum[li - s]; }
+    workgroupBarrier();
+    cum[li] += v;
+    workgroupBarrier();
+  }
+}`;
+
 /**
  * Workgroup histogram and scan helpers: counts (atomic bins), cum (a 256-entry scan).
  * histAdd must be called by every invocation (uniform control flow) when subgroups are used.
@@ -99,18 +111,8 @@ fn histAdd(bin: u32, ok: bool, lane: u32) {
 }`;
   return /* wgsl */ `
 var<workgroup> counts: array<atomic<u32>, 256>;
-var<workgroup> cum: array<u32, 256>;
 ${add}
-/** Inclusive scan of cum[0..256) in place (every invocation calls it). */
-fn scanCum(li: u32) {
-  for (var s = 1u; s < 256u; s <<= 1u) {
-    var v = 0u;
-    if (li >= s) { v = cum[li - s]; }
-    workgroupBarrier();
-    cum[li] += v;
-    workgroupBarrier();
-  }
-}`;
+${SCAN_CUM}`;
 }
 
 function entry(subgroups: boolean): string {
@@ -273,16 +275,7 @@ export function selectionAllocateKernel(): KernelSource {
     code: /* wgsl */ `${header(true)}
 @group(0) @binding(3) var<storage, read_write> state: array<u32>;
 @group(0) @binding(4) var<storage, read_write> result: array<i32>;
-var<workgroup> cum: array<u32, 256>;
-fn scanCum(li: u32) {
-  for (var s = 1u; s < 256u; s <<= 1u) {
-    var v = 0u;
-    if (li >= s) { v = cum[li - s]; }
-    workgroupBarrier();
-    cum[li] += v;
-    workgroupBarrier();
-  }
-}
+${SCAN_CUM}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
   ${FLAT_ID}
