@@ -40,6 +40,7 @@ for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
     selection) timeout 540 "$GPU_NODE" .gpu/selection.mjs | tee "$out/selection.jsonl" ;;
     round-8b) SHAPE=8b timeout 540 "$GPU_NODE" .gpu/selection.mjs | tee "$out/round-8b.jsonl" ;;
     round-1b) SHAPE=1b timeout 540 "$GPU_NODE" .gpu/selection.mjs | tee "$out/round-1b.jsonl" ;;
+    round-kernels) timeout 300 "$GPU_NODE" .gpu/round-kernels.mjs | tee "$out/round-kernels.jsonl" ;;
     prefill) timeout 300 "$GPU_NODE" .gpu/prefill.mjs | tee "$out/prefill.jsonl" ;;
     decode-8b-old) c=${CONTEXT_8B:-4096}; ATTENTION=wide BLOCKED_MATMUL=0 SHAPE=8b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-8b-$c-old.jsonl" ;;
     decode-1b-old) c=${CONTEXT_1B:-16384}; ATTENTION=wide BLOCKED_MATMUL=0 SHAPE=1b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-1b-$c-old.jsonl" ;;

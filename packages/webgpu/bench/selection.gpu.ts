@@ -27,7 +27,9 @@
 //
 // Env: SHAPE (8b), SEQS (64), CONTEXT (8192), LAYERS / KV_HEADS / HEAD_DIM (override the
 // shape's cache), RATE (4), WINDOW (64), REPEATS (3), STEP (auto|0|1), STEPS (3), HOST (0),
-// VERIFY (1), SUBGROUPS (1), PROFILE (0).
+// VERIFY (1), SUBGROUPS (1), PROFILE (0), BUSY_MS (100: the GPU kept busy that long right
+// before each round, as decode steps keep it in serving; 0: the round starts on an idle GPU).
+// One more round after 1.5 s of idling is printed as round-device-after-idle.
 // A small shape checks the bench itself on SwiftShader:
 //   SHAPE=tiny SEQS=3 CONTEXT=300 LAYERS=2 KV_HEADS=2 HOST=1 VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json node .gpu/selection.mjs
 // Prints one JSON line per measurement and a summary line. Build and run: see bench/run-gpu.sh.
@@ -72,6 +74,7 @@ const STEPS = Number(env('STEPS', '3'));
 const HOST = env('HOST', '0') === '1';
 const VERIFY = env('VERIFY', '1') === '1';
 const PROFILE = env('PROFILE', '0') === '1';
+const BUSY_MS = Number(env('BUSY_MS', '100'));
 const B = 16;
 const WARMUP_STEPS = 1;
 
@@ -170,6 +173,25 @@ async function fill(): Promise<void> {
   // (this downloads the positions too: outside the timings).
   await backend.downloadPositions(allocator);
   await device.queue.onSubmittedWorkDone();
+  if (BUSY_MS > 0) await keepBusy(BUSY_MS);
+}
+
+/**
+ * Keeps the GPU busy for about `ms` (buffer copies), then returns when they have run. In
+ * serving, a round follows decode steps; after the host-side second that fill() takes, an idle
+ * H100 runs the round's kernels up to 5x slower until its clocks come back (round-kernels.gpu.ts,
+ * "after-idle"), which a round between decode steps never sees.
+ */
+const busyA = device.createBuffer({ size: 256 << 20, usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+const busyB = device.createBuffer({ size: 256 << 20, usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+async function keepBusy(ms: number): Promise<void> {
+  const t = performance.now();
+  while (performance.now() - t < ms) {
+    const e = device.createCommandEncoder();
+    for (let i = 0; i < 8; i++) e.copyBufferToBuffer(i % 2 === 0 ? busyA : busyB, 0, i % 2 === 0 ? busyB : busyA, 0, 256 << 20);
+    device.queue.submit([e.finish()]);
+    await device.queue.onSubmittedWorkDone();
+  }
 }
 
 // A decode step as the engine runs KV-Compress: every row records its attention (L2, sum).
@@ -334,6 +356,9 @@ for (let r = 0; r < REPEATS; r++) {
   rounds.push(d['roundMs'] as number);
   print({ mode: 'round-device', repeat: r, ...d });
 }
+await fill();
+await new Promise((resolve) => setTimeout(resolve, 1500));
+print({ mode: 'round-device-after-idle', ...(await deviceRound()) });
 await fill();
 print({ mode: 'round-breakdown', ...(await deviceRoundBreakdown()) });
 await fill();

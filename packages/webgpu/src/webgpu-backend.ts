@@ -336,6 +336,8 @@ export class WebGpuBackend implements Backend {
   readonly #blockedWorkgroups: number;
   /** Profiling (WebGpuBackendOptions.profile): timestamp queries, two per dispatch, and the kernels they time. */
   readonly #profile: { readonly queries: GPUQuerySet; readonly resolve: GPUBuffer; readonly kernels: string[] } | null;
+  /** Appended to the kernel keys of profiled dispatches (e.g. the selection's level), '' otherwise. */
+  #profileTag = '';
 
   constructor(device: GPUDevice, options: WebGpuBackendOptions = {}) {
     this.device = device;
@@ -1334,6 +1336,7 @@ export class WebGpuBackend implements Backend {
     const [rx, ry] = grid(rows);
     const [gx, gy] = grid(groups);
     for (let level = 0; level < SELECTION_LEVELS; level++) {
+      this.#profileTag = `@${level}`;
       this.#setUniform([rows, groups, level, B]);
       this.#dispatchRaw(
         selectionHistogramKernel(sg),
@@ -1344,6 +1347,7 @@ export class WebGpuBackend implements Backend {
       this.#setUniform([rows, groups, level, B]);
       this.#dispatchRaw(selectionThresholdKernel(), [rowBuf.buffer, groupBuf.buffer, hist.buffer, state.buffer], gx, gy);
     }
+    this.#profileTag = '';
     this.#setUniform([rows, groups, 0, B]);
     this.#dispatchRaw(selectionAllocateKernel(), [rowBuf.buffer, groupBuf.buffer, state.buffer, result.buffer], gx, gy);
     this.#setUniform([rows, groups, 0, B]);
@@ -1628,7 +1632,7 @@ export class WebGpuBackend implements Backend {
       this.#endPass();
       this.#encoder ??= this.device.createCommandEncoder();
       const at = 2 * profile.kernels.length;
-      profile.kernels.push(source.key);
+      profile.kernels.push(source.key + this.#profileTag);
       const timed = this.#encoder.beginComputePass({
         timestampWrites: { querySet: profile.queries, beginningOfPassWriteIndex: at, endOfPassWriteIndex: at + 1 },
       });
