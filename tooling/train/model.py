@@ -2,7 +2,8 @@
 
 The state dict's names and layouts are those of transformers' LlamaForCausalLM (RoPE in
 the rotate-half layout, q/k/v/o and gate/up/down projections, RMSNorm, tied embeddings),
-so the exported safetensors load in @kvcompress/models and in transformers unchanged.
+so the exported safetensors load in @kvcompress/models and in transformers unchanged. The LM
+head is the embedding (tied, the default) or its own `lm_head` (tie_word_embeddings False).
 """
 
 import math
@@ -26,6 +27,7 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     bos_token_id: int = 0
     eos_token_id: int = 1
+    tie_word_embeddings: bool = True
 
     @property
     def head_dim(self) -> int:
@@ -41,7 +43,6 @@ class ModelConfig:
             attention_bias=False,
             mlp_bias=False,
             rope_scaling=None,
-            tie_word_embeddings=True,
             torch_dtype="float16",
         )
         return c
@@ -142,6 +143,8 @@ class Llama(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = LlamaBody(cfg)
+        # Untied: its own output matrix (transformers' lm_head.weight, [vocab, hidden]).
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         cos, sin = rope_tables(cfg, cfg.max_position_embeddings, torch.device("cpu"))
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -157,12 +160,14 @@ class Llama(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [b, t] -> logits [b, t, vocab] (the LM head is the embedding, tied)."""
+        """ids [b, t] -> logits [b, t, vocab] (tied: the LM head is the embedding)."""
         x = self.model.embed_tokens(ids)
         for layer in self.model.layers:
             x = layer(x, self.rope_cos, self.rope_sin)
+        if self.lm_head is not None:
+            return self.lm_head(self.model.norm(x))
         return self.model.norm(x) @ self.model.embed_tokens.weight.t().to(x.dtype)
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """Parameters under transformers' names (tied: no lm_head.weight)."""
+        """Parameters under transformers' names (tied: no lm_head.weight; untied: with it)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("rope_")}

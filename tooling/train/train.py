@@ -197,9 +197,15 @@ def lr_at(step: int, elapsed: float, a) -> float:
 def train(a) -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = load_tokenizer(a.out)
+    state = torch.load(a.ckpt, map_location=dev) if os.path.exists(a.ckpt) else None
+    init = a.init if state is None and a.init and os.path.exists(a.init) else None
+    # Untied stays untied: a checkpoint or an --init that has its own lm_head keeps it.
+    untie = a.untie or (state is not None and not state["config"].get("tie_word_embeddings", True)) or (
+        init is not None and not exported_config(init).tie_word_embeddings)
     cfg = ModelConfig(vocab_size=tok.get_vocab_size(), hidden_size=a.dim, intermediate_size=a.ffn, num_hidden_layers=a.layers,
                       num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, max_position_embeddings=a.seq_len,
-                      rope_theta=a.rope_theta, bos_token_id=tok.token_to_id(BOS), eos_token_id=tok.token_to_id(EOS))
+                      rope_theta=a.rope_theta, bos_token_id=tok.token_to_id(BOS), eos_token_id=tok.token_to_id(EOS),
+                      tie_word_embeddings=not untie)
     torch.manual_seed(a.seed)
     model = Llama(cfg).to(dev)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -207,27 +213,16 @@ def train(a) -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8, **({"fused": True} if dev.type == "cuda" else {}))
     step = 0
-    if os.path.exists(a.ckpt):
-        state = torch.load(a.ckpt, map_location=dev)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
         print(f"resumed at step {step}", flush=True)
-    elif a.init and os.path.exists(a.init):
-        missing = model.load_state_dict(load_exported(a.init), strict=False).missing_keys
-        # Layers the exported model lacks (a deeper --layers than the init's) start as the
-        # identity: their output projections are zero, so the residual stream passes through
-        # unchanged and training grows them from the trained model's function.
-        grown = sorted({int(k.split(".")[2]) for k in missing if k.startswith("model.layers.")})
-        unexpected = [k for k in missing if not k.startswith("model.layers.") or int(k.split(".")[2]) not in grown]
-        if unexpected:
-            raise SystemExit(f"--init {a.init} lacks weights other than whole layers: {unexpected[:5]}")
-        with torch.no_grad():
-            for i in grown:
-                model.model.layers[i].self_attn.o_proj.weight.zero_()
-                model.model.layers[i].mlp.down_proj.weight.zero_()
+    elif init is not None:
+        grown = load_init(model, init)
         step = a.init_step
-        print(f"initialised from {a.init} (weights only) at step {step}; grown layers {grown}", flush=True)
+        print(f"initialised from {init} (weights only) at step {step}; grown: {grown}", flush=True)
+    del state
     print(f"params {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, config {cfg}", flush=True)
 
     corpus = Corpus(tok, training_documents())
@@ -350,6 +345,56 @@ def load_exported(folder: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def exported_config(folder: str) -> ModelConfig:
+    with open(os.path.join(folder, "config.json")) as f:
+        c = json.load(f)
+    return ModelConfig(**{k: c[k] for k in ModelConfig.__dataclass_fields__ if k in c})
+
+
+def load_init(model: Llama, folder: str) -> dict:
+    """Loads an exported model into `model`, grown where `model` is larger, with the same function:
+    - untied from a tied folder: lm_head starts as a copy of the embedding;
+    - more kv-heads (a multiple of the folder's): each kv-head's k/v rows are repeated in place
+      (kv-head j <- old j // r), so query head h, which reads kv-head h // (heads / kv_heads),
+      reads the same keys and values as before;
+    - more layers: the new layers start as the identity (zero o_proj and down_proj), so the
+      residual stream passes through them unchanged.
+    Returns what was grown."""
+    cfg = model.cfg
+    state = load_exported(folder)
+    grown: dict = {}
+    if "lm_head.weight" in state and cfg.tie_word_embeddings:
+        raise SystemExit(f"--init {folder} is untied; the model to train is tied")
+    if "lm_head.weight" not in state and not cfg.tie_word_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+        grown["lm_head"] = "copy of embed_tokens"
+    hd, dim = cfg.head_dim, cfg.hidden_size
+    for name in [k for k in state if k.endswith(("self_attn.k_proj.weight", "self_attn.v_proj.weight"))]:
+        old = state[name].shape[0] // hd
+        if old == cfg.num_key_value_heads:
+            continue
+        if cfg.num_key_value_heads % old:
+            raise SystemExit(f"--kv-heads {cfg.num_key_value_heads} is not a multiple of --init {folder}'s {old}")
+        r = cfg.num_key_value_heads // old
+        state[name] = state[name].view(old, hd, dim).repeat_interleave(r, dim=0).reshape(-1, dim)
+        grown["kv_heads"] = f"{old} -> {cfg.num_key_value_heads}"
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise SystemExit(f"--init {folder} has weights the model lacks: {result.unexpected_keys[:5]}")
+    missing = result.missing_keys
+    layers = sorted({int(k.split(".")[2]) for k in missing if k.startswith("model.layers.")})
+    unexpected = [k for k in missing if not k.startswith("model.layers.") or int(k.split(".")[2]) not in layers]
+    if unexpected:
+        raise SystemExit(f"--init {folder} lacks weights other than whole layers: {unexpected[:5]}")
+    with torch.no_grad():
+        for i in layers:
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+    if layers:
+        grown["layers"] = layers
+    return grown
+
+
 def export(a) -> None:
     state = torch.load(a.ckpt, map_location="cpu")
     cfg = ModelConfig(**state["config"])
@@ -387,10 +432,7 @@ def export(a) -> None:
 
 
 def exported_model(out: str, dev: torch.device) -> Llama:
-    with open(os.path.join(out, "config.json")) as f:
-        c = json.load(f)
-    cfg = ModelConfig(**{k: c[k] for k in ModelConfig.__dataclass_fields__})
-    model = Llama(cfg)
+    model = Llama(exported_config(out))
     model.load_state_dict(load_exported(out), strict=False)
     return model.to(dev).eval()
 
@@ -485,7 +527,10 @@ def main() -> None:
     p.add_argument("--ffn", type=int, default=1536)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--kv-heads", type=int, default=2,
+                   help="key-value heads; more than the --init model's (a multiple) grows it with the same function")
+    p.add_argument("--untie", action="store_true",
+                   help="own lm_head instead of the tied embedding (from a tied --init: a copy of the embedding)")
     p.add_argument("--rope-theta", type=float, default=10000.0)
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--batch", type=int, default=16)
