@@ -248,7 +248,7 @@ for (const [name, code] of Object.entries(histVariants)) {
 // ROW_KEYS keys in groups of 256 rows; level 0 makes the keys from identity block tables,
 // positions 0.. and the metrics; level 2 with prefix 0 (no key matches, as few do above).
 {
-  const code = selectionHistogramKernel(sg).code;
+  const code = selectionHistogramKernel(false).code;
   const rowsHost = new Int32Array(ROWS * 8);
   for (let r = 0; r < ROWS; r++) rowsHost.set([Math.floor(r / 256), 0, (r * ROW_KEYS) / 16, ROW_KEYS, 0, 1, (r * ROW_KEYS) / 32, 0], r * 8);
   const groupsHost = new Int32Array(Math.ceil(ROWS / 256) * 8);

@@ -30,6 +30,11 @@
 // VERIFY (1), SUBGROUPS (1), PROFILE (0), BUSY_MS (100: the GPU kept busy that long right
 // before each round, as decode steps keep it in serving; 0: the round starts on an idle GPU).
 // One more round after 1.5 s of idling is printed as round-device-after-idle.
+// STEADY (64): the steady-state round (round-steady): after the full round, STEADY tokens more
+// per sequence with random metrics, as that many decode steps add them, then the round that
+// brings every sequence back to its budget (0: skipped). The full round compresses a whole
+// 8K context at once (a round right after prefill); in decoding, a round runs every STEADY
+// steps or so and evicts what they added.
 // A small shape checks the bench itself on SwiftShader:
 //   SHAPE=tiny SEQS=3 CONTEXT=300 LAYERS=2 KV_HEADS=2 HOST=1 VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json node .gpu/selection.mjs
 // Prints one JSON line per measurement and a summary line. Build and run: see bench/run-gpu.sh.
@@ -75,6 +80,7 @@ const HOST = env('HOST', '0') === '1';
 const VERIFY = env('VERIFY', '1') === '1';
 const PROFILE = env('PROFILE', '0') === '1';
 const BUSY_MS = Number(env('BUSY_MS', '100'));
+const STEADY = Number(env('STEADY', '64'));
 const B = 16;
 const WARMUP_STEPS = 1;
 
@@ -102,7 +108,7 @@ const debug = (m: string) => {
 const shape = kvShapeOf(config);
 const units = shape.layers * shape.kvHeads;
 // Room for the timed decode steps after the context.
-const maxContext = CONTEXT + WARMUP_STEPS + STEPS + B;
+const maxContext = CONTEXT + WARMUP_STEPS + STEPS + STEADY + B;
 const numBlocks = SEQS * units * Math.ceil(maxContext / B);
 const newAllocator = () => new PageAllocator({ shape, numBlocks, blockSize: B, maxSequences: SEQS, maxContext });
 // Every round starts from a fresh allocator holding the same cache (see fill).
@@ -296,6 +302,34 @@ async function deviceRound(): Promise<Record<string, number>> {
   };
 }
 
+/**
+ * The full round, then STEADY more tokens per sequence (random metrics, as decode steps would
+ * record), then the round that evicts back to the budget: the one timed.
+ */
+async function steadyRound(profile = false): Promise<Record<string, number>> {
+  await deviceRound();
+  const slots = new Int32Array(units * STEADY);
+  const values = new Float32Array(units * STEADY);
+  let rnd = 4242;
+  for (const seq of sequences) {
+    allocator.appendTokens(seq, STEADY, slots);
+    for (let i = 0; i < values.length; i++) {
+      rnd = (Math.imul(rnd, 1664525) + 1013904223) | 0;
+      values[i] = (rnd >>> 8) / 2 ** 24;
+    }
+    backend.uploadMetrics(slots, values, slots.length);
+  }
+  // The device tables and positions in sync with the host's, as the decode steps that added the
+  // tokens leave them (each step sends its own few changes; appended here at once, they would
+  // be sent by the round): outside the timing.
+  await backend.downloadPositions(allocator);
+  allocator.positionsSynced();
+  await device.queue.onSubmittedWorkDone();
+  if (BUSY_MS > 0) await keepBusy(BUSY_MS);
+  if (profile) await backend.readProfile();
+  return deviceRound();
+}
+
 /** The same round with a download (and a wait) after each stage, to see where the time goes. */
 async function deviceRoundBreakdown(): Promise<Record<string, number>> {
   const t0 = performance.now();
@@ -356,6 +390,13 @@ for (let r = 0; r < REPEATS; r++) {
   rounds.push(d['roundMs'] as number);
   print({ mode: 'round-device', repeat: r, ...d });
 }
+const steady: number[] = [];
+for (let r = 0; STEADY > 0 && r < REPEATS; r++) {
+  await fill();
+  const d = await steadyRound();
+  steady.push(d['roundMs'] as number);
+  print({ mode: 'round-steady', repeat: r, tokensAdded: STEADY, ...d });
+}
 await fill();
 await new Promise((resolve) => setTimeout(resolve, 1500));
 print({ mode: 'round-device-after-idle', ...(await deviceRound()) });
@@ -363,10 +404,8 @@ await fill();
 print({ mode: 'round-breakdown', ...(await deviceRoundBreakdown()) });
 await fill();
 print({ mode: 'selection-device', ...(await selectionOnly()) });
-if (PROFILE) {
-  await fill();
-  await backend.readProfile();
-  await deviceRound();
+/** GPU time per kernel of the dispatches since the last readProfile(). */
+async function profileSince(round: string): Promise<void> {
   const kernels: Record<string, { ms: number; dispatches: number }> = {};
   let total = 0;
   for (const { kernel, ms } of await backend.readProfile()) {
@@ -376,7 +415,18 @@ if (PROFILE) {
     kernels[kernel] = k;
     total += ms;
   }
-  print({ mode: 'profile', gpuMs: total, kernels, timestamps: device.features.has('timestamp-query') });
+  print({ mode: 'profile', round, gpuMs: total, kernels, timestamps: device.features.has('timestamp-query') });
+}
+if (PROFILE) {
+  await fill();
+  await backend.readProfile();
+  await deviceRound();
+  await profileSince('full');
+  if (STEADY > 0) {
+    await fill();
+    await steadyRound(true);
+    await profileSince('steady');
+  }
 }
 let stepAfterMs: number | null = null;
 if (model !== null) {
@@ -447,12 +497,16 @@ if (VERIFY) {
 }
 
 const roundMs = median(rounds);
+const steadyMs = steady.length > 0 ? median(steady) : null;
 print({
   mode: 'summary',
   rate: RATE,
   roundMs,
   stepMs,
   roundOverStep: stepMs === null ? null : roundMs / stepMs,
+  steadyTokens: STEADY,
+  steadyRoundMs: steadyMs,
+  steadyOverStep: stepMs === null || steadyMs === null ? null : steadyMs / stepMs,
   stepAfterMs,
   target: 0.1,
   kvChunks: backend.kvChunks,

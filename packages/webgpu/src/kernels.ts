@@ -1907,13 +1907,17 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
  *   gather:  the K and V rows of moves [p.offset, p.offset + p.count) whose source lies in
  *            this pass's chunks -> scratch [p.count][2][words] (K row, then V row);
  *   scatter: scratch rows -> their destinations in this pass's chunks.
+ * `vec` 32-bit words an invocation (4 where a row's words divide by 4; p.words counts vecs):
+ * every pass launches an invocation per word of every move of the batch, most of which find
+ * their move in another pass's chunks and stop, so fewer, wider ones cost less.
  */
-function movesChunkKernel(kv: StoreType, c: KvChunking, step: 'gather' | 'scatter'): KernelSource {
-  const elem = kv === 'f32' ? 'f32' : 'u32';
+function movesChunkKernel(kv: StoreType, c: KvChunking, step: 'gather' | 'scatter', vec: 1 | 4): KernelSource {
+  const word = kv === 'f32' ? 'f32' : 'u32';
+  const elem = vec === 4 ? `vec4<${word}>` : word;
   const W = c.window;
   const gather = step === 'gather';
   const pool = gather ? 'read' : 'read_write';
-  return memo(`moves-${step}:${kv}${chunkKey(c)}`, () => ({
+  return memo(`moves-${step}:${kv}:v${vec}${chunkKey(c)}`, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
 struct P { count: u32, words: u32, chunkPass: u32, offset: u32 }
@@ -1939,23 +1943,27 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let o = (s & ((1u << SHIFT) - 1u)) * p.words + e;
 ${
   gather
-    ? `  scratch[2u * m * p.words + e] = readK(ch, o);
-  scratch[(2u * m + 1u) * p.words + e] = readV(ch, o);`
-    : `  storeK(ch, o, scratch[2u * m * p.words + e]);
-  storeV(ch, o, scratch[(2u * m + 1u) * p.words + e]);`
+    ? `  let k = readK(ch, o);
+  let v = readV(ch, o);
+  scratch[2u * m * p.words + e] = k;
+  scratch[(2u * m + 1u) * p.words + e] = v;`
+    : `  let k = scratch[2u * m * p.words + e];
+  let v = scratch[(2u * m + 1u) * p.words + e];
+  storeK(ch, o, k);
+  storeV(ch, o, v);`
 }
 }`,
   }));
 }
 
 /** Chunked cache moves, step 1: sources -> scratch (see movesChunkKernel). Bindings: K chunks, V chunks, src, scratch. */
-export function movesGatherKernel(kv: StoreType, c: KvChunking): KernelSource {
-  return movesChunkKernel(kv, c, 'gather');
+export function movesGatherKernel(kv: StoreType, c: KvChunking, vec: 1 | 4 = 1): KernelSource {
+  return movesChunkKernel(kv, c, 'gather', vec);
 }
 
 /** Chunked cache moves, step 2: scratch -> destinations (see movesChunkKernel). Bindings: K chunks, V chunks, dst, scratch. */
-export function movesScatterKernel(kv: StoreType, c: KvChunking): KernelSource {
-  return movesChunkKernel(kv, c, 'scatter');
+export function movesScatterKernel(kv: StoreType, c: KvChunking, vec: 1 | 4 = 1): KernelSource {
+  return movesChunkKernel(kv, c, 'scatter', vec);
 }
 
 /** metrics[dst[i]] = metrics[src[i]] for i < count: the metric part of cache moves in a chunked pool. */
@@ -2029,8 +2037,11 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let e = idx % n;
   let s = u32(src[m]) * n + e;
   let d = u32(dst[m]) * n + e;
-  K[d] = K[s];
-  V[d] = V[s];
+  // Both loads before the stores: K and V are read-write bindings the compiler must assume may alias.
+  let k = K[s];
+  let v = V[s];
+  K[d] = k;
+  V[d] = v;
 }`,
   }));
 }
@@ -2074,8 +2085,10 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let mask = (1u << SHIFT) - 1u;
   let os = (s & mask) * n + e;
   let od = (d & mask) * n + e;
-  storeK(cd, od, readK(cs, os));
-  storeV(cd, od, readV(cs, os));
+  let k = readK(cs, os);
+  let v = readV(cs, os);
+  storeK(cd, od, k);
+  storeV(cd, od, v);
 }`,
   }));
 }

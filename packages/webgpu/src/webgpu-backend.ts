@@ -227,7 +227,7 @@ const PREFILL_MIN_ROWS = 16;
 /** Timestamp queries of WebGpuBackendOptions.profile: two per dispatch, 2048 dispatches per readProfile(). */
 const PROFILE_QUERIES = 4096;
 /** Bytes of K+V rows a chunked move batch stages at most (scratch of movesGatherKernel). */
-const MOVE_SCRATCH_BYTES = 64 * 2 ** 20;
+const MOVE_SCRATCH_BYTES = 256 * 2 ** 20;
 
 /**
  * How a chunked pool is bound by one kernel: its KvChunking (compile-time) and, per pass, the
@@ -1128,17 +1128,19 @@ export class WebGpuBackend implements Backend {
     const batch = Math.max(1, Math.min(count, Math.floor(MOVE_SCRATCH_BYTES / (8 * words))));
     // scratch [batch][2][words]: the K row, then the V row of each move.
     const scratch = this.#ensureF32('moveScratch', 2 * batch * words).buffer;
-    const gather = movesGatherKernel(this.#kvStore, plan.chunking);
-    const scatter = movesScatterKernel(this.#kvStore, plan.chunking);
+    const vec = words % 4 === 0 ? 4 : 1;
+    const vecs = words / vec;
+    const gather = movesGatherKernel(this.#kvStore, plan.chunking, vec);
+    const scatter = movesScatterKernel(this.#kvStore, plan.chunking, vec);
     for (let offset = 0; offset < count; offset += batch) {
       const n = Math.min(batch, count - offset);
       for (let pass = 0; pass < plan.chunking.passes; pass++) {
         const kv = [...(plan.k[pass] as GPUBuffer[]), ...(plan.v[pass] as GPUBuffer[])];
-        this.#dispatch(gather, [n, words, pass, base + offset], [...kv, src, scratch], n * words);
+        this.#dispatch(gather, [n, vecs, pass, base + offset], [...kv, src, scratch], n * vecs);
       }
       for (let pass = 0; pass < plan.chunking.passes; pass++) {
         const kv = [...(plan.k[pass] as GPUBuffer[]), ...(plan.v[pass] as GPUBuffer[])];
-        this.#dispatch(scatter, [n, words, pass, base + offset], [...kv, dst, scratch], n * words);
+        this.#dispatch(scatter, [n, vecs, pass, base + offset], [...kv, dst, scratch], n * vecs);
       }
     }
     if (metrics) this.#dispatch(metricMovesKernel(), [count, 0, 0, 0], [this.#metrics as GPUBuffer, src, dst], count);
@@ -1193,6 +1195,7 @@ export class WebGpuBackend implements Backend {
    * allocator (Compressor.applyDeviceCompaction).
    */
   async compactEvictions(selection: EvictionSelection, cache: PagedCacheView, compactRows = selection.rowCount): Promise<void> {
+    const t0 = performance.now();
     const rows = selection.rowCount;
     assertInteger('rows', compactRows, 0, rows);
     const changes = [cache.tableChanges, cache.positionChanges];
@@ -1202,7 +1205,7 @@ export class WebGpuBackend implements Backend {
     selection.rowMoves.fill(0, 0, rows);
     if (result === null || compactRows === 0) {
       selection.result.fill(0, 0, rows);
-      this.lastCompaction = { moves: 0, windowMoves: 0, crossWindowMoves: 0 };
+      this.lastCompaction = { moves: 0, windowMoves: 0, crossWindowMoves: 0, recordMs: performance.now() - t0, waitMs: 0 };
       return;
     }
     const cap = selection.maxRows;
@@ -1239,7 +1242,9 @@ export class WebGpuBackend implements Backend {
       this.#dispatch(moveBucketKernel(c, 'scatter'), [bound, 0, 0, 0], [src, dst, info.buffer, sorted.src, sorted.dst], n);
     }
     const out = this.#compactOut(COMPACT_INFO_HEADER + 2 * rows);
+    const t1 = performance.now();
     await this.#readGpu(info.buffer, 0, out);
+    const t2 = performance.now();
     for (let r = 0; r < rows; r++) {
       selection.result[r] = r < compactRows ? (out[COMPACT_INFO_HEADER + r] as number) : 0;
       selection.rowMoves[r] = r < compactRows ? (out[COMPACT_INFO_HEADER + rows + r] as number) : 0;
@@ -1247,7 +1252,7 @@ export class WebGpuBackend implements Backend {
     const total = out[0] as number;
     this.#tablesVersion = -1;
     const cross = sorted === null ? 0 : (out[MOVE_BUCKET_COUNTS + (plan as ChunkPlan).chunking.passes] as number);
-    this.lastCompaction = { moves: total, windowMoves: total - cross, crossWindowMoves: cross };
+    this.lastCompaction = { moves: total, windowMoves: total - cross, crossWindowMoves: cross, recordMs: t1 - t0, waitMs: t2 - t1 };
     if (total === 0) return;
     const words = this.#kvStore === 'f32' ? this.#headDim : this.#headDim / 2;
     const vec = words % 4 === 0 ? 4 : 1;
@@ -1279,9 +1284,11 @@ export class WebGpuBackend implements Backend {
 
   /**
    * The last compactEvictions' slot moves, and (in a chunked pool) how many of them had their
-   * source and destination in one window of chunks (copied in place) or not (through scratch).
+   * source and destination in one window of chunks (copied in place) or not (through scratch);
+   * the host milliseconds it took to record and submit the work before its download
+   * (recordMs: table sync, uploads, dispatches) and then waiting for the download (waitMs).
    */
-  lastCompaction = { moves: 0, windowMoves: 0, crossWindowMoves: 0 };
+  lastCompaction = { moves: 0, windowMoves: 0, crossWindowMoves: 0, recordMs: 0, waitMs: 0 };
 
   /** Host scratch for compactEvictions' download (grows, never per round). */
   #compactOutHost = new Int32Array(0);
@@ -1332,14 +1339,13 @@ export class WebGpuBackend implements Backend {
     const positions = (this.#slotPos as GpuBuffer).buffer;
     const metrics = this.#metrics;
     const B = cache.blockSize;
-    const sg = this.subgroups;
     const [rx, ry] = grid(rows);
     const [gx, gy] = grid(groups);
     for (let level = 0; level < SELECTION_LEVELS; level++) {
       this.#profileTag = `@${level}`;
       this.#setUniform([rows, groups, level, B]);
       this.#dispatchRaw(
-        selectionHistogramKernel(sg),
+        selectionHistogramKernel(B % 8 === 0),
         [rowBuf.buffer, groupBuf.buffer, tables, positions, metrics, keys, state.buffer, hist.buffer],
         rx,
         ry,
@@ -1351,7 +1357,7 @@ export class WebGpuBackend implements Backend {
     this.#setUniform([rows, groups, 0, B]);
     this.#dispatchRaw(selectionAllocateKernel(), [rowBuf.buffer, groupBuf.buffer, state.buffer, result.buffer], gx, gy);
     this.#setUniform([rows, groups, 0, B]);
-    this.#dispatchRaw(selectionMarkKernel(sg), [rowBuf.buffer, keys, state.buffer, result.buffer], rx, ry);
+    this.#dispatchRaw(selectionMarkKernel(), [rowBuf.buffer, keys, state.buffer, result.buffer], rx, ry);
     this.#selectBuffers = { rows: rowBuf.buffer, state: state.buffer };
     return result;
   }

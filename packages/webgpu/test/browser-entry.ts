@@ -366,6 +366,8 @@ async function compileChunkedKernels(): Promise<{ kernels: number; errors: strin
         appendKvKernel(kv, c),
         movesGatherKernel(kv, c),
         movesScatterKernel(kv, c),
+        movesGatherKernel(kv, c, 4),
+        movesScatterKernel(kv, c, 4),
       ]) {
         kernels++;
         const info = await device.createShaderModule({ code: k.code, label: k.key }).getCompilationInfo();
