@@ -9,14 +9,15 @@
 //              invocation and step (two vec4 loads), merged in the invocation first; v8sg: v8
 //              then the two peels, weighted; read: v8's loads and filter, no histogram.
 //   moves:     K and V rows of HEAD_DIM f16 moved dst := src, 16 bytes an invocation; cur: K
-//              loaded and stored, then V; kv: both loaded, then both stored; kv2: two 16-byte
+//              loaded and stored, then V; kv: both loaded, then both stored (the backend's
+//              compactMovesKernel); kv2: two 16-byte
 //              words of K and of V an invocation; copy: a plain buffer copy of the same bytes.
 // Random metrics in [0, 1) with 24-bit values, as selection.gpu.ts. Prints one JSON line per
 // variant: ms (median of REPEATS dispatches) and keys/s or GB/s.
 // Env: ROWS (16384), ROW_KEYS (8192), MOVES (25749969), HEAD_DIM (128), REPEATS (7).
 /// <reference types="@webgpu/types" />
 import { requestWebGpuDevice } from '../src/device.ts';
-import { movesDirectKernel } from '../src/kernels.ts';
+import { compactMovesKernel, movesDirectKernel } from '../src/kernels.ts';
 import { selectionHistogramKernel } from '../src/selection-kernels.ts';
 
 const env = (name: string, fallback: string): number => Number(process.env[name] ?? fallback);
@@ -317,19 +318,22 @@ const V = buffer(poolRows * rowWords * 4);
 const src = buffer(moves * 4);
 const dst = buffer(moves * 4);
 // Moves as a compaction makes them: per head of 4096 logical slots, holes in the first half
-// and sources in the second, ascending; logical blocks of 16 slots scattered over the pool.
+// and sources in the second, ascending; `slotOf` places logical slots in the pool.
 const h = new Int32Array(moves);
 const s = new Int32Array(moves);
-const poolBlocks = Math.floor(poolRows / 16);
-const slotOf = (logical: number) => ((Math.floor(logical / 16) * 7919) % poolBlocks) * 16 + (logical % 16);
-for (let m = 0; m < moves; m++) {
-  const head = Math.floor(m / 2048);
-  const j = m % 2048;
-  s[m] = slotOf(head * 4096 + 2048 + j);
-  h[m] = slotOf(head * 4096 + j);
+function writeMoves(slotOf: (logical: number) => number): void {
+  for (let m = 0; m < moves; m++) {
+    const head = Math.floor(m / 2048);
+    const j = m % 2048;
+    s[m] = slotOf(head * 4096 + 2048 + j);
+    h[m] = slotOf(head * 4096 + j);
+  }
+  device.queue.writeBuffer(src, 0, s);
+  device.queue.writeBuffer(dst, 0, h);
 }
-device.queue.writeBuffer(src, 0, s);
-device.queue.writeBuffer(dst, 0, h);
+// Logical blocks of 16 slots scattered over the pool.
+const poolBlocks = Math.floor(poolRows / 16);
+writeMoves((logical) => ((Math.floor(logical / 16) * 7919) % poolBlocks) * 16 + (logical % 16));
 const movesCommon = `
 struct P { count: u32, words: u32, p2: u32, p3: u32 }
 @group(0) @binding(0) var<uniform> p: P;
@@ -340,37 +344,25 @@ struct P { count: u32, words: u32, p2: u32, p3: u32 }
 @compute @workgroup_size(256) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
   ${FLAT}`;
 const n4 = rowWords / 4;
-const movesVariants: Record<string, { code: string; threads: number }> = {
-  cur: {
-    threads: moves * n4,
-    code: `${movesCommon}
+/** The move and the 16-byte word of its row this invocation copies (s, d: word indices). */
+const moveWord = `
   let idx = wid * 256u + li;
   let n = p.words / 4u;
   if (idx >= p.count * n) { return; }
   let m = idx / n;
   let e = idx % n;
   let s = u32(src[m]) * n + e;
-  let d = u32(dst[m]) * n + e;
+  let d = u32(dst[m]) * n + e;`;
+const movesVariants: Record<string, { code: string; threads: number }> = {
+  cur: {
+    threads: moves * n4,
+    code: `${movesCommon}${moveWord}
   K[d] = K[s];
   V[d] = V[s];
 }`,
   },
-  kv: {
-    threads: moves * n4,
-    code: `${movesCommon}
-  let idx = wid * 256u + li;
-  let n = p.words / 4u;
-  if (idx >= p.count * n) { return; }
-  let m = idx / n;
-  let e = idx % n;
-  let s = u32(src[m]) * n + e;
-  let d = u32(dst[m]) * n + e;
-  let k = K[s];
-  let v = V[s];
-  K[d] = k;
-  V[d] = v;
-}`,
-  },
+  // The backend's kernel (both rows loaded, then stored).
+  kv: { threads: moves * n4, code: compactMovesKernel(4).code },
   kv2: {
     threads: (moves * n4) / 2,
     code: `${movesCommon}
@@ -429,20 +421,12 @@ for (const [name, v] of Object.entries(movesVariants)) {
   const p = pipeline(code, types);
   for (const spread of [false, true]) {
     const blocks = Math.floor((spread ? CHUNKS * per : per) / 16);
-    const slotAt = (logical: number) => {
+    writeMoves((logical) => {
       const b = (Math.floor(logical / 16) * 7919) % blocks;
       const chunk = b % (spread ? CHUNKS : 1);
       const within = Math.floor(b / (spread ? CHUNKS : 1));
       return chunk * 2 ** shift + ((within * 16) % per) + (logical % 16);
-    };
-    for (let m = 0; m < moves; m++) {
-      const head = Math.floor(m / 2048);
-      const j = m % 2048;
-      s[m] = slotAt(head * 4096 + 2048 + j);
-      h[m] = slotAt(head * 4096 + j);
-    }
-    device.queue.writeBuffer(src, 0, s);
-    device.queue.writeBuffer(dst, 0, h);
+    });
     const ms = await time(p, [uniform([moves, rowWords, 0, 0]), ...kChunks, ...vChunks, src, dst], grid(Math.ceil((moves * n4) / 256)));
     print({
       bench: 'moves',
