@@ -8,7 +8,7 @@ text (Alice), so no evaluation example is ever seen in training.
 """
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 TASKS = [
@@ -22,6 +22,8 @@ TASKS = [
     "common-words",
     # Training only (no evaluation task): many multi-key needles side by side, see make_episode.
     "niah-multikey-dense",
+    # Training only: several keys of one haystack asked in turn, see make_episode.
+    "niah-multikey-turns",
 ]
 
 # The evaluation's keys (tasks.ts KEY_WORDS); training also draws other words as keys.
@@ -40,6 +42,8 @@ class Episode:
     # Character spans of the prompt that carry the task (intro, needles, question): trained on.
     # The rest (haystack filler, JSON noise, word lists) is read but not a prediction target.
     spans: list[tuple[int, int]]
+    # Character spans of the prompt weighted as answers (earlier answers of a multi-turn episode).
+    answer_spans: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -146,6 +150,32 @@ def make_episode(task: str, rng: random.Random, source: Source, context_tokens: 
                           f"What is the special magic number for {k} mentioned in the provided text? The special magic number for {k} is", 16,
                           ordered=True, together=True)
         return Episode(task, prompt, f" {values[asked]}.", [values[asked]], 16, task_spans(prompt, [intro, *needles, prompt.split("\n")[-1]]))
+    if task == "niah-multikey-turns":
+        # The multi-key haystack, then several of its keys asked in turn, each question followed
+        # by its answer: the same needles give different answers, so only the key tells them
+        # apart (a probe of the phase-2 model found its value-reading heads not choosing the
+        # needle by its key). At most count - 1 keys are asked, so the last answer is never
+        # the one value left.
+        count = 4 if eval_like else rng.randint(3, 6)
+        keys = pick_keys(rng, source, count, eval_like or rng.random() < 0.5)
+        values = [digits(rng, 7 if eval_like else rng.randint(5, 8)) for _ in keys]
+        asked = rng.sample(range(count), rng.randint(2, count - 1))
+        intro = "Some special magic numbers are hidden within the following text. Make sure to memorize them."
+        question = lambda k: f"What is the special magic number for {k} mentioned in the provided text? The special magic number for {k} is"  # noqa: E731
+        needles = [needle(kk, v) for kk, v in zip(keys, values)]
+        turns = [f"{question(keys[a])} {values[a]}." for a in asked[:-1]]
+        last = question(keys[asked[-1]])
+        # The haystack's budget leaves room for the earlier turns.
+        extra = source.count_tokens(" ".join(turns)) + 4 * len(turns)
+        body = haystack(rng, source, max(160, context_tokens - extra), intro, needles, turns[0], 16)
+        prompt = "\n".join([body, *turns[1:], last])
+        spans = task_spans(prompt, [intro, *needles, *turns, last])
+        answer_spans = []
+        for a, t in zip(asked[:-1], turns):
+            at = prompt.find(t)
+            v = f" {values[a]}."
+            answer_spans.append((at + len(t) - len(v), at + len(t)))
+        return Episode(task, prompt, f" {values[asked[-1]]}.", [values[asked[-1]]], 16, spans, answer_spans)
     if task in ("niah-single", "niah-multikey"):
         count = 1 if task == "niah-single" else (4 if eval_like else rng.randint(2, 6))
         keys = pick_keys(rng, source, count, eval_like or rng.random() < 0.5)

@@ -125,11 +125,15 @@ class Corpus:
 
     def episode_tokens(self, ep: Episode) -> tuple[list[int], list[int], list[float]]:
         """[BOS] prompt answer [EOS], encoded as the engine sees them (prompt and answer apart),
-        and the prompt tokens' loss weights: 1 inside the episode's task spans, else 0."""
+        and the prompt tokens' loss weights: ANSWER_WEIGHT inside the episode's answer spans
+        (earlier answers of a multi-turn episode), 1 inside its task spans, else 0."""
         enc = self.tok.encode(ep.prompt)
         weights = [0.0]
         for a, b in enc.offsets:
-            weights.append(1.0 if any(a < e and b > s for s, e in ep.spans) else 0.0)
+            if any(a < e and b > s for s, e in ep.answer_spans):
+                weights.append(ANSWER_WEIGHT)
+            else:
+                weights.append(1.0 if any(a < e and b > s for s, e in ep.spans) else 0.0)
         return [self.bos, *enc.ids], [*self.encode(ep.answer_text), self.eos], weights
 
 
