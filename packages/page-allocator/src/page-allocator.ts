@@ -687,8 +687,14 @@ export class PageAllocator {
       // Unshared blocks (checked above): each released entry frees its block. Their
       // refCounts / blockUnit / blockTableIndex are left as they were (unspecified for a free
       // block; the next #take sets them): millions of blocks are pushed with two copies.
-      freeStack.set(tables.subarray(t0 + keep, t0 + old), free);
-      free += old - keep;
+      if (old - keep <= 32) {
+        // A few blocks (a steady-state round): copied one by one, as a subarray view per head
+        // costs more than the copy.
+        for (let j = t0 + keep; j < t0 + old; j++) freeStack[free++] = tables[j] as number;
+      } else {
+        freeStack.set(tables.subarray(t0 + keep, t0 + old), free);
+        free += old - keep;
+      }
       if (!tablesOnDevice) for (let j = t0 + keep; j < t0 + old; j++) this.tableChanges.mark(j);
       tables.fill(EMPTY, t0 + keep, t0 + old);
       released += old - keep;
