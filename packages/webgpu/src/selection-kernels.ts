@@ -61,7 +61,7 @@ fn freedAt(r: u32, available: u32) -> u32 {
   return min(u32(rows[r * 8u + 5u]), (available - hanging) / p.blockSize + 1u);
 }`;
 
-/** Key of logical slot i of a row whose block table starts at t0 (needs tables, positions, metrics). */
+/** Key of a slot from its position and metric bits (KEY_PROTECTED in the window or the sinks). */
 const KEY_FROM = /* wgsl */ `
 fn keyFrom(pos: i32, bits: u32, newest: i32, sinks: i32) -> u32 {
   if (pos >= newest || pos < sinks) { return KEY_PROTECTED; }
