@@ -76,6 +76,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
+    # When a list: every forward appends its first sequence's attention probabilities [H, t, t]
+    # (probe_multikey.py); None (training) keeps the fused kernel.
+    probs: list | None = None
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -97,12 +101,15 @@ class Attention(nn.Module):
         group = c.num_attention_heads // c.num_key_value_heads
         k = k.repeat_interleave(group, dim=1)  # [b, H, t, hd]
         v = v.repeat_interleave(group, dim=1)
-        if hasattr(F, "scaled_dot_product_attention"):
+        if hasattr(F, "scaled_dot_product_attention") and Attention.probs is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # torch < 2.0 (only for CPU smoke tests)
+        else:  # torch < 2.0 (only for CPU smoke tests), or the probabilities are wanted
             s = (q @ k.transpose(-1, -2)) / math.sqrt(c.head_dim)
             mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
-            y = s.masked_fill(mask, float("-inf")).softmax(-1) @ v
+            p = s.masked_fill(mask, float("-inf")).softmax(-1)  # [b, H, t, t]
+            if Attention.probs is not None:
+                Attention.probs.append(p[0])
+            y = p @ v
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 

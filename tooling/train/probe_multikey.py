@@ -12,37 +12,15 @@ each needle's token spans), then for each example:
 """
 
 import json
-import math
 import sys
 
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from model import Attention, Llama, rotate_half  # noqa: E402
+from model import Attention, Llama  # noqa: E402
 from train import exported_config, load_exported  # noqa: E402
 
 captured: list[torch.Tensor] = []
-
-
-def attention_with_probs(self: Attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Attention.forward, keeping the probabilities [H, t, t] of each call in `captured`."""
-    b, t, _ = x.shape
-    c = self.cfg
-    q = self.q_proj(x).view(b, t, c.num_attention_heads, c.head_dim).transpose(1, 2)
-    k = self.k_proj(x).view(b, t, c.num_key_value_heads, c.head_dim).transpose(1, 2)
-    v = self.v_proj(x).view(b, t, c.num_key_value_heads, c.head_dim).transpose(1, 2)
-    cos, sin = cos[:t].to(q.dtype), sin[:t].to(q.dtype)
-    q = q * cos + rotate_half(q) * sin
-    k = k * cos + rotate_half(k) * sin
-    group = c.num_attention_heads // c.num_key_value_heads
-    k = k.repeat_interleave(group, dim=1)
-    v = v.repeat_interleave(group, dim=1)
-    s = (q @ k.transpose(-1, -2)) / math.sqrt(c.head_dim)
-    mask = torch.ones(t, t, dtype=torch.bool).triu(1)
-    p = s.masked_fill(mask, float("-inf")).softmax(-1)
-    captured.append(p[0])
-    y = p @ v
-    return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
 def main() -> None:
@@ -54,7 +32,7 @@ def main() -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all(m.startswith("rope_") for m in missing), (missing, unexpected)
     model.eval()
-    Attention.forward = attention_with_probs
+    Attention.probs = captured
     examples = json.load(open(path))
     picks = {"asked": 0, "next": 0, "previous": 0, "other": 0}
     layer_reads = [{"asked": 0, "next": 0, "previous": 0, "other": 0} for _ in range(cfg.num_hidden_layers)]

@@ -162,12 +162,8 @@ async function fill(): Promise<void> {
     allocator.appendTokens(seq, CONTEXT);
     sequences.push(seq);
   }
-  let rnd = 777;
   const values = store.values;
-  for (let i = 0; i < values.length; i++) {
-    rnd = (Math.imul(rnd, 1664525) + 1013904223) | 0;
-    values[i] = (rnd >>> 8) / 2 ** 24;
-  }
+  randomMetrics(values, 777);
   const chunk = 1 << 23;
   const slots = new Int32Array(Math.min(chunk, values.length));
   for (let start = 0; start < values.length; start += chunk) {
@@ -182,15 +178,27 @@ async function fill(): Promise<void> {
   if (BUSY_MS > 0) await keepBusy(BUSY_MS);
 }
 
+/** Random metrics in [0, 1) with 24-bit values (ties happen) from an LCG; returns its next state. */
+function randomMetrics(values: Float32Array, seed: number): number {
+  let rnd = seed;
+  for (let i = 0; i < values.length; i++) {
+    rnd = (Math.imul(rnd, 1664525) + 1013904223) | 0;
+    values[i] = (rnd >>> 8) / 2 ** 24;
+  }
+  return rnd;
+}
+
 /**
  * Keeps the GPU busy for about `ms` (buffer copies), then returns when they have run. In
  * serving, a round follows decode steps; after the host-side second that fill() takes, an idle
  * H100 runs the round's kernels up to 5x slower until its clocks come back (round-kernels.gpu.ts,
  * "after-idle"), which a round between decode steps never sees.
  */
-const busyA = device.createBuffer({ size: 256 << 20, usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
-const busyB = device.createBuffer({ size: 256 << 20, usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+let busy: [GPUBuffer, GPUBuffer] | null = null;
 async function keepBusy(ms: number): Promise<void> {
+  const make = () => device.createBuffer({ size: 256 << 20, usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  busy ??= [make(), make()];
+  const [busyA, busyB] = busy;
   const t = performance.now();
   while (performance.now() - t < ms) {
     const e = device.createCommandEncoder();
@@ -310,13 +318,10 @@ async function steadyRound(profile = false): Promise<Record<string, number>> {
   await deviceRound();
   const slots = new Int32Array(units * STEADY);
   const values = new Float32Array(units * STEADY);
-  let rnd = 4242;
+  let seed = 4242;
   for (const seq of sequences) {
     allocator.appendTokens(seq, STEADY, slots);
-    for (let i = 0; i < values.length; i++) {
-      rnd = (Math.imul(rnd, 1664525) + 1013904223) | 0;
-      values[i] = (rnd >>> 8) / 2 ** 24;
-    }
+    seed = randomMetrics(values, seed);
     backend.uploadMetrics(slots, values, slots.length);
   }
   // The device tables and positions in sync with the host's, as the decode steps that added the

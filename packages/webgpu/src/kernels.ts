@@ -2010,6 +2010,11 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
 // words divide by 4). A compaction never moves into a slot that is also a source, so every
 // move runs in parallel.
 
+/** 32-bit words a move kernel copies per invocation for K/V rows of `words` words: 4 where they divide. */
+export function rowVec(words: number): 1 | 4 {
+  return words % 4 === 0 ? 4 : 1;
+}
+
 /** The word type of a K/V row copied `vec` words at a time. */
 function rowWordType(vec: 1 | 4): string {
   return vec === 4 ? 'vec4<u32>' : 'u32';

@@ -64,6 +64,7 @@ import {
   prefillAttentionSupports,
   rmsNormKernel,
   ropeKernel,
+  rowVec,
   STREAM_ATTENTION_MAX_KEYS,
   type StoreType,
   scatterKernel,
@@ -1128,7 +1129,7 @@ export class WebGpuBackend implements Backend {
     const batch = Math.max(1, Math.min(count, Math.floor(MOVE_SCRATCH_BYTES / (8 * words))));
     // scratch [batch][2][words]: the K row, then the V row of each move.
     const scratch = this.#ensureF32('moveScratch', 2 * batch * words).buffer;
-    const vec = words % 4 === 0 ? 4 : 1;
+    const vec = rowVec(words);
     const vecs = words / vec;
     const gather = movesGatherKernel(this.#kvStore, plan.chunking, vec);
     const scatter = movesScatterKernel(this.#kvStore, plan.chunking, vec);
@@ -1255,7 +1256,7 @@ export class WebGpuBackend implements Backend {
     this.lastCompaction = { moves: total, windowMoves: total - cross, crossWindowMoves: cross, recordMs: t1 - t0, waitMs: t2 - t1 };
     if (total === 0) return;
     const words = this.#kvStore === 'f32' ? this.#headDim : this.#headDim / 2;
-    const vec = words % 4 === 0 ? 4 : 1;
+    const vec = rowVec(words);
     this.#dispatch(slotMovesKernel(), [total, 0, 0, 0], [this.#metrics as GPUBuffer, (this.#slotPos as GpuBuffer).buffer, src, dst], total);
     if (plan === null) {
       const { K, V } = this.#cache();
