@@ -11,7 +11,8 @@ const KV_HEADS = 8;
 const D = 128;
 const B = 16;
 
-const device = await requestWebGpuDevice();
+// ROBUSTNESS=0: Dawn's bounds-checking transform off (DeviceOptions.robustness).
+const device = await requestWebGpuDevice({ robustness: process.env['ROBUSTNESS'] !== '0' });
 // Dawn's Node binding resolves promises from its own polling; keep the event loop alive
 // while we wait on them (older webgpu releases let Node exit mid-await otherwise).
 setInterval(() => {}, 1000);

@@ -7,7 +7,8 @@ import { requestWebGpuDevice } from '../src/device.ts';
 import { cases } from '../test/conformance-cases.ts';
 import { runConformanceCase } from '../test/run-case.ts';
 
-const device = await requestWebGpuDevice();
+// ROBUSTNESS=0: Dawn's bounds-checking transform off (DeviceOptions.robustness).
+const device = await requestWebGpuDevice({ robustness: process.env['ROBUSTNESS'] !== '0' });
 setInterval(() => {}, 1000);
 let failed = 0;
 for (const subgroups of [true, false]) {

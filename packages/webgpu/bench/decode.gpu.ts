@@ -43,7 +43,8 @@ const B = 16;
 
 const config: ModelConfig = shapeNamed(SHAPE);
 
-const device = await requestWebGpuDevice();
+// ROBUSTNESS=0: Dawn's bounds-checking transform off (DeviceOptions.robustness).
+const device = await requestWebGpuDevice({ robustness: process.env['ROBUSTNESS'] !== '0' });
 // Dawn's Node binding resolves promises from its own polling; keep the event loop alive
 // while we wait on them (older webgpu releases let Node exit mid-await otherwise).
 const keepAlive = setInterval(() => {}, 1000);

@@ -27,7 +27,7 @@
 //
 // Env: SHAPE (8b), SEQS (64), CONTEXT (8192), LAYERS / KV_HEADS / HEAD_DIM (override the
 // shape's cache), RATE (4), WINDOW (64), REPEATS (3), STEP (auto|0|1), STEPS (3), HOST (0),
-// VERIFY (1), SUBGROUPS (1), PROFILE (0), BUSY_MS (100: the GPU kept busy that long right
+// VERIFY (1), SUBGROUPS (1), ROBUSTNESS (1; 0: Dawn's bounds checks off), PROFILE (0), BUSY_MS (100: the GPU kept busy that long right
 // before each round, as decode steps keep it in serving; 0: the round starts on an idle GPU).
 // One more round after 1.5 s of idling is printed as round-device-after-idle.
 // STEADY (64): the steady-state round (round-steady): after the full round, STEADY tokens more
@@ -84,7 +84,7 @@ const STEADY = Number(env('STEADY', '64'));
 const B = 16;
 const WARMUP_STEPS = 1;
 
-const device = await requestWebGpuDevice({ subgroups: env('SUBGROUPS', '1') === '1', timestamps: PROFILE });
+const device = await requestWebGpuDevice({ subgroups: env('SUBGROUPS', '1') === '1', timestamps: PROFILE, robustness: env('ROBUSTNESS', '1') !== '0' });
 // Dawn's Node binding resolves promises from its own polling: keep the event loop alive.
 const keepAlive = setInterval(() => {}, 1000);
 const print = (o: object) =>

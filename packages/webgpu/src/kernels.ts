@@ -27,6 +27,15 @@ export function memo(key: string, make: () => Omit<KernelSource, 'key'>): Kernel
   return k;
 }
 
+/**
+ * A kernel already built under `key`, looked up before any of its source is assembled: the
+ * builders that assemble WGSL pieces ahead of `memo` call this first, so a dispatch (decode
+ * steps run hundreds) builds no strings.
+ */
+function builtKernel(key: string): KernelSource | undefined {
+  return built.get(key);
+}
+
 export interface KernelSource {
   readonly key: string;
   readonly code: string;
@@ -240,9 +249,12 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
  * workgroup memory. Decode steps are bound by reading W once: this is their kernel.
  */
 export function matvecKernel(weight: StoreType, bias: boolean, rowsPerGroup: 1 | 2 | 4 | 8): KernelSource {
+  const key = `matvec:${weight}:${bias}:${rowsPerGroup}`;
+  const hit = builtKernel(key);
+  if (hit !== undefined) return hit;
   const R = rowsPerGroup;
   const loadW = loadWeights8(weight, 'w', 'wrow + i8');
-  return memo(`matvec:${weight}:${bias}:${R}`, () => ({
+  return memo(key, () => ({
     workgroupSize: 64,
     code: /* wgsl */ `
 struct P { rows: u32, inDim: u32, outDim: u32, total: u32 }
@@ -295,11 +307,14 @@ export const MATVEC_SUBGROUP_OUTPUTS = 32;
  * with subgroupAdd: no workgroup memory, no barriers. Any subgroup size works.
  */
 export function matvecSubgroupKernel(weight: StoreType, bias: boolean, rowsPerGroup: 1 | 2 | 4 | 8): KernelSource {
+  const key = `matvec-sg:${weight}:${bias}:${rowsPerGroup}`;
+  const hit = builtKernel(key);
+  if (hit !== undefined) return hit;
   const R = rowsPerGroup;
   const O = MATVEC_SUBGROUP_OUTPUTS;
   const J = [0, 1, 2, 3];
   const loadW = (u: number) => loadWeights8(weight, `w${u}`, `wrow + ${u}u * steps + i8`);
-  return memo(`matvec-sg:${weight}:${bias}:${R}`, () => ({
+  return memo(key, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
 enable subgroups;
@@ -503,50 +518,51 @@ function blockedUnpackW(weight: StoreType): string {
  * past inDim (a half step: inDim % 16 == 8) reads zeros.
  */
 export function blockedMatmulKernel(weight: StoreType, bias: boolean, tileRows: 64 | 128): KernelSource {
-  const TM = tileRows;
-  // Micro-tile rows i: row 4ty + i (vec4 a0) for i < 4, 64 + 4ty + (i - 4) (vec4 a1) after.
-  const rowRegs = TM / 16;
-  const acc = (i: number, h: number) => `acc${i}_${h}`;
-  const rowOffset = (i: number) => (i < 4 ? `${i}u` : `${64 + i - 4}u`);
-  const comp = 'xyzw';
-  const accDecl: string[] = [];
-  for (let i = 0; i < rowRegs; i++) for (let h = 0; h < 2; h++) accDecl.push(`var ${acc(i, h)} = vec4f();`);
-  const step: string[] = [];
-  for (let k = 0; k < BLOCKED_MATMUL_K_STEP; k++) {
-    const lines = [`let a0 = xs[${k}][ty];`];
-    if (TM === 128) lines.push(`let a1 = xs[${k}][ty + 16u];`);
-    lines.push(`let b0 = ws[${k}][tx];`, `let b1 = ws[${k}][tx + 16u];`);
-    for (let i = 0; i < rowRegs; i++) {
-      const a = `vec4f(a${i >> 2}.${comp[i & 3]})`;
-      for (let h = 0; h < 2; h++) lines.push(`${acc(i, h)} = fma(${a}, b${h}, ${acc(i, h)});`);
+  return memo(`matmul-blocked:${weight}:${bias}:${tileRows}`, () => {
+    const TM = tileRows;
+    // Micro-tile rows i: row 4ty + i (vec4 a0) for i < 4, 64 + 4ty + (i - 4) (vec4 a1) after.
+    const rowRegs = TM / 16;
+    const acc = (i: number, h: number) => `acc${i}_${h}`;
+    const rowOffset = (i: number) => (i < 4 ? `${i}u` : `${64 + i - 4}u`);
+    const comp = 'xyzw';
+    const accDecl: string[] = [];
+    for (let i = 0; i < rowRegs; i++) for (let h = 0; h < 2; h++) accDecl.push(`var ${acc(i, h)} = vec4f();`);
+    const step: string[] = [];
+    for (let k = 0; k < BLOCKED_MATMUL_K_STEP; k++) {
+      const lines = [`let a0 = xs[${k}][ty];`];
+      if (TM === 128) lines.push(`let a1 = xs[${k}][ty + 16u];`);
+      lines.push(`let b0 = ws[${k}][tx];`, `let b1 = ws[${k}][tx + 16u];`);
+      for (let i = 0; i < rowRegs; i++) {
+        const a = `vec4f(a${i >> 2}.${comp[i & 3]})`;
+        for (let h = 0; h < 2; h++) lines.push(`${acc(i, h)} = fma(${a}, b${h}, ${acc(i, h)});`);
+      }
+      step.push(`{ ${lines.join(' ')} }`);
     }
-    step.push(`{ ${lines.join(' ')} }`);
-  }
-  const put = (v: string, c: string) =>
-    [0, 1, 2, 3]
-      .map((j) => `if (${c} + ${j}u < p.outDim) { out[o + ${j}u] = ${v}.${comp[j]}${bias ? ` + b[${c} + ${j}u]` : ''}; }`)
-      .join(' ');
-  const epilogue: string[] = [];
-  for (let i = 0; i < rowRegs; i++) {
-    const cols = [0, 1]
-      .map((h) => `{ let c = c0 + 4u * tx + ${64 * h}u; let o = (z * p.rows + r) * p.outDim + c; ${put(acc(i, h), 'c')} }`)
-      .join('\n      ');
-    epilogue.push(`{ let r = r0 + 4u * ty + ${rowOffset(i)}; if (r < p.rows) {\n      ${cols}\n    } }`);
-  }
-  // x staging: TM rows x 2 halves of 8 K values; with TM = 64 only threads 0..127 take part.
-  const xLive = TM === 128 ? '' : 'li < 128u';
-  const xStore = Array.from({ length: 8 }, (_, c) => `xs[xk + ${c}u][xv][xc] = x${c >> 2}.${comp[c & 3]};`).join(' ');
-  const wStore = Array.from({ length: 8 }, (_, c) => `ws[wk + ${c}u][wv][wc] = w${c >> 2}.${comp[c & 3]};`).join(' ');
-  const wArray = weight === 'f16' ? 'array<vec4<u32>>' : weight === 'q8' ? 'array<u32>' : 'array<vec4f>';
-  const fetch = (k: string) => `{
+    const put = (v: string, c: string) =>
+      [0, 1, 2, 3]
+        .map((j) => `if (${c} + ${j}u < p.outDim) { out[o + ${j}u] = ${v}.${comp[j]}${bias ? ` + b[${c} + ${j}u]` : ''}; }`)
+        .join(' ');
+    const epilogue: string[] = [];
+    for (let i = 0; i < rowRegs; i++) {
+      const cols = [0, 1]
+        .map((h) => `{ let c = c0 + 4u * tx + ${64 * h}u; let o = (z * p.rows + r) * p.outDim + c; ${put(acc(i, h), 'c')} }`)
+        .join('\n      ');
+      epilogue.push(`{ let r = r0 + 4u * ty + ${rowOffset(i)}; if (r < p.rows) {\n      ${cols}\n    } }`);
+    }
+    // x staging: TM rows x 2 halves of 8 K values; with TM = 64 only threads 0..127 take part.
+    const xLive = TM === 128 ? '' : 'li < 128u';
+    const xStore = Array.from({ length: 8 }, (_, c) => `xs[xk + ${c}u][xv][xc] = x${c >> 2}.${comp[c & 3]};`).join(' ');
+    const wStore = Array.from({ length: 8 }, (_, c) => `ws[wk + ${c}u][wv][wc] = w${c >> 2}.${comp[c & 3]};`).join(' ');
+    const wArray = weight === 'f16' ? 'array<vec4<u32>>' : weight === 'q8' ? 'array<u32>' : 'array<vec4f>';
+    const fetch = (k: string) => `{
     let kx = ${k} + xk;
     if (${xLive ? `${xLive} && ` : ''}kx < kEnd) { let i = xBase + (kx >> 2u); x0 = x[i]; x1 = x[i + 1u]; } else { x0 = vec4f(); x1 = vec4f(); }
     let kw = ${k} + wk;
     ${blockedFetchW(weight, 'wBase + kw', 'kw < kEnd')}
   }`;
-  return memo(`matmul-blocked:${weight}:${bias}:${TM}`, () => ({
-    workgroupSize: 256,
-    code: /* wgsl */ `
+    return {
+      workgroupSize: 256,
+      code: /* wgsl */ `
 struct P { rows: u32, inDim: u32, outDim: u32, rowTiles: u32, colTiles: u32, kPerSplit: u32, splits: u32, pad: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
@@ -600,7 +616,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
     ${epilogue.join('\n    ')}
   }
 }`,
-  }));
+    };
+  });
 }
 
 /** out[i] = Σ_z partials[z][i] (+ b[i % outDim]): the split-K sums of blockedMatmulKernel, in order of z. */
@@ -759,6 +776,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
  */
 export function appendKvKernel(kv: StoreType, chunking: KvChunking | null = null): KernelSource {
   if (chunking !== null) return appendKvChunkedKernel(kv, chunking);
+  const hit = builtKernel(`append-kv:${kv}`);
+  if (hit !== undefined) return hit;
   const per = kv === 'f32' ? 1 : 2;
   const store =
     kv === 'f32'
@@ -794,11 +813,14 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
 }
 
 function appendKvChunkedKernel(kv: StoreType, c: KvChunking): KernelSource {
+  const key = `append-kv:${kv}${chunkKey(c)}`;
+  const hit = builtKernel(key);
+  if (hit !== undefined) return hit;
   const per = kv === 'f32' ? 1 : 2;
   const W = c.window;
   const elem = kv === 'f32' ? 'f32' : 'u32';
   const value = (x: string) => (kv === 'f32' ? `${x}[src + e]` : `pack2x16float(vec2f(${x}[src + e], ${x}[src + e + 1u]))`);
-  return memo(`append-kv:${kv}${chunkKey(c)}`, () => ({
+  return memo(key, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
 struct P { rows: u32, kvHeads: u32, headDim: u32, layer: u32, chunkPass: u32, p1: u32, p2: u32, p3: u32 }
@@ -869,6 +891,9 @@ export const ATTENTION_TILE = 16;
  * [recordedRow][heads][scoreStride] for the metric kernel.
  */
 export function attentionKernel(kv: StoreType, headDim: number, group: number, chunking: KvChunking | null = null): KernelSource {
+  const key = `attention:${kv}:${headDim}:${group}${chunkKey(chunking)}`;
+  const hit = builtKernel(key);
+  if (hit !== undefined) return hit;
   const T = ATTENTION_TILE;
   const D = headDim;
   const G = group;
@@ -900,7 +925,7 @@ const PASSES = ${c.passes}u;`;
   const inPass = c === null ? '' : ' && (slot >> SHIFT) - p.pad1 * W < W';
   const splitIndex =
     c === null ? '(r * p.kvHeads + g) * p.splits + split' : '(r * p.kvHeads + g) * p.splits * PASSES + p.pad1 * p.splits + split';
-  return memo(`attention:${kv}:${D}:${G}${chunkKey(c)}`, () => ({
+  return memo(key, () => ({
     workgroupSize: 64,
     code: /* wgsl */ `
 // This kernel always masks by position (it ignores rowInfo.w).
@@ -1137,6 +1162,9 @@ export function wideAttentionSupports(headDim: number, group: number): boolean {
  * unnormalised output) for `attentionReduceKernel`, and raw scores of recorded rows.
  */
 export function wideAttentionKernel(kv: StoreType, headDim: number, group: number, chunking: KvChunking | null = null): KernelSource {
+  const key = `attention-wide:${kv}:${headDim}:${group}${chunkKey(chunking)}`;
+  const hit = builtKernel(key);
+  if (hit !== undefined) return hit;
   const D = headDim;
   const G = group;
   const P = D / 8; // threads per key row
@@ -1163,7 +1191,7 @@ export function wideAttentionKernel(kv: StoreType, headDim: number, group: numbe
         : `let ${x}0 = select(vec4f(), ${buf}[select(0u, ${slot}, ${use}) * ${2 * P}u + 2u * j], ${use});
       let ${x}1 = select(vec4f(), ${buf}[select(0u, ${slot}, ${use}) * ${2 * P}u + 2u * j + 1u], ${use});`;
   const parts = splitKernelParts(kv, c);
-  return memo(`attention-wide:${kv}:${D}:${G}${chunkKey(c)}`, () => ({
+  return memo(key, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
 ${parts.header}
@@ -1355,6 +1383,11 @@ export function streamAttentionKernel(
   scatter = false,
 ): KernelSource {
   const WGS = headDim > 128 ? 256 : workgroupSize; // the merge gives each output dim a thread
+  const V = keysPerStep * group;
+  const useScatter = scatter && V <= threadsPerKey && (V & (V - 1)) === 0;
+  const key = `attention-stream:${kv}:${headDim}:${group}:${threadsPerKey}:${keysPerStep}:${WGS}${useScatter ? ':rs' : ''}${chunkKey(chunking)}`;
+  const hit = builtKernel(key);
+  if (hit !== undefined) return hit;
   const D = headDim;
   const G = group;
   const T = threadsPerKey;
@@ -1402,8 +1435,6 @@ export function streamAttentionKernel(
   // softmax terms are computed once per value instead of on every lane, and the
   // probabilities and new maxima are shuffled back: V - 1 + log2(U) + V + G shuffles and
   // 1 + G exps per lane and step, against V log2(T) shuffles and V + G exps.
-  const V = U * G;
-  const useScatter = scatter && V <= T && (V & (V - 1)) === 0;
   const SH = useScatter ? Math.log2(T) - Math.log2(V) : 0;
   const xorCode = () => `${each(offs, (o) => each(us, (u) => each(gs, (h) => `s${u}_${h} += subgroupShuffleXor(s${u}_${h}, ${o}u);`)))}
     if (rec >= 0 && j == 0u) {
@@ -1475,7 +1506,7 @@ export function streamAttentionKernel(
     return lines.join('\n    ');
   };
   const maxOf = (xs: string[]): string => (xs.length === 1 ? (xs[0] as string) : `max(${xs[0]}, ${maxOf(xs.slice(1))})`);
-  return memo(`attention-stream:${kv}:${D}:${G}:${T}:${U}:${WGS}${useScatter ? ':rs' : ''}${chunkKey(c)}`, () => ({
+  return memo(key, () => ({
     workgroupSize: WGS,
     code: /* wgsl */ `
 enable subgroups;
@@ -1912,12 +1943,15 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
  * their move in another pass's chunks and stop, so fewer, wider ones cost less.
  */
 function movesChunkKernel(kv: StoreType, c: KvChunking, step: 'gather' | 'scatter', vec: 1 | 4): KernelSource {
+  const key = `moves-${step}:${kv}:v${vec}${chunkKey(c)}`;
+  const hit = builtKernel(key);
+  if (hit !== undefined) return hit;
   const word = kv === 'f32' ? 'f32' : 'u32';
   const elem = vec === 4 ? `vec4<${word}>` : word;
   const W = c.window;
   const gather = step === 'gather';
   const pool = gather ? 'read' : 'read_write';
-  return memo(`moves-${step}:${kv}:v${vec}${chunkKey(c)}`, () => ({
+  return memo(key, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
 struct P { count: u32, words: u32, chunkPass: u32, offset: u32 }

@@ -315,6 +315,9 @@ export class WebGpuBackend implements Backend {
   #splitTarget = 128;
   /** The rowInfo buffer whose device contents match its host copy. */
   #rowInfoUploaded: GpuBuffer | null = null;
+  /** The groupRows buffer whose device contents match its host copy, and how many words it holds. */
+  #groupRowsUploaded: GpuBuffer | null = null;
+  #groupRowsWords = 0;
   #prefillDispatches = 0;
   #streamDispatches = 0;
   readonly #prefillEnabled: boolean;
@@ -906,20 +909,44 @@ export class WebGpuBackend implements Backend {
       if (groupCount === 0 || seqHost[previous] !== seqHost[r]) groupCount++;
       previous = r;
     }
+    // Every layer of a step has the same groups: written (a write, hence a submit) only when
+    // they changed, as rowInfo is.
+    const words = groupCount + 1 + recorded;
+    let groupsChanged = groupRows !== this.#groupRowsUploaded || words !== this.#groupRowsWords;
     let g = 0;
     let n = 0;
     previous = -1;
     for (let r = 0; r < rows; r++) {
       if (info[4 * r + 2] === -1) continue;
-      if (n === 0 || seqHost[previous] !== seqHost[r]) gr[g++] = n;
-      gr[groupCount + 1 + n++] = r;
+      if (n === 0 || seqHost[previous] !== seqHost[r]) {
+        if (gr[g] !== n) {
+          gr[g] = n;
+          groupsChanged = true;
+        }
+        g++;
+      }
+      const at = groupCount + 1 + n++;
+      if (gr[at] !== r) {
+        gr[at] = r;
+        groupsChanged = true;
+      }
       previous = r;
     }
-    gr[groupCount] = recorded;
-    if (!rowsGroupedBySequence(gr.subarray(groupCount + 1), recorded, seqHost)) {
+    if (gr[groupCount] !== recorded) {
+      gr[groupCount] = recorded;
+      groupsChanged = true;
+    }
+    // The row list must not split a sequence: checked whenever the rows or the groups changed
+    // (the layers of a step share both).
+    if ((changed || groupsChanged) && !rowsGroupedBySequence(gr.subarray(groupCount + 1), recorded, seqHost)) {
+      this.#groupRowsUploaded = null;
       throw new InvalidArgumentError('Recorded rows of one sequence must be contiguous in a step.');
     }
-    this.#writeI32(groupRows, groupCount + 1 + recorded);
+    if (groupsChanged) {
+      this.#writeI32(groupRows, words);
+      this.#groupRowsUploaded = groupRows;
+      this.#groupRowsWords = words;
+    }
     const rowMetric = this.#uploadRowMetrics(metrics, rows);
     this.#setUniform([groupCount, heads, kvHeads, cache.maxSequences, cache.maxBlocksPerHead, cache.blockSize, layer, scoreStride, maxLen]);
     const [gx, gy] = grid(groupCount * kvHeads * maxLen, 256);
@@ -1430,6 +1457,7 @@ export class WebGpuBackend implements Backend {
     this.#bindGroups.clear();
     this.#tablesVersion = -1;
     this.#rowInfoUploaded = null;
+    this.#groupRowsUploaded = null;
     this.#rowMetricUploaded = null;
   }
 
