@@ -84,7 +84,11 @@ const STEADY = Number(env('STEADY', '64'));
 const B = 16;
 const WARMUP_STEPS = 1;
 
-const device = await requestWebGpuDevice({ subgroups: env('SUBGROUPS', '1') === '1', timestamps: PROFILE, robustness: env('ROBUSTNESS', '1') !== '0' });
+const device = await requestWebGpuDevice({
+  subgroups: env('SUBGROUPS', '1') === '1',
+  timestamps: PROFILE,
+  robustness: env('ROBUSTNESS', '1') !== '0',
+});
 // Dawn's Node binding resolves promises from its own polling: keep the event loop alive.
 const keepAlive = setInterval(() => {}, 1000);
 const print = (o: object) =>

@@ -39,7 +39,8 @@ export function dawnFlags(env: string | undefined, robustness: boolean): string[
   if (robustness) return flags;
   const at = flags.findIndex((f) => f.startsWith('enable-dawn-features='));
   if (at === -1) flags.push('enable-dawn-features=disable_robustness');
-  else if (!(flags[at] as string).slice('enable-dawn-features='.length).split(',').includes('disable_robustness')) flags[at] += ',disable_robustness';
+  else if (!(flags[at] as string).slice('enable-dawn-features='.length).split(',').includes('disable_robustness'))
+    flags[at] += ',disable_robustness';
   return flags;
 }
 
