@@ -8,7 +8,13 @@ import { WebGpuBackend } from '../src/webgpu-backend.ts';
 
 const HEADS = 32;
 const KV_HEADS = 8;
-const D = 128;
+// HEAD_DIM (128): 64 is the Llama-3.2-1B's. RECORD=1: every row records KV-Compress metrics, as
+// the engine's decode steps do under KV-Compress (scores written, then the metric kernel).
+const D = Number(process.env['HEAD_DIM'] ?? 128);
+const RECORD = process.env['RECORD'] === '1';
+// SPREAD (1): the pool holds SPREAD times the blocks the timed heads use, and their blocks are
+// drawn from all of it, as one layer's are from a pool shared by every layer (Llama-3.2-1B: 16).
+const SPREAD = Number(process.env['SPREAD'] ?? 1);
 const B = 16;
 
 // ROBUSTNESS=0: Dawn's bounds-checking transform off (DeviceOptions.robustness).
@@ -81,7 +87,7 @@ const batches = (process.env['BATCHES'] ?? '1,8,32,128').split(',').map(Number);
 const contexts = (process.env['CONTEXTS'] ?? '1024,4096,16384,32768').split(',').map(Number);
 for (const batch of batches) {
   for (const ctx of contexts) {
-    const slots = batch * KV_HEADS * ctx;
+    const slots = batch * KV_HEADS * ctx * SPREAD;
     // Pools past one storage binding are split into chunk buffers (createKvCache); skip only
     // what the device's memory cannot hold (Dawn reports no memory size: VRAM_GIB, default 72).
     const vram = Number(process.env['VRAM_GIB'] ?? 72) * 2 ** 30;
@@ -99,7 +105,7 @@ for (const batch of batches) {
       const blocksPerHead = ctx / B;
       // Two layers' tables: layer 0 uploads them once, the timed calls use layer 1.
       const tables = new Int32Array(2 * batch * KV_HEADS * blocksPerHead);
-      const order = Int32Array.from({ length: batch * KV_HEADS * blocksPerHead }, (_, i) => i);
+      const order = Int32Array.from({ length: batch * KV_HEADS * blocksPerHead * SPREAD }, (_, i) => i);
       let s = 12345;
       for (let i = order.length - 1; i > 0; i--) {
         s = (Math.imul(s, 1664525) + 1013904223) | 0;
@@ -108,8 +114,9 @@ for (const batch of batches) {
         order[i] = order[j] as number;
         order[j] = t;
       }
-      tables.set(order, 0);
-      tables.set(order, order.length);
+      const used = order.subarray(0, batch * KV_HEADS * blocksPerHead);
+      tables.set(used, 0);
+      tables.set(used, used.length);
       const slotPositions = new Int32Array(slots);
       for (let h = 0; h < batch * KV_HEADS; h++) {
         for (let j = 0; j < blocksPerHead; j++) {
@@ -139,8 +146,17 @@ for (const batch of batches) {
       backend.write(positions, new Int32Array(batch).fill(ctx - 1));
       const out = backend.createBuffer(batch * HEADS * D);
       const rows = { rows: batch, sequences, positions };
+      const recording = RECORD
+        ? {
+            values: new Float32Array(0),
+            rowFlags: new Uint8Array(batch).fill(1),
+            rowSquare: new Uint8Array(batch).fill(1),
+            rowGroupScale: new Float32Array(batch).fill(1),
+            rowMetricBuffer: new Int32Array(batch),
+          }
+        : undefined;
       step('inputs');
-      backend.attention(out, q, 0, rows, cache, HEADS, KV_HEADS);
+      backend.attention(out, q, 0, rows, cache, HEADS, KV_HEADS, recording);
       step('recorded');
       backend.flush();
       await device.queue.onSubmittedWorkDone();
@@ -148,7 +164,7 @@ for (const batch of batches) {
       // Run-to-run spread on the H100 was up to 2x for 20 calls: time >= 200 ms of calls three
       // times and report the median (and the best).
       const call = () => {
-        backend.attention(out, q, 1, rows, cache, HEADS, KV_HEADS);
+        backend.attention(out, q, 1, rows, cache, HEADS, KV_HEADS, recording);
         backend.flush();
       };
       const first = await time(call, 5);
@@ -156,11 +172,14 @@ for (const batch of batches) {
       const repeats = [await time(call, iters), await time(call, iters), await time(call, iters)].sort((a, b) => a - b);
       const ms = repeats[1] as number;
       const bestMs = repeats[0] as number;
-      const kvBytes = 2 * slots * D * 2;
+      const kvBytes = (2 * slots * D * 2) / SPREAD; // what the heads read
       console.log(
         JSON.stringify({
           kind: 'attention',
           kernel,
+          headDim: D,
+          record: RECORD,
+          spread: SPREAD,
           batch,
           ctx,
           ms,

@@ -22,7 +22,7 @@
 // and the cache after compaction (tables, lengths, free blocks, positions) against
 // compressSelected's.
 //
-// PROFILE=1 adds the GPU time of every kernel of one round (timestamp queries, each dispatch
+// PROFILE=1 adds the GPU time of every kernel of one decode step and one round (timestamp queries, each dispatch
 // in its own compute pass; the other timings of such a run are not comparable).
 //
 // Env: SHAPE (8b), SEQS (64), CONTEXT (8192), LAYERS / KV_HEADS / HEAD_DIM (override the
@@ -433,6 +433,13 @@ async function profileSince(round: string): Promise<void> {
   print({ mode: 'profile', round, gpuMs: total, kernels, timestamps: device.features.has('timestamp-query') });
 }
 if (PROFILE) {
+  if (model !== null) {
+    // One decode step's kernels, on full contexts.
+    await fill();
+    await backend.readProfile();
+    await decodeStep(model);
+    await profileSince('step');
+  }
   await fill();
   await backend.readProfile();
   await deviceRound();

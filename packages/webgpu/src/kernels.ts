@@ -1135,9 +1135,45 @@ var<workgroup> wrange: vec2<u32>;`;
     tslot[t] = select(slot, MASKED, ${masked});
   }
   workgroupBarrier();`;
+  // Chunked pools, for kernels that loop over a key list: only the keys this pass attends
+  // (in its window of chunks, not masked), in key order, into tslot, with each one's index in
+  // the split in tidx (scores are written by index), and their count nKeys. Without it every
+  // pass walks all n keys of its split, most of them masked: with the pool in W-chunk windows
+  // of C chunks, ceil(C / W) times the key loop's work. Each thread counts a contiguous run of
+  // at most ceil(S / threads) keys; a scan of the counts (workgroup memory) gives each run its
+  // place. Needs tidx: array<u32, S> and tcount: array<u32, threads> in workgroup memory.
+  const compactSlotPrologue = (threads: number) => `let masking = info.w != 0;
+  let per = (n + ${threads - 1}u) / ${threads}u;
+  let first = min(li * per, n);
+  let last = min(first + per, n);
+  var mine = 0u;
+  for (var t = first; t < last; t++) {
+    let i = range.x + t;
+    let slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
+    mine += select(1u, 0u, ${masked});
+  }
+  tcount[li] = mine;
+  workgroupBarrier();
+  for (var o = 1u; o < ${threads}u; o = o << 1u) {
+    let add = select(0u, tcount[max(li, o) - o], li >= o);
+    workgroupBarrier();
+    tcount[li] += add;
+    workgroupBarrier();
+  }
+  var at = tcount[li] - mine;
+  for (var t = first; t < last; t++) {
+    let i = range.x + t;
+    let slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
+    if (!(${masked})) {
+      tslot[at] = slot;
+      tidx[at] = t;
+      at++;
+    }
+  }
+  let nKeys = workgroupUniformLoad(&tcount[${threads - 1}u]);`;
   const splitIndex =
     c === null ? '(r * p.kvHeads + g) * p.splits + split' : '(r * p.kvHeads + g) * p.splits * PASSES + p.pad1 * p.splits + split';
-  return { header, setup, slotPrologue, splitIndex };
+  return { header, setup, slotPrologue, compactSlotPrologue, splitIndex };
 }
 
 /** Keys of one split of the wide attention kernel: its scores stay in workgroup memory. */
@@ -1398,6 +1434,8 @@ export function streamAttentionKernel(
   const KB = Math.min(NKG, 2 ** Math.floor(Math.log2(4096 / D)));
   const S = STREAM_ATTENTION_MAX_KEYS;
   const c = chunking;
+  // A key's index in its split: chunked pools compact each pass's keys (compactSlotPrologue).
+  const keyIndex = (t: string) => (c === null ? t : `tidx[min(${t}, S - 1u)]`);
   const gs = Array.from({ length: G }, (_, i) => i);
   const es = Array.from({ length: E }, (_, i) => i);
   const us = Array.from({ length: U }, (_, i) => i);
@@ -1438,7 +1476,7 @@ export function streamAttentionKernel(
   const SH = useScatter ? Math.log2(T) - Math.log2(V) : 0;
   const xorCode = () => `${each(offs, (o) => each(us, (u) => each(gs, (h) => `s${u}_${h} += subgroupShuffleXor(s${u}_${h}, ${o}u);`)))}
     if (rec >= 0 && j == 0u) {
-      ${each(us, (u) => `if (ok${u}) {\n        ${each(gs, (h) => `scores[(u32(rec) * p.heads + g * G + ${h}u) * p.scoreStride + range.x + t${u}] = s${u}_${h};`, '\n        ')}\n      }`, '\n      ')}
+      ${each(us, (u) => `if (ok${u}) {\n        ${each(gs, (h) => `scores[(u32(rec) * p.heads + g * G + ${h}u) * p.scoreStride + range.x + ${keyIndex(`t${u}`)}] = s${u}_${h};`, '\n        ')}\n      }`, '\n      ')}
     }
     ${each(
       gs,
@@ -1483,7 +1521,7 @@ export function streamAttentionKernel(
     lines.push('var okMine = ok0;', ...us.slice(1).map((u) => `okMine = select(okMine, ok${u}, uMine == ${u}u);`));
     lines.push('var mOld = m0;', ...gs.slice(1).map((h) => `mOld = select(mOld, m${h}, hMine == ${h}u);`));
     lines.push(
-      `if (rec >= 0 && okMine && (j & ${(1 << SH) - 1}u) == 0u) { scores[(u32(rec) * p.heads + g * G + hMine) * p.scoreStride + range.x + base + uMine * NKG + kg] = ${sMine}; }`,
+      `if (rec >= 0 && okMine && (j & ${(1 << SH) - 1}u) == 0u) { scores[(u32(rec) * p.heads + g * G + hMine) * p.scoreStride + range.x + ${keyIndex('base + uMine * NKG + kg')}] = ${sMine}; }`,
     );
     lines.push(`var mx = select(NEG_INF, ${sMine}, okMine);`);
     for (let bit = 0; bit < Math.log2(U); bit++) lines.push(`mx = max(mx, subgroupShuffleXor(mx, ${1 << (SH + Math.log2(G) + bit)}u));`);
@@ -1517,7 +1555,7 @@ const NKG = ${NKG}u;
 const S = ${S}u;
 var<workgroup> kgStat: array<f32, ${NKG * 2 * G}>; // [key group][G][max, sum]
 var<workgroup> kgOut: array<f32, ${KB * D}>; // [key group of a batch][D]: one query head's outputs at a time
-@compute @workgroup_size(${WGS})
+${c === null ? '' : `var<workgroup> tidx: array<u32, S>; // each compacted key's index in the split\nvar<workgroup> tcount: array<u32, ${WGS}>; // keys per thread's run, then their inclusive scan\n`}@compute @workgroup_size(${WGS})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32,
         @builtin(subgroup_invocation_id) sgid: u32) {
   ${parts.setup}
@@ -1538,15 +1576,20 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
       ),
     '\n  ',
   )}
-  ${parts.slotPrologue(WGS)}
+  ${
+    c === null
+      ? `${parts.slotPrologue(WGS)}
+  let nKeys = n;`
+      : parts.compactSlotPrologue(WGS)
+  }
   ${each(gs, (h) => `var m${h} = NEG_INF;\n  var l${h} = 0.0;`, '\n  ')}
   ${each(gs, (h) => each(es, (e) => `var acc${h}_${e}a = vec4f();\n  var acc${h}_${e}b = vec4f();`, '\n  '), '\n  ')}
-  // n is workgroup-uniform: every lane runs every step, so the shuffles stay in uniform control flow.
-  for (var base = 0u; base < n; base += ${NKG * U}u) {
+  // nKeys is workgroup-uniform: every lane runs every step, so the shuffles stay in uniform control flow.
+  for (var base = 0u; base < nKeys; base += ${NKG * U}u) {
     ${each(
       us,
       (u) => `let t${u} = base + ${u * NKG}u + kg;
-    let slot${u} = select(MASKED, tslot[min(t${u}, S - 1u)], t${u} < n);
+    let slot${u} = select(MASKED, tslot[min(t${u}, S - 1u)], t${u} < nKeys);
     let ok${u} = slot${u} != MASKED;
     ${rowOf(u)}`,
     )}
