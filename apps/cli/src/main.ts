@@ -43,9 +43,9 @@ function resolveModelPath(given: string | undefined): string {
 }
 
 /** WebGPU backends on one Dawn device, loaded only when asked for. */
-async function webGpuBackendFactory(): Promise<() => Backend> {
+async function webGpuBackendFactory(robustness: boolean): Promise<() => Backend> {
   const { requestWebGpuDevice, WebGpuBackend } = await import('@kvcompress/webgpu');
-  const device = await requestWebGpuDevice();
+  const device = await requestWebGpuDevice({ robustness });
   return () => new WebGpuBackend(device);
 }
 
@@ -105,6 +105,10 @@ program
       .choices(['cpu', 'webgpu'])
       .default('cpu'),
   )
+  .option(
+    '--no-gpu-robustness',
+    "webgpu: turn Dawn's bounds checks on shader memory accesses off (decode attention 4-11% faster on an H100; an indexing bug would then touch other GPU memory of this process)",
+  )
   .action(async (opts) => {
     if (!policies.has(opts.policy))
       throw new CommanderArgumentError(`Unknown policy "${opts.policy}". Registered: ${policies.names().join(', ')}.`);
@@ -125,7 +129,7 @@ program
       topP: opts.topP,
       seed: opts.seed,
       progress: opts.json !== true && process.stderr.isTTY === true,
-      backend: opts.backend === 'webgpu' ? await webGpuBackendFactory() : undefined,
+      backend: opts.backend === 'webgpu' ? await webGpuBackendFactory(opts.gpuRobustness !== false) : undefined,
     });
     if (opts.json === true) {
       const side = (s: typeof report.full) => ({ ...s, blocksPerHead: Array.from(s.blocksPerHead) });
@@ -248,6 +252,10 @@ program
       .choices(['cpu', 'webgpu'])
       .default('cpu'),
   )
+  .option(
+    '--no-gpu-robustness',
+    "webgpu: turn Dawn's bounds checks on shader memory accesses off (decode attention 4-11% faster on an H100; an indexing bug would then touch other GPU memory of this process)",
+  )
   .action(async (opts) => {
     const list = (s: string) =>
       s
@@ -275,7 +283,7 @@ program
       protectedWindow: opts.window,
       outDir: opts.out,
       batch: opts.batch,
-      backend: opts.backend === 'webgpu' ? await webGpuBackendFactory() : undefined,
+      backend: opts.backend === 'webgpu' ? await webGpuBackendFactory(opts.gpuRobustness !== false) : undefined,
       onProgress: (done, total, label) => {
         if (!started) {
           bar.start(total, 0, { label });
