@@ -15,9 +15,9 @@ const positive = (name: string) => (v: string) => {
 };
 
 /** The WebGPU backend on Dawn, loaded only when asked for. */
-async function webGpuBackend() {
+async function webGpuBackend(robustness: boolean) {
   const { requestWebGpuDevice, WebGpuBackend } = await import('@kvcompress/webgpu');
-  return new WebGpuBackend(await requestWebGpuDevice());
+  return new WebGpuBackend(await requestWebGpuDevice({ robustness }));
 }
 
 /** The project's own model, committed in the repository (apps/server/src/../../../models). */
@@ -55,6 +55,10 @@ const program = new Command()
     '--backend <name>',
     'cpu, or webgpu (Dawn: a Vulkan GPU, or SwiftShader via VK_ICD_FILENAMES)',
     process.env['KVC_BACKEND'] ?? 'cpu',
+  )
+  .option(
+    '--no-gpu-robustness',
+    "webgpu: turn Dawn's bounds checks on shader memory accesses off (faster decode attention; an indexing bug would then touch other GPU memory of this process)",
   );
 
 program.parse();
@@ -72,6 +76,7 @@ const o = program.opts<{
   maxTokensLimit: number;
   modelId?: string;
   backend: string;
+  gpuRobustness: boolean;
 }>();
 if (o.backend !== 'cpu' && o.backend !== 'webgpu') {
   console.error(`kvc-server: --backend must be cpu or webgpu, got "${o.backend}".`);
@@ -79,7 +84,7 @@ if (o.backend !== 'cpu' && o.backend !== 'webgpu') {
 }
 try {
   const model = await loadModel(o.model);
-  const backend = o.backend === 'webgpu' ? await webGpuBackend() : undefined;
+  const backend = o.backend === 'webgpu' ? await webGpuBackend(o.gpuRobustness) : undefined;
   const engine = new Engine({
     model,
     backend,
