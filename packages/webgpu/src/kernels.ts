@@ -1123,6 +1123,8 @@ var<workgroup> wrange: vec2<u32>;`;
   }
   let range = workgroupUniformLoad(&wrange);
   let n = range.y - range.x;`;
+  // Key i of the head (hi, table at t0): its slot.
+  const slotOfKey = 'let slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;';
   const masked = c === null ? 'masking && slotPos[slot] > qPos' : '(masking && slotPos[slot] > qPos) || (slot >> SHIFT) - p.pad1 * W >= W';
   // Every key's slot (MASKED where later than the query, or, chunked, outside this pass's
   // chunks) in workgroup memory, looked up by all threads at once, so the key loops wait on
@@ -1131,7 +1133,7 @@ var<workgroup> wrange: vec2<u32>;`;
   const slotPrologue = (threads: number) => `let masking = info.w != 0;
   for (var t = li; t < n; t += ${threads}u) {
     let i = range.x + t;
-    let slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
+    ${slotOfKey}
     tslot[t] = select(slot, MASKED, ${masked});
   }
   workgroupBarrier();`;
@@ -1149,7 +1151,7 @@ var<workgroup> wrange: vec2<u32>;`;
   var mine = 0u;
   for (var t = first; t < last; t++) {
     let i = range.x + t;
-    let slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
+    ${slotOfKey}
     mine += select(1u, 0u, ${masked});
   }
   tcount[li] = mine;
@@ -1163,7 +1165,7 @@ var<workgroup> wrange: vec2<u32>;`;
   var at = tcount[li] - mine;
   for (var t = first; t < last; t++) {
     let i = range.x + t;
-    let slot = u32(tables[t0 + i / p.blockSize]) * p.blockSize + i % p.blockSize;
+    ${slotOfKey}
     if (!(${masked})) {
       tslot[at] = slot;
       tidx[at] = t;

@@ -938,7 +938,7 @@ export class WebGpuBackend implements Backend {
     }
     // The row list must not split a sequence: checked whenever the rows or the groups changed
     // (the layers of a step share both).
-    if ((changed || groupsChanged) && !rowsGroupedBySequence(gr.subarray(groupCount + 1), recorded, seqHost)) {
+    if ((changed || groupsChanged) && !rowsGroupedBySequence(gr, groupCount + 1, recorded, seqHost, latest)) {
       this.#groupRowsUploaded = null;
       throw new InvalidArgumentError('Recorded rows of one sequence must be contiguous in a step.');
     }
@@ -1745,13 +1745,21 @@ function grid(n: number, perGroup = 1): [number, number] {
   return [65535, Math.ceil(groups / 65535)];
 }
 
-function rowsGroupedBySequence(rows: Int32Array, n: number, seqs: Int32Array): boolean {
-  const seen = new Set<number>();
+/**
+ * Whether rows list[from .. from + n) keep each sequence's rows in one run. `seen` is the
+ * caller's scratch, -1 at every sequence on entry and again on return (no allocation per step).
+ */
+export function rowsGroupedBySequence(list: Int32Array, from: number, n: number, seqs: Int32Array, seen: Int32Array): boolean {
+  let grouped = true;
   for (let i = 0; i < n; i++) {
-    const s = seqs[rows[i] as number] as number;
-    if (i > 0 && s === seqs[rows[i - 1] as number]) continue;
-    if (seen.has(s)) return false;
-    seen.add(s);
+    const s = seqs[list[from + i] as number] as number;
+    if (i > 0 && s === seqs[list[from + i - 1] as number]) continue;
+    if (seen[s] !== -1) {
+      grouped = false;
+      break;
+    }
+    seen[s] = 0;
   }
-  return true;
+  for (let i = 0; i < n; i++) seen[seqs[list[from + i] as number] as number] = -1;
+  return grouped;
 }
