@@ -13,6 +13,7 @@ One JSON line per model: right, of, score, firstN (the score of the first N exam
 per_example (1 / 0 in example order).
 """
 
+import argparse
 import json
 import sys
 
@@ -23,11 +24,12 @@ from train import exported_model, greedy  # noqa: E402
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    first = int(sys.argv[sys.argv.index("--first") + 1]) if "--first" in sys.argv else None
-    if first is not None:
-        args.remove(str(first))
-    path, folders = args[0], args[1:]
+    parser = argparse.ArgumentParser(description="Scores models on dumped niah-multikey examples.")
+    parser.add_argument("examples", help="examples written by packages/eval/scripts/dump-multikey.ts")
+    parser.add_argument("models", nargs="+", help="exported model folders")
+    parser.add_argument("--first", type=int, default=None, help="also report the score of the first N examples")
+    a = parser.parse_args()
+    path, folders, first = a.examples, a.models, a.first
     examples = json.load(open(path))
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for folder in folders:

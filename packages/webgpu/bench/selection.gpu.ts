@@ -22,13 +22,15 @@
 // and the cache after compaction (tables, lengths, free blocks, positions) against
 // compressSelected's.
 //
-// PROFILE=1 adds the GPU time of every kernel of one decode step and one round (timestamp queries, each dispatch
-// in its own compute pass; the other timings of such a run are not comparable).
+// PROFILE=1 adds the GPU time of every kernel of one decode step and one round (timestamp
+// queries, each dispatch in its own compute pass; the other timings of such a run are not
+// comparable).
 //
 // Env: SHAPE (8b), SEQS (64), CONTEXT (8192), LAYERS / KV_HEADS / HEAD_DIM (override the
 // shape's cache), RATE (4), WINDOW (64), REPEATS (3), STEP (auto|0|1), STEPS (3), HOST (0),
-// VERIFY (1), SUBGROUPS (1), ROBUSTNESS (1; 0: Dawn's bounds checks off), PROFILE (0), BUSY_MS (100: the GPU kept busy that long right
-// before each round, as decode steps keep it in serving; 0: the round starts on an idle GPU).
+// VERIFY (1), SUBGROUPS (1), ROBUSTNESS (1; 0: Dawn's bounds checks off), PROFILE (0),
+// BUSY_MS (100: the GPU kept busy that long right before each round, as decode steps keep it
+// in serving; 0: the round starts on an idle GPU).
 // One more round after 1.5 s of idling is printed as round-device-after-idle.
 // STEADY (64): the steady-state round (round-steady): after the full round, STEADY tokens more
 // per sequence with random metrics, as that many decode steps add them, then the round that
