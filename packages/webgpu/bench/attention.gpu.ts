@@ -15,6 +15,12 @@ const RECORD = process.env['RECORD'] === '1';
 // SPREAD (1): the pool holds SPREAD times the blocks the timed heads use, and their blocks are
 // drawn from all of it, as one layer's are from a pool shared by every layer (Llama-3.2-1B: 16).
 const SPREAD = Number(process.env['SPREAD'] ?? 1);
+// LOCAL=1: with SPREAD, the timed heads' blocks are shuffled among the pool's first blocks only
+// (as many as they use), so the pool is as large but the blocks read lie close together.
+const LOCAL = process.env['LOCAL'] === '1';
+// SHUFFLE=0: block tables in pool order (head after head, as an allocator hands out a fresh pool)
+// instead of shuffled: the dense layout PyTorch's tensors have, against the fragmented worst case.
+const SHUFFLE = process.env['SHUFFLE'] !== '0';
 const B = 16;
 
 // ROBUSTNESS=0: Dawn's bounds-checking transform off (DeviceOptions.robustness).
@@ -68,12 +74,13 @@ if (process.env['COPY_BYTES'] !== '0') {
 }
 
 // ATTENTION_KERNELS: decode attention kernels to compare in one run, each on its own backend: 'wide',
-// or 'streamU[tT][w128][xor]' (the stream kernel, U keys per key group and step, T lanes a
-// key, 128-thread workgroups, every lane reducing every score instead of the reduce-scatter).
+// or 'streamU[tT][w128][xor][sS]' (the stream kernel, U keys per key group and step, T lanes a
+// key, 128-thread workgroups, every lane reducing every score instead of the reduce-scatter,
+// at most S keys a workgroup).
 const kernels = (process.env['ATTENTION_KERNELS'] ?? 'wide,stream4').split(',');
 const kernelOptions = (k: string) => {
   if (k === 'wide') return { decodeAttention: 'wide' as const };
-  const m = /^stream(\d)(?:t(\d+))?(w128)?(xor)?$/.exec(k);
+  const m = /^stream(\d)(?:t(\d+))?(w128)?(xor)?(?:s(\d+))?$/.exec(k);
   if (m === null) throw new Error(`KERNELS: unknown kernel ${k}`);
   return {
     decodeAttention: 'stream' as const,
@@ -81,6 +88,7 @@ const kernelOptions = (k: string) => {
     ...(m[2] === undefined ? {} : { streamThreadsPerKey: Number(m[2]) }),
     ...(m[3] === undefined ? {} : { streamWorkgroupSize: 128 as const }),
     ...(m[4] === undefined ? {} : { streamScatter: false }),
+    ...(m[5] === undefined ? {} : { streamMaxKeys: Number(m[5]) as 512 | 1024 | 2048 }),
   };
 };
 const batches = (process.env['BATCHES'] ?? '1,8,32,128').split(',').map(Number);
@@ -107,14 +115,15 @@ for (const batch of batches) {
       const tables = new Int32Array(2 * batch * KV_HEADS * blocksPerHead);
       const order = Int32Array.from({ length: batch * KV_HEADS * blocksPerHead * SPREAD }, (_, i) => i);
       let s = 12345;
-      for (let i = order.length - 1; i > 0; i--) {
+      const usedCount = batch * KV_HEADS * blocksPerHead;
+      for (let i = SHUFFLE ? (LOCAL ? usedCount : order.length) - 1 : 0; i > 0; i--) {
         s = (Math.imul(s, 1664525) + 1013904223) | 0;
         const j = (s >>> 0) % (i + 1);
         const t = order[i] as number;
         order[i] = order[j] as number;
         order[j] = t;
       }
-      const used = order.subarray(0, batch * KV_HEADS * blocksPerHead);
+      const used = order.subarray(0, usedCount);
       tables.set(used, 0);
       tables.set(used, used.length);
       const slotPositions = new Int32Array(slots);
@@ -180,6 +189,8 @@ for (const batch of batches) {
           headDim: D,
           record: RECORD,
           spread: SPREAD,
+          local: LOCAL,
+          shuffled: SHUFFLE,
           batch,
           ctx,
           ms,
@@ -189,6 +200,8 @@ for (const batch of batches) {
           gbps: kvBytes / ms / 1e6,
           bestGbps: kvBytes / bestMs / 1e6,
           kvChunks: backend.kvChunks,
+          passes: backend.attentionPasses,
+          storageBuffers: device.limits.maxStorageBuffersPerShaderStage,
         }),
       );
       backend.destroyBuffers();

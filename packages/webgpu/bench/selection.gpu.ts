@@ -103,6 +103,7 @@ const print = (o: object) =>
       layers: LAYERS,
       kvHeads: KV_HEADS,
       headDim: HEAD_DIM,
+      appendChunk: APPEND_CHUNK,
       ...o,
     }),
   );
@@ -116,6 +117,9 @@ const units = shape.layers * shape.kvHeads;
 // Room for the timed decode steps after the context.
 const maxContext = CONTEXT + WARMUP_STEPS + STEPS + STEADY + B;
 const numBlocks = SEQS * units * Math.ceil(maxContext / B);
+// APPEND_CHUNK (0): fill the cache APPEND_CHUNK tokens of each sequence at a time, round robin
+// (16: a block per head per turn, as decode steps allocate); 0: each sequence in one append.
+const APPEND_CHUNK = Number(env('APPEND_CHUNK', '0'));
 const newAllocator = () => new PageAllocator({ shape, numBlocks, blockSize: B, maxSequences: SEQS, maxContext });
 // Every round starts from a fresh allocator holding the same cache (see fill).
 let allocator = newAllocator();
@@ -123,7 +127,14 @@ const store = new MetricStore(allocator.numSlots);
 const backend: WebGpuBackend = randomWeightBackend(device, debug, { profile: PROFILE });
 backend.createKvCache(allocator.numSlots, HEAD_DIM, 'f16');
 await device.queue.onSubmittedWorkDone();
-print({ kind: 'pool', slots: allocator.numSlots, kvBytes: allocator.numSlots * HEAD_DIM * 4, kvChunks: backend.kvChunks });
+print({
+  kind: 'pool',
+  slots: allocator.numSlots,
+  kvBytes: allocator.numSlots * HEAD_DIM * 4,
+  kvChunks: backend.kvChunks,
+  attentionPasses: backend.attentionPasses,
+  storageBuffers: device.limits.maxStorageBuffersPerShaderStage,
+});
 
 // The decode step's model: random weights on the device, if they fit beside the pool.
 let model: LlamaModel | null = null;
@@ -163,10 +174,15 @@ async function fill(): Promise<void> {
   compressor = newCompressor();
   moves = allocator.createMoveList();
   sequences.length = 0;
-  for (let s = 0; s < SEQS; s++) {
-    const seq = allocator.addSequence();
-    allocator.appendTokens(seq, CONTEXT);
-    sequences.push(seq);
+  for (let s = 0; s < SEQS; s++) sequences.push(allocator.addSequence());
+  if (APPEND_CHUNK > 0) {
+    // As a server's decode steps and chunked prefills append: every sequence a few tokens at
+    // a time in turn, so blocks of all layers interleave in allocation order.
+    for (let done = 0; done < CONTEXT; done += APPEND_CHUNK) {
+      for (const seq of sequences) allocator.appendTokens(seq, Math.min(APPEND_CHUNK, CONTEXT - done));
+    }
+  } else {
+    for (const seq of sequences) allocator.appendTokens(seq, CONTEXT);
   }
   const values = store.values;
   randomMetrics(values, 777);

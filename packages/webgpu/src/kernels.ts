@@ -1390,6 +1390,24 @@ export function streamAttentionThreadsPerKey(headDim: number, subgroupMinSize: n
   return t;
 }
 
+/**
+ * Workgroup memory of `streamAttentionKernel` in bytes: key slots (and, on a chunked pool,
+ * key indices and per-thread counts), the key groups' statistics and the merge buffer.
+ */
+export function streamAttentionWorkgroupBytes(
+  headDim: number,
+  group: number,
+  threadsPerKey: number,
+  workgroupSize: 128 | 256,
+  maxKeys: number,
+  chunked: boolean,
+): number {
+  const WGS = headDim > 128 ? 256 : workgroupSize;
+  const NKG = WGS / threadsPerKey;
+  const KB = Math.min(NKG, 2 ** Math.floor(Math.log2(4096 / headDim)));
+  return 4 * (maxKeys + 2 + NKG * 2 * group + KB * headDim + (chunked ? maxKeys + WGS : 0));
+}
+
 /** Whether `streamAttentionKernel` serves this shape with `threadsPerKey` lanes a key. */
 export function streamAttentionSupports(headDim: number, group: number, threadsPerKey: number): boolean {
   // Each thread keeps G x (D / threadsPerKey) query values and as many accumulators in
@@ -1401,7 +1419,7 @@ export function streamAttentionSupports(headDim: number, group: number, threadsP
 /**
  * Paged decode attention as one stream per key group, for devices with subgroups: one
  * workgroup of WGS = 128 or 256 threads per (row, kv-head, split of at most
- * STREAM_ATTENTION_MAX_KEYS keys), split into WGS / T key groups of T = threadsPerKey lanes of
+ * S = maxKeys keys, STREAM_ATTENTION_MAX_KEYS by default), split into WGS / T key groups of T = threadsPerKey lanes of
  * one subgroup. A key group walks every (WGS / T)-th key of the split, U keys per step: it issues the K and V
  * loads of all U keys at once (each lane 16 bytes of packed f16 per row piece, E = D / 8T
  * pieces), sums the lanes' partial dot products with subgroup shuffles, and folds the U keys
@@ -1419,11 +1437,12 @@ export function streamAttentionKernel(
   chunking: KvChunking | null = null,
   workgroupSize: 128 | 256 = 256,
   scatter = false,
+  maxKeys = STREAM_ATTENTION_MAX_KEYS,
 ): KernelSource {
   const WGS = headDim > 128 ? 256 : workgroupSize; // the merge gives each output dim a thread
   const V = keysPerStep * group;
   const useScatter = scatter && V <= threadsPerKey && (V & (V - 1)) === 0;
-  const key = `attention-stream:${kv}:${headDim}:${group}:${threadsPerKey}:${keysPerStep}:${WGS}${useScatter ? ':rs' : ''}${chunkKey(chunking)}`;
+  const key = `attention-stream:${kv}:${headDim}:${group}:${threadsPerKey}:${keysPerStep}:${WGS}${useScatter ? ':rs' : ''}${maxKeys === STREAM_ATTENTION_MAX_KEYS ? '' : `:s${maxKeys}`}${chunkKey(chunking)}`;
   const hit = builtKernel(key);
   if (hit !== undefined) return hit;
   const D = headDim;
@@ -1434,7 +1453,7 @@ export function streamAttentionKernel(
   const NKG = WGS / T;
   // Key groups merged per round: kgOut stays within 16 KiB of workgroup memory.
   const KB = Math.min(NKG, 2 ** Math.floor(Math.log2(4096 / D)));
-  const S = STREAM_ATTENTION_MAX_KEYS;
+  const S = maxKeys;
   const c = chunking;
   // A key's index in its split: chunked pools compact each pass's keys (compactSlotPrologue).
   const keyIndex = (t: string) => (c === null ? t : `tidx[min(${t}, S - 1u)]`);

@@ -117,6 +117,17 @@ describe.skipIf(!haveChromium)('WebGPU kernels against the CPU reference (headle
     expect(r.validation).toBeNull();
     expect(r.worst).toBeLessThan(r.tolerance);
   });
+  // The fewest splits (attentionSplitTarget 1): on a pool in one binding each workgroup of the
+  // stream kernel walks up to 2048 keys (the 2100- and 3000-token heads: two splits each).
+  const longStreamCases = streamCases.filter((n) => /\b(1300|2100|3000) tokens/.test(n));
+  it('has long stream cases', () => expect(longStreamCases.length).toBeGreaterThanOrEqual(3));
+  it.each(longStreamCases)('%s (stream kernel, fewest splits)', async (name) => {
+    const r = await page.evaluate((n) => (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n, true, 1, undefined, 1), name);
+    expect(r.streamDispatches).toBeGreaterThan(0);
+    expect(r.streamMaxKeys).toBe(2048);
+    expect(r.validation).toBeNull();
+    expect(r.worst).toBeLessThan(r.tolerance);
+  });
   // The same cases with the subgroup kernels turned off (the path for devices without them).
   it.each(cases.map((c) => c.name))('%s (no subgroups)', async (name) => {
     const r = await page.evaluate((n) => (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n, false), name);

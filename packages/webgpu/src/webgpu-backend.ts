@@ -72,6 +72,7 @@ import {
   streamAttentionKernel,
   streamAttentionSupports,
   streamAttentionThreadsPerKey,
+  streamAttentionWorkgroupBytes,
   TILED_MATMUL_MIN_ROWS,
   TILED_MATMUL_TILE,
   tiledMatmulKernel,
@@ -181,6 +182,18 @@ export interface WebGpuBackendOptions {
   readonly streamThreadsPerKey?: number;
   /** Threads per workgroup of the stream kernel (default 256, 128 on a chunked pool; benchmarks compare). */
   readonly streamWorkgroupSize?: 128 | 256;
+  /**
+   * Keys of one workgroup of the stream kernel at most. Default: 2048 on a pool in one
+   * binding where the device's workgroup memory holds them (4-6% faster than 1024 on an
+   * H100 at 32-128 x 4K-16K), else 1024 (STREAM_ATTENTION_MAX_KEYS; on a chunked pool 2048
+   * was 16% slower). Benchmarks compare.
+   */
+  readonly streamMaxKeys?: 512 | 1024 | 2048;
+  /**
+   * Workgroups decode attention aims for when it splits long heads (default 512): fewer
+   * splits below it make each workgroup walk more keys. Tests set 1 (the fewest splits).
+   */
+  readonly attentionSplitTarget?: number;
   /**
    * Sum the stream kernel's partial scores by a reduce-scatter (each lane finishes one
    * score and its softmax terms, then shares them) where keys x heads per step fit a key
@@ -312,7 +325,8 @@ export class WebGpuBackend implements Backend {
   #tablesVersion = -1;
   #rope = new Map<RopeSettings, { cos: GpuBuffer; sin: GpuBuffer; positions: number }>();
   /** Workgroups that keep the device busy: splits are chosen so rows x kv-heads x splits reaches it. */
-  #splitTarget = 128;
+  /** Workgroups decode attention aims for (attentionSplitTarget). */
+  #splitTarget = 512;
   /** The rowInfo buffer whose device contents match its host copy. */
   #rowInfoUploaded: GpuBuffer | null = null;
   /** The groupRows buffer whose device contents match its host copy, and how many words it holds. */
@@ -330,6 +344,8 @@ export class WebGpuBackend implements Backend {
   readonly #decodeAttention: 'auto' | 'stream' | 'wide';
   readonly #streamKeysPerStep: number;
   readonly #streamWorkgroupSize: 128 | 256 | undefined;
+  readonly #streamMaxKeys: 512 | 1024 | 2048 | undefined;
+  #streamKeysUsed = 0;
   readonly #streamScatter: boolean;
   /** Lanes per key the stream kernel may use on this device (0: it cannot run). */
   readonly #streamLanes: number;
@@ -354,6 +370,11 @@ export class WebGpuBackend implements Backend {
     this.#decodeAttention = options.decodeAttention ?? 'auto';
     this.#streamKeysPerStep = options.streamKeysPerStep ?? 4;
     this.#streamWorkgroupSize = options.streamWorkgroupSize;
+    this.#streamMaxKeys = options.streamMaxKeys;
+    if (options.attentionSplitTarget !== undefined) {
+      assertInteger('attentionSplitTarget', options.attentionSplitTarget, 1);
+      this.#splitTarget = options.attentionSplitTarget;
+    }
     this.#streamScatter = options.streamScatter ?? true;
     // The stream kernel's lanes of a key must share a subgroup: bounded by the smallest
     // subgroup the adapter may use (GPUAdapterInfo.subgroupMinSize; absent: not used).
@@ -604,6 +625,11 @@ export class WebGpuBackend implements Backend {
   /** How many buffers K (and V) is split into (1 unless the pool exceeds a storage binding). */
   get kvChunks(): number {
     return this.#kChunks.length;
+  }
+
+  /** Passes of decode attention over the chunk windows (1 unless the pool is chunked past one window). */
+  get attentionPasses(): number {
+    return this.#attentionPlan === null ? 1 : this.#attentionPlan.chunking.passes;
   }
 
   #destroyPool(): void {
@@ -991,6 +1017,11 @@ export class WebGpuBackend implements Backend {
     return this.#streamDispatches;
   }
 
+  /** Keys per workgroup of the last stream decode dispatch, at most (streamMaxKeys; 0 before one). */
+  get streamAttentionMaxKeys(): number {
+    return this.#streamKeysUsed;
+  }
+
   /** Split-K paged attention (decode, mixed batches, chunked pools) and its reduction. */
   #pagedAttention(
     out: DeviceBuffer,
@@ -1018,6 +1049,11 @@ export class WebGpuBackend implements Backend {
       );
     }
     const wide = !stream && wideAttentionSupports(D, group);
+    const plan = this.#attentionPlan;
+    // 128 threads on a chunked pool: its chunk switch costs registers, and smaller
+    // workgroups fill the SMs better then (H100: 2448 against 1666 GB/s at 128 x 16K).
+    const streamThreads = this.#streamWorkgroupSize ?? (plan === null ? 256 : 128);
+    const streamKeys = stream ? this.#streamKeysOfSplit(D, group, lanes, streamThreads, plan !== null) : 0;
     // Split long contexts across workgroups so that even one sequence fills the GPU. The
     // wide and stream kernels keep a split's scores or slots in workgroup memory: at most S
     // keys per split, S sized from the longest head these rows attend to (not the table capacity).
@@ -1029,15 +1065,14 @@ export class WebGpuBackend implements Backend {
         const h0 = (layer * cache.maxSequences + (seqHost[r] as number)) * kvHeads;
         for (let g = 0; g < kvHeads; g++) longest = Math.max(longest, lengths[h0 + g] as number);
       }
-      const needed = Math.ceil(longest / (stream ? STREAM_ATTENTION_MAX_KEYS : wideAttentionSplitKeys(group)));
-      const toFill = Math.ceil((4 * this.#splitTarget) / Math.max(1, rows * kvHeads));
+      const needed = Math.ceil(longest / (stream ? streamKeys : wideAttentionSplitKeys(group)));
+      const toFill = Math.ceil(this.#splitTarget / Math.max(1, rows * kvHeads));
       splits = Math.max(needed, Math.min(toFill, Math.ceil(longest / 256)));
     } else {
-      splits = Math.max(1, Math.min(64, Math.ceil(maxLen / 1024), Math.ceil((4 * this.#splitTarget) / Math.max(1, rows * kvHeads))));
+      splits = Math.max(1, Math.min(64, Math.ceil(maxLen / 1024), Math.ceil(this.#splitTarget / Math.max(1, rows * kvHeads))));
     }
     // A chunked pool runs the kernel once per window of chunks, each pass writing its own
     // splits (keys outside its chunks masked); the reduction combines all of them.
-    const plan = this.#attentionPlan;
     const passes = plan === null ? 1 : plan.chunking.passes;
     const partials = this.#ensureF32('partials', rows * kvHeads * splits * passes * group * (D + 2));
     const others = [
@@ -1065,7 +1100,10 @@ export class WebGpuBackend implements Backend {
       ]);
       this.#f32[8] = 1 / Math.sqrt(D);
       const chunking = plan === null ? null : plan.chunking;
-      if (stream) this.#streamDispatches++;
+      if (stream) {
+        this.#streamDispatches++;
+        this.#streamKeysUsed = streamKeys;
+      }
       const kernel = stream
         ? streamAttentionKernel(
             this.#kvStore,
@@ -1074,10 +1112,9 @@ export class WebGpuBackend implements Backend {
             lanes,
             this.#streamKeysPerStep,
             chunking,
-            // 128 threads on a chunked pool: its chunk switch costs registers, and smaller
-            // workgroups fill the SMs better then (H100: 2448 against 1666 GB/s at 128 x 16K).
-            this.#streamWorkgroupSize ?? (chunking === null ? 256 : 128),
+            streamThreads,
             this.#streamScatter,
+            streamKeys,
           )
         : wide
           ? wideAttentionKernel(this.#kvStore, D, group, chunking)
@@ -1091,6 +1128,25 @@ export class WebGpuBackend implements Backend {
       [(out as GpuBuffer).buffer, partials.buffer, rowInfo.buffer, stats.buffer],
       rows * heads * D,
     );
+  }
+
+  /**
+   * Keys of one split of the stream kernel (streamMaxKeys): 2048 on a pool in one binding
+   * where the device's workgroup memory holds them, else 1024.
+   */
+  #streamKeysOfSplit(D: number, group: number, lanes: number, threads: 128 | 256, chunked: boolean): number {
+    const limit = this.device.limits.maxComputeWorkgroupStorageSize;
+    const fits = (keys: number) => streamAttentionWorkgroupBytes(D, group, lanes, threads, keys, chunked) <= limit;
+    const chosen = this.#streamMaxKeys;
+    if (chosen !== undefined) {
+      if (!fits(chosen)) {
+        throw new InvalidArgumentError(
+          `streamMaxKeys ${chosen} needs ${streamAttentionWorkgroupBytes(D, group, lanes, threads, chosen, chunked)} bytes of workgroup memory; this device has ${limit}. Leave it unset.`,
+        );
+      }
+      return chosen;
+    }
+    return !chunked && fits(2048) ? 2048 : STREAM_ATTENTION_MAX_KEYS;
   }
 
   /**

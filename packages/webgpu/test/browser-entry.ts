@@ -23,10 +23,16 @@ import { runSelectionCase, type SelectionParams, type SelectionResult } from './
 
 const device = await requestWebGpuDevice();
 
-async function runCase(name: string, subgroups = true, kvChunks = 1, streamKeysPerStep?: 1 | 2 | 4 | 8): Promise<CaseResult> {
+async function runCase(
+  name: string,
+  subgroups = true,
+  kvChunks = 1,
+  streamKeysPerStep?: 1 | 2 | 4 | 8,
+  attentionSplitTarget?: number,
+): Promise<CaseResult> {
   const c = cases.find((x) => x.name === name);
   if (c === undefined) throw new Error(`no case ${name}`);
-  return runConformanceCase(device, c, subgroups, kvChunks, streamKeysPerStep);
+  return runConformanceCase(device, c, subgroups, kvChunks, streamKeysPerStep, attentionSplitTarget);
 }
 
 /**

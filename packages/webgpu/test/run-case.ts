@@ -18,6 +18,8 @@ export interface CaseResult {
   readonly prefillDispatches: number;
   /** Attention dispatches that took the stream decode kernel. */
   readonly streamDispatches: number;
+  /** Keys per workgroup of the last stream dispatch (streamAttentionMaxKeys). */
+  readonly streamMaxKeys: number;
 }
 
 /**
@@ -31,6 +33,7 @@ export async function runConformanceCase(
   subgroups: boolean,
   kvChunks = 1,
   streamKeysPerStep?: 1 | 2 | 4 | 8,
+  attentionSplitTarget?: number,
 ): Promise<CaseResult> {
   const cpu = new CpuBackend();
   let rowBytes = 0;
@@ -52,6 +55,7 @@ export async function runConformanceCase(
     prefillAttention: true,
     ...(maxKvBindingBytes === undefined ? {} : { maxKvBindingBytes }),
     ...(streamKeysPerStep === undefined ? {} : { streamKeysPerStep }),
+    ...(attentionSplitTarget === undefined ? {} : { attentionSplitTarget }),
   });
   const actual = await c.run(backend);
   const error = await device.popErrorScope();
@@ -62,6 +66,7 @@ export async function runConformanceCase(
   const chunks = backend.kvChunks;
   const prefillDispatches = backend.prefillAttentionDispatches;
   const streamDispatches = backend.streamAttentionDispatches;
+  const streamMaxKeys = backend.streamAttentionMaxKeys;
   backend.destroyBuffers();
   return {
     worst,
@@ -71,5 +76,6 @@ export async function runConformanceCase(
     kvChunks: chunks,
     prefillDispatches,
     streamDispatches,
+    streamMaxKeys,
   };
 }
