@@ -88,6 +88,15 @@ export interface EngineOptions {
    * true). The request's generator still draws each row's uniform number on the host.
    */
   readonly deviceSampling?: boolean;
+  /**
+   * Record a decode step before the previous one's tokens reach the host (default true),
+   * feeding it the previous step's device-picked ids: the host's recording overlaps the
+   * device's work. Applies where tokens are picked on the device (greedy or `deviceSampling`)
+   * by a backend that is read asynchronously (not the CPU backend), while the batch stays the
+   * same: no request waiting, no compression due, no request at its token or context limit.
+   * A request that stops on a stop token has one step computed past it, and discarded.
+   */
+  readonly pipelineDecode?: boolean;
 }
 
 export interface GenerateOptions {
@@ -194,6 +203,8 @@ export interface EngineStats {
   /** Of those, rounds compacted on the device too (no mask download, no host compaction). */
   readonly deviceCompactionRounds: number;
   readonly preemptions: number;
+  /** Decode steps recorded before the previous step's tokens reached the host (`pipelineDecode`). */
+  readonly pipelinedSteps: number;
   readonly usedBlocks: number;
   readonly peakUsedBlocks: number;
   readonly freeBlocks: number;
@@ -330,8 +341,16 @@ export class Engine {
   readonly #seqSlots: Int32Array; // one sequence's appendTokens output [layers][kvHeads][n]
   readonly #logitRows: Int32Array;
   readonly #logits: Float32Array; // [rows][vocab] host copy
-  readonly #greedyOut: DeviceBuffer; // i32 [rows]: device argmax of each row's logits
-  readonly #greedyIds: Int32Array; // [rows] host copy of #greedyOut
+  // Two of each: a pipelined step picks into one while the step before it is read from the other.
+  readonly #greedyOut: readonly [DeviceBuffer, DeviceBuffer]; // i32 [rows]: each row's device-picked id
+  readonly #greedyIds: readonly [Int32Array, Int32Array]; // [rows] host copies of #greedyOut
+  readonly #stepBatches: readonly [Request[], Request[]]; // the requests of each one's step, by row
+  #greedyNext: 0 | 1 = 0;
+  readonly #pipelineDecode: boolean;
+  /** The decode step whose ids are being read (pipelined), or rows = 0. */
+  readonly #inflight = { rows: 0, buffer: 0 as 0 | 1, read: null as Promise<void> | null, t0: 0 };
+  /** When the last decode step's tokens were accepted: a pipelined step's time starts there. */
+  #lastAcceptAt = 0;
   /** Per-row metric recording of a step: each row records as its request's policy says. */
   readonly #recording: MetricRecording;
   /** f32 [rows][4] (temperature, topK, topP, u) for Backend.sample, or null to sample on the host. */
@@ -360,6 +379,7 @@ export class Engine {
     slots: Int32Array;
     logitRows: Int32Array;
     logitCount: number;
+    deviceTokens: DeviceBuffer | null;
   };
   readonly #finishScratch: Float32Array;
   /** Slots and initial metrics to send to a backend that keeps metrics on the device. */
@@ -394,6 +414,7 @@ export class Engine {
     deviceSelectionRounds: 0,
     deviceCompactionRounds: 0,
     preemptions: 0,
+    pipelinedSteps: 0,
     peakUsedBlocks: 0,
   };
   readonly #stepListeners = new Set<(s: StepStats) => void>();
@@ -451,8 +472,10 @@ export class Engine {
     this.#seqSlots = new Int32Array(this.#units * maxRows);
     this.#logitRows = new Int32Array(maxRows);
     this.#logits = new Float32Array(maxRows * config.vocabSize);
-    this.#greedyOut = this.backend.createBuffer(maxRows, 'i32');
-    this.#greedyIds = new Int32Array(maxRows);
+    this.#greedyOut = [this.backend.createBuffer(maxRows, 'i32'), this.backend.createBuffer(maxRows, 'i32')];
+    this.#greedyIds = [new Int32Array(maxRows), new Int32Array(maxRows)];
+    this.#stepBatches = [[], []];
+    this.#pipelineDecode = (options.pipelineDecode ?? true) && this.backend.readSync === undefined;
     const deviceSampling = (options.deviceSampling ?? true) && this.backend.sample !== undefined && this.backend.readSync === undefined;
     this.#sampleParams = deviceSampling ? this.backend.createBuffer(4 * maxRows, 'f32') : null;
     this.#sampleParamsHost = new Float32Array(deviceSampling ? 4 * maxRows : 0);
@@ -475,6 +498,7 @@ export class Engine {
       slots: this.#slots,
       logitRows: this.#logitRows,
       logitCount: 0,
+      deviceTokens: null,
     };
     this.#finishScratch = new Float32Array(this.maxContext);
     this.#uploadSlots = new Int32Array(Math.max(this.#units * maxRows, this.maxContext));
@@ -595,6 +619,7 @@ export class Engine {
     const wait = this.#lock();
     if (wait !== undefined) await wait;
     try {
+      await this.#drainPipeline();
       return await fn();
     } finally {
       this.#unlock();
@@ -810,7 +835,11 @@ export class Engine {
           const wait = this.#lock();
           if (wait !== undefined) await wait;
           try {
-            if (this.#waiting.length > 0) await this.#admit();
+            if (this.#waiting.length > 0) {
+              // Admission changes the batch: the step in flight first.
+              await this.#drainPipeline();
+              await this.#admit();
+            }
             if (this.#running.length > 0) {
               const pending = this.#decodeStep();
               if (pending !== undefined) await pending;
@@ -822,6 +851,8 @@ export class Engine {
           await yieldToEventLoop();
         }
       } catch (error) {
+        this.#inflight.rows = 0;
+        this.#inflight.read = null;
         // A bug or a backend failure: end every request with the error rather than hang.
         for (const r of [...this.#running, ...this.#waiting]) this.#finish(r, 'error', error as Error);
         this.#running = [];
@@ -893,6 +924,8 @@ export class Engine {
    * metrics to download before compressing, or logits to read back).
    */
   #decodeStep(): Promise<void> | undefined {
+    // A pipelined step is in flight: it was counted with the scheduler when it was recorded.
+    if (this.#inflight.rows > 0) return this.#advancePipeline();
     const t0 = performance.now();
     // Which sequences are due for compression: on schedule, or because blocks run short.
     let needed = 0;
@@ -951,6 +984,38 @@ export class Engine {
     }
     const rows = this.#running.length;
     if (rows === 0) return undefined;
+    this.#recordDecodeRows(null);
+    const vocab = this.model.config.vocabSize;
+    if (this.backend.readSync !== undefined) {
+      this.backend.readSync(this.model.logits, this.#logits, 0, rows * vocab);
+      this.#sampleRows(t0, rows);
+      return undefined;
+    }
+    // Every row greedy or sampled on the device: pick there and read back one integer per row,
+    // not a row of vocab floats (128 K x 4 B per row for Llama 3).
+    if (this.#picksOnDevice()) {
+      const buffer = this.#greedyNext;
+      const read = this.#pickOnDevice(rows, buffer);
+      if (this.#pipelineDecode) {
+        const inflight = this.#inflight;
+        inflight.rows = rows;
+        inflight.buffer = buffer;
+        inflight.read = read;
+        inflight.t0 = t0;
+        return this.#advancePipeline();
+      }
+      return read.then(() => this.#sampleRows(t0, rows, this.#greedyIds[buffer]));
+    }
+    return this.backend.read(this.model.logits, this.#logits, 0, rows * vocab).then(() => this.#sampleRows(t0, rows));
+  }
+
+  /**
+   * Appends a token to every running sequence and records the forward pass of those rows:
+   * their tokens from the host (each request's last token), or `deviceTokens` (i32 [rows], a
+   * pipelined step's: the previous step's device-picked ids, in the same row order).
+   */
+  #recordDecodeRows(deviceTokens: DeviceBuffer | null): void {
+    const rows = this.#running.length;
     const units = this.#units;
     let recorded = 0;
     for (let i = 0; i < rows; i++) {
@@ -960,7 +1025,7 @@ export class Engine {
       const position = this.allocator.nextPosition(seq);
       this.allocator.appendTokens(seq, 1, this.#seqSlots, this.#moves);
       this.#applyCopies();
-      this.#tokens[i] = r.generated[r.generated.length - 1] as number;
+      if (deviceTokens === null) this.#tokens[i] = r.generated[r.generated.length - 1] as number;
       this.#sequences[i] = seq;
       this.#positions[i] = position;
       // This row records its metric as its own policy's scorer says.
@@ -982,28 +1047,35 @@ export class Engine {
     if (this.backend.deviceMetrics === true) this.backend.uploadMetrics?.(this.#uploadSlots, this.#uploadValues, rows * units);
     this.#step.rows = rows;
     this.#step.logitCount = rows;
+    this.#step.deviceTokens = deviceTokens;
     this.model.forward(this.#step, this.allocator, recorded > 0 ? this.#recording : undefined);
-    const vocab = this.model.config.vocabSize;
-    if (this.backend.readSync !== undefined) {
-      this.backend.readSync(this.model.logits, this.#logits, 0, rows * vocab);
-      this.#sampleRows(t0, rows);
-      return undefined;
-    }
-    // Every row greedy: pick on the device and read back one integer per row, not a row of
-    // vocab floats (128 K x 4 B per row for Llama 3).
+    this.#step.deviceTokens = null;
+  }
+
+  /** Whether every running row's token is picked on the device (greedy, or device sampling), none forced. */
+  #picksOnDevice(): boolean {
     let greedy = true;
-    let forced = false;
     for (const r of this.#running) {
+      if (r.forced !== null) return false;
       greedy &&= r.sampling.temperature === 0;
-      forced ||= r.forced !== null;
     }
-    if (greedy && !forced) {
-      this.backend.argmax(this.#greedyOut, this.model.logits, rows, vocab);
-      return this.backend.read(this.#greedyOut, this.#greedyIds, 0, rows).then(() => this.#sampleRows(t0, rows, this.#greedyIds));
-    }
-    // Sampled rows: the device picks from each row's logits with the uniform number its
-    // request's generator draws now, in row order (as #pick would draw it).
-    if (this.#sampleParams !== null && !forced) {
+    return greedy || this.#sampleParams !== null;
+  }
+
+  /**
+   * Picks each row's token from the logits on the device into #greedyOut[buffer] and starts
+   * reading it into #greedyIds[buffer]; remembers the running requests as that step's batch.
+   * Sampled rows: the device picks with the uniform number each request's generator draws
+   * now, in row order (as #pick would draw it).
+   */
+  #pickOnDevice(rows: number, buffer: 0 | 1): Promise<void> {
+    const vocab = this.model.config.vocabSize;
+    const out = this.#greedyOut[buffer];
+    let greedy = true;
+    for (const r of this.#running) greedy &&= r.sampling.temperature === 0;
+    if (greedy) {
+      this.backend.argmax(out, this.model.logits, rows, vocab);
+    } else {
       const params = this.#sampleParamsHost;
       for (let i = 0; i < rows; i++) {
         const r = this.#running[i] as Request;
@@ -1013,17 +1085,110 @@ export class Engine {
         params[4 * i + 2] = s.topP;
         params[4 * i + 3] = s.temperature > 0 ? r.rng.next() : 0;
       }
-      this.backend.write(this.#sampleParams, params, 0, 4 * rows);
-      this.backend.sample?.(this.#greedyOut, this.model.logits, this.#sampleParams, rows, vocab);
-      return this.backend.read(this.#greedyOut, this.#greedyIds, 0, rows).then(() => this.#sampleRows(t0, rows, this.#greedyIds));
+      this.backend.write(this.#sampleParams as DeviceBuffer, params, 0, 4 * rows);
+      this.backend.sample?.(out, this.model.logits, this.#sampleParams as DeviceBuffer, rows, vocab);
     }
-    return this.backend.read(this.model.logits, this.#logits, 0, rows * vocab).then(() => this.#sampleRows(t0, rows));
+    const batch = this.#stepBatches[buffer];
+    batch.length = 0;
+    for (const r of this.#running) batch.push(r);
+    this.#greedyNext = buffer === 0 ? 1 : 0;
+    const read = this.backend.read(out, this.#greedyIds[buffer], 0, rows);
+    // Awaited later (#advancePipeline); a rejection (device loss) must not go unhandled meanwhile.
+    read.catch(ignoreRejection);
+    return read;
+  }
+
+  /**
+   * The pipelined decode: records the next step (fed by the in-flight step's device ids)
+   * when the batch can stay as it is, then waits for the in-flight step's ids and accepts
+   * them. The recorded step becomes the one in flight.
+   */
+  async #advancePipeline(): Promise<void> {
+    const inflight = this.#inflight;
+    const rows = inflight.rows;
+    const buffer = inflight.buffer;
+    const read = inflight.read as Promise<void>;
+    const t0 = inflight.t0;
+    inflight.rows = 0;
+    inflight.read = null;
+    if (this.#canLookAhead(buffer, rows)) {
+      const t1 = performance.now();
+      this.#stats.pipelinedSteps++;
+      this.#recordDecodeRows(this.#greedyOut[buffer]);
+      const next = this.#greedyNext;
+      inflight.read = this.#pickOnDevice(rows, next);
+      inflight.rows = rows;
+      inflight.buffer = next;
+      inflight.t0 = t1;
+    }
+    await read;
+    this.#acceptStep(Math.max(t0, this.#lastAcceptAt), rows, buffer);
+  }
+
+  /** Waits for and accepts the in-flight pipelined step, if any (before the batch changes). */
+  async #drainPipeline(): Promise<void> {
+    const inflight = this.#inflight;
+    if (inflight.rows === 0) return;
+    const { rows, buffer, t0 } = inflight;
+    const read = inflight.read as Promise<void>;
+    inflight.rows = 0;
+    inflight.read = null;
+    await read;
+    this.#acceptStep(Math.max(t0, this.#lastAcceptAt), rows, buffer);
+  }
+
+  /**
+   * Whether the step after the one in flight (its ids in #greedyOut[buffer], `rows` rows) can
+   * be recorded now, before those ids are accepted: the same requests in the same rows, none
+   * waiting to be admitted, each sure to need that step whatever its pending token (below its
+   * token and context limits; a stop token is the one surprise, its row then discarded), and
+   * no compression or memory pressure due. Counts the step with the scheduler when it can.
+   */
+  #canLookAhead(buffer: 0 | 1, rows: number): boolean {
+    const batch = this.#stepBatches[buffer];
+    if (this.#waiting.length > 0 || this.#running.length !== rows || batch.length !== rows) return false;
+    let needed = 0;
+    for (let i = 0; i < rows; i++) {
+      const r = this.#running[i] as Request;
+      if (r !== batch[i] || r.finished || r.forced !== null || r.signal?.aborted === true) return false;
+      if (r.generated.length + 1 >= r.maxTokens || this.allocator.nextPosition(r.sequence) + 2 >= this.maxContext) return false;
+      needed += blocksForNextStep(this.allocator, r.sequence);
+    }
+    const free = this.allocator.freeBlocks;
+    if (needed > free) return false;
+    for (const r of this.#running) {
+      if (r.compressor !== null && this.scheduler.peekDecodeStep(r.sequence, free, needed) !== null) return false;
+    }
+    for (const r of this.#running) this.scheduler.beforeDecodeStep(r.sequence, free, needed);
+    return true;
+  }
+
+  /** Accepts a device-picked step's ids (#greedyIds[buffer]) for the requests of its batch still running. */
+  #acceptStep(t0: number, rows: number, buffer: 0 | 1): void {
+    const now = performance.now();
+    const ms = now - t0;
+    this.#lastAcceptAt = now;
+    const batch = this.#stepBatches[buffer];
+    const ids = this.#greedyIds[buffer];
+    let accepted = 0;
+    for (let i = 0; i < rows; i++) {
+      const r = batch[i] as Request;
+      if (r.finished) continue; // stopped at the step before: this row ran past it
+      r.decodeMs += ms;
+      accepted++;
+      this.#accept(r, ids[i] as number);
+    }
+    if (accepted === 0) return; // every request of the step had stopped
+    this.#stats.decodeTokens += accepted;
+    this.#stats.decodeMs += ms;
+    this.#emitStep('decode', accepted, ms);
   }
 
   /** Samples each running row from #logits, or takes `picked[i]` (device argmax) when given. */
   #sampleRows(t0: number, rows: number, picked?: Int32Array): void {
     const vocab = this.model.config.vocabSize;
     const ms = performance.now() - t0;
+    this.#lastAcceptAt = performance.now();
     this.#stats.decodeTokens += rows;
     this.#stats.decodeMs += ms;
     // #accept may finish requests (removing them from #running): walk a stable copy.
@@ -1367,6 +1532,8 @@ export class Engine {
 }
 
 /** Resolves after pending I/O and timers had a turn: setImmediate in Node, a message in browsers. */
+function ignoreRejection(): void {}
+
 function yieldToEventLoop(): Promise<void> {
   const g = globalThis as { setImmediate?: (f: () => void) => void };
   if (g.setImmediate !== undefined) return new Promise((resolve) => g.setImmediate?.(resolve));

@@ -50,11 +50,19 @@ export class CompressionScheduler {
    * `blocksNeeded` what the whole batch's next step needs (see `blocksForNextStep`).
    */
   beforeDecodeStep(sequence: number, freeBlocks: number, blocksNeeded: number): CompressionReason | null {
-    const steps = (this.#stepsSince[sequence] as number) + 1;
-    this.#stepsSince[sequence] = steps;
+    const reason = this.peekDecodeStep(sequence, freeBlocks, blocksNeeded);
+    this.#stepsSince[sequence] = (this.#stepsSince[sequence] as number) + 1;
+    return reason;
+  }
+
+  /**
+   * What `beforeDecodeStep` would return for the sequence's next step, without counting the
+   * step (the engine looks a step ahead before it records one).
+   */
+  peekDecodeStep(sequence: number, freeBlocks: number, blocksNeeded: number): CompressionReason | null {
     if (this.compressOnce) return null;
     if (blocksNeeded > freeBlocks) return 'memory-pressure';
-    if (this.compressionInterval > 0 && steps >= this.compressionInterval) return 'interval';
+    if (this.compressionInterval > 0 && (this.#stepsSince[sequence] as number) + 1 >= this.compressionInterval) return 'interval';
     return null;
   }
 

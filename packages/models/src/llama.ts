@@ -47,6 +47,11 @@ export interface ForwardStep {
   /** Int32 [logitCount]: the rows whose logits are wanted, in output order. */
   readonly logitRows: Int32Array;
   readonly logitCount: number;
+  /**
+   * Int32 [rows] on the device: the token ids, read there instead of `tokens` (a decode step
+   * fed by the previous step's device argmax, recorded before its ids reach the host).
+   */
+  readonly deviceTokens?: DeviceBuffer | null;
 }
 
 /**
@@ -177,7 +182,8 @@ export class LlamaModel {
     const H = c.hiddenSize;
     const { numHeads, numKvHeads } = c;
     const kvSlots = c.numLayers * numKvHeads * rows;
-    b.write(this.#tokens, step.tokens, 0, rows);
+    const tokens = step.deviceTokens ?? this.#tokens;
+    if (tokens === this.#tokens) b.write(this.#tokens, step.tokens, 0, rows);
     b.write(this.#sequences, step.sequences, 0, rows);
     b.write(this.#positions, step.positions, 0, rows);
     b.write(this.#slots, step.slots, 0, kvSlots);
@@ -185,7 +191,7 @@ export class LlamaModel {
     this.#batch.rows = rows;
     const batch: AttentionRows = this.#batch;
 
-    b.embed(this.#x, this.#embedding, this.#tokens, rows);
+    b.embed(this.#x, this.#embedding, tokens, rows);
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.#layers[l] as LayerWeights;
       b.rmsNorm(this.#xb, this.#x, w.attnNorm, rows, H, c.rmsNormEps);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the GPU benches (attention sweep, end-to-end decode, compression round / eviction selection, tiled prefill) and the kvc CLI into .gpu/.
+# Builds the GPU benches (attention sweep, end-to-end decode, compression round / eviction selection, tiled prefill, the engine's decode loop) and the kvc CLI into .gpu/.
 #   bash packages/webgpu/bench/run-gpu.sh        (from the repo root, after pnpm install)
 # On the GPU machine (the `device` tool, carry [".gpu"]), from the repo root:
 #   source .gpu/setup.sh && bash packages/webgpu/bench/on-gpu.sh
@@ -9,6 +9,10 @@ for bench in attention decode matmul conformance selection prefill round-kernels
   packages/webgpu/node_modules/.bin/esbuild "packages/webgpu/bench/$bench.gpu.ts" --bundle --platform=node --format=esm \
     --target=es2023 --conditions=source --external:webgpu --outfile=".gpu/$bench.mjs" --log-level=warning
 done
+# The engine's decode loop (its CommonJS dependencies need `require`).
+packages/webgpu/node_modules/.bin/esbuild packages/webgpu/bench/engine.gpu.ts --bundle --platform=node --format=esm --target=es2023 \
+  --conditions=source --external:webgpu --outfile=.gpu/engine.mjs --log-level=warning \
+  "--banner:js=import { createRequire as __kvcRequire } from 'node:module'; const require = __kvcRequire(import.meta.url);"
 # The kvc CLI, for `kvc eval --backend webgpu` on the GPU (its CommonJS dependencies need `require`).
 packages/webgpu/node_modules/.bin/esbuild apps/cli/src/main.ts --bundle --platform=node --format=esm --target=es2023 \
   --conditions=source --external:webgpu --outfile=.gpu/kvc.mjs --log-level=warning \

@@ -124,7 +124,13 @@ const newAllocator = () => new PageAllocator({ shape, numBlocks, blockSize: B, m
 // Every round starts from a fresh allocator holding the same cache (see fill).
 let allocator = newAllocator();
 const store = new MetricStore(allocator.numSlots);
-const backend: WebGpuBackend = randomWeightBackend(device, debug, { profile: PROFILE });
+// MAX_BINDING_MIB: chunk the pool below the device's binding limit (as a large pool is chunked),
+// e.g. to time a many-chunk step's host side on SwiftShader.
+const maxBinding = process.env['MAX_BINDING_MIB'];
+const backend: WebGpuBackend = randomWeightBackend(device, debug, {
+  profile: PROFILE,
+  ...(maxBinding === undefined ? {} : { maxKvBindingBytes: Number(maxBinding) * 2 ** 20 }),
+});
 backend.createKvCache(allocator.numSlots, HEAD_DIM, 'f16');
 await device.queue.onSubmittedWorkDone();
 print({

@@ -184,7 +184,7 @@ export interface WebGpuBackendOptions {
   readonly streamWorkgroupSize?: 128 | 256;
   /**
    * Keys of one workgroup of the stream kernel at most. Default: 2048 on a pool in one
-   * binding where the device's workgroup memory holds them (4-6% faster than 1024 on an
+   * binding where the device's workgroup memory holds them (4-10% faster than 1024 on an
    * H100 at 32-128 x 4K-16K), else 1024 (STREAM_ATTENTION_MAX_KEYS; on a chunked pool 2048
    * was 16% slower). Benchmarks compare.
    */
@@ -300,7 +300,8 @@ export class WebGpuBackend implements Backend {
   #f32 = new Float32Array(this.#uniformScratch);
   #encoder: GPUCommandEncoder | null = null;
   #pass: GPUComputePassEncoder | null = null;
-  #staging = new Map<number, GPUBuffer>();
+  /** MAP_READ staging buffers by size, those not in a read (see #readGpu). */
+  #staging = new Map<number, GPUBuffer[]>();
   // KV pool and metrics. K and V are each one buffer (`#k`, `#v`: #kChunks[0], #vChunks[0])
   // unless the pool exceeds a storage binding: then chunks of 2^#chunkShift slots.
   #k: GPUBuffer | null = null;
@@ -324,8 +325,7 @@ export class WebGpuBackend implements Backend {
   #slotPos: GpuBuffer | null = null;
   #tablesVersion = -1;
   #rope = new Map<RopeSettings, { cos: GpuBuffer; sin: GpuBuffer; positions: number }>();
-  /** Workgroups that keep the device busy: splits are chosen so rows x kv-heads x splits reaches it. */
-  /** Workgroups decode attention aims for (attentionSplitTarget). */
+  /** Workgroups that keep the device busy: splits are chosen so rows x kv-heads x splits reaches it (attentionSplitTarget). */
   #splitTarget = 512;
   /** The rowInfo buffer whose device contents match its host copy. */
   #rowInfoUploaded: GpuBuffer | null = null;
@@ -370,6 +370,9 @@ export class WebGpuBackend implements Backend {
     this.#decodeAttention = options.decodeAttention ?? 'auto';
     this.#streamKeysPerStep = options.streamKeysPerStep ?? 4;
     this.#streamWorkgroupSize = options.streamWorkgroupSize;
+    if (options.streamMaxKeys !== undefined && ![512, 1024, 2048].includes(options.streamMaxKeys)) {
+      throw new InvalidArgumentError(`streamMaxKeys must be 512, 1024 or 2048, got ${String(options.streamMaxKeys)}.`);
+    }
     this.#streamMaxKeys = options.streamMaxKeys;
     if (options.attentionSplitTarget !== undefined) {
       assertInteger('attentionSplitTarget', options.attentionSplitTarget, 1);
@@ -487,11 +490,15 @@ export class WebGpuBackend implements Backend {
     const bytes = out.byteLength;
     if (bytes === 0) return;
     const size = Math.max(256, 2 ** Math.ceil(Math.log2(bytes)));
-    let staging = this.#staging.get(size);
-    if (staging === undefined) {
-      staging = this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-      this.#staging.set(size, staging);
+    // A staging buffer per read in flight (a pipelined decode reads step n + 1's ids while step
+    // n's are still mapping): the pool of each size grows to the reads in flight, then is reused.
+    let pool = this.#staging.get(size);
+    if (pool === undefined) {
+      pool = [];
+      this.#staging.set(size, pool);
     }
+    let staging = pool.pop();
+    staging ??= this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     this.#endPass();
     const encoder = this.#encoder ?? this.device.createCommandEncoder();
     this.#encoder = null;
@@ -501,6 +508,7 @@ export class WebGpuBackend implements Backend {
     try {
       await staging.mapAsync(GPUMapMode.READ, 0, bytes);
     } catch (error) {
+      staging.destroy();
       // A lost or destroyed device rejects pending maps: report the loss as such (the lost
       // promise may settle just after the rejection).
       const lost = await Promise.race([
@@ -518,6 +526,7 @@ export class WebGpuBackend implements Backend {
     if (out instanceof Float32Array) out.set(new Float32Array(view));
     else out.set(new Int32Array(view));
     staging.unmap();
+    pool.push(staging);
   }
 
   /** Submits everything recorded so far. */
@@ -1508,7 +1517,7 @@ export class WebGpuBackend implements Backend {
     this.#destroyPool();
     for (const b of this.#named.values()) b.buffer.destroy();
     this.#named.clear();
-    for (const b of this.#staging.values()) b.destroy();
+    for (const pool of this.#staging.values()) for (const b of pool) b.destroy();
     this.#staging.clear();
     this.#bindGroups.clear();
     this.#tablesVersion = -1;
