@@ -24,6 +24,8 @@ TASKS = [
     "niah-multikey-dense",
     # Training only: several keys of one haystack asked in turn, see make_episode.
     "niah-multikey-turns",
+    # Training only: multi-key needles whose keys look alike, see make_episode.
+    "niah-multikey-hard",
 ]
 
 # The evaluation's keys (tasks.ts KEY_WORDS); training also draws other words as keys.
@@ -176,6 +178,27 @@ def make_episode(task: str, rng: random.Random, source: Source, context_tokens: 
             v = f" {values[a]}."
             answer_spans.append((at + len(t) - len(v), at + len(t)))
         return Episode(task, prompt, f" {values[asked[-1]]}.", [values[asked[-1]]], 16, spans, answer_spans)
+    if task == "niah-multikey-hard":
+        # Keys that share their first or last letters with the asked one (amber / ember share
+        # their last token; the worst-read evaluation keys, basalt, kestrel and lantern, start
+        # with a one-letter token): telling them apart needs the whole key, not one token of it.
+        count = rng.randint(3, 6)
+        asked_key = pick_keys(rng, source, 1, rng.random() < 0.5)[0]
+        pool = [w for w in list(source.words) + EVAL_KEY_WORDS
+                if w != asked_key and (w[:2] == asked_key[:2] or w[-3:] == asked_key[-3:] or w[:1] == asked_key[:1])]
+        keys = [asked_key]
+        while len(keys) < count:
+            w = rng.choice(pool) if pool and rng.random() < 0.8 else rng.choice(source.words)
+            if w not in keys:
+                keys.append(w)
+        rng.shuffle(keys)
+        values = [digits(rng, rng.randint(5, 8)) for _ in keys]
+        asked = keys.index(asked_key)
+        intro = "Some special magic numbers are hidden within the following text. Make sure to memorize them."
+        needles = [needle(kk, v) for kk, v in zip(keys, values)]
+        prompt = haystack(rng, source, context_tokens, intro, needles,
+                          f"What is the special magic number for {asked_key} mentioned in the provided text? The special magic number for {asked_key} is", 16)
+        return Episode(task, prompt, f" {values[asked]}.", [values[asked]], 16, task_spans(prompt, [intro, *needles, prompt.split("\n")[-1]]))
     if task in ("niah-single", "niah-multikey"):
         count = 1 if task == "niah-single" else (4 if eval_like else rng.randint(2, 6))
         keys = pick_keys(rng, source, count, eval_like or rng.random() < 0.5)
