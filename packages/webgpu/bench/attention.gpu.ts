@@ -1,6 +1,7 @@
 // Paged decode attention on a real GPU through Dawn (Node.js), against the measured WGSL copy
 // ceiling. 32 query heads, 8 kv-heads, head dim 128 (HEAD_DIM), f16 KV in blocks of 16, every head's
-// blocks scattered through the pool (a shuffled block table), one query per sequence.
+// blocks scattered through the pool (a shuffled block table; SHUFFLE=0: in pool order, LOCAL=1
+// with SPREAD: among the pool's first blocks), one query per sequence.
 // Build and run: see bench/run-gpu.sh. Prints one JSON line per configuration.
 /// <reference types="@webgpu/types" />
 import { requestWebGpuDevice } from '../src/device.ts';

@@ -30,7 +30,9 @@
 // shape's cache), RATE (4), WINDOW (64), REPEATS (3), STEP (auto|0|1), STEPS (3), HOST (0),
 // VERIFY (1), SUBGROUPS (1), ROBUSTNESS (1; 0: Dawn's bounds checks off), PROFILE (0),
 // BUSY_MS (100: the GPU kept busy that long right before each round, as decode steps keep it
-// in serving; 0: the round starts on an idle GPU).
+// in serving; 0: the round starts on an idle GPU), APPEND_CHUNK (0: each sequence's context
+// in one append; 16: 16 tokens of every sequence in turn, blocks interleaved as decode steps
+// leave them), MAX_BINDING_MIB (chunk the pool below the device's binding limit).
 // One more round after 1.5 s of idling is printed as round-device-after-idle.
 // STEADY (64): the steady-state round (round-steady): after the full round, STEADY tokens more
 // per sequence with random metrics, as that many decode steps add them, then the round that
