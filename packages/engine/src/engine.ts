@@ -1004,7 +1004,7 @@ export class Engine {
         inflight.t0 = t0;
         return this.#advancePipeline();
       }
-      return read.then(() => this.#sampleRows(t0, rows, this.#greedyIds[buffer]));
+      return read.then(() => this.#acceptStep(t0, rows, buffer));
     }
     return this.backend.read(this.model.logits, this.#logits, 0, rows * vocab).then(() => this.#sampleRows(t0, rows));
   }
@@ -1103,15 +1103,13 @@ export class Engine {
    * when the batch can stay as it is, then waits for the in-flight step's ids and accepts
    * them. The recorded step becomes the one in flight.
    */
-  async #advancePipeline(): Promise<void> {
+  async #advancePipeline(lookAhead = true): Promise<void> {
     const inflight = this.#inflight;
-    const rows = inflight.rows;
-    const buffer = inflight.buffer;
+    const { rows, buffer, t0 } = inflight;
     const read = inflight.read as Promise<void>;
-    const t0 = inflight.t0;
     inflight.rows = 0;
     inflight.read = null;
-    if (this.#canLookAhead(buffer, rows)) {
+    if (lookAhead && this.#canLookAhead(buffer, rows)) {
       const t1 = performance.now();
       this.#stats.pipelinedSteps++;
       this.#recordDecodeRows(this.#greedyOut[buffer]);
@@ -1127,14 +1125,7 @@ export class Engine {
 
   /** Waits for and accepts the in-flight pipelined step, if any (before the batch changes). */
   async #drainPipeline(): Promise<void> {
-    const inflight = this.#inflight;
-    if (inflight.rows === 0) return;
-    const { rows, buffer, t0 } = inflight;
-    const read = inflight.read as Promise<void>;
-    inflight.rows = 0;
-    inflight.read = null;
-    await read;
-    this.#acceptStep(Math.max(t0, this.#lastAcceptAt), rows, buffer);
+    if (this.#inflight.rows > 0) await this.#advancePipeline(false);
   }
 
   /**
@@ -1184,11 +1175,11 @@ export class Engine {
     this.#emitStep('decode', accepted, ms);
   }
 
-  /** Samples each running row from #logits, or takes `picked[i]` (device argmax) when given. */
-  #sampleRows(t0: number, rows: number, picked?: Int32Array): void {
+  /** Samples each running row from #logits. */
+  #sampleRows(t0: number, rows: number): void {
     const vocab = this.model.config.vocabSize;
-    const ms = performance.now() - t0;
     this.#lastAcceptAt = performance.now();
+    const ms = this.#lastAcceptAt - t0;
     this.#stats.decodeTokens += rows;
     this.#stats.decodeMs += ms;
     // #accept may finish requests (removing them from #running): walk a stable copy.
@@ -1198,7 +1189,7 @@ export class Engine {
     for (let i = 0; i < rows; i++) {
       const r = batch[i] as Request;
       r.decodeMs += ms;
-      this.#accept(r, picked !== undefined ? (picked[i] as number) : this.#pick(r, i * vocab));
+      this.#accept(r, this.#pick(r, i * vocab));
     }
     this.#emitStep('decode', rows, ms);
   }
@@ -1531,9 +1522,10 @@ export class Engine {
   }
 }
 
-/** Resolves after pending I/O and timers had a turn: setImmediate in Node, a message in browsers. */
+/** A promise's rejection handler that leaves the rejection to whoever awaits the promise. */
 function ignoreRejection(): void {}
 
+/** Resolves after pending I/O and timers had a turn: setImmediate in Node, a message in browsers. */
 function yieldToEventLoop(): Promise<void> {
   const g = globalThis as { setImmediate?: (f: () => void) => void };
   if (g.setImmediate !== undefined) return new Promise((resolve) => g.setImmediate?.(resolve));

@@ -183,7 +183,7 @@ export class LlamaModel {
     const { numHeads, numKvHeads } = c;
     const kvSlots = c.numLayers * numKvHeads * rows;
     const tokens = step.deviceTokens ?? this.#tokens;
-    if (tokens === this.#tokens) b.write(this.#tokens, step.tokens, 0, rows);
+    if (step.deviceTokens == null) b.write(this.#tokens, step.tokens, 0, rows);
     b.write(this.#sequences, step.sequences, 0, rows);
     b.write(this.#positions, step.positions, 0, rows);
     b.write(this.#slots, step.slots, 0, kvSlots);

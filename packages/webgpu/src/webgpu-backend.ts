@@ -1144,18 +1144,19 @@ export class WebGpuBackend implements Backend {
    * where the device's workgroup memory holds them, else 1024.
    */
   #streamKeysOfSplit(D: number, group: number, lanes: number, threads: 128 | 256, chunked: boolean): number {
+    // Per layer of every step: plain arithmetic, no closure.
     const limit = this.device.limits.maxComputeWorkgroupStorageSize;
-    const fits = (keys: number) => streamAttentionWorkgroupBytes(D, group, lanes, threads, keys, chunked) <= limit;
     const chosen = this.#streamMaxKeys;
     if (chosen !== undefined) {
-      if (!fits(chosen)) {
+      const bytes = streamAttentionWorkgroupBytes(D, group, lanes, threads, chosen, chunked);
+      if (bytes > limit) {
         throw new InvalidArgumentError(
-          `streamMaxKeys ${chosen} needs ${streamAttentionWorkgroupBytes(D, group, lanes, threads, chosen, chunked)} bytes of workgroup memory; this device has ${limit}. Leave it unset.`,
+          `streamMaxKeys ${chosen} needs ${bytes} bytes of workgroup memory; this device has ${limit}. Leave it unset.`,
         );
       }
       return chosen;
     }
-    return !chunked && fits(2048) ? 2048 : STREAM_ATTENTION_MAX_KEYS;
+    return !chunked && streamAttentionWorkgroupBytes(D, group, lanes, threads, 2048, false) <= limit ? 2048 : STREAM_ATTENTION_MAX_KEYS;
   }
 
   /**
