@@ -22,11 +22,15 @@ for v in range(0, 8):
 for s in range(0, x_max + 1, 2500):
     out.append(f'<text x="{sx(s):.1f}" y="{H - B + 16}" text-anchor="middle">{s}</text>')
 out.append(f'<text x="{(L + W - R) / 2}" y="{H - 8}" text-anchor="middle">step (16 x 4096 tokens)</text>')
-# Phase 2 (weights-only restart, retrieval-heavy mix) starts after the last phase-1 step.
-restart = next((steps[i] for i in range(1, len(rows)) if float(rows[i]["lr"]) < float(rows[i - 1]["lr"]) / 3), None)
-if restart:
-    out.append(f'<line x1="{sx(restart):.1f}" x2="{sx(restart):.1f}" y1="{T}" y2="{H - B}" stroke="#999" stroke-dasharray="4 3"/>'
-               f'<text x="{sx(restart) + 4:.1f}" y="{T + 12}">phase 2</text>')
+# Each later phase restarts from exported weights with a fresh optimiser and its own schedule:
+# the learning rate jumps (down for phase 2, up for phase 9) by more than 3x between two rows.
+names = iter(["phase 2", "phase 9"])
+for i in range(1, len(rows)):
+    a, b = float(rows[i - 1]["lr"]), float(rows[i]["lr"])
+    if b < a / 3 or b > a * 3:
+        x = sx(steps[i])
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{T}" y2="{H - B}" stroke="#999" stroke-dasharray="4 3"/>'
+                   f'<text x="{x + 4:.1f}" y="{T + 12}">{next(names, "restart")}</text>')
 for (label, key), color, k in zip(series.items(), colors, range(3)):
     pts = " ".join(f"{sx(int(r['step'])):.1f},{sy(float(r[key])):.1f}" for r in rows)
     out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.2" points="{pts}"/>')

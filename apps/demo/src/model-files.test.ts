@@ -26,7 +26,7 @@ describe('models picked from disk', () => {
     expect(label).toBe('kvc-20m-4k');
     expect(model.format).toBe('safetensors');
     expect(model.config.numLayers).toBe(6);
-    expect(model.config.numKvHeads).toBe(2);
+    expect(model.config.numKvHeads).toBe(4);
     expect(model.tokenizer?.decode(model.tokenizer.encode('The pass key is 40721.', { addBos: false }))).toBe('The pass key is 40721.');
     expect(last).toBeGreaterThan(39_000_000);
   });

@@ -36,7 +36,7 @@ const newRunner = () => new DemoRunner(model, () => new CpuBackend(), { maxConte
 describe('DemoRunner on the default model (CPU backend)', () => {
   it('runs the policy beside the full cache in one engine, and reports what the allocator holds', async () => {
     const runner = newRunner();
-    const units = 6 * 2;
+    const units = 6 * 4; // layers x kv-heads of the default model
     let updates = 0;
     let sawUniformFull = true;
     const check = (view: RunView) => {
@@ -102,9 +102,10 @@ describe('DemoRunner on the default model (CPU backend)', () => {
     expect(side.policy).toBe(CUSTOM_POLICY);
     const blocks = Array.from(side.blocksPerHead);
     const full = fullBlocksPerHead(side.tokensSeen, 16);
-    // Layer 0 (units 0 and 1) keeps everything; deeper layers were cut.
-    expect(blocks.slice(0, 2)).toEqual([full, full]);
-    expect(Math.max(...blocks.slice(2))).toBeLessThan(full);
+    // Layer 0 (units 0-3: its 4 kv-heads) keeps everything; deeper layers were cut.
+    const kvHeads = model.config.numKvHeads;
+    expect(blocks.slice(0, kvHeads)).toEqual(new Array(kvHeads).fill(full));
+    expect(Math.max(...blocks.slice(kvHeads))).toBeLessThan(full);
     const engine = runner.engine;
     await runner.run(settings({ policy: CUSTOM_POLICY, compare: false, maxTokens: 2, budget: { maxCacheTokens: 64 } }));
     expect(runner.engine).toBe(engine);

@@ -169,7 +169,7 @@ async function checkRun(run: LastRun, policy: string): Promise<{ full: Side | un
   expect(run.backend).toBe('webgpu');
   expect(run.engine.policy).toBe(policy);
   const units = run.layers * run.kvHeads;
-  expect(units).toBe(12);
+  expect(units).toBe(24); // 6 layers x 4 kv-heads
   expect(run.engine.bytesPerBlock).toBe(2 * run.blockSize * 64 * 2); // K+V of 16 slots, head dim 64, f16
   expect(run.engine.usedBlocks).toBe(0); // every sequence gave its pages back
   const full = run.sides.find((s) => s.role === 'full');
@@ -243,7 +243,7 @@ describe('the demo in headless Chromium (WebGPU on SwiftShader)', () => {
     expect(await waitForState(['ready', 'error'], 150_000)).toBe('ready');
     timings['model ready'] = performance.now() - t;
     expect(await page.textContent('#status')).toMatch(/Ready: kvc-20m-4k on WebGPU/);
-    expect(await page.textContent('#model-info')).toMatch(/6 layers, 8 query heads sharing 2 kv-heads of 64/);
+    expect(await page.textContent('#model-info')).toMatch(/6 layers, 8 query heads sharing 4 kv-heads of 64/);
     expect(await page.isHidden('#banner')).toBe(true);
     // The app shell is cached for offline use.
     await page.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: 30_000 });

@@ -30,11 +30,11 @@ describe('the default model (kvc-20m-4k)', () => {
     expect(model.config).toMatchObject({
       numLayers: 6,
       numHeads: 8,
-      numKvHeads: 2,
+      numKvHeads: 4,
       headDim: 64,
       maxContext: 4096,
       vocabSize: 4096,
-      tiedEmbeddings: true,
+      tiedEmbeddings: false,
     });
     expect(model.tokenizer?.encode(ref.text, { addBos: true })).toEqual(ref.ids);
   });
