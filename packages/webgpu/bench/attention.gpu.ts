@@ -74,14 +74,68 @@ if (process.env['COPY_BYTES'] !== '0') {
   b.destroy();
 }
 
+// READ_BYTES (0: off): the read ceiling. Decode attention only reads its K/V, so its bound is
+// the rate at which a shader can read memory, not the copy's read + write. Read-only kernels over
+// one buffer of READ_BYTES, each invocation folding what it loads into a xor kept alive by a
+// store that never happens; variants by loads in flight per invocation (READ_UNROLL, default
+// 1,4,8) and workgroups (READ_WORKGROUPS, default 2112 = 132 SMs x 16, and 16896). sdpa.py
+// times PyTorch reading the same bytes.
+const readBytes = Number(process.env['READ_BYTES'] ?? 0);
+if (readBytes > 0) {
+  const src = device.createBuffer({ size: readBytes, usage: GPUBufferUsage.STORAGE });
+  const sink = device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE });
+  const unrolls = (process.env['READ_UNROLL'] ?? '1,4,8').split(',').map(Number);
+  const workgroupCounts = (process.env['READ_WORKGROUPS'] ?? '2112,16896').split(',').map(Number);
+  for (const unroll of unrolls) {
+    // Each iteration loads `unroll` vec4s a stride apart (coalesced across the workgroup), so
+    // that many loads are in flight per invocation before the first is used.
+    const loads = Array.from({ length: unroll }, (_, u) => `acc ^= src[i + ${u}u * stride];`).join(' ');
+    const module = device.createShaderModule({
+      code: `@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> sink: array<vec4<u32>>;
+@compute @workgroup_size(256) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nw: vec3u) {
+  let n = arrayLength(&src); let stride = nw.x * 256u;
+  var acc = vec4<u32>(0u);
+  var i = g.x;
+  for (; i + ${unroll - 1}u * stride < n; i += ${unroll}u * stride) { ${loads} }
+  for (; i < n; i += stride) { acc ^= src[i]; }
+  if (all(acc == vec4<u32>(0x9e3779b9u))) { sink[0] = acc; }
+}`,
+    });
+    const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+    const bg = device.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries: [src, sink].map((buffer, i) => ({ binding: i, resource: { buffer } })),
+    });
+    for (const workgroups of workgroupCounts) {
+      const run = () => {
+        const e = device.createCommandEncoder();
+        const p = e.beginComputePass();
+        p.setPipeline(pipeline);
+        p.setBindGroup(0, bg);
+        p.dispatchWorkgroups(workgroups);
+        p.end();
+        device.queue.submit([e.finish()]);
+      };
+      const repeats = [await time(run, 20), await time(run, 20), await time(run, 20)].sort((a, b) => a - b);
+      const ms = repeats[1] as number;
+      console.log(
+        JSON.stringify({ kind: 'read', bytes: readBytes, unroll, workgroups, ms, bestMs: repeats[0], gbps: readBytes / ms / 1e6 }),
+      );
+    }
+  }
+  src.destroy();
+  sink.destroy();
+}
+
 // ATTENTION_KERNELS: decode attention kernels to compare in one run, each on its own backend: 'wide',
-// or 'streamU[tT][w128][xor][sS]' (the stream kernel, U keys per key group and step, T lanes a
+// or 'streamU[tT][w128][xor][sS][pf]' (the stream kernel, U keys per key group and step, T lanes a
 // key, 128-thread workgroups, every lane reducing every score instead of the reduce-scatter,
-// at most S keys a workgroup).
+// at most S keys a workgroup, the next step's loads issued before this step's reductions).
 const kernels = (process.env['ATTENTION_KERNELS'] ?? 'wide,stream4').split(',');
 const kernelOptions = (k: string) => {
   if (k === 'wide') return { decodeAttention: 'wide' as const };
-  const m = /^stream(\d)(?:t(\d+))?(w128)?(xor)?(?:s(\d+))?$/.exec(k);
+  const m = /^stream(\d)(?:t(\d+))?(w128)?(xor)?(?:s(\d+))?(pf)?$/.exec(k);
   if (m === null) throw new Error(`KERNELS: unknown kernel ${k}`);
   return {
     decodeAttention: 'stream' as const,
@@ -90,6 +144,7 @@ const kernelOptions = (k: string) => {
     ...(m[3] === undefined ? {} : { streamWorkgroupSize: 128 as const }),
     ...(m[4] === undefined ? {} : { streamScatter: false }),
     ...(m[5] === undefined ? {} : { streamMaxKeys: Number(m[5]) as 512 | 1024 | 2048 }),
+    ...(m[6] === undefined ? {} : { streamPrefetch: true }),
   };
 };
 const batches = (process.env['BATCHES'] ?? '1,8,32,128').split(',').map(Number);
