@@ -129,13 +129,13 @@ if (readBytes > 0) {
 }
 
 // ATTENTION_KERNELS: decode attention kernels to compare in one run, each on its own backend: 'wide',
-// or 'streamU[tT][w128][xor][sS][pf]' (the stream kernel, U keys per key group and step, T lanes a
+// or 'streamU[tT][w128][xor][sS]' (the stream kernel, U keys per key group and step, T lanes a
 // key, 128-thread workgroups, every lane reducing every score instead of the reduce-scatter,
-// at most S keys a workgroup, the next step's loads issued before this step's reductions).
+// at most S keys a workgroup).
 const kernels = (process.env['ATTENTION_KERNELS'] ?? 'wide,stream4').split(',');
 const kernelOptions = (k: string) => {
   if (k === 'wide') return { decodeAttention: 'wide' as const };
-  const m = /^stream(\d)(?:t(\d+))?(w128)?(xor)?(?:s(\d+))?(pf)?$/.exec(k);
+  const m = /^stream(\d)(?:t(\d+))?(w128)?(xor)?(?:s(\d+))?$/.exec(k);
   if (m === null) throw new Error(`KERNELS: unknown kernel ${k}`);
   return {
     decodeAttention: 'stream' as const,
@@ -144,7 +144,6 @@ const kernelOptions = (k: string) => {
     ...(m[3] === undefined ? {} : { streamWorkgroupSize: 128 as const }),
     ...(m[4] === undefined ? {} : { streamScatter: false }),
     ...(m[5] === undefined ? {} : { streamMaxKeys: Number(m[5]) as 512 | 1024 | 2048 }),
-    ...(m[6] === undefined ? {} : { streamPrefetch: true }),
   };
 };
 const batches = (process.env['BATCHES'] ?? '1,8,32,128').split(',').map(Number);

@@ -2,7 +2,6 @@
 // case against the CPU reference, with and without subgroup kernels, under a validation
 // error scope. CI runs the same cases in Chromium on SwiftShader; this checks the GPU's own
 // compiler and subgroup size. Prints one JSON line per case; exits 1 if any fails.
-// STREAM_PREFETCH=1: the stream attention kernel with its prefetching loop (streamPrefetch).
 /// <reference types="@webgpu/types" />
 import { requestWebGpuDevice } from '../src/device.ts';
 import { cases } from '../test/conformance-cases.ts';
@@ -14,8 +13,7 @@ setInterval(() => {}, 1000);
 let failed = 0;
 for (const subgroups of [true, false]) {
   for (const c of cases) {
-    const prefetch = process.env['STREAM_PREFETCH'] === '1' ? true : undefined;
-    const r = await runConformanceCase(device, c, subgroups, 1, undefined, undefined, prefetch);
+    const r = await runConformanceCase(device, c, subgroups);
     const ok = r.validation === null && r.worst < r.tolerance;
     if (!ok) failed++;
     console.log(JSON.stringify({ kind: 'conformance', case: c.name, ...r, ok }));

@@ -1427,9 +1427,6 @@ export function streamAttentionSupports(headDim: number, group: number, threadsP
  * only workgroup-wide steps are the slot prologue (as in `wideAttentionKernel`) and the
  * final merge of the key groups' (max, sum, output). Output as `attentionKernel`: partials
  * [rows][kvHeads][splits][G][D + 2] for `attentionReduceKernel`, raw scores of recorded rows.
- * prefetch: each step issues the next step's K and V loads before its own shuffles and
- * softmax update, which the loads would otherwise wait behind (software pipelining: the
- * loaded words of one step more in registers).
  */
 export function streamAttentionKernel(
   kv: StoreType,
@@ -1441,12 +1438,11 @@ export function streamAttentionKernel(
   workgroupSize: 128 | 256 = 256,
   scatter = false,
   maxKeys = STREAM_ATTENTION_MAX_KEYS,
-  prefetch = false,
 ): KernelSource {
   const WGS = headDim > 128 ? 256 : workgroupSize; // the merge gives each output dim a thread
   const V = keysPerStep * group;
   const useScatter = scatter && V <= threadsPerKey && (V & (V - 1)) === 0;
-  const key = `attention-stream:${kv}:${headDim}:${group}:${threadsPerKey}:${keysPerStep}:${WGS}${useScatter ? ':rs' : ''}${maxKeys === STREAM_ATTENTION_MAX_KEYS ? '' : `:s${maxKeys}`}${prefetch ? ':pf' : ''}${chunkKey(chunking)}`;
+  const key = `attention-stream:${kv}:${headDim}:${group}:${threadsPerKey}:${keysPerStep}:${WGS}${useScatter ? ':rs' : ''}${maxKeys === STREAM_ATTENTION_MAX_KEYS ? '' : `:s${maxKeys}`}${chunkKey(chunking)}`;
   const hit = builtKernel(key);
   if (hit !== undefined) return hit;
   const D = headDim;
@@ -1493,45 +1489,6 @@ export function streamAttentionKernel(
       ? `let row${u} = select(0u, slot${u}, ok${u});`
       : `let chunk${u} = select(0u, (slot${u} >> SHIFT) - p.pad1 * W, ok${u});
       let row${u} = select(0u, slot${u} & CHUNK_MASK, ok${u});`;
-  // The prefetching loop keeps each load's raw words: per piece one vec4<u32> of packed f16,
-  // or two vec4f of f32 (w = 0, 1).
-  const rawType = kv === 'f16' ? 'vec4<u32>' : 'vec4f';
-  const ws = kv === 'f16' ? [0] : [0, 1];
-  const rawRead = (buf: string, u: number, e: number, w: number) => {
-    const index = kv === 'f16' ? `nrow${u} * ${rowWords}u + j + ${T * e}u` : `nrow${u} * ${rowWords}u + 2u * (j + ${T * e}u) + ${w}u`;
-    return c === null ? `${buf}[${index}]` : `read${buf}(nchunk${u}, ${index})`;
-  };
-  // Slots, rows and loads of the step whose first key is ${first} (masked keys read slot 0).
-  const prefetchCode = (first: string) => `${each(
-    us,
-    (u) => `let nt${u} = ${first} + ${u * NKG}u + kg;
-      nslot${u} = select(MASKED, tslot[min(nt${u}, S - 1u)], nt${u} < nKeys);
-      let nok${u} = nslot${u} != MASKED;
-      ${
-        c === null
-          ? `let nrow${u} = select(0u, nslot${u}, nok${u});`
-          : `let nchunk${u} = select(0u, (nslot${u} >> SHIFT) - p.pad1 * W, nok${u});
-      let nrow${u} = select(0u, nslot${u} & CHUNK_MASK, nok${u});`
-      }`,
-    '\n      ',
-  )}
-      ${each(us, (u) => each(es, (e) => each(ws, (w) => `nk${u}_${e}_${w} = ${rawRead('K', u, e, w)};`, '\n      '), '\n      '), '\n      ')}
-      ${each(us, (u) => each(es, (e) => each(ws, (w) => `nv${u}_${e}_${w} = ${rawRead('V', u, e, w)};`, '\n      '), '\n      '), '\n      ')}`;
-  // This step's vec4f pieces from its prefetched words (copied before the next loads overwrite them).
-  const unpackCode = (x: string) =>
-    each(
-      us,
-      (u) =>
-        each(es, (e) =>
-          kv === 'f16'
-            ? `let c${x}${u}_${e} = n${x}${u}_${e}_0;
-    let ${x}${u}_${e}0 = vec4f(unpack2x16float(c${x}${u}_${e}.x), unpack2x16float(c${x}${u}_${e}.y));
-    let ${x}${u}_${e}1 = vec4f(unpack2x16float(c${x}${u}_${e}.z), unpack2x16float(c${x}${u}_${e}.w));`
-            : `let ${x}${u}_${e}0 = n${x}${u}_${e}_0;
-    let ${x}${u}_${e}1 = n${x}${u}_${e}_1;`,
-        ),
-      '\n    ',
-    );
   // Scatter reduction (V = U x G scores per lane, a power of two <= T): a butterfly reduce-
   // scatter leaves each lane ONE full score (value v = j >> SH: key v / G, head v % G), its
   // softmax terms are computed once per value instead of on every lane, and the
@@ -1608,38 +1565,6 @@ export function streamAttentionKernel(
     return lines.join('\n    ');
   };
   const maxOf = (xs: string[]): string => (xs.length === 1 ? (xs[0] as string) : `max(${xs[0]}, ${maxOf(xs.slice(1))})`);
-  const plainLoop = () => `for (var base = 0u; base < nKeys; base += ${NKG * U}u) {
-    ${each(
-      us,
-      (u) => `let t${u} = base + ${u * NKG}u + kg;
-    let slot${u} = select(MASKED, tslot[min(t${u}, S - 1u)], t${u} < nKeys);
-    let ok${u} = slot${u} != MASKED;
-    ${rowOf(u)}`,
-    )}
-    ${each(us, (u) => each(es, (e) => load('K', u, e, `k${u}_${e}`), '\n    '))}
-    ${each(us, (u) => each(es, (e) => load('V', u, e, `v${u}_${e}`), '\n    '))}
-    ${each(us, (u) => each(gs, (h) => `var s${u}_${h} = ${es.map((e) => `dot(q${h}_${e}a, k${u}_${e}0) + dot(q${h}_${e}b, k${u}_${e}1)`).join(' + ')};`))}
-    ${useScatter ? scatterCode() : xorCode()}
-  }`;
-  const prefetchLoop = () => `${each(us, (u) => `var nslot${u} = MASKED;`, '\n  ')}
-  ${each(us, (u) => each(es, (e) => each(ws, (w) => `var nk${u}_${e}_${w}: ${rawType};\n  var nv${u}_${e}_${w}: ${rawType};`, '\n  '), '\n  '), '\n  ')}
-  {
-      ${prefetchCode('0u')}
-  }
-  for (var base = 0u; base < nKeys; base += ${NKG * U}u) {
-    ${each(
-      us,
-      (u) => `let t${u} = base + ${u * NKG}u + kg;
-    let ok${u} = nslot${u} != MASKED;`,
-    )}
-    ${unpackCode('k')}
-    ${unpackCode('v')}
-    if (base + ${NKG * U}u < nKeys) {
-      ${prefetchCode(`base + ${NKG * U}u`)}
-    }
-    ${each(us, (u) => each(gs, (h) => `var s${u}_${h} = ${es.map((e) => `dot(q${h}_${e}a, k${u}_${e}0) + dot(q${h}_${e}b, k${u}_${e}1)`).join(' + ')};`))}
-    ${useScatter ? scatterCode() : xorCode()}
-  }`;
   return memo(key, () => ({
     workgroupSize: WGS,
     code: /* wgsl */ `
@@ -1681,7 +1606,19 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   ${each(gs, (h) => `var m${h} = NEG_INF;\n  var l${h} = 0.0;`, '\n  ')}
   ${each(gs, (h) => each(es, (e) => `var acc${h}_${e}a = vec4f();\n  var acc${h}_${e}b = vec4f();`, '\n  '), '\n  ')}
   // nKeys is workgroup-uniform: every lane runs every step, so the shuffles stay in uniform control flow.
-  ${prefetch ? prefetchLoop() : plainLoop()}
+  for (var base = 0u; base < nKeys; base += ${NKG * U}u) {
+    ${each(
+      us,
+      (u) => `let t${u} = base + ${u * NKG}u + kg;
+    let slot${u} = select(MASKED, tslot[min(t${u}, S - 1u)], t${u} < nKeys);
+    let ok${u} = slot${u} != MASKED;
+    ${rowOf(u)}`,
+    )}
+    ${each(us, (u) => each(es, (e) => load('K', u, e, `k${u}_${e}`), '\n    '))}
+    ${each(us, (u) => each(es, (e) => load('V', u, e, `v${u}_${e}`), '\n    '))}
+    ${each(us, (u) => each(gs, (h) => `var s${u}_${h} = ${es.map((e) => `dot(q${h}_${e}a, k${u}_${e}0) + dot(q${h}_${e}b, k${u}_${e}1)`).join(' + ')};`))}
+    ${useScatter ? scatterCode() : xorCode()}
+  }
   // Merge the key groups: the split's max per head, each group's weight e^(m - max).
   if (j == 0u) {
     ${each(gs, (h) => `kgStat[(kg * G + ${h}u) * 2u] = m${h};\n    kgStat[(kg * G + ${h}u) * 2u + 1u] = l${h};`)}

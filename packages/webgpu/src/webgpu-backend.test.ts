@@ -128,22 +128,6 @@ describe.skipIf(!haveChromium)('WebGPU kernels against the CPU reference (headle
     expect(r.validation).toBeNull();
     expect(r.worst).toBeLessThan(r.tolerance);
   });
-  // The stream kernel's prefetching loop (streamPrefetch): with one key per step a split takes
-  // several steps, each loading the next while it reduces its own; with the fewest splits a
-  // workgroup walks up to 2048 keys.
-  it.each(streamCases)('%s (stream kernel, prefetching, 1 key per step)', async (name) => {
-    const r = await page.evaluate((n) => (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n, true, 1, 1, undefined, true), name);
-    expect(r.streamDispatches).toBeGreaterThan(0);
-    expect(r.validation).toBeNull();
-    expect(r.worst).toBeLessThan(r.tolerance);
-  });
-  it.each(longStreamCases)('%s (stream kernel, prefetching, fewest splits)', async (name) => {
-    const r = await page.evaluate((n) => (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n, true, 1, undefined, 1, true), name);
-    expect(r.streamDispatches).toBeGreaterThan(0);
-    expect(r.streamMaxKeys).toBe(2048);
-    expect(r.validation).toBeNull();
-    expect(r.worst).toBeLessThan(r.tolerance);
-  });
   // The same cases with the subgroup kernels turned off (the path for devices without them).
   it.each(cases.map((c) => c.name))('%s (no subgroups)', async (name) => {
     const r = await page.evaluate((n) => (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n, false), name);
@@ -175,21 +159,6 @@ describe.skipIf(!haveChromium)('WebGPU KV cache split into chunk buffers = the C
     expect(r.prefillDispatches).toBe(0);
     expect(r.worst).toBeLessThan(r.tolerance);
   });
-  // The stream kernel's prefetching loop reads chunk buffers through the same window.
-  const chunkedStreamCases = kvCases.filter((n) => /^(paged|decode) attention/.test(n) && !/x 16 queries|D=20/.test(n));
-  it.each(chunkedStreamCases.map((n, i) => [n, 2 + (i % 3)] as const))(
-    '%s (about %i chunks, stream kernel prefetching)',
-    async (name, target) => {
-      const r = await page.evaluate(([n, t]) => (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n, true, t, 1, undefined, true), [
-        name,
-        target,
-      ] as const);
-      expect(r.validation).toBeNull();
-      expect(r.kvChunks).toBeGreaterThanOrEqual(2);
-      expect(r.streamDispatches).toBeGreaterThan(0);
-      expect(r.worst).toBeLessThan(r.tolerance);
-    },
-  );
 });
 
 describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'))('stories260K on WebGPU', () => {

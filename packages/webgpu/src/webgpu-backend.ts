@@ -201,12 +201,6 @@ export interface WebGpuBackendOptions {
    */
   readonly streamScatter?: boolean;
   /**
-   * The stream kernel issues the next step's K and V loads before this step's shuffles and
-   * softmax update (software pipelining; see streamAttentionKernel). Default false;
-   * benchmarks compare.
-   */
-  readonly streamPrefetch?: boolean;
-  /**
    * Use the tiled prefill attention kernel where it applies. Default false: on an H100 (head
    * dim 128) it took 3-14x the split-K kernels' time (BENCHMARKS.md); tests and benchmarks
    * turn it on.
@@ -353,7 +347,6 @@ export class WebGpuBackend implements Backend {
   readonly #streamMaxKeys: 512 | 1024 | 2048 | undefined;
   #streamKeysUsed = 0;
   readonly #streamScatter: boolean;
-  readonly #streamPrefetch: boolean;
   /** Lanes per key the stream kernel may use on this device (0: it cannot run). */
   readonly #streamLanes: number;
   /** Fewest rows for the blocked matmul (Infinity when it is off). */
@@ -386,7 +379,6 @@ export class WebGpuBackend implements Backend {
       this.#splitTarget = options.attentionSplitTarget;
     }
     this.#streamScatter = options.streamScatter ?? true;
-    this.#streamPrefetch = options.streamPrefetch ?? false;
     // The stream kernel's lanes of a key must share a subgroup: bounded by the smallest
     // subgroup the adapter may use (GPUAdapterInfo.subgroupMinSize; absent: not used).
     const subgroupMinSize = (device as { adapterInfo?: { subgroupMinSize?: number } }).adapterInfo?.subgroupMinSize ?? 0;
@@ -1132,7 +1124,6 @@ export class WebGpuBackend implements Backend {
             streamThreads,
             this.#streamScatter,
             streamKeys,
-            this.#streamPrefetch,
           )
         : wide
           ? wideAttentionKernel(this.#kvStore, D, group, chunking)

@@ -29,11 +29,10 @@ async function runCase(
   kvChunks = 1,
   streamKeysPerStep?: 1 | 2 | 4 | 8,
   attentionSplitTarget?: number,
-  streamPrefetch?: boolean,
 ): Promise<CaseResult> {
   const c = cases.find((x) => x.name === name);
   if (c === undefined) throw new Error(`no case ${name}`);
-  return runConformanceCase(device, c, subgroups, kvChunks, streamKeysPerStep, attentionSplitTarget, streamPrefetch);
+  return runConformanceCase(device, c, subgroups, kvChunks, streamKeysPerStep, attentionSplitTarget);
 }
 
 /**

@@ -34,7 +34,6 @@ export async function runConformanceCase(
   kvChunks = 1,
   streamKeysPerStep?: 1 | 2 | 4 | 8,
   attentionSplitTarget?: number,
-  streamPrefetch?: boolean,
 ): Promise<CaseResult> {
   const cpu = new CpuBackend();
   let rowBytes = 0;
@@ -57,7 +56,6 @@ export async function runConformanceCase(
     ...(maxKvBindingBytes === undefined ? {} : { maxKvBindingBytes }),
     ...(streamKeysPerStep === undefined ? {} : { streamKeysPerStep }),
     ...(attentionSplitTarget === undefined ? {} : { attentionSplitTarget }),
-    ...(streamPrefetch === undefined ? {} : { streamPrefetch }),
   });
   const actual = await c.run(backend);
   const error = await device.popErrorScope();
