@@ -6,13 +6,15 @@
 #   B: --untie --kv-heads 4, lr 6e-4
 #   C: --untie --kv-heads 4, lr 1.5e-3 (a larger step, to leave the multi-key plateau)
 #   D: grown to 7 layers with 4 kv-heads, tied (48.3 MB in f16, under the 50 MB limit), lr 6e-4
+# It ran (MINUTES=6.5) with --warmup 50, which then had no effect on an --init run (README,
+# "Recipe"); --warmup 0 repeats that now that the warmup counts from --init-step.
 # Run from the repo root with .gpu-train/ as for phase7.sh (shared data, examples); carry
 # [".gpu-train"], model shards in the tree.
 set -o pipefail
 export PYTHONUNBUFFERED=1 KVC_SHARED_DIR=$PWD/.gpu-train/shared
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > /tmp/card.txt
 for v in A B C D; do mkdir -p /tmp/m$v; cp models/kvc-20m-4k/tokenizer.json models/kvc-20m-4k/tokenizer_config.json /tmp/m$v/; done
-COMMON="--init models/kvc-20m-4k --init-step 19923 --compile --minutes ${MINUTES:-7.0} --warmup 50 --synthetic-share 0.85 --eval-like-share 0.5 --workers 12 --eval-examples 10 --task-weights niah-multikey-hard=0.3,niah-multikey=0.2,niah-multikey-turns=0.15,passkey=0.03,niah-single=0.05,niah-multivalue=0.06,niah-multiquery=0.06"
+COMMON="--init models/kvc-20m-4k --init-step 19923 --compile --minutes ${MINUTES:-7.0} --warmup 0 --synthetic-share 0.85 --eval-like-share 0.5 --workers 12 --eval-examples 10 --task-weights niah-multikey-hard=0.3,niah-multikey=0.2,niah-multikey-turns=0.15,passkey=0.03,niah-single=0.05,niah-multivalue=0.06,niah-multiquery=0.06"
 CUDA_VISIBLE_DEVICES=0 python3 tooling/train/train.py all --out /tmp/mA --ckpt /tmp/ckptA.pt $COMMON --lr 6e-4 > /tmp/phase9a.log 2>&1 &
 CUDA_VISIBLE_DEVICES=1 python3 tooling/train/train.py all --out /tmp/mB --ckpt /tmp/ckptB.pt $COMMON --lr 6e-4 --untie --kv-heads 4 > /tmp/phase9b.log 2>&1 &
 CUDA_VISIBLE_DEVICES=2 python3 tooling/train/train.py all --out /tmp/mC --ckpt /tmp/ckptC.pt $COMMON --lr 1.5e-3 --untie --kv-heads 4 > /tmp/phase9c.log 2>&1 &

@@ -191,10 +191,13 @@ class Batches(torch.utils.data.IterableDataset):
 
 def lr_at(step: int, elapsed: float, a) -> float:
     """Linear warmup, then cosine to 10% over the run: by steps, or by wall time (`--steps 0`),
-    so a run cut to a fixed device-time slot still anneals fully whatever its throughput."""
-    if step < a.warmup:
-        return a.lr * (step + 1) / a.warmup
-    progress = min(1.0, elapsed / (a.minutes * 60) if a.steps == 0 else (step - a.warmup) / max(1, a.steps - a.warmup))
+    so a run cut to a fixed device-time slot still anneals fully whatever its throughput.
+    Steps count from --init-step, where a run from exported weights starts (until the ninth
+    session they counted from 0, so such runs, phases 2-9, had no warmup)."""
+    since = step - a.init_step
+    if since < a.warmup:
+        return a.lr * (since + 1) / a.warmup
+    progress = min(1.0, elapsed / (a.minutes * 60) if a.steps == 0 else (since - a.warmup) / max(1, a.steps - a.warmup))
     return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
