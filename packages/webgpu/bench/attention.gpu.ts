@@ -41,34 +41,42 @@ async function time(fn: () => void, iters: number): Promise<number> {
   return (performance.now() - t0) / iters;
 }
 
+/** A submit of one dispatch of a one-entry-point WGSL kernel over `buffers` (bindings 0, 1, ...). */
+function dispatcher(code: string, buffers: GPUBuffer[], workgroups: number): () => void {
+  const module = device.createShaderModule({ code });
+  const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+  const bg = device.createBindGroup({
+    layout: pipeline.getBindGroupLayout(0),
+    entries: buffers.map((buffer, i) => ({ binding: i, resource: { buffer } })),
+  });
+  return () => {
+    const e = device.createCommandEncoder();
+    const p = e.beginComputePass();
+    p.setPipeline(pipeline);
+    p.setBindGroup(0, bg);
+    p.dispatchWorkgroups(workgroups);
+    p.end();
+    device.queue.submit([e.finish()]);
+  };
+}
+
 // The copy ceiling: a grid-stride vec4<f32> copy of 1 GiB, as in shared/device/smoke.mjs.
 if (process.env['COPY_BYTES'] !== '0') {
   const bytes = Number(process.env['COPY_BYTES'] ?? 2 ** 30);
   const usage = GPUBufferUsage.STORAGE;
   const a = device.createBuffer({ size: bytes, usage });
   const b = device.createBuffer({ size: bytes, usage });
-  const module = device.createShaderModule({
-    code: `@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
+  const copy = dispatcher(
+    `@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
 @compute @workgroup_size(256) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nw: vec3u) {
   let n = arrayLength(&src); let stride = nw.x * 256u;
   for (var i = g.x; i < n; i += stride) { dst[i] = src[i]; }
 }`,
-  });
-  const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
-  const bg = device.createBindGroup({
-    layout: pipeline.getBindGroupLayout(0),
-    entries: [a, b].map((buffer, i) => ({ binding: i, resource: { buffer } })),
-  });
-  const ms = await time(() => {
-    const e = device.createCommandEncoder();
-    const p = e.beginComputePass();
-    p.setPipeline(pipeline);
-    p.setBindGroup(0, bg);
-    p.dispatchWorkgroups(132 * 16);
-    p.end();
-    device.queue.submit([e.finish()]);
-  }, 20);
+    [a, b],
+    132 * 16,
+  );
+  const ms = await time(copy, 20);
   console.log(JSON.stringify({ kind: 'copy', bytes, ms, gbps: (2 * bytes) / ms / 1e6 }));
   a.destroy();
   b.destroy();
@@ -90,8 +98,7 @@ if (readBytes > 0) {
     // Each iteration loads `unroll` vec4s a stride apart (coalesced across the workgroup), so
     // that many loads are in flight per invocation before the first is used.
     const loads = Array.from({ length: unroll }, (_, u) => `acc ^= src[i + ${u}u * stride];`).join(' ');
-    const module = device.createShaderModule({
-      code: `@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
+    const code = `@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read_write> sink: array<vec4<u32>>;
 @compute @workgroup_size(256) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nw: vec3u) {
   let n = arrayLength(&src); let stride = nw.x * 256u;
@@ -100,23 +107,9 @@ if (readBytes > 0) {
   for (; i + ${unroll - 1}u * stride < n; i += ${unroll}u * stride) { ${loads} }
   for (; i < n; i += stride) { acc ^= src[i]; }
   if (all(acc == vec4<u32>(0x9e3779b9u))) { sink[0] = acc; }
-}`,
-    });
-    const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
-    const bg = device.createBindGroup({
-      layout: pipeline.getBindGroupLayout(0),
-      entries: [src, sink].map((buffer, i) => ({ binding: i, resource: { buffer } })),
-    });
+}`;
     for (const workgroups of workgroupCounts) {
-      const run = () => {
-        const e = device.createCommandEncoder();
-        const p = e.beginComputePass();
-        p.setPipeline(pipeline);
-        p.setBindGroup(0, bg);
-        p.dispatchWorkgroups(workgroups);
-        p.end();
-        device.queue.submit([e.finish()]);
-      };
+      const run = dispatcher(code, [src, sink], workgroups);
       const repeats = [await time(run, 20), await time(run, 20), await time(run, 20)].sort((a, b) => a - b);
       const ms = repeats[1] as number;
       console.log(

@@ -9,22 +9,29 @@ H, KVH, D = 32, 8, 128
 batches = [int(x) for x in os.environ.get("BATCHES", "1,8,32,128").split(",")]
 contexts = [int(x) for x in os.environ.get("CONTEXTS", "1024,4096,16384,32768").split(",")]
 print(json.dumps({"kind": "torch", "version": torch.__version__, "device": torch.cuda.get_device_name()}))
+
+
+def cuda_ms(fn, iters=20):
+    """GPU time of one call of fn in ms: 3 warm-up calls, then iters calls between CUDA events."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
 # READ_BYTES (0: off): PyTorch reading that many bytes (a sum of f16 into f32, and a max of
 # int32), attention.gpu.ts's read ceiling on the same bytes.
 read_bytes = int(os.environ.get("READ_BYTES", "0"))
 if read_bytes > 0:
     x = torch.randn(read_bytes // 2, device="cuda", dtype=torch.float16)
     for name, fn in [("sum-f16", lambda: x.sum(dtype=torch.float32)), ("max-i32", lambda: x.view(torch.int32).max())]:
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(20):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        ms = start.elapsed_time(end) / 20
+        ms = cuda_ms(fn)
         print(json.dumps({"kind": "torch-read", "op": name, "bytes": read_bytes, "ms": ms, "gbps": read_bytes / ms / 1e6}))
     del x
     torch.cuda.empty_cache()
@@ -35,16 +42,7 @@ for b in batches:
         q = torch.randn(b, H, 1, D, device="cuda", dtype=torch.float16)
         k = torch.randn(b, KVH, t, D, device="cuda", dtype=torch.float16)
         v = torch.randn(b, KVH, t, D, device="cuda", dtype=torch.float16)
-        for _ in range(3):
-            F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(20):
-            F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-        end.record()
-        torch.cuda.synchronize()
-        ms = start.elapsed_time(end) / 20
+        ms = cuda_ms(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
         kv_bytes = 2 * b * KVH * t * D * 2
         print(json.dumps({"kind": "sdpa", "batch": b, "ctx": t, "ms": ms, "kvBytes": kv_bytes, "gbps": kv_bytes / ms / 1e6}))
         del q, k, v
