@@ -122,24 +122,26 @@ if (readBytes > 0) {
 }
 
 // ATTENTION_KERNELS: decode attention kernels to compare in one run, each on its own backend: 'wide',
-// or 'streamU[tT][w128][xor][sS]' (the stream kernel, U keys per key group and step, T lanes a
-// key, 128-thread workgroups, every lane reducing every score instead of the reduce-scatter,
-// at most S keys a workgroup).
+// or 'streamU[tT][wN][xor][sS][m]' (the stream kernel, U keys per key group and step, T lanes a
+// key, N = 128 or 256 threads a workgroup, every lane reducing every score instead of the reduce-scatter,
+// at most S keys a workgroup, the final merge in the key slots' workgroup memory).
 const kernels = (process.env['ATTENTION_KERNELS'] ?? 'wide,stream4').split(',');
 const kernelOptions = (k: string) => {
   if (k === 'wide') return { decodeAttention: 'wide' as const };
-  const m = /^stream(\d)(?:t(\d+))?(w128)?(xor)?(?:s(\d+))?$/.exec(k);
+  const m = /^stream(\d)(?:t(\d+))?(?:w(128|256))?(xor)?(?:s(\d+))?(m)?$/.exec(k);
   if (m === null) throw new Error(`KERNELS: unknown kernel ${k}`);
   return {
     decodeAttention: 'stream' as const,
     streamKeysPerStep: Number(m[1]) as 1 | 2 | 4 | 8,
     ...(m[2] === undefined ? {} : { streamThreadsPerKey: Number(m[2]) }),
-    ...(m[3] === undefined ? {} : { streamWorkgroupSize: 128 as const }),
+    ...(m[3] === undefined ? {} : { streamWorkgroupSize: Number(m[3]) as 128 | 256 }),
     ...(m[4] === undefined ? {} : { streamScatter: false }),
-    ...(m[5] === undefined ? {} : { streamMaxKeys: Number(m[5]) as 512 | 1024 | 2048 }),
+    ...(m[5] === undefined ? {} : { streamMaxKeys: Number(m[5]) as 512 | 1024 | 2048 | 4096 }),
+    streamMergeInSlots: m[6] !== undefined,
   };
 };
 const batches = (process.env['BATCHES'] ?? '1,8,32,128').split(',').map(Number);
+const SETTLE_MS = Number(process.env['SETTLE_MS'] ?? 0);
 const contexts = (process.env['CONTEXTS'] ?? '1024,4096,16384,32768').split(',').map(Number);
 for (const batch of batches) {
   for (const ctx of contexts) {
@@ -253,6 +255,11 @@ for (const batch of batches) {
         }),
       );
       backend.destroyBuffers();
+      // SETTLE_MS: wait until the destroyed pool is released before the next is created.
+      if (SETTLE_MS > 0) {
+        await device.queue.onSubmittedWorkDone();
+        await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
+      }
     }
   }
 }

@@ -1401,11 +1401,21 @@ export function streamAttentionWorkgroupBytes(
   workgroupSize: 128 | 256,
   maxKeys: number,
   chunked: boolean,
+  mergeInSlots = false,
 ): number {
   const WGS = headDim > 128 ? 256 : workgroupSize;
   const NKG = WGS / threadsPerKey;
-  const KB = Math.min(NKG, 2 ** Math.floor(Math.log2(4096 / headDim)));
-  return 4 * (maxKeys + 2 + NKG * 2 * group + KB * headDim + (chunked ? maxKeys + WGS : 0));
+  const KB = streamMergeBatch(headDim, NKG, maxKeys, mergeInSlots);
+  return 4 * (maxKeys + 2 + NKG * 2 * group + (mergeInSlots ? 0 : KB * headDim) + (chunked ? maxKeys + WGS : 0));
+}
+
+/**
+ * Key groups whose outputs the stream kernel's merge sums per round: their [KB][D] f32 buffer
+ * stays within 16 KiB, and within the key slots (S words) when it reuses them (mergeInSlots).
+ */
+function streamMergeBatch(headDim: number, keyGroups: number, maxKeys: number, mergeInSlots: boolean): number {
+  const words = mergeInSlots ? Math.min(4096, maxKeys) : 4096;
+  return Math.max(1, Math.min(keyGroups, 2 ** Math.floor(Math.log2(words / headDim))));
 }
 
 /** Whether `streamAttentionKernel` serves this shape with `threadsPerKey` lanes a key. */
@@ -1438,11 +1448,12 @@ export function streamAttentionKernel(
   workgroupSize: 128 | 256 = 256,
   scatter = false,
   maxKeys = STREAM_ATTENTION_MAX_KEYS,
+  mergeInSlots = false,
 ): KernelSource {
   const WGS = headDim > 128 ? 256 : workgroupSize; // the merge gives each output dim a thread
   const V = keysPerStep * group;
   const useScatter = scatter && V <= threadsPerKey && (V & (V - 1)) === 0;
-  const key = `attention-stream:${kv}:${headDim}:${group}:${threadsPerKey}:${keysPerStep}:${WGS}${useScatter ? ':rs' : ''}${maxKeys === STREAM_ATTENTION_MAX_KEYS ? '' : `:s${maxKeys}`}${chunkKey(chunking)}`;
+  const key = `attention-stream:${kv}:${headDim}:${group}:${threadsPerKey}:${keysPerStep}:${WGS}${useScatter ? ':rs' : ''}${maxKeys === STREAM_ATTENTION_MAX_KEYS ? '' : `:s${maxKeys}`}${mergeInSlots ? ':ms' : ''}${chunkKey(chunking)}`;
   const hit = builtKernel(key);
   if (hit !== undefined) return hit;
   const D = headDim;
@@ -1451,8 +1462,12 @@ export function streamAttentionKernel(
   const E = D / (8 * T); // 8-value pieces of a row per lane
   const U = keysPerStep;
   const NKG = WGS / T;
-  // Key groups merged per round: kgOut stays within 16 KiB of workgroup memory.
-  const KB = Math.min(NKG, 2 ** Math.floor(Math.log2(4096 / D)));
+  // Key groups merged per round: kgOut stays within 16 KiB of workgroup memory. With
+  // mergeInSlots the merge reuses the key slots (tslot, idle once every key group has left the
+  // key loop) instead, which halves the kernel's workgroup memory at 2048 keys.
+  const KB = streamMergeBatch(D, NKG, maxKeys, mergeInSlots);
+  const outStore = (o: string, x: string) => (mergeInSlots ? `tslot[${o}] = bitcast<u32>(${x});` : `kgOut[${o}] = ${x};`);
+  const outLoad = (o: string) => (mergeInSlots ? `bitcast<f32>(tslot[${o}])` : `kgOut[${o}]`);
   const S = maxKeys;
   const c = chunking;
   // A key's index in its split: chunked pools compact each pass's keys (compactSlotPrologue).
@@ -1575,8 +1590,7 @@ const G = ${G}u;
 const NKG = ${NKG}u;
 const S = ${S}u;
 var<workgroup> kgStat: array<f32, ${NKG * 2 * G}>; // [key group][G][max, sum]
-var<workgroup> kgOut: array<f32, ${KB * D}>; // [key group of a batch][D]: one query head's outputs at a time
-${c === null ? '' : `var<workgroup> tidx: array<u32, S>; // each compacted key's index in the split\nvar<workgroup> tcount: array<u32, ${WGS}>; // keys per thread's run, then their inclusive scan\n`}@compute @workgroup_size(${WGS})
+${mergeInSlots ? '' : `var<workgroup> kgOut: array<f32, ${KB * D}>; // [key group of a batch][D]: one query head's outputs at a time\n`}${c === null ? '' : `var<workgroup> tidx: array<u32, S>; // each compacted key's index in the split\nvar<workgroup> tcount: array<u32, ${WGS}>; // keys per thread's run, then their inclusive scan\n`}@compute @workgroup_size(${WGS})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32,
         @builtin(subgroup_invocation_id) sgid: u32) {
   ${parts.setup}
@@ -1637,13 +1651,13 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
         ${each(
           es,
           (e) => `let o${e} = (kg - kb) * D + (j + ${T * e}u) * 8u;
-        kgOut[o${e}] = acc${h}_${e}a.x * wk; kgOut[o${e} + 1u] = acc${h}_${e}a.y * wk; kgOut[o${e} + 2u] = acc${h}_${e}a.z * wk; kgOut[o${e} + 3u] = acc${h}_${e}a.w * wk;
-        kgOut[o${e} + 4u] = acc${h}_${e}b.x * wk; kgOut[o${e} + 5u] = acc${h}_${e}b.y * wk; kgOut[o${e} + 6u] = acc${h}_${e}b.z * wk; kgOut[o${e} + 7u] = acc${h}_${e}b.w * wk;`,
+        ${['x', 'y', 'z', 'w'].map((c, i) => outStore(`o${e} + ${i}u`, `acc${h}_${e}a.${c} * wk`)).join(' ')}
+        ${['x', 'y', 'z', 'w'].map((c, i) => outStore(`o${e} + ${i + 4}u`, `acc${h}_${e}b.${c} * wk`)).join(' ')}`,
           '\n        ',
         )}
       }
       workgroupBarrier();
-      if (li < D) { for (var k = 0u; k < ${KB}u; k++) { sum += kgOut[k * D + li]; } }
+      if (li < D) { for (var k = 0u; k < ${KB}u; k++) { sum += ${outLoad('k * D + li')}; } }
       workgroupBarrier();
     }
     if (live) {

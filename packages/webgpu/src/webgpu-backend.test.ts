@@ -128,6 +128,22 @@ describe.skipIf(!haveChromium)('WebGPU kernels against the CPU reference (headle
     expect(r.validation).toBeNull();
     expect(r.worst).toBeLessThan(r.tolerance);
   });
+  // The stream kernel's previous layout, kept as options: 256-thread workgroups whose final
+  // merge has a buffer of its own (the default reuses the key slots; BENCHMARKS.md).
+  it.each(longStreamCases)('%s (stream kernel, 256 threads, merge buffer of its own)', async (name) => {
+    const r = await page.evaluate(
+      (n) =>
+        (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n, true, 1, undefined, 1, {
+          streamWorkgroupSize: 256,
+          streamMergeInSlots: false,
+        }),
+      name,
+    );
+    expect(r.streamDispatches).toBeGreaterThan(0);
+    expect(r.streamMaxKeys).toBe(2048);
+    expect(r.validation).toBeNull();
+    expect(r.worst).toBeLessThan(r.tolerance);
+  });
   // The same cases with the subgroup kernels turned off (the path for devices without them).
   it.each(cases.map((c) => c.name))('%s (no subgroups)', async (name) => {
     const r = await page.evaluate((n) => (globalThis as unknown as { kvc: Kvc }).kvc.runCase(n, false), name);

@@ -180,15 +180,26 @@ export interface WebGpuBackendOptions {
   readonly streamKeysPerStep?: 1 | 2 | 4 | 8;
   /** Lanes per key of the stream kernel (default: the largest the head dim and subgroup size allow). */
   readonly streamThreadsPerKey?: number;
-  /** Threads per workgroup of the stream kernel (default 256, 128 on a chunked pool; benchmarks compare). */
+  /**
+   * Threads per workgroup of the stream kernel (default 128: with the merge in the key slots,
+   * 3-14% faster than 256 on an H100, head dim 64 and 128; BENCHMARKS.md). Head dims over 128
+   * always take 256 (the merge gives each output dim a thread).
+   */
   readonly streamWorkgroupSize?: 128 | 256;
   /**
    * Keys of one workgroup of the stream kernel at most. Default: 2048 on a pool in one
    * binding where the device's workgroup memory holds them (4-10% faster than 1024 on an
    * H100 at 32-128 x 4K-16K), else 1024 (STREAM_ATTENTION_MAX_KEYS; on a chunked pool 2048
-   * was 16% slower). Benchmarks compare.
+   * was 16% slower, and 19-28% with 128 threads and the merge in the key slots). 4096 (benchmarks)
+   * needs the merge in the key slots to fit. Benchmarks compare.
    */
-  readonly streamMaxKeys?: 512 | 1024 | 2048;
+  readonly streamMaxKeys?: 512 | 1024 | 2048 | 4096;
+  /**
+   * The stream kernel's final merge reuses the workgroup memory of the key slots instead of a
+   * buffer of its own: 8.5 instead of 16.5 KiB a workgroup at 2048 keys. Default true. On an
+   * H100 workgroup memory, not registers, capped how many workgroups an SM ran (BENCHMARKS.md).
+   */
+  readonly streamMergeInSlots?: boolean;
   /**
    * Workgroups decode attention aims for when it splits long heads (default 512): fewer
    * splits below it make each workgroup walk more keys. Tests set 1 (the fewest splits).
@@ -344,7 +355,8 @@ export class WebGpuBackend implements Backend {
   readonly #decodeAttention: 'auto' | 'stream' | 'wide';
   readonly #streamKeysPerStep: number;
   readonly #streamWorkgroupSize: 128 | 256 | undefined;
-  readonly #streamMaxKeys: 512 | 1024 | 2048 | undefined;
+  readonly #streamMaxKeys: 512 | 1024 | 2048 | 4096 | undefined;
+  readonly #streamMergeInSlots: boolean;
   #streamKeysUsed = 0;
   readonly #streamScatter: boolean;
   /** Lanes per key the stream kernel may use on this device (0: it cannot run). */
@@ -370,10 +382,11 @@ export class WebGpuBackend implements Backend {
     this.#decodeAttention = options.decodeAttention ?? 'auto';
     this.#streamKeysPerStep = options.streamKeysPerStep ?? 4;
     this.#streamWorkgroupSize = options.streamWorkgroupSize;
-    if (options.streamMaxKeys !== undefined && ![512, 1024, 2048].includes(options.streamMaxKeys)) {
-      throw new InvalidArgumentError(`streamMaxKeys must be 512, 1024 or 2048, got ${String(options.streamMaxKeys)}.`);
+    if (options.streamMaxKeys !== undefined && ![512, 1024, 2048, 4096].includes(options.streamMaxKeys)) {
+      throw new InvalidArgumentError(`streamMaxKeys must be 512, 1024, 2048 or 4096, got ${String(options.streamMaxKeys)}.`);
     }
     this.#streamMaxKeys = options.streamMaxKeys;
+    this.#streamMergeInSlots = options.streamMergeInSlots ?? true;
     if (options.attentionSplitTarget !== undefined) {
       assertInteger('attentionSplitTarget', options.attentionSplitTarget, 1);
       this.#splitTarget = options.attentionSplitTarget;
@@ -1059,9 +1072,9 @@ export class WebGpuBackend implements Backend {
     }
     const wide = !stream && wideAttentionSupports(D, group);
     const plan = this.#attentionPlan;
-    // 128 threads on a chunked pool: its chunk switch costs registers, and smaller
-    // workgroups fill the SMs better then (H100: 2448 against 1666 GB/s at 128 x 16K).
-    const streamThreads = this.#streamWorkgroupSize ?? (plan === null ? 256 : 128);
+    // 128 threads: smaller workgroups fill the SMs better once the merge reuses the key slots'
+    // workgroup memory (H100, 32 x 16K: 0.785 against 0.810 ms at 256 threads; 1 x 32K: 0.089 against 0.103).
+    const streamThreads = this.#streamWorkgroupSize ?? 128;
     const streamKeys = stream ? this.#streamKeysOfSplit(D, group, lanes, streamThreads, plan !== null) : 0;
     // Split long contexts across workgroups so that even one sequence fills the GPU. The
     // wide and stream kernels keep a split's scores or slots in workgroup memory: at most S
@@ -1124,6 +1137,7 @@ export class WebGpuBackend implements Backend {
             streamThreads,
             this.#streamScatter,
             streamKeys,
+            this.#streamMergeInSlots,
           )
         : wide
           ? wideAttentionKernel(this.#kvStore, D, group, chunking)
@@ -1148,7 +1162,7 @@ export class WebGpuBackend implements Backend {
     const limit = this.device.limits.maxComputeWorkgroupStorageSize;
     const chosen = this.#streamMaxKeys;
     if (chosen !== undefined) {
-      const bytes = streamAttentionWorkgroupBytes(D, group, lanes, threads, chosen, chunked);
+      const bytes = streamAttentionWorkgroupBytes(D, group, lanes, threads, chosen, chunked, this.#streamMergeInSlots);
       if (bytes > limit) {
         throw new InvalidArgumentError(
           `streamMaxKeys ${chosen} needs ${bytes} bytes of workgroup memory; this device has ${limit}. Leave it unset.`,
@@ -1156,7 +1170,9 @@ export class WebGpuBackend implements Backend {
       }
       return chosen;
     }
-    return !chunked && streamAttentionWorkgroupBytes(D, group, lanes, threads, 2048, false) <= limit ? 2048 : STREAM_ATTENTION_MAX_KEYS;
+    return !chunked && streamAttentionWorkgroupBytes(D, group, lanes, threads, 2048, false, this.#streamMergeInSlots) <= limit
+      ? 2048
+      : STREAM_ATTENTION_MAX_KEYS;
   }
 
   /**

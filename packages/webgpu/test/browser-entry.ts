@@ -15,7 +15,7 @@ import {
   streamAttentionKernel,
   wideAttentionKernel,
 } from '../src/kernels.ts';
-import { WebGpuBackend } from '../src/webgpu-backend.ts';
+import { WebGpuBackend, type WebGpuBackendOptions } from '../src/webgpu-backend.ts';
 import { cases } from './conformance-cases.ts';
 import { type CaseResult, runConformanceCase } from './run-case.ts';
 import { runSamplingCase, type SamplingParams, type SamplingResult } from './sampling-cases.ts';
@@ -29,10 +29,11 @@ async function runCase(
   kvChunks = 1,
   streamKeysPerStep?: 1 | 2 | 4 | 8,
   attentionSplitTarget?: number,
+  backendOptions: WebGpuBackendOptions = {},
 ): Promise<CaseResult> {
   const c = cases.find((x) => x.name === name);
   if (c === undefined) throw new Error(`no case ${name}`);
-  return runConformanceCase(device, c, subgroups, kvChunks, streamKeysPerStep, attentionSplitTarget);
+  return runConformanceCase(device, c, subgroups, kvChunks, streamKeysPerStep, attentionSplitTarget, backendOptions);
 }
 
 /**

@@ -2,7 +2,7 @@
 // Runs one conformance case on the CPU reference and on WebGPU (under a validation error
 // scope) and compares: shared by the Chromium test page and the GPU-machine runner.
 import { CpuBackend } from '@kvcompress/cpu';
-import { WebGpuBackend } from '../src/webgpu-backend.ts';
+import { WebGpuBackend, type WebGpuBackendOptions } from '../src/webgpu-backend.ts';
 import { type ConformanceCase, maxRelError } from './conformance-cases.ts';
 
 export interface CaseResult {
@@ -34,6 +34,7 @@ export async function runConformanceCase(
   kvChunks = 1,
   streamKeysPerStep?: 1 | 2 | 4 | 8,
   attentionSplitTarget?: number,
+  backendOptions: WebGpuBackendOptions = {},
 ): Promise<CaseResult> {
   const cpu = new CpuBackend();
   let rowBytes = 0;
@@ -56,6 +57,7 @@ export async function runConformanceCase(
     ...(maxKvBindingBytes === undefined ? {} : { maxKvBindingBytes }),
     ...(streamKeysPerStep === undefined ? {} : { streamKeysPerStep }),
     ...(attentionSplitTarget === undefined ? {} : { attentionSplitTarget }),
+    ...backendOptions,
   });
   const actual = await c.run(backend);
   const error = await device.popErrorScope();
