@@ -17,6 +17,7 @@
 // Env: SHAPE=8b|1b, KV_MIB (K+V pool), CONTEXT, RATES, STEPS, MAX_SEQS, WINDOW;
 // BLOCKED_MATMUL=0 turns the blocked matmul off (A/B), BLOCKED_MIN_ROWS sets its threshold;
 // ATTENTION=wide|stream|auto picks the decode attention kernel (decodeAttention).
+// STREAM_THREADS / STREAM_MERGE_IN_SLOTS set the stream kernel's workgroup size and merge (see above).
 // Prints one JSON line per measurement. Build and run: see bench/run-gpu.sh.
 /// <reference types="@webgpu/types" />
 import { kvShapeOf, type ModelConfig, type SlotMoveList } from '@kvcompress/core';
@@ -58,6 +59,9 @@ const backend = randomWeightBackend(device, debug, {
   blockedMatmul: env('BLOCKED_MATMUL', '1') !== '0',
   ...(process.env['BLOCKED_MIN_ROWS'] ? { blockedMatmulMinRows: Number(process.env['BLOCKED_MIN_ROWS']) } : {}),
   decodeAttention: (process.env['ATTENTION'] ?? 'auto') as 'auto' | 'wide' | 'stream',
+  // STREAM_THREADS=128|256, STREAM_MERGE_IN_SLOTS=0|1: the stream kernel's layout (default: the backend's).
+  ...(process.env['STREAM_THREADS'] ? { streamWorkgroupSize: Number(process.env['STREAM_THREADS']) as 128 | 256 } : {}),
+  ...(process.env['STREAM_MERGE_IN_SLOTS'] ? { streamMergeInSlots: process.env['STREAM_MERGE_IN_SLOTS'] === '1' } : {}),
 });
 const t0 = performance.now();
 const model = new LlamaModel(syntheticModel(config), backend, { maxRows: MAX_SEQS });
