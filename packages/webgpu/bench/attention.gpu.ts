@@ -123,8 +123,9 @@ if (readBytes > 0) {
 
 // ATTENTION_KERNELS: decode attention kernels to compare in one run, each on its own backend: 'wide',
 // or 'streamU[tT][wN][xor][sS][m]' (the stream kernel, U keys per key group and step, T lanes a
-// key, N = 128 or 256 threads a workgroup, every lane reducing every score instead of the reduce-scatter,
-// at most S keys a workgroup, the final merge in the key slots' workgroup memory).
+// key, N = 128 or 256 threads a workgroup, every lane reducing every score instead of the
+// reduce-scatter, at most S keys a workgroup, the final merge in the key slots' workgroup
+// memory; without 'm' it has a buffer of its own).
 const kernels = (process.env['ATTENTION_KERNELS'] ?? 'wide,stream4').split(',');
 const kernelOptions = (k: string) => {
   if (k === 'wide') return { decodeAttention: 'wide' as const };
@@ -141,6 +142,8 @@ const kernelOptions = (k: string) => {
   };
 };
 const batches = (process.env['BATCHES'] ?? '1,8,32,128').split(',').map(Number);
+// SETTLE_MS (0): after each kernel's run, wait this long for its pool's release before the next
+// pool is created (fresh pools of one size ran at different speeds; BENCHMARKS.md).
 const SETTLE_MS = Number(process.env['SETTLE_MS'] ?? 0);
 const contexts = (process.env['CONTEXTS'] ?? '1024,4096,16384,32768').split(',').map(Number);
 for (const batch of batches) {
@@ -255,7 +258,6 @@ for (const batch of batches) {
         }),
       );
       backend.destroyBuffers();
-      // SETTLE_MS: wait until the destroyed pool is released before the next is created.
       if (SETTLE_MS > 0) {
         await device.queue.onSubmittedWorkDone();
         await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));

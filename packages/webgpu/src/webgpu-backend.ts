@@ -182,7 +182,7 @@ export interface WebGpuBackendOptions {
   readonly streamThreadsPerKey?: number;
   /**
    * Threads per workgroup of the stream kernel (default 128: with the merge in the key slots,
-   * 3-14% faster than 256 on an H100, head dim 64 and 128; BENCHMARKS.md). Head dims over 128
+   * 3-18% faster than 256 on an H100, head dim 64 and 128; BENCHMARKS.md). Head dims over 128
    * always take 256 (the merge gives each output dim a thread).
    */
   readonly streamWorkgroupSize?: 128 | 256;
