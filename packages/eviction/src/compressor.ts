@@ -117,9 +117,12 @@ export class Compressor {
       if (blocks <= 0) continue;
       selection.addGroup(sequence, blocks, ctx.tokens - ctx.protectedWindow, ctx.sinks);
       const end = Math.min(ctx.units, (g + 1) * groupUnits);
+      const lengths = a.headLengths;
+      const maxBlocks = a.maxBlocksPerHead;
       for (let u = g * groupUnits; u < end; u++) {
-        const len = ctx.length(u);
-        selection.addRow(u, a.unitHeadIndex(sequence, u) * a.maxBlocksPerHead, len, B, Math.max(0, Math.ceil(len / B) - minBlocks));
+        const h = a.unitHeadIndex(sequence, u);
+        const len = lengths[h] as number;
+        selection.addRow(u, h * maxBlocks, len, B, Math.max(0, Math.ceil(len / B) - minBlocks));
       }
       added = true;
     }
@@ -212,7 +215,8 @@ export class Compressor {
     }
     const t1 = performance.now();
     const result = a.compactedOnDevice(sequence, newLengths, moves, true);
-    return this.#outcome(result, sequence, blocksBefore, t0, t1);
+    // No shared blocks on this path (compactedOnDevice checks): every released entry freed one.
+    return this.#outcome(result, sequence, blocksBefore, t0, t1, blocksBefore - result.releasedBlocks);
   }
 
   /** Scratch of applyDeviceCompaction: new length per unit, -1 = unchanged. */
@@ -235,10 +239,16 @@ export class Compressor {
   }
 
   /** The outcome of a compaction that planned from t0 and compacted from t1 until now. */
-  #outcome(result: CompactionResult, sequence: number, blocksBefore: number, t0: number, t1: number): CompressionOutcome {
+  #outcome(
+    result: CompactionResult,
+    sequence: number,
+    blocksBefore: number,
+    t0: number,
+    t1: number,
+    blocksAfter = this.allocator.sequenceBlocks(sequence),
+  ): CompressionOutcome {
     const t2 = performance.now();
     const ctx = this.context;
-    const blocksAfter = this.allocator.sequenceBlocks(sequence);
     return {
       ...result,
       sequence,

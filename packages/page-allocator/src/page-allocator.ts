@@ -660,46 +660,69 @@ export class PageAllocator {
         `The pool holds ${this.#sharedBlocks} blocks shared by forks; compact them on the host (compact()), which copies them on write.`,
       );
     }
+    const B = this.blockSize;
+    const maxBlocks = this.maxBlocksPerHead;
+    const tables = this.blockTables;
+    const lengths = this.headLengths;
+    const stale = this.stalePositions;
+    const freeStack = this.#freeStack;
+    const kvHeads = this.shape.kvHeads;
+    // Head index of (sequence, unit) is (layer * maxSequences + sequence) * kvHeads + head: a
+    // layer's heads are consecutive, layers maxSequences * kvHeads apart.
+    const layerStride = this.maxSequences * kvHeads;
+    const h0 = sequence * kvHeads;
     for (let unit = 0; unit < units; unit++) {
       const n = newLengths[unit] as number;
       if (n === -1) continue;
-      const len = this.headLengths[this.unitHeadIndex(sequence, unit)] as number;
+      const layer = (unit / kvHeads) | 0;
+      const len = lengths[layer * layerStride + h0 + (unit - layer * kvHeads)] as number;
       if (!Number.isInteger(n) || n < 0 || n > len) {
         throw new InvalidPlanError(`Head unit ${unit} of sequence ${sequence} holds ${len} slots; it cannot keep ${n}.`);
       }
     }
-    const B = this.blockSize;
-    const maxBlocks = this.maxBlocksPerHead;
-    const tables = this.blockTables;
-    const freeStack = this.#freeStack;
     let free = this.#freeCount;
     let evictedSlots = 0;
     let released = 0;
-    for (let unit = 0; unit < units; unit++) {
-      const n = newLengths[unit] as number;
-      const h = this.unitHeadIndex(sequence, unit);
-      const len = this.headLengths[h] as number;
-      if (n === -1 || n === len) continue;
-      evictedSlots += len - n;
-      const t0 = h * maxBlocks;
-      const keep = Math.ceil(n / B);
-      const old = Math.ceil(len / B);
-      // Unshared blocks (checked above): each released entry frees its block. Their
-      // refCounts / blockUnit / blockTableIndex are left as they were (unspecified for a free
-      // block; the next #take sets them): millions of blocks are pushed with two copies.
-      if (old - keep <= 32) {
-        // A few blocks (a steady-state round): copied one by one, as a subarray view per head
-        // costs more than the copy.
-        for (let j = t0 + keep; j < t0 + old; j++) freeStack[free++] = tables[j] as number;
-      } else {
-        freeStack.set(tables.subarray(t0 + keep, t0 + old), free);
-        free += old - keep;
+    let newlyStale = 0;
+    // The heads of this call, in unit order: the hot loop of a device round (every head of
+    // every compressed sequence), so its index arithmetic is incremental and it touches each
+    // released table entry twice (read for the free list, then cleared) and nothing else.
+    for (let layer = 0, unit = 0; layer < this.shape.layers; layer++) {
+      for (let head = 0, h = layer * layerStride + h0; head < kvHeads; head++, h++, unit++) {
+        const n = newLengths[unit] as number;
+        const len = lengths[h] as number;
+        if (n === -1 || n === len) continue;
+        evictedSlots += len - n;
+        const t0 = h * maxBlocks;
+        const keep = Math.ceil(n / B);
+        const old = Math.ceil(len / B);
+        // Unshared blocks (checked above): each released entry frees its block. Their
+        // refCounts / blockUnit / blockTableIndex are left as they were (unspecified for a free
+        // block; the next #take sets them): millions of blocks are pushed with two copies.
+        if (old - keep <= 32) {
+          // A few blocks (a steady-state round): copied and cleared one by one, as a subarray
+          // view or a fill() call per head costs more than the loop.
+          for (let j = t0 + keep; j < t0 + old; j++) {
+            freeStack[free++] = tables[j] as number;
+            tables[j] = EMPTY;
+          }
+        } else {
+          freeStack.set(tables.subarray(t0 + keep, t0 + old), free);
+          free += old - keep;
+          tables.fill(EMPTY, t0 + keep, t0 + old);
+        }
+        if (!tablesOnDevice) for (let j = t0 + keep; j < t0 + old; j++) this.tableChanges.mark(j);
+        released += old - keep;
+        lengths[h] = n;
+        // #setStale, inlined: the stale-head counts change when a head turns stale or fresh.
+        const was = stale[h] as number;
+        stale[h] = n;
+        if (was > 0 !== n > 0) newlyStale += n > 0 ? 1 : -1;
       }
-      if (!tablesOnDevice) for (let j = t0 + keep; j < t0 + old; j++) this.tableChanges.mark(j);
-      tables.fill(EMPTY, t0 + keep, t0 + old);
-      released += old - keep;
-      this.headLengths[h] = n;
-      this.#setStale(sequence, h, n);
+    }
+    if (newlyStale !== 0) {
+      this.#staleHeads += newlyStale;
+      this.#staleBySequence[sequence] = (this.#staleBySequence[sequence] as number) + newlyStale;
     }
     this.#freeCount = free;
     return { evictedSlots, freedBlocks: released, releasedBlocks: released, copiedBlocks: 0, moves };

@@ -278,11 +278,14 @@ for (const [name, code] of Object.entries(histVariants)) {
     'storage',
     'storage',
     'storage',
+    'storage',
   ]);
+  // The groups' F(b) sums (the kernel adds each row's blocks freed per bin).
+  const fsum = buffer(groupsHost.length * 32 * 4);
   for (const level of [0, 2]) {
     const ms = await time(
       p,
-      [uniform([ROWS, groupsHost.length / 8, level, 16]), rowsBuf, groupsBuf, tables, positions, metrics, keys2, state, hist],
+      [uniform([ROWS, groupsHost.length / 8, level, 16]), rowsBuf, groupsBuf, tables, positions, metrics, keys2, state, hist, fsum],
       grid(ROWS),
     );
     print({ bench: 'histogram', variant: 'selection-kernel', level, rows: ROWS, rowKeys: ROW_KEYS, ms, gkeysPerS: nKeys / ms / 1e6 });
@@ -292,7 +295,7 @@ for (const [name, code] of Object.entries(histVariants)) {
     await new Promise((resolve) => setTimeout(resolve, 1500));
     const ms = await time(
       p,
-      [uniform([ROWS, groupsHost.length / 8, 2, 16]), rowsBuf, groupsBuf, tables, positions, metrics, keys2, state, hist],
+      [uniform([ROWS, groupsHost.length / 8, 2, 16]), rowsBuf, groupsBuf, tables, positions, metrics, keys2, state, hist, fsum],
       grid(ROWS),
       0,
     );

@@ -16,8 +16,12 @@
 //   step:            a greedy decode step of the batch before the round (LlamaModel.forward
 //                    with metric recording, as the engine runs KV-Compress, + device argmax),
 //                    random f16 weights made on the device; skipped (STEP=0, or when the
-//                    weights do not fit beside the pool: STEP=auto, the default).
-// Each timed round starts from the same uncompressed cache. VERIFY (default 1) checks the
+//                    weights do not fit beside the pool: STEP=auto, the default); timed
+//                    twice: sequential (record, submit, read the ids) and pipelined as the
+//                    engine's decode runs it (step n + 1 recorded before step n's ids are
+//                    read), before the round and after it (the compressed cache).
+// Each timed round starts from the same uncompressed cache (run node with --expose-gc so the
+// previous cache's arrays are collected before the round, not during it). VERIFY (default 1) checks the
 // device round against the host path on a twin allocator: the masks against the CPU planner
 // and the cache after compaction (tables, lengths, free blocks, positions) against
 // compressSelected's.
@@ -44,6 +48,7 @@
 // Prints one JSON line per measurement and a summary line. Build and run: see bench/run-gpu.sh.
 /// <reference types="@webgpu/types" />
 import {
+  type DeviceBuffer,
   EvictionSelection,
   kvShapeOf,
   type MetricRecording,
@@ -116,8 +121,8 @@ const debug = (m: string) => {
 
 const shape = kvShapeOf(config);
 const units = shape.layers * shape.kvHeads;
-// Room for the timed decode steps after the context.
-const maxContext = CONTEXT + WARMUP_STEPS + STEPS + STEADY + B;
+// Room for the timed decode steps (sequential, then pipelined) after the context.
+const maxContext = CONTEXT + 2 * (WARMUP_STEPS + STEPS) + STEADY + B;
 const numBlocks = SEQS * units * Math.ceil(maxContext / B);
 // APPEND_CHUNK (0): fill the cache APPEND_CHUNK tokens of each sequence at a time, round robin
 // (16: a block per head per turn, as decode steps allocate); 0: each sequence in one append.
@@ -205,7 +210,21 @@ async function fill(): Promise<void> {
   // (this downloads the positions too: outside the timings).
   await backend.downloadPositions(allocator);
   await device.queue.onSubmittedWorkDone();
+  await collectGarbage();
   if (BUSY_MS > 0) await keepBusy(BUSY_MS);
+}
+
+/**
+ * Every fill() drops the previous allocator (hundreds of MB of typed arrays): with
+ * `node --expose-gc`, collect them here, then give V8's background threads 250 ms to free
+ * them, rather than in a timed round (a serving engine keeps one allocator). Without the
+ * flag, nothing.
+ */
+async function collectGarbage(): Promise<void> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc === undefined) return;
+  gc();
+  await new Promise((resolve) => setTimeout(resolve, 250));
 }
 
 /** Random metrics in [0, 1) with 24-bit values (ties happen) from an LCG; returns its next state. */
@@ -247,6 +266,8 @@ const seqSlots = new Int32Array(units);
 const logitRows = Int32Array.from({ length: SEQS }, (_, i) => i);
 const greedy = backend.createBuffer(SEQS, 'i32');
 const greedyHost = new Int32Array(SEQS);
+const greedyB = backend.createBuffer(SEQS, 'i32');
+const greedyHostB = new Int32Array(SEQS);
 const recording: MetricRecording = {
   values: store.values,
   rowFlags: new Uint8Array(SEQS).fill(1),
@@ -256,7 +277,12 @@ const recording: MetricRecording = {
 };
 const newSlotValues = new Float32Array(units * SEQS);
 
-async function decodeStep(m: LlamaModel): Promise<number> {
+/**
+ * Records and submits one decode step of every sequence, its greedy ids picked into `into`;
+ * its tokens are `deviceTokens` (the previous step's device-picked ids, as the engine's
+ * pipelined decode feeds them) or, when null, greedyHost. Returns the host milliseconds.
+ */
+function recordStep(m: LlamaModel, deviceTokens: DeviceBuffer | null, into: DeviceBuffer): number {
   const t = performance.now();
   const n = sequences.length;
   for (let i = 0; i < n; i++) {
@@ -276,13 +302,49 @@ async function decodeStep(m: LlamaModel): Promise<number> {
     slots: stepSlots,
     logitRows,
     logitCount: n,
+    deviceTokens,
   };
   m.forward(step, allocator, recording);
-  backend.argmax(greedy, m.logits, n, config.vocabSize);
+  backend.argmax(into, m.logits, n, config.vocabSize);
   backend.flush();
-  const hostMs = performance.now() - t;
-  await backend.read(greedy, greedyHost, 0, n);
+  return performance.now() - t;
+}
+
+/** A decode step as selection rounds have always been set against: record, submit, read the ids. */
+async function decodeStep(m: LlamaModel): Promise<number> {
+  const hostMs = recordStep(m, null, greedy);
+  await backend.read(greedy, greedyHost, 0, sequences.length);
   return hostMs;
+}
+
+/**
+ * STEPS decode steps as the engine's pipelined decode runs them (EngineOptions.pipelineDecode):
+ * step i + 1 is recorded and submitted, fed step i's device-picked ids, before step i's ids are
+ * read, so the host's recording overlaps the GPU's work. Returns the wall ms per step.
+ */
+async function timePipelinedSteps(m: LlamaModel, label: string): Promise<number> {
+  await decodeStep(m); // warm-up; its ids feed the first pipelined step from the host
+  const t = performance.now();
+  let host = 0;
+  let pending: Promise<void> | null = null;
+  for (let i = 0; i < STEPS; i++) {
+    // Step i picks into one buffer while step i - 1's, in the other, feeds it.
+    const [into, from, hostIds] = i % 2 === 0 ? [greedy, greedyB, greedyHost] : [greedyB, greedy, greedyHostB];
+    host += recordStep(m, i === 0 ? null : from, into);
+    const read = backend.read(into, hostIds, 0, sequences.length);
+    if (pending !== null) await pending;
+    pending = read;
+  }
+  await pending;
+  const ms = (performance.now() - t) / STEPS;
+  print({
+    kind: 'step',
+    when: `${label}, pipelined`,
+    stepMs: ms,
+    hostMsPerStep: host / STEPS,
+    tokens: allocator.nextPosition(sequences[0] as number),
+  });
+  return ms;
 }
 
 async function timeSteps(m: LlamaModel, label: string): Promise<number> {
@@ -360,6 +422,7 @@ async function steadyRound(profile = false): Promise<Record<string, number>> {
   await backend.downloadPositions(allocator);
   allocator.positionsSynced();
   await device.queue.onSubmittedWorkDone();
+  await collectGarbage();
   if (BUSY_MS > 0) await keepBusy(BUSY_MS);
   if (profile) await backend.readProfile();
   return deviceRound();
@@ -415,7 +478,11 @@ const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floo
 
 await fill();
 let stepMs: number | null = null;
-if (model !== null) stepMs = await timeSteps(model, 'before the round');
+let pipelinedStepMs: number | null = null;
+if (model !== null) {
+  stepMs = await timeSteps(model, 'before the round');
+  pipelinedStepMs = await timePipelinedSteps(model, 'before the round');
+}
 const rounds: number[] = [];
 // Warm-up (pipelines, scratch buffers), then the timed repeats, each from the uncompressed cache.
 await deviceRound();
@@ -477,10 +544,12 @@ if (PROFILE) {
   }
 }
 let stepAfterMs: number | null = null;
+let pipelinedStepAfterMs: number | null = null;
 if (model !== null) {
   await fill();
   await deviceRound();
   stepAfterMs = await timeSteps(model, 'after the round');
+  pipelinedStepAfterMs = await timePipelinedSteps(model, 'after the round');
 }
 if (HOST) {
   await fill();
@@ -556,6 +625,14 @@ print({
   steadyRoundMs: steadyMs,
   steadyOverStep: stepMs === null || steadyMs === null ? null : steadyMs / stepMs,
   stepAfterMs,
+  // The same rounds against the engine's pipelined step (recording overlapped with the GPU),
+  // before the round (the whole context) and after it (the compressed cache a steady round
+  // serves).
+  pipelinedStepMs,
+  roundOverPipelinedStep: pipelinedStepMs === null ? null : roundMs / pipelinedStepMs,
+  steadyOverPipelinedStep: pipelinedStepMs === null || steadyMs === null ? null : steadyMs / pipelinedStepMs,
+  pipelinedStepAfterMs,
+  steadyOverPipelinedStepAfter: pipelinedStepAfterMs === null || steadyMs === null ? null : steadyMs / pipelinedStepAfterMs,
   target: 0.1,
   kvChunks: backend.kvChunks,
   subgroups: backend.subgroups,

@@ -177,6 +177,7 @@ export function selectionHistogramKernel(blockAligned: boolean): KernelSource {
 @group(0) @binding(6) var<storage, read_write> keys: array<vec4<u32>>;
 @group(0) @binding(7) var<storage, read_write> state: array<u32>;
 @group(0) @binding(8) var<storage, read_write> hist: array<u32>;
+@group(0) @binding(9) var<storage, read_write> fsum: array<atomic<u32>>;
 ${keys8(blockAligned)}
 ${HISTOGRAM_HELPERS}
 ${ENTRY}
@@ -222,17 +223,24 @@ ${ENTRY}
   cum[li] = atomicLoad(&counts[li]);
   workgroupBarrier();
   scanCum(li);
-  hist[row * 256u + li] = base + cum[li];
+  let atOrBelow = base + cum[li];
+  hist[row * 256u + li] = atOrBelow;
+  // The group's F(b), blocks freed if every key up to bin b may go, summed here as each row's
+  // histogram is made (the threshold kernel walking the group's rows took longer: one
+  // workgroup per group).
+  let f = freedAt(row, atOrBelow);
+  if (f > 0u) { atomicAdd(&fsum[g * 256u + li], f); }
 }`,
   }));
 }
 
 /**
  * One workgroup per group, thread b = bin b: F(b) = blocks the group frees if every key up
- * to bin b may go; the level's digit is the first bin with F(b) >= target (the count of bins
- * below target, F being monotone). Level 0 first clamps the target to what the group can
- * free at all. Then each row's keys below / at or below the narrowed prefix are kept, and
- * the keys below the prefix as belowAt[level + 1].
+ * to bin b may go (fsum, summed by the histogram kernel; zeroed here for the next level);
+ * the level's digit is the first bin with F(b) >= target (the count of bins below target, F
+ * being monotone). Level 0 first clamps the target to what the group can free at all. Then
+ * each row's keys below / at or below the narrowed prefix are kept, and the keys below the
+ * prefix as belowAt[level + 1].
  */
 export function selectionThresholdKernel(): KernelSource {
   return memo('select-threshold', () => ({
@@ -240,13 +248,10 @@ export function selectionThresholdKernel(): KernelSource {
     code: /* wgsl */ `${header(true)}
 @group(0) @binding(3) var<storage, read> hist: array<u32>;
 @group(0) @binding(4) var<storage, read_write> state: array<u32>;
+@group(0) @binding(5) var<storage, read_write> fsum: array<u32>;
 var<workgroup> below: atomic<u32>;
 var<workgroup> goalShared: u32;
 var<workgroup> prefix: u32;
-/** freedAt for rows that may free blocks (maxFree > 0), else 0. */
-fn rowFreed(r: u32, available: u32) -> u32 {
-  return select(0u, freedAt(r, available), rows[r * 8u + 5u] > 0);
-}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
   ${FLAT_ID}
@@ -255,17 +260,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let first = u32(groups[g * 8u + 1u]);
   let end = first + u32(groups[g * 8u + 2u]);
   let gs = p.rows * 8u + g * 4u;
-  // F over the group's rows, four loads in flight at a time.
-  var F = 0u;
-  var r = first;
-  for (; r + 4u <= end; r += 4u) {
-    let h0 = hist[r * 256u + li];
-    let h1 = hist[(r + 1u) * 256u + li];
-    let h2 = hist[(r + 2u) * 256u + li];
-    let h3 = hist[(r + 3u) * 256u + li];
-    F += rowFreed(r, h0) + rowFreed(r + 1u, h1) + rowFreed(r + 2u, h2) + rowFreed(r + 3u, h3);
-  }
-  for (; r < end; r++) { F += rowFreed(r, hist[r * 256u + li]); }
+  let F = fsum[g * 256u + li];
+  fsum[g * 256u + li] = 0u;
   if (li == 0u) {
     atomicStore(&below, 0u);
     if (p.level == 0u) {

@@ -1427,6 +1427,9 @@ export class WebGpuBackend implements Backend {
     const groupBuf = this.#ensureI32('selectGroups', cap * SELECTION_GROUP_FIELDS);
     const state = this.#ensureF32('selectState', cap * (SELECTION_STATE_FIELDS + SELECTION_GROUP_STATE_FIELDS));
     const hist = this.#ensureF32('selectHist', cap * SELECTION_BINS);
+    // u32 [groups][256]: each group's F(b) of the level (the histogram kernel adds, the
+    // threshold kernel reads and zeroes); cleared here in case a round was cut short.
+    const fsum = this.#ensureF32('selectFsum', cap * SELECTION_BINS);
     const result = this.#ensureI32('selectResult', cap + selection.maxMaskWords);
     // Each row's keys, padded to whole mask words.
     const keyWords = selection.maskWords * 32;
@@ -1451,17 +1454,20 @@ export class WebGpuBackend implements Backend {
     const B = cache.blockSize;
     const [rx, ry] = grid(rows);
     const [gx, gy] = grid(groups);
+    this.#endPass();
+    this.#encoder ??= this.device.createCommandEncoder();
+    this.#encoder.clearBuffer(fsum.buffer, 0, groups * SELECTION_BINS * 4);
     for (let level = 0; level < SELECTION_LEVELS; level++) {
       this.#profileTag = `@${level}`;
       this.#setUniform([rows, groups, level, B]);
       this.#dispatchRaw(
         selectionHistogramKernel(B % 8 === 0),
-        [rowBuf.buffer, groupBuf.buffer, tables, positions, metrics, keys, state.buffer, hist.buffer],
+        [rowBuf.buffer, groupBuf.buffer, tables, positions, metrics, keys, state.buffer, hist.buffer, fsum.buffer],
         rx,
         ry,
       );
       this.#setUniform([rows, groups, level, B]);
-      this.#dispatchRaw(selectionThresholdKernel(), [rowBuf.buffer, groupBuf.buffer, hist.buffer, state.buffer], gx, gy);
+      this.#dispatchRaw(selectionThresholdKernel(), [rowBuf.buffer, groupBuf.buffer, hist.buffer, state.buffer, fsum.buffer], gx, gy);
     }
     this.#profileTag = '';
     this.#setUniform([rows, groups, 0, B]);
