@@ -469,6 +469,15 @@ function deviceMoves(a: PageAllocator, seq: number, unit: number, evicted: boole
   return holes.map((d, k) => [sources[k] as number, d]);
 }
 
+/** The block tables with every entry past a head's blocks as -1 (what compact() leaves). */
+function liveTables(a: PageAllocator): Int32Array {
+  const live = a.blockTables.slice();
+  for (let h = 0; h < a.headLengths.length; h++) {
+    live.fill(-1, h * a.maxBlocksPerHead + Math.ceil((a.headLengths[h] as number) / a.blockSize), (h + 1) * a.maxBlocksPerHead);
+  }
+  return live;
+}
+
 describe('PageAllocator.compactedOnDevice', () => {
   it('ends with the tables, lengths, free list and positions of compact(), positions stale on the host until synced', () => {
     fc.assert(
@@ -486,7 +495,8 @@ describe('PageAllocator.compactedOnDevice', () => {
           },
         ),
         fc.constantFrom(1, 3, 4, 16),
-        (steps, blockSize) => {
+        fc.boolean(),
+        (steps, blockSize, withIds) => {
           const opts = { shape, numBlocks: 200, blockSize, maxSequences: 3, maxContext: 400 };
           const host = new PageAllocator(opts); // compact()
           const dev = new PageAllocator(opts); // compactedOnDevice() + emulated device moves
@@ -545,7 +555,23 @@ describe('PageAllocator.compactedOnDevice', () => {
             // The device: moves (positions here), then the released table entries cleared.
             const before = devPositions.slice();
             for (const [src, dst] of devMoves) devPositions[dst] = before[src] as number;
-            const b = dev.compactedOnDevice(step.seq, newLengths, devMoves.length, true);
+            // withIds: the device also reports each head's released block ids (read from its
+            // copy of the tables before clearing), a head's run at a scattered offset.
+            const freedIds = new Int32Array(1000).fill(-7);
+            const freedIdsAt = new Int32Array(units).fill(-1);
+            let nextId = 3;
+            for (let unit = 0; withIds && unit < units; unit++) {
+              const n = newLengths[unit] as number;
+              if (n === -1 || unit % 3 === 2) continue; // some heads left to the host tables
+              const h = dev.unitHeadIndex(step.seq, unit);
+              freedIdsAt[unit] = nextId;
+              for (let j = Math.ceil(n / blockSize); j < Math.ceil((dev.headLengths[h] as number) / blockSize); j++)
+                freedIds[nextId++] = devTables[h * dev.maxBlocksPerHead + j] as number;
+              nextId += 2;
+            }
+            const b = withIds
+              ? dev.compactedOnDevice(step.seq, newLengths, devMoves.length, true, freedIds, freedIdsAt)
+              : dev.compactedOnDevice(step.seq, newLengths, devMoves.length, true);
             for (let h = 0; h < dev.headLengths.length; h++) {
               for (let j = Math.ceil((dev.headLengths[h] as number) / blockSize); j < dev.maxBlocksPerHead; j++)
                 devTables[h * dev.maxBlocksPerHead + j] = -1;
@@ -555,10 +581,12 @@ describe('PageAllocator.compactedOnDevice', () => {
             expect(dev.tableChanges.count).toBe(0);
             host.checkInvariants();
             dev.checkInvariants();
-            expect(dev.blockTables).toEqual(host.blockTables);
+            // Entries past a head's blocks: cleared, unless the released ids came from the device.
+            if (dev.tailsUnspecified) expect(liveTables(dev)).toEqual(host.blockTables);
+            else expect(dev.blockTables).toEqual(host.blockTables);
             expect(dev.headLengths).toEqual(host.headLengths);
             expect(dev.freeBlocks).toBe(host.freeBlocks);
-            expect(devTables).toEqual(dev.blockTables);
+            expect(devTables).toEqual(liveTables(dev));
             // Every live slot: the device's position is compact()'s; the host copy agrees outside the stale ranges.
             for (let h = 0; h < dev.headLengths.length; h++) {
               for (let i = 0; i < (dev.headLengths[h] as number); i++) {
@@ -590,12 +618,35 @@ describe('PageAllocator.compactedOnDevice', () => {
             host.appendTokens(s0, n);
             dev.appendTokens(s0, n);
           }
-          expect(dev.blockTables).toEqual(host.blockTables);
+          expect(liveTables(dev)).toEqual(host.blockTables);
           dev.checkInvariants();
         },
       ),
-      { numRuns: 150 },
+      { numRuns: 200 },
     );
+  });
+
+  it('takes released ids from the device only with the tables on the device, in range, and changes nothing otherwise', () => {
+    const a = make(64, 4, 4, 64);
+    const s = a.addSequence();
+    a.appendTokens(s, 10); // 3 blocks a head
+    const lengths = new Int32Array(4).fill(-1);
+    lengths[1] = 3; // releases 2 blocks
+    const at = new Int32Array(4).fill(-1);
+    at[1] = 0;
+    const free = a.freeBlocks;
+    expect(() => a.compactedOnDevice(s, lengths, 0, false, new Int32Array([5, 6]), at)).toThrow(InvalidArgumentError);
+    expect(() => a.compactedOnDevice(s, lengths, 0, true, new Int32Array([5]), at)).toThrow(InvalidArgumentError);
+    expect(() => a.compactedOnDevice(s, lengths, 0, true, new Int32Array([5, 64]), at)).toThrow(InvalidArgumentError);
+    expect(() => a.compactedOnDevice(s, lengths, 0, true, new Int32Array([5, 6]), null)).toThrow(InvalidArgumentError);
+    expect(a.freeBlocks).toBe(free);
+    expect(a.tailsUnspecified).toBe(false);
+    const h = a.unitHeadIndex(s, 1);
+    const released = [a.blockTables[h * a.maxBlocksPerHead + 1] as number, a.blockTables[h * a.maxBlocksPerHead + 2] as number];
+    a.compactedOnDevice(s, lengths, 0, true, Int32Array.from(released), at);
+    expect(a.freeBlocks).toBe(free + 2);
+    expect(a.tailsUnspecified).toBe(true);
+    a.checkInvariants();
   });
 
   it('refuses pools with shared blocks, bad lengths, and stale sequences where host code reads positions', () => {

@@ -89,6 +89,16 @@ export class PageAllocator {
   /** blockTables / slotPositions entries written since a device copy last synchronised. */
   readonly tableChanges: ChangeLog;
   readonly positionChanges: ChangeLog;
+  /**
+   * Block-table entries past a head's blocks are -1, except after `compactedOnDevice` freed
+   * blocks from device-reported ids (`freedIds`): the released entries it did not clear on the
+   * host are unspecified from then on (no code reads a table past a head's blocks; appends
+   * write the entries they take).
+   */
+  get tailsUnspecified(): boolean {
+    return this.#tailsUnspecified;
+  }
+  #tailsUnspecified = false;
   /** Block-table references per block (unspecified for a free block: see compactedOnDevice). */
   readonly refCounts: Int32Array;
   /** Head unit (layer * kvHeads + kvHead) a block belongs to (-1 or unspecified when free). */
@@ -648,13 +658,28 @@ export class PageAllocator {
    * entries cleared, so they are not logged in `tableChanges`. `moves` (the device's count)
    * is only reported back.
    *
+   * `freedIds` / `freedIdsAt` (with `tablesOnDevice`): the device reported the ids it released;
+   * unit u's, in table order, are `freedIds[freedIdsAt[u] ...]` (-1: read them from the host
+   * tables). Those heads' released host entries are then neither read nor cleared (the host
+   * tables' cold lines were most of a steady round's host time); see `tailsUnspecified`.
+   *
    * Needs a pool without shared blocks (no forks: copy-on-write is not done on the device).
    * Everything is checked first; on an error nothing changes.
    */
-  compactedOnDevice(sequence: number, newLengths: Int32Array, moves: number, tablesOnDevice = false): CompactionResult {
+  compactedOnDevice(
+    sequence: number,
+    newLengths: Int32Array,
+    moves: number,
+    tablesOnDevice = false,
+    freedIds: Int32Array | null = null,
+    freedIdsAt: Int32Array | null = null,
+  ): CompactionResult {
     this.#requireActive(sequence);
     const units = this.headsPerSequence;
     if (newLengths.length < units) throw new InvalidArgumentError(`newLengths holds ${newLengths.length} entries; ${units} are needed.`);
+    if ((freedIds === null) !== (freedIdsAt === null) || (freedIdsAt !== null && (!tablesOnDevice || freedIdsAt.length < units))) {
+      throw new InvalidArgumentError(`freedIds and freedIdsAt go together, with tablesOnDevice and ${units} offsets.`);
+    }
     if (this.#sharedBlocks > 0) {
       throw new InvalidArgumentError(
         `The pool holds ${this.#sharedBlocks} blocks shared by forks; compact them on the host (compact()), which copies them on write.`,
@@ -679,11 +704,23 @@ export class PageAllocator {
       if (!Number.isInteger(n) || n < 0 || n > len) {
         throw new InvalidPlanError(`Head unit ${unit} of sequence ${sequence} holds ${len} slots; it cannot keep ${n}.`);
       }
+      const at = freedIdsAt === null ? -1 : (freedIdsAt[unit] as number);
+      if (at === -1) continue;
+      const end = at + Math.ceil(len / B) - Math.ceil(n / B);
+      if (!Number.isInteger(at) || at < 0 || end > (freedIds as Int32Array).length) {
+        throw new InvalidArgumentError(`freedIdsAt[${unit}] = ${at} is outside freedIds.`);
+      }
+      for (let i = at; i < end; i++) {
+        const id = (freedIds as Int32Array)[i] as number;
+        if (!(id >= 0 && id < this.numBlocks))
+          throw new InvalidArgumentError(`freedIds names block ${id}; the pool has ${this.numBlocks}.`);
+      }
     }
     let free = this.#freeCount;
     let evictedSlots = 0;
     let released = 0;
     let newlyStale = 0;
+    let tailsUnspecified = this.#tailsUnspecified;
     // The heads of this call, in unit order: the hot loop of a device round (every head of
     // every compressed sequence), so its index arithmetic is incremental and it touches each
     // released table entry twice (read for the free list, then cleared) and nothing else.
@@ -699,7 +736,12 @@ export class PageAllocator {
         // Unshared blocks (checked above): each released entry frees its block. Their
         // refCounts / blockUnit / blockTableIndex are left as they were (unspecified for a free
         // block; the next #take sets them): millions of blocks are pushed with two copies.
-        if (old - keep <= 32) {
+        const at = freedIdsAt === null ? -1 : (freedIdsAt[unit] as number);
+        if (at !== -1) {
+          // Ids from the device; the host entries are left as they were (tailsUnspecified).
+          for (let i = at; i < at + old - keep; i++) freeStack[free++] = (freedIds as Int32Array)[i] as number;
+          tailsUnspecified = true;
+        } else if (old - keep <= 32) {
           // A few blocks (a steady-state round): copied and cleared one by one, as a subarray
           // view or a fill() call per head costs more than the loop.
           for (let j = t0 + keep; j < t0 + old; j++) {
@@ -725,6 +767,7 @@ export class PageAllocator {
       this.#staleBySequence[sequence] = (this.#staleBySequence[sequence] as number) + newlyStale;
     }
     this.#freeCount = free;
+    this.#tailsUnspecified = tailsUnspecified;
     return { evictedSlots, freedBlocks: released, releasedBlocks: released, copiedBlocks: 0, moves };
   }
 
@@ -849,7 +892,9 @@ export class PageAllocator {
           for (let j = 0; j < this.maxBlocksPerHead; j++) {
             const block = this.blockTables[t0 + j] as number;
             if (j >= blocks) {
-              if (block !== EMPTY) throw new InvariantViolationError(`sequence ${s} head ${unit} has a stray entry at ${j}`);
+              if (block !== EMPTY && !this.#tailsUnspecified) {
+                throw new InvariantViolationError(`sequence ${s} head ${unit} has a stray entry at ${j}`);
+              }
               continue;
             }
             if (block < 0 || block >= this.numBlocks) {

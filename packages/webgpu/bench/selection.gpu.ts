@@ -399,6 +399,8 @@ async function deviceRound(): Promise<Record<string, number>> {
     movesTailMs: t3 - t2,
     ...totals,
     ...backend.lastCompaction,
+    // Released block ids reported by the device per row (0: the host read its tables).
+    freedIdsPerRow: selection.freedIdsPerRow,
   };
 }
 
@@ -601,7 +603,12 @@ if (VERIFY) {
   const b = twin.a;
   let cacheMismatches = a.freeBlocks === b.freeBlocks ? 0 : 1;
   for (let i = 0; i < a.headLengths.length; i++) if (a.headLengths[i] !== b.headLengths[i]) cacheMismatches++;
-  for (let i = 0; i < a.blockTables.length; i++) if (a.blockTables[i] !== b.blockTables[i]) cacheMismatches++;
+  // Entries within each head's blocks (past them, the device path may leave the host's as they were).
+  for (let h = 0; h < a.headLengths.length; h++) {
+    const blocks = Math.ceil((a.headLengths[h] as number) / B);
+    for (let j = 0; j < blocks; j++)
+      if (a.blockTables[h * a.maxBlocksPerHead + j] !== b.blockTables[h * b.maxBlocksPerHead + j]) cacheMismatches++;
+  }
   for (let h = 0; h < a.headLengths.length; h++) {
     for (let i = 0; i < (a.headLengths[h] as number); i++) {
       const slot = (a.blockTables[h * a.maxBlocksPerHead + Math.floor(i / B)] as number) * B + (i % B);

@@ -46,9 +46,12 @@ export const SELECTION_GROUP_STATE_FIELDS = 4;
  */
 export const COMPACT_INFO_HEADER = 64;
 
-/** Uniforms and the rows binding (1); the groups binding (2) where the kernel reads it. */
-const header = (groups: boolean): string => /* wgsl */ `
-struct P { rows: u32, groups: u32, level: u32, blockSize: u32 }
+/**
+ * Uniforms and the rows binding (1); the groups binding (2) where the kernel reads it. The
+ * third uniform is the level of the threshold search, or (compact-pairs) freed ids per row.
+ */
+const header = (groups: boolean, third = 'level'): string => /* wgsl */ `
+struct P { rows: u32, groups: u32, ${third}: u32, blockSize: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> rows: array<i32>;
 ${groups ? '@group(0) @binding(2) var<storage, read> groups: array<i32>;' : ''}
@@ -482,13 +485,15 @@ ${ENTRY}
  * kept slots at or past s (sources) are ranked, each in ascending logical order, and hole j
  * receives source j: moveDst / moveSrc [offset + j], the row's offset taken from a global
  * counter (info[0]; any order of rows gives the same cache). Then the block-table entries past
- * ceil(s / B) are cleared (-1) and info gets the row's blocks freed and moves.
- *   info u32: [COMPACT_INFO_HEADER] total moves, ...; then [rows] blocks freed; then [rows] moves
+ * ceil(s / B) are cleared (-1) and info gets the row's blocks freed and moves, and, when
+ * p.idsPerRow > 0 and the row released at most that many, the ids it released.
+ *   info u32: [COMPACT_INFO_HEADER] total moves, ...; then [rows] blocks freed; then [rows]
+ *   moves; then [rows][p.idsPerRow] released block ids, in table order
  */
 export function compactPairsKernel(): KernelSource {
   return memo('compact-pairs', () => ({
     workgroupSize: 256,
-    code: /* wgsl */ `${header(false)}
+    code: /* wgsl */ `${header(false, 'idsPerRow')}
 @group(0) @binding(2) var<storage, read> state: array<u32>;
 @group(0) @binding(3) var<storage, read> masks: array<u32>;
 @group(0) @binding(4) var<storage, read_write> tables: array<i32>;
@@ -594,7 +599,11 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   storageBarrier();
   let keep = (s + p.blockSize - 1u) / p.blockSize;
   let old = (len + p.blockSize - 1u) / p.blockSize;
-  for (var j = keep + li; j < old; j += 256u) { tables[t0 + j] = -1; }
+  let reportIds = old - keep <= p.idsPerRow;
+  for (var j = keep + li; j < old; j += 256u) {
+    if (reportIds) { atomicStore(&info[HEAD + 2u * p.rows + row * p.idsPerRow + j - keep], u32(tables[t0 + j])); }
+    tables[t0 + j] = -1;
+  }
 }`,
   }));
 }

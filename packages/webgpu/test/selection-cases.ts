@@ -62,6 +62,8 @@ export interface SelectionResult {
   /** The device compaction's K/V moves within one window of chunks, and across windows. */
   readonly windowMoves: number;
   readonly crossWindowMoves: number;
+  /** Released block ids the device reported per row (0: the host read them from its tables). */
+  readonly freedIdsPerRow: number;
 }
 
 const bits = new DataView(new ArrayBuffer(4));
@@ -284,7 +286,11 @@ export async function runSelectionCase(device: GPUDevice, q: SelectionParams): P
   const d = onDevice.scene.allocator;
   if (onDevice.validation !== null) deviceCompaction.push(`validation: ${onDevice.validation}`);
   if (onDevice.outcomes.join() !== outcomes.join()) deviceCompaction.push(`outcomes ${onDevice.outcomes.join()} != ${outcomes.join()}`);
-  if (d.blockTables.join() !== allocator.blockTables.join()) deviceCompaction.push('block tables differ');
+  if (liveTables(d) !== liveTables(allocator)) deviceCompaction.push('block tables differ');
+  // With released ids from the device, the host left its released entries as they were.
+  if (d.tailsUnspecified !== onDevice.freedIdsPerRow > 0) deviceCompaction.push(`tailsUnspecified ${d.tailsUnspecified}`);
+  if (!d.tailsUnspecified && d.blockTables.join() !== allocator.blockTables.join()) deviceCompaction.push('released entries not cleared');
+  d.checkInvariants();
   if (d.headLengths.join() !== allocator.headLengths.join()) deviceCompaction.push('head lengths differ');
   if (d.freeBlocks !== allocator.freeBlocks) deviceCompaction.push(`free blocks ${d.freeBlocks} != ${allocator.freeBlocks}`);
   const D = onDevice.headDim;
@@ -319,7 +325,17 @@ export async function runSelectionCase(device: GPUDevice, q: SelectionParams): P
     kvChunks: onDevice.kvChunks,
     windowMoves: onDevice.windowMoves,
     crossWindowMoves: onDevice.crossWindowMoves,
+    freedIdsPerRow: onDevice.freedIdsPerRow,
   };
+}
+
+/** The block tables' entries within each head's blocks (the rest as -1), joined. */
+function liveTables(a: PageAllocator): string {
+  const live = a.blockTables.slice();
+  for (let h = 0; h < a.headLengths.length; h++) {
+    live.fill(-1, h * a.maxBlocksPerHead + Math.ceil((a.headLengths[h] as number) / a.blockSize), (h + 1) * a.maxBlocksPerHead);
+  }
+  return live.join();
 }
 
 /** K (which 0) or V (1) element x of the row first written to `slot`: small integers, exact in f16. */
@@ -335,6 +351,7 @@ interface DeviceCompaction {
   kvChunks: number;
   windowMoves: number;
   crossWindowMoves: number;
+  freedIdsPerRow: number;
   /** The device's positions, metrics, K and V after the compaction. */
   positions: Int32Array;
   metrics: Float32Array;
@@ -392,6 +409,7 @@ async function compactOnDevice(device: GPUDevice, q: SelectionParams, policy: Ev
   });
   await backend.compactEvictions(selection, allocator);
   const { windowMoves, crossWindowMoves } = backend.lastCompaction;
+  const freedIdsPerRow = selection.freedIdsPerRow;
   const outcomes = sequences.map((seq, i) =>
     JSON.stringify({ ...compressor.applyDeviceCompaction(seq, selection, configs[i]), planMs: 0, compactMs: 0 }),
   );
@@ -410,6 +428,7 @@ async function compactOnDevice(device: GPUDevice, q: SelectionParams, policy: Ev
     kvChunks: backend.kvChunks,
     windowMoves,
     crossWindowMoves,
+    freedIdsPerRow,
     positions,
     metrics,
     k: await backend.readCache('k'),
