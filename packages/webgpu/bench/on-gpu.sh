@@ -37,9 +37,9 @@ for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
     server) timeout "${SERVER_TIMEOUT:-300}" "$GPU_NODE" .gpu/server-throughput.mjs --backend webgpu --model models/kvc-20m-4k \
       --text .gpu/shared/data/gutenberg/pg11_alice_in_wonderland.txt --prompt-tokens "${SERVER_PROMPT:-1800}" --max-tokens "${SERVER_MAX_TOKENS:-64}" \
       --requests "${SERVER_REQUESTS:-128}" --concurrency 64 --max-sequences 64 --pool-sequences 4 --pool-context 4096 --pressure-headroom "${SERVER_HEADROOM:-1}" --json | tee "$out/server-throughput-h${SERVER_HEADROOM:-1}.jsonl" ;;
-    selection) timeout 540 "$GPU_NODE" --expose-gc .gpu/selection.mjs | tee "$out/selection.jsonl" ;;
-    round-8b) SHAPE=8b timeout 540 "$GPU_NODE" --expose-gc .gpu/selection.mjs | tee "$out/round-8b.jsonl" ;;
-    round-1b) SHAPE=1b timeout 540 "$GPU_NODE" --expose-gc .gpu/selection.mjs | tee "$out/round-1b.jsonl" ;;
+    selection) timeout 540 "$GPU_NODE" .gpu/selection.mjs | tee "$out/selection.jsonl" ;;
+    round-8b) SHAPE=8b timeout 540 "$GPU_NODE" .gpu/selection.mjs | tee "$out/round-8b.jsonl" ;;
+    round-1b) SHAPE=1b timeout 540 "$GPU_NODE" .gpu/selection.mjs | tee "$out/round-1b.jsonl" ;;
     round-kernels) timeout 300 "$GPU_NODE" .gpu/round-kernels.mjs | tee "$out/round-kernels.jsonl" ;;
     prefill) timeout 300 "$GPU_NODE" .gpu/prefill.mjs | tee "$out/prefill.jsonl" ;;
     decode-8b-old) c=${CONTEXT_8B:-4096}; ATTENTION=wide BLOCKED_MATMUL=0 SHAPE=8b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-8b-$c-old.jsonl" ;;

@@ -20,8 +20,9 @@
 //                    twice: sequential (record, submit, read the ids) and pipelined as the
 //                    engine's decode runs it (step n + 1 recorded before step n's ids are
 //                    read), before the round and after it (the compressed cache).
-// Each timed round starts from the same uncompressed cache (run node with --expose-gc so the
-// previous cache's arrays are collected before the round, not during it). VERIFY (default 1) checks the
+// Each timed round starts from the same uncompressed cache (a fresh allocator: the old one's
+// arrays are garbage that V8 may collect during a timed round; forcing a collection before
+// each round, with --expose-gc, made the host code after it slower: compare medians). VERIFY (default 1) checks the
 // device round against the host path on a twin allocator: the masks against the CPU planner
 // and the cache after compaction (tables, lengths, free blocks, positions) against
 // compressSelected's.
@@ -210,21 +211,7 @@ async function fill(): Promise<void> {
   // (this downloads the positions too: outside the timings).
   await backend.downloadPositions(allocator);
   await device.queue.onSubmittedWorkDone();
-  await collectGarbage();
   if (BUSY_MS > 0) await keepBusy(BUSY_MS);
-}
-
-/**
- * Every fill() drops the previous allocator (hundreds of MB of typed arrays): with
- * `node --expose-gc`, collect them here, then give V8's background threads 250 ms to free
- * them, rather than in a timed round (a serving engine keeps one allocator). Without the
- * flag, nothing.
- */
-async function collectGarbage(): Promise<void> {
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (gc === undefined) return;
-  gc();
-  await new Promise((resolve) => setTimeout(resolve, 250));
 }
 
 /** Random metrics in [0, 1) with 24-bit values (ties happen) from an LCG; returns its next state. */
@@ -424,7 +411,6 @@ async function steadyRound(profile = false): Promise<Record<string, number>> {
   await backend.downloadPositions(allocator);
   allocator.positionsSynced();
   await device.queue.onSubmittedWorkDone();
-  await collectGarbage();
   if (BUSY_MS > 0) await keepBusy(BUSY_MS);
   if (profile) await backend.readProfile();
   return deviceRound();

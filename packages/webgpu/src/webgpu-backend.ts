@@ -1442,7 +1442,7 @@ export class WebGpuBackend implements Backend {
     const state = this.#ensureF32('selectState', cap * (SELECTION_STATE_FIELDS + SELECTION_GROUP_STATE_FIELDS));
     const hist = this.#ensureF32('selectHist', cap * SELECTION_BINS);
     // u32 [groups][256]: each group's F(b) of the level (the histogram kernel adds, the
-    // threshold kernel reads and zeroes); cleared here in case a round was cut short.
+    // threshold kernel reads and zeroes it for the next level and round; zero when created).
     const fsum = this.#ensureF32('selectFsum', cap * SELECTION_BINS);
     const result = this.#ensureI32('selectResult', cap + selection.maxMaskWords);
     // Each row's keys, padded to whole mask words.
@@ -1468,9 +1468,6 @@ export class WebGpuBackend implements Backend {
     const B = cache.blockSize;
     const [rx, ry] = grid(rows);
     const [gx, gy] = grid(groups);
-    this.#endPass();
-    this.#encoder ??= this.device.createCommandEncoder();
-    this.#encoder.clearBuffer(fsum.buffer, 0, groups * SELECTION_BINS * 4);
     for (let level = 0; level < SELECTION_LEVELS; level++) {
       this.#profileTag = `@${level}`;
       this.#setUniform([rows, groups, level, B]);
