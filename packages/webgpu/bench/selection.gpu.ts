@@ -22,10 +22,10 @@
 //                    read), before the round and after it (the compressed cache).
 // Each timed round starts from the same uncompressed cache (a fresh allocator: the old one's
 // arrays are garbage that V8 may collect during a timed round; forcing a collection before
-// each round, with --expose-gc, made the host code after it slower: compare medians). VERIFY (default 1) checks the
-// device round against the host path on a twin allocator: the masks against the CPU planner
-// and the cache after compaction (tables, lengths, free blocks, positions) against
-// compressSelected's.
+// each round, with --expose-gc, made the host code after it slower: compare medians).
+// VERIFY (default 1) checks the device round against the host path on a twin allocator: the
+// masks against the CPU planner and the cache after compaction (tables within each head's
+// blocks, lengths, free blocks, positions) against compressSelected's.
 //
 // PROFILE=1 adds the GPU time of every kernel of one decode step and one round (timestamp
 // queries, each dispatch in its own compute pass; the other timings of such a run are not
