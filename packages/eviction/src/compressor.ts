@@ -222,10 +222,8 @@ export class Compressor {
       }
     }
     const t1 = performance.now();
-    const result =
-      idsStride > 0
-        ? a.compactedOnDevice(sequence, newLengths, moves, true, selection.freedBlockIds, freedIdsAt)
-        : a.compactedOnDevice(sequence, newLengths, moves, true);
+    const ids = idsStride > 0;
+    const result = a.compactedOnDevice(sequence, newLengths, moves, true, ids ? selection.freedBlockIds : null, ids ? freedIdsAt : null);
     // No shared blocks on this path (compactedOnDevice checks): every released entry freed one.
     return this.#outcome(result, sequence, blocksBefore, t0, t1, blocksBefore - result.releasedBlocks);
   }
