@@ -127,6 +127,101 @@ describe('PageAllocator basics', () => {
   });
 });
 
+describe('PageAllocator locality', () => {
+  /** Evicts `n` random slots of every head of `seq` (host compaction); returns the ids each head released, by unit. */
+  function evictRandom(a: PageAllocator, seq: number, n: number, rand: () => number): number[][] {
+    const plan = a.createEvictionPlan();
+    plan.reset(seq);
+    const released: number[][] = [];
+    for (let unit = 0; unit < a.headsPerSequence; unit++) {
+      const layer = Math.floor(unit / shape.kvHeads);
+      const head = unit % shape.kvHeads;
+      const len = a.length(seq, layer, head);
+      const picked = new Set<number>();
+      while (picked.size < Math.min(n, len)) picked.add(Math.floor(rand() * len));
+      for (const i of picked) plan.add(unit, a.slot(seq, layer, head, i));
+      const h = a.unitHeadIndex(seq, unit);
+      const keep = Math.ceil((len - picked.size) / a.blockSize);
+      const old = Math.ceil(len / a.blockSize);
+      released.push(Array.from(a.blockTables.subarray(h * a.maxBlocksPerHead + keep, h * a.maxBlocksPerHead + old)));
+    }
+    a.compact(plan, a.createMoveList());
+    return released;
+  }
+
+  it('gives a head back the blocks it released, while other sequences take and free blocks in between', () => {
+    let seed = 7;
+    const rand = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed / 2 ** 31;
+    };
+    const a = make(200, 4, 4, 64);
+    const s = a.addSequence();
+    const t = a.addSequence();
+    a.appendTokens(s, 40);
+    a.appendTokens(t, 20);
+    const regionOf = (seq: number) =>
+      new Set(
+        Array.from({ length: a.headsPerSequence }, (_, u) => a.unitHeadIndex(seq, u)).flatMap((h) =>
+          Array.from(a.blockTables.subarray(h * a.maxBlocksPerHead, h * a.maxBlocksPerHead + 10)),
+        ),
+      );
+    const region = regionOf(s);
+    for (let round = 0; round < 50; round++) {
+      // s: a steady state of 8 tokens added, 8 evicted (two blocks of 4 a head).
+      const released = evictRandom(a, s, 8, rand);
+      // t churns between the release and the next append of s.
+      if (round % 3 === 2) {
+        a.removeSequence(t);
+        expect(a.addSequence()).toBe(t);
+      }
+      a.appendTokens(t, 1 + (round % 5));
+      if (a.length(t, 0, 0) > 40) evictRandom(a, t, 20, rand);
+      a.appendTokens(s, 8);
+      for (let unit = 0; unit < a.headsPerSequence; unit++) {
+        const h = a.unitHeadIndex(s, unit);
+        const blocks = Array.from(a.blockTables.subarray(h * a.maxBlocksPerHead + 8, h * a.maxBlocksPerHead + 10));
+        expect(blocks).toEqual(released[unit]);
+      }
+      a.checkInvariants();
+    }
+    // After 50 rounds s still holds exactly the blocks it started with.
+    expect(regionOf(s)).toEqual(region);
+  });
+
+  it('keeps every block through many releases and takes at both ends of the free list', () => {
+    let seed = 11;
+    const rand = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed / 2 ** 31;
+    };
+    const numBlocks = 64;
+    const a = make(numBlocks, 4, 4, 64);
+    const seqs = [a.addSequence(), a.addSequence(), a.addSequence()];
+    for (const q of seqs) a.appendTokens(q, 16);
+    // Releases go under the bottom, appends of other heads take from the top, ended
+    // sequences' blocks go on top: the list's ends drift past the 32 entries of room each has
+    // many times over (and are recentred), and heads take blocks back from its middle.
+    for (let round = 0; round < 400; round++) {
+      const q = seqs[round % 3] as number;
+      evictRandom(a, q, 4 + Math.floor(rand() * 5), rand);
+      const r = seqs[(round + 1) % 3] as number;
+      if (round % 17 === 16) {
+        a.removeSequence(r);
+        expect(a.addSequence()).toBe(r);
+      }
+      if (a.freeBlocks >= a.headsPerSequence * 2) a.appendTokens(r, 1 + Math.floor(rand() * 8));
+      if (a.length(r, 0, 0) > 40) evictRandom(a, r, 16, rand);
+      if (a.freeBlocks >= a.headsPerSequence * 2) a.appendTokens(q, 1 + Math.floor(rand() * 8));
+      expect(a.freeListEntries).toBeGreaterThanOrEqual(a.freeBlocks);
+      a.checkInvariants();
+    }
+    for (const q of seqs) a.removeSequence(q);
+    expect(a.freeBlocks).toBe(numBlocks);
+    a.checkInvariants();
+  });
+});
+
 describe('PageAllocator errors leave state unchanged', () => {
   it('unknown sequences', () => {
     const a = make();

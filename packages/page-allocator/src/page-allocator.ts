@@ -56,6 +56,8 @@ export interface AllocatorUsage {
 }
 
 const EMPTY = -1;
+/** A free-list entry whose block a head took back from the middle of the list (see #take). */
+const TAKEN = -1;
 
 /**
  * A fixed pool of KV blocks and the block tables that map each (sequence, layer, kv-head)
@@ -73,6 +75,15 @@ const EMPTY = -1;
  *
  * Sequences are rows of the tables: `addSequence()` returns the row id.
  * Appends (the decode hot path) allocate no JS objects.
+ *
+ * Locality: a head's next block is, where it is still free, the block the head itself last
+ * released (compaction releases a head's tail blocks, right after the ones it keeps). Blocks
+ * released by compaction wait at the bottom of the free list, taken by others only when
+ * nothing else is free; other appends take from its top (blocks of ended sequences, then the
+ * oldest releases). So in a compressed steady state every head stays in the pool region it
+ * had: the compaction's moves and the attention's reads touch few memory pages. On a GPU,
+ * scattered accesses over a pool of many GiB are bound by address translation, not bandwidth
+ * (BENCHMARKS.md, twelfth session).
  */
 export class PageAllocator {
   readonly shape: KvCacheShape;
@@ -123,9 +134,25 @@ export class PageAllocator {
   /** Heads with stalePositions > 0, in all and per sequence. */
   #staleHeads = 0;
   #staleBySequence: Int32Array;
-  /** Stack of free block ids; the top `#freeCount` entries are valid. */
-  #freeStack: Int32Array;
+  /**
+   * The free list: block ids in entries [#freeBottom, #freeTop), each free block once, and
+   * TAKEN where a head took back a block it released (#take). Appends pop from the top; ended
+   * sequences' blocks go on the top, compaction's releases under the bottom (each head's in
+   * table order). Holds #freeCount blocks and #takenEntries TAKEN; #reserveFree moves it
+   * when an end runs out of room.
+   */
+  #freeList: Int32Array;
+  #freeBottom: number;
+  #freeTop: number;
   #freeCount: number;
+  #takenEntries = 0;
+  /**
+   * Per head (headLengths layout): where in the free list the blocks the head last released
+   * sit (#spareAt, in table order) and how many of them it may still take back (#spareLeft).
+   * A hint: whatever block such an entry holds is free (see #take).
+   */
+  #spareAt: Int32Array;
+  #spareLeft: Int32Array;
   /** Scratch, one byte per slot, all zero between calls: marks evicted slots during compact(). */
   #slotMarks: Uint8Array;
   /** Scratch per head unit. */
@@ -165,10 +192,17 @@ export class PageAllocator {
     this.stalePositions = new Int32Array(this.headsPerSequence * this.maxSequences);
     this.#staleBySequence = new Int32Array(this.maxSequences);
     this.#active = new Uint8Array(this.maxSequences);
-    // Pop order 0, 1, 2, ...: the stack holds block ids in descending order.
-    this.#freeStack = new Int32Array(this.numBlocks);
-    for (let i = 0; i < this.numBlocks; i++) this.#freeStack[i] = this.numBlocks - 1 - i;
+    // Room for a whole pool's worth of entries below the bottom, where compaction puts what it
+    // frees, and a quarter of it above the top (see #reserveFree). Written through now, so no
+    // page of it is first touched in a compression round. Pop order 0, 1, 2, ...: the list
+    // holds block ids in descending order.
+    this.#freeList = new Int32Array(2 * this.numBlocks + 16 + this.#topRoom()).fill(TAKEN);
+    this.#freeBottom = this.numBlocks + 16;
+    this.#freeTop = this.#freeBottom + this.numBlocks;
+    for (let i = 0; i < this.numBlocks; i++) this.#freeList[this.#freeBottom + i] = this.numBlocks - 1 - i;
     this.#freeCount = this.numBlocks;
+    this.#spareAt = new Int32Array(this.headsPerSequence * this.maxSequences);
+    this.#spareLeft = new Int32Array(this.headsPerSequence * this.maxSequences);
     this.#slotMarks = new Uint8Array(this.numBlocks * blockSize);
     this.#unitEvicted = new Int32Array(this.headsPerSequence);
     this.#unitNewLength = new Int32Array(this.headsPerSequence);
@@ -184,6 +218,14 @@ export class PageAllocator {
 
   get freeBlocks(): number {
     return this.#freeCount;
+  }
+
+  /**
+   * Entries in the free list: the free blocks and the placeholders of blocks heads took back
+   * from its middle (see #take), until squeezed out. Diagnostics and tests.
+   */
+  get freeListEntries(): number {
+    return this.#freeTop - this.#freeBottom;
   }
 
   get usedBlocks(): number {
@@ -298,11 +340,13 @@ export class PageAllocator {
   removeSequence(sequence: number): void {
     this.#requireActive(sequence);
     const { layers, kvHeads } = this.shape;
+    this.#reserveFree(0, this.sequenceBlocks(sequence));
     for (let layer = 0; layer < layers; layer++) {
       for (let head = 0; head < kvHeads; head++) {
         const h = this.headIndex(sequence, layer, head);
         const t0 = h * this.maxBlocksPerHead;
         const blocks = this.#blocksFor(this.headLengths[h] as number);
+        this.#spareLeft[h] = 0;
         for (let j = 0; j < blocks; j++) {
           this.#release(this.blockTables[t0 + j] as number);
           this.blockTables[t0 + j] = EMPTY;
@@ -430,7 +474,7 @@ export class PageAllocator {
           const j = (len / B) | 0;
           const last = this.blockTables[t0 + j] as number;
           if ((this.refCounts[last] as number) > 1) {
-            const fresh = this.#take(unit, j);
+            const fresh = this.#take(unit, j, h);
             for (let o = 0; o < hanging; o++) {
               const src = last * B + o;
               const dst = fresh * B + o;
@@ -448,7 +492,7 @@ export class PageAllocator {
           const j = (len / B) | 0;
           const o = len - j * B;
           if (o === 0) {
-            this.blockTables[t0 + j] = this.#take(unit, j);
+            this.blockTables[t0 + j] = this.#take(unit, j, h);
             this.tableChanges.mark(t0 + j);
           }
           const slot = (this.blockTables[t0 + j] as number) * B + o;
@@ -522,6 +566,7 @@ export class PageAllocator {
     // Pass 2: count copy-on-write blocks and moves, changing nothing.
     let copiedBlocks = 0;
     let moveCount = 0;
+    let releasing = 0;
     for (let unit = 0; unit < units; unit++) {
       const e = evicted[unit] as number;
       if (e === 0) continue;
@@ -530,6 +575,7 @@ export class PageAllocator {
       const len = this.headLengths[h] as number;
       const survivors = len - e;
       const keep = this.#blocksFor(survivors);
+      releasing += this.#blocksFor(len) - keep;
       for (let j = 0; j < keep; j++) {
         const block = this.blockTables[t0 + j] as number;
         const end = Math.min((j + 1) * B, survivors);
@@ -552,6 +598,7 @@ export class PageAllocator {
         `The move list has room for ${moves.capacity - moves.count} moves; ${moveCount} are needed. Use allocator.createMoveList().`,
       );
     }
+    this.#reserveFree(releasing, 0);
 
     // Pass 3: emit moves and rewrite the kept part of each table. Fresh blocks for
     // copy-on-write are all taken before any block is released (pass 4), so no move's
@@ -577,7 +624,7 @@ export class PageAllocator {
         let holes = 0;
         for (let idx = j * B; idx < end; idx++) holes += marks[block * B + (idx - j * B)] as number;
         if (holes === 0) continue;
-        const fresh = this.#take(unit, j);
+        const fresh = this.#take(unit, j, h);
         newTable[j] = fresh;
         // Survivors of the shared block are copied into the fresh one; holes are filled below.
         for (let idx = j * B; idx < end; idx++) {
@@ -631,11 +678,26 @@ export class PageAllocator {
       const oldBlocks = this.#blocksFor(this.headLengths[h] as number);
       const survivors = this.#unitNewLength[unit] as number;
       const keep = this.#blocksFor(survivors);
+      // Freed blocks go under the bottom of the free list, in table order: the head's next
+      // ones (as compactedOnDevice leaves them).
+      const list = this.#freeList;
+      const end = this.#freeBottom;
       for (let j = keep; j < oldBlocks; j++) {
         releasedBlocks++;
-        if (this.#release(this.blockTables[t0 + j] as number)) freedBlocks++;
+        const block = this.blockTables[t0 + j] as number;
+        if (this.#unref(block) === 0) {
+          list[--this.#freeBottom] = block;
+          freedBlocks++;
+        }
         this.blockTables[t0 + j] = EMPTY;
         this.tableChanges.mark(t0 + j);
+      }
+      const n = end - this.#freeBottom;
+      if (n > 0) {
+        list.subarray(this.#freeBottom, end).reverse();
+        this.#freeCount += n;
+        this.#spareAt[h] = this.#freeBottom;
+        this.#spareLeft[h] = n;
       }
       this.headLengths[h] = survivors;
     }
@@ -690,12 +752,13 @@ export class PageAllocator {
     const tables = this.blockTables;
     const lengths = this.headLengths;
     const stale = this.stalePositions;
-    const freeStack = this.#freeStack;
+    const freeList = this.#freeList;
     const kvHeads = this.shape.kvHeads;
     // Head index of (sequence, unit) is (layer * maxSequences + sequence) * kvHeads + head: a
     // layer's heads are consecutive, layers maxSequences * kvHeads apart.
     const layerStride = this.maxSequences * kvHeads;
     const h0 = sequence * kvHeads;
+    let releasing = 0;
     for (let unit = 0; unit < units; unit++) {
       const n = newLengths[unit] as number;
       if (n === -1) continue;
@@ -704,6 +767,7 @@ export class PageAllocator {
       if (!Number.isInteger(n) || n < 0 || n > len) {
         throw new InvalidPlanError(`Head unit ${unit} of sequence ${sequence} holds ${len} slots; it cannot keep ${n}.`);
       }
+      releasing += Math.ceil(len / B) - Math.ceil(n / B);
       const at = freedIdsAt === null ? -1 : (freedIdsAt[unit] as number);
       if (at === -1) continue;
       const end = at + Math.ceil(len / B) - Math.ceil(n / B);
@@ -716,7 +780,11 @@ export class PageAllocator {
           throw new InvalidArgumentError(`freedIds names block ${id}; the pool has ${this.numBlocks}.`);
       }
     }
-    let free = this.#freeCount;
+    this.#reserveFree(releasing, 0);
+    const spareAt = this.#spareAt;
+    const spareLeft = this.#spareLeft;
+    // Each head's released blocks go under the bottom of the free list, in table order.
+    let bottom = this.#freeBottom;
     let evictedSlots = 0;
     let released = 0;
     let newlyStale = 0;
@@ -737,23 +805,28 @@ export class PageAllocator {
         // refCounts / blockUnit / blockTableIndex are left as they were (unspecified for a free
         // block; the next #take sets them): millions of blocks are pushed with two copies.
         const at = freedIdsAt === null ? -1 : (freedIdsAt[unit] as number);
+        bottom -= old - keep;
         if (at !== -1) {
           // Ids from the device; the host entries are left as they were (tailsUnspecified).
-          for (let i = at; i < at + old - keep; i++) freeStack[free++] = (freedIds as Int32Array)[i] as number;
+          for (let i = at, f = bottom; i < at + old - keep; i++) freeList[f++] = (freedIds as Int32Array)[i] as number;
           tailsUnspecified = true;
         } else if (old - keep <= 32) {
           // A few blocks (a steady-state round): copied and cleared one by one, as a subarray
           // view or a fill() call per head costs more than the loop.
-          for (let j = t0 + keep; j < t0 + old; j++) {
-            freeStack[free++] = tables[j] as number;
+          for (let j = t0 + keep, f = bottom; j < t0 + old; j++) {
+            freeList[f++] = tables[j] as number;
             tables[j] = EMPTY;
           }
         } else {
-          freeStack.set(tables.subarray(t0 + keep, t0 + old), free);
-          free += old - keep;
+          freeList.set(tables.subarray(t0 + keep, t0 + old), bottom);
           tables.fill(EMPTY, t0 + keep, t0 + old);
         }
         if (!tablesOnDevice) for (let j = t0 + keep; j < t0 + old; j++) this.tableChanges.mark(j);
+        if (old > keep) {
+          // The head's released blocks, in table order, are its next ones (see #take).
+          spareAt[h] = bottom;
+          spareLeft[h] = old - keep;
+        }
         released += old - keep;
         lengths[h] = n;
         // #setStale, inlined: the stale-head counts change when a head turns stale or fresh.
@@ -766,7 +839,8 @@ export class PageAllocator {
       this.#staleHeads += newlyStale;
       this.#staleBySequence[sequence] = (this.#staleBySequence[sequence] as number) + newlyStale;
     }
-    this.#freeCount = free;
+    this.#freeCount += this.#freeBottom - bottom;
+    this.#freeBottom = bottom;
     this.#tailsUnspecified = tailsUnspecified;
     return { evictedSlots, freedBlocks: released, releasedBlocks: released, copiedBlocks: 0, moves };
   }
@@ -918,14 +992,28 @@ export class PageAllocator {
       }
       if ((refs[b] as number) > 0) referenced++;
     }
+    if (this.#freeBottom < 0 || this.#freeBottom > this.#freeTop || this.#freeTop > this.#freeList.length) {
+      throw new InvariantViolationError(`the free list spans [${this.#freeBottom}, ${this.#freeTop})`);
+    }
     const seenFree = new Uint8Array(this.numBlocks);
-    for (let i = 0; i < this.#freeCount; i++) {
-      const b = this.#freeStack[i] as number;
+    let listed = 0;
+    let taken = 0;
+    for (let i = this.#freeBottom; i < this.#freeTop; i++) {
+      const b = this.#freeList[i] as number;
+      if (b === TAKEN) {
+        taken++;
+        continue;
+      }
+      listed++;
       if (b < 0 || b >= this.numBlocks) throw new InvariantViolationError(`free list holds block id ${b}`);
       if (seenFree[b] === 1) throw new InvariantViolationError(`block ${b} is on the free list twice`);
       seenFree[b] = 1;
       if (refs[b] !== 0) throw new InvariantViolationError(`block ${b} is free but referenced`);
     }
+    if (taken !== this.#takenEntries)
+      throw new InvariantViolationError(`the free list holds ${taken} taken entries; the count says ${this.#takenEntries}`);
+    if (listed !== this.#freeCount)
+      throw new InvariantViolationError(`the free list holds ${listed} blocks; the count says ${this.#freeCount}`);
     if (referenced + this.#freeCount !== this.numBlocks) {
       throw new InvariantViolationError(
         `${referenced} referenced + ${this.#freeCount} free blocks != ${this.numBlocks} total (a block leaked)`,
@@ -986,22 +1074,99 @@ export class PageAllocator {
     );
   }
 
-  /** Pops a free block and assigns it to a head unit at a table index. Caller checked the free count. */
-  #take(unit: number, tableIndex: number): number {
-    const block = this.#freeStack[--this.#freeCount] as number;
+  /**
+   * Takes a free block for head h (of head unit `unit`) at a table index and assigns it: the
+   * next block the head released (#spareAt) if its free-list entry still holds a block, else
+   * the top of the free list. Caller checked the free count. O(1) amortized (TAKEN entries
+   * are passed once).
+   */
+  #take(unit: number, tableIndex: number, h: number): number {
+    const list = this.#freeList;
+    let block = -1;
+    const left = this.#spareLeft[h] as number;
+    if (left > 0) {
+      const p = this.#spareAt[h] as number;
+      // Any block in the list is free: the entry needs no more check than this. (It is the
+      // head's own unless the list shrank past it and grew back, which needs the pool to run
+      // low; comparing blockUnit here would add a dependent cache miss to every take.)
+      const b = p >= this.#freeBottom && p < this.#freeTop ? (list[p] as number) : TAKEN;
+      if (b !== TAKEN) {
+        block = b;
+        list[p] = TAKEN;
+        this.#takenEntries++;
+        this.#spareAt[h] = p + 1;
+        this.#spareLeft[h] = left - 1;
+        // Keep the ends on free blocks.
+        if (p === this.#freeBottom) {
+          let bottom = p;
+          while (bottom < this.#freeTop && list[bottom] === TAKEN) bottom++;
+          this.#takenEntries -= bottom - this.#freeBottom;
+          this.#freeBottom = bottom;
+        } else if (p === this.#freeTop - 1) {
+          let top = p + 1;
+          while (top > this.#freeBottom && list[top - 1] === TAKEN) top--;
+          this.#takenEntries -= this.#freeTop - top;
+          this.#freeTop = top;
+        }
+      } else this.#spareLeft[h] = 0;
+    }
+    if (block === -1) {
+      let top = this.#freeTop;
+      while (list[top - 1] === TAKEN) top--;
+      this.#takenEntries -= this.#freeTop - top;
+      block = list[--top] as number;
+      this.#freeTop = top;
+    }
+    this.#freeCount--;
     this.refCounts[block] = 1;
     this.blockUnit[block] = unit;
     this.blockTableIndex[block] = tableIndex;
     return block;
   }
 
-  /** Drops one reference; returns true if the block went back to the pool. */
+  /**
+   * Drops one reference; when none is left, puts the block on top of the free list (the
+   * caller made room: #reserveFree) and returns true. Its blockUnit and blockTableIndex are
+   * left as they were (unspecified for a free block), as compactedOnDevice leaves them.
+   */
   #release(block: number): boolean {
     if (this.#unref(block) > 0) return false;
-    this.blockUnit[block] = EMPTY;
-    this.blockTableIndex[block] = EMPTY;
-    this.#freeStack[this.#freeCount++] = block;
+    this.#freeList[this.#freeTop++] = block;
+    this.#freeCount++;
     return true;
+  }
+
+  /** Room the free list keeps above its top when it moves: a quarter of the pool. */
+  #topRoom(): number {
+    return (this.numBlocks >>> 2) + 16;
+  }
+
+  /**
+   * Makes room for `under` entries below the free list's bottom and `over` above its top.
+   * Where an end lacks it, squeezes out the TAKEN entries and moves the list up, leaving
+   * max(over, numBlocks / 4) above it: as n + under + over <= numBlocks (only used blocks can
+   * be freed), at least 3 / 4 of the pool's worth of releases fit below before the next move,
+   * so a round of full compressions moves it at most once. O(list) (one copyWithin without
+   * TAKEN entries), and forgets every head's released blocks (their entries moved).
+   */
+  #reserveFree(under: number, over: number): void {
+    const list = this.#freeList;
+    if (this.#freeBottom >= under && this.#freeTop + over <= list.length) return;
+    let n = this.#freeTop - this.#freeBottom;
+    if (this.#takenEntries > 0) {
+      n = this.#freeBottom;
+      for (let i = this.#freeBottom; i < this.#freeTop; i++) {
+        const b = list[i] as number;
+        if (b !== TAKEN) list[n++] = b;
+      }
+      n -= this.#freeBottom;
+      this.#takenEntries = 0;
+    }
+    const start = list.length - n - Math.max(over, this.#topRoom());
+    list.copyWithin(start, this.#freeBottom, this.#freeBottom + n);
+    this.#freeBottom = start;
+    this.#freeTop = start + n;
+    this.#spareLeft.fill(0);
   }
 
   /** Drops one reference (keeping the shared-block count); returns the references left. */

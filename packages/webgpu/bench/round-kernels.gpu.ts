@@ -14,7 +14,8 @@
 //              words of K and of V an invocation; copy: a plain buffer copy of the same bytes.
 // Random metrics in [0, 1) with 24-bit values, as selection.gpu.ts. Prints one JSON line per
 // variant: ms (median of REPEATS dispatches) and keys/s or GB/s.
-// Env: ROWS (16384), ROW_KEYS (8192), MOVES (25749969), HEAD_DIM (128), REPEATS (7).
+// Env: ROWS (16384), ROW_KEYS (8192), MOVES (25749969), HEAD_DIM (128), REPEATS (7),
+// SECTIONS (histogram,moves,sparse), SPARSE_* (see the sparse section).
 /// <reference types="@webgpu/types" />
 import { requestWebGpuDevice } from '../src/device.ts';
 import { compactMovesKernel, movesDirectKernel } from '../src/kernels.ts';
@@ -26,6 +27,7 @@ const ROW_KEYS = env('ROW_KEYS', '8192');
 const MOVES = env('MOVES', '25749969');
 const HEAD_DIM = env('HEAD_DIM', '128');
 const REPEATS = env('REPEATS', '7');
+const SECTIONS = new Set((process.env['SECTIONS'] ?? 'histogram,moves,sparse').split(','));
 
 const device = await requestWebGpuDevice({ subgroups: true });
 const keepAlive = setInterval(() => {}, 1000);
@@ -107,12 +109,13 @@ for (let g = 0; g < env('BALLAST_GB', '0'); g++) {
 }
 await device.queue.onSubmittedWorkDone();
 
-// ---- keys: random metrics as order-preserving u32 keys (x >= 0: bits | 2^31)
-const nKeys = ROWS * ROW_KEYS;
-const keys = buffer(nKeys * 4);
-await time(
-  pipeline(
-    `
+if (SECTIONS.has('histogram')) {
+  // ---- keys: random metrics as order-preserving u32 keys (x >= 0: bits | 2^31)
+  const nKeys = ROWS * ROW_KEYS;
+  const keys = buffer(nKeys * 4);
+  await time(
+    pipeline(
+      `
 @group(0) @binding(0) var<uniform> p: vec4u;
 @group(0) @binding(1) var<storage, read_write> keys: array<u32>;
 @compute @workgroup_size(256) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -124,16 +127,16 @@ await time(
   let x = f32(h >> 8u) / 16777216.0;
   keys[i] = bitcast<u32>(x) | 0x80000000u;
 }`,
-    ['uniform', 'storage'],
-  ),
-  [uniform([nKeys]), keys],
-  grid(Math.ceil(nKeys / 256)),
-);
+      ['uniform', 'storage'],
+    ),
+    [uniform([nKeys]), keys],
+    grid(Math.ceil(nKeys / 256)),
+  );
 
-// ---- histogram variants
-const hist = buffer(ROWS * 256 * 4);
-const hist2 = buffer(16);
-const histCommon = (enableSg: boolean, keysAccess = 'read') => `${enableSg ? 'enable subgroups;' : ''}
+  // ---- histogram variants
+  const hist = buffer(ROWS * 256 * 4);
+  const hist2 = buffer(16);
+  const histCommon = (enableSg: boolean, keysAccess = 'read') => `${enableSg ? 'enable subgroups;' : ''}
 struct P { rowKeys: u32, shift: u32, prefix: u32, level: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, ${keysAccess}> keys: array<u32>;
@@ -144,7 +147,7 @@ fn okBin(k: u32) -> u32 {
   if (p.level > 0u && (k >> (p.shift + 8u)) != p.prefix) { return 256u; }
   return (k >> p.shift) & 255u;
 }`;
-const peel = `
+  const peel = `
 fn histAdd(bin: u32, n: u32, lane: u32) {
   var b = bin;
   for (var it = 0u; it < 2u; it++) {
@@ -157,18 +160,18 @@ fn histAdd(bin: u32, n: u32, lane: u32) {
   }
   if (b != 256u) { atomicAdd(&counts[b], n); }
 }`;
-const entry = (lane: boolean) =>
-  `@compute @workgroup_size(256) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32${lane ? ', @builtin(subgroup_invocation_id) lane: u32' : ''}) {
+  const entry = (lane: boolean) =>
+    `@compute @workgroup_size(256) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32${lane ? ', @builtin(subgroup_invocation_id) lane: u32' : ''}) {
   ${FLAT}
   let k0 = wid * p.rowKeys;
   atomicStore(&counts[li], 0u);
   workgroupBarrier();`;
-const tail = `
+  const tail = `
   workgroupBarrier();
   hist[wid * 256u + li] = atomicLoad(&counts[li]);
 }`;
-/** Eight keys of the invocation (two vec4 loads), merged: the first valid key's bin once with its count, the rest one by one. */
-const v8body = (add: string) => `
+  /** Eight keys of the invocation (two vec4 loads), merged: the first valid key's bin once with its count, the rest one by one. */
+  const v8body = (add: string) => `
   for (var c = 0u; c < p.rowKeys; c += 2048u) {
     let q0 = keys4[(k0 + c) / 4u + li * 2u];
     let q1 = keys4[(k0 + c) / 4u + li * 2u + 1u];
@@ -182,29 +185,29 @@ const v8body = (add: string) => `
     }
     ${add}
   }`;
-const histVariants: Record<string, string> = {
-  cur: `${histCommon(true)}${peel}
+  const histVariants: Record<string, string> = {
+    cur: `${histCommon(true)}${peel}
 ${entry(true)}
   for (var c = 0u; c < p.rowKeys; c += 256u) {
     histAdd(okBin(keys[k0 + c + li]), 1u, lane);
   }${tail}`,
-  'cur-rw': `${histCommon(true, 'read_write')}${peel}
+    'cur-rw': `${histCommon(true, 'read_write')}${peel}
 ${entry(true)}
   for (var c = 0u; c < p.rowKeys; c += 256u) {
     if (p.level == 99u) { keys[k0 + c + li] = 0u; }
     histAdd(okBin(keys[k0 + c + li]), 1u, lane);
   }${tail}`,
-  plain: `${histCommon(false)}
+    plain: `${histCommon(false)}
 ${entry(false)}
   for (var c = 0u; c < p.rowKeys; c += 256u) {
     let b = okBin(keys[k0 + c + li]);
     if (b != 256u) { atomicAdd(&counts[b], 1u); }
   }${tail}`,
-  v8: `${histCommon(false)}
+    v8: `${histCommon(false)}
 ${entry(false)}${v8body('if (n > 0u) { atomicAdd(&counts[lead], n); }')}${tail}`,
-  v8sg: `${histCommon(true)}${peel}
+    v8sg: `${histCommon(true)}${peel}
 ${entry(true)}${v8body('histAdd(select(256u, lead, n > 0u), n, lane);')}${tail}`,
-  read: `${histCommon(false)}
+    read: `${histCommon(false)}
 ${entry(false)}
   var n = 0u;
   for (var c = 0u; c < p.rowKeys; c += 2048u) {
@@ -214,130 +217,133 @@ ${entry(false)}
     n += select(0u, 1u, okBin(q1.x) != 256u) + select(0u, 1u, okBin(q1.y) != 256u) + select(0u, 1u, okBin(q1.z) != 256u) + select(0u, 1u, okBin(q1.w) != 256u);
   }
   atomicAdd(&counts[li], n);${tail}`,
-};
-// Level 2's prefix: the top 16 bits of 0.75 as a key (few keys match it).
-const prefix16 = ((new Uint32Array(new Float32Array([0.75]).buffer)[0] as number) | 0x80000000) >>> 16;
-// Each variant's first rows' histograms against plain's (read counts only its valid keys).
-const expected: Uint32Array[] = [];
-for (const [name, code] of Object.entries(histVariants)) {
-  if (!sg && (name === 'cur' || name === 'cur-rw' || name === 'v8sg')) continue;
-  const p = pipeline(code, name === 'cur-rw' ? HIST_RW_BINDINGS : HIST_BINDINGS);
-  for (const level of [0, 2]) {
-    const u = level === 0 ? uniform([ROW_KEYS, 24, 0, 0]) : uniform([ROW_KEYS, 8, prefix16, 2]);
-    // cur-rw binds the keys read-write: binding 3 (unused there) gets another buffer.
-    const ms = await time(p, [u, keys, hist, name === 'cur-rw' ? hist2 : keys], grid(ROWS));
-    const got = await readU32(hist, 4 * 256);
-    if (expected[level] === undefined) expected[level] = got;
-    const ref = expected[level] as Uint32Array;
-    const sum = (a: Uint32Array) => a.reduce((x, y) => x + y, 0);
-    const agree = name === 'read' ? sum(got) === sum(ref) : got.every((v, i) => v === ref[i]);
-    print({
-      bench: 'histogram',
-      variant: name,
-      level,
-      rows: ROWS,
-      rowKeys: ROW_KEYS,
-      ms,
-      gkeysPerS: nKeys / ms / 1e6,
-      agree,
-      counted: sum(got),
-    });
+  };
+  // Level 2's prefix: the top 16 bits of 0.75 as a key (few keys match it).
+  const prefix16 = ((new Uint32Array(new Float32Array([0.75]).buffer)[0] as number) | 0x80000000) >>> 16;
+  // Each variant's first rows' histograms against plain's (read counts only its valid keys).
+  const expected: Uint32Array[] = [];
+  for (const [name, code] of Object.entries(histVariants)) {
+    if (!sg && (name === 'cur' || name === 'cur-rw' || name === 'v8sg')) continue;
+    const p = pipeline(code, name === 'cur-rw' ? HIST_RW_BINDINGS : HIST_BINDINGS);
+    for (const level of [0, 2]) {
+      const u = level === 0 ? uniform([ROW_KEYS, 24, 0, 0]) : uniform([ROW_KEYS, 8, prefix16, 2]);
+      // cur-rw binds the keys read-write: binding 3 (unused there) gets another buffer.
+      const ms = await time(p, [u, keys, hist, name === 'cur-rw' ? hist2 : keys], grid(ROWS));
+      const got = await readU32(hist, 4 * 256);
+      if (expected[level] === undefined) expected[level] = got;
+      const ref = expected[level] as Uint32Array;
+      const sum = (a: Uint32Array) => a.reduce((x, y) => x + y, 0);
+      const agree = name === 'read' ? sum(got) === sum(ref) : got.every((v, i) => v === ref[i]);
+      print({
+        bench: 'histogram',
+        variant: name,
+        level,
+        rows: ROWS,
+        rowKeys: ROW_KEYS,
+        ms,
+        gkeysPerS: nKeys / ms / 1e6,
+        agree,
+        counted: sum(got),
+      });
+    }
+  }
+
+  // The selection's own histogram kernel (selection-kernels.ts) on the same keys: rows of
+  // ROW_KEYS keys in groups of 256 rows; level 0 makes the keys from identity block tables,
+  // positions 0.. and the metrics; level 2 with prefix 0 (no key matches, as few do above).
+  {
+    const code = selectionHistogramKernel(false).code;
+    const rowsHost = new Int32Array(ROWS * 8);
+    for (let r = 0; r < ROWS; r++)
+      rowsHost.set([Math.floor(r / 256), 0, (r * ROW_KEYS) / 16, ROW_KEYS, 0, 1, (r * ROW_KEYS) / 32, 0], r * 8);
+    const groupsHost = new Int32Array(Math.ceil(ROWS / 256) * 8);
+    for (let g = 0; g < groupsHost.length / 8; g++) groupsHost.set([g, g * 256, 256, 1, 1 << 30, 0, 0, 0], g * 8);
+    const rowsBuf = buffer(rowsHost.byteLength);
+    const groupsBuf = buffer(groupsHost.byteLength);
+    device.queue.writeBuffer(rowsBuf, 0, rowsHost);
+    device.queue.writeBuffer(groupsBuf, 0, groupsHost);
+    const tables = buffer(nKeys / 4);
+    const tablesHost = new Int32Array(nKeys / 16).map((_, i) => i);
+    device.queue.writeBuffer(tables, 0, tablesHost);
+    const positions = buffer(nKeys * 4);
+    const metrics = buffer(nKeys * 4);
+    const keys2 = buffer(nKeys * 4);
+    const enc = device.createCommandEncoder();
+    enc.copyBufferToBuffer(keys, 0, metrics, 0, nKeys * 4);
+    device.queue.submit([enc.finish()]);
+    const state = buffer((ROWS * 8 + groupsHost.length / 2) * 4);
+    const p = pipeline(code, [
+      'uniform',
+      'read-only-storage',
+      'read-only-storage',
+      'read-only-storage',
+      'read-only-storage',
+      'read-only-storage',
+      'storage',
+      'storage',
+      'storage',
+      'storage',
+    ]);
+    // The groups' F(b) sums (the kernel adds each row's blocks freed per bin).
+    const fsum = buffer(groupsHost.length * 32 * 4);
+    for (const level of [0, 2]) {
+      const ms = await time(
+        p,
+        [uniform([ROWS, groupsHost.length / 8, level, 16]), rowsBuf, groupsBuf, tables, positions, metrics, keys2, state, hist, fsum],
+        grid(ROWS),
+      );
+      print({ bench: 'histogram', variant: 'selection-kernel', level, rows: ROWS, rowKeys: ROW_KEYS, ms, gkeysPerS: nKeys / ms / 1e6 });
+    }
+    // The same after the device idled (as after a host-side pause): one dispatch each, 1.5 s apart.
+    for (let r = 0; r < 3; r++) {
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      const ms = await time(
+        p,
+        [uniform([ROWS, groupsHost.length / 8, 2, 16]), rowsBuf, groupsBuf, tables, positions, metrics, keys2, state, hist, fsum],
+        grid(ROWS),
+        0,
+      );
+      print({
+        bench: 'histogram',
+        variant: 'selection-kernel-after-idle',
+        level: 2,
+        rows: ROWS,
+        rowKeys: ROW_KEYS,
+        ms,
+        gkeysPerS: nKeys / ms / 1e6,
+      });
+    }
+    for (const b of [rowsBuf, groupsBuf, tables, positions, metrics, keys2, state]) b.destroy();
   }
 }
 
-// The selection's own histogram kernel (selection-kernels.ts) on the same keys: rows of
-// ROW_KEYS keys in groups of 256 rows; level 0 makes the keys from identity block tables,
-// positions 0.. and the metrics; level 2 with prefix 0 (no key matches, as few do above).
-{
-  const code = selectionHistogramKernel(false).code;
-  const rowsHost = new Int32Array(ROWS * 8);
-  for (let r = 0; r < ROWS; r++) rowsHost.set([Math.floor(r / 256), 0, (r * ROW_KEYS) / 16, ROW_KEYS, 0, 1, (r * ROW_KEYS) / 32, 0], r * 8);
-  const groupsHost = new Int32Array(Math.ceil(ROWS / 256) * 8);
-  for (let g = 0; g < groupsHost.length / 8; g++) groupsHost.set([g, g * 256, 256, 1, 1 << 30, 0, 0, 0], g * 8);
-  const rowsBuf = buffer(rowsHost.byteLength);
-  const groupsBuf = buffer(groupsHost.byteLength);
-  device.queue.writeBuffer(rowsBuf, 0, rowsHost);
-  device.queue.writeBuffer(groupsBuf, 0, groupsHost);
-  const tables = buffer(nKeys / 4);
-  const tablesHost = new Int32Array(nKeys / 16).map((_, i) => i);
-  device.queue.writeBuffer(tables, 0, tablesHost);
-  const positions = buffer(nKeys * 4);
-  const metrics = buffer(nKeys * 4);
-  const keys2 = buffer(nKeys * 4);
-  const enc = device.createCommandEncoder();
-  enc.copyBufferToBuffer(keys, 0, metrics, 0, nKeys * 4);
-  device.queue.submit([enc.finish()]);
-  const state = buffer((ROWS * 8 + groupsHost.length / 2) * 4);
-  const p = pipeline(code, [
-    'uniform',
-    'read-only-storage',
-    'read-only-storage',
-    'read-only-storage',
-    'read-only-storage',
-    'read-only-storage',
-    'storage',
-    'storage',
-    'storage',
-    'storage',
-  ]);
-  // The groups' F(b) sums (the kernel adds each row's blocks freed per bin).
-  const fsum = buffer(groupsHost.length * 32 * 4);
-  for (const level of [0, 2]) {
-    const ms = await time(
-      p,
-      [uniform([ROWS, groupsHost.length / 8, level, 16]), rowsBuf, groupsBuf, tables, positions, metrics, keys2, state, hist, fsum],
-      grid(ROWS),
-    );
-    print({ bench: 'histogram', variant: 'selection-kernel', level, rows: ROWS, rowKeys: ROW_KEYS, ms, gkeysPerS: nKeys / ms / 1e6 });
+if (SECTIONS.has('moves')) {
+  // ---- moves variants: K, V pools of 2 * MOVES rows (f16, HEAD_DIM per row)
+  const rowWords = HEAD_DIM / 2;
+  const poolRows = Math.min(2 * MOVES, Math.floor(2 ** 31 / (rowWords * 4)) - 1);
+  const moves = Math.min(MOVES, poolRows >> 1);
+  const K = buffer(poolRows * rowWords * 4);
+  const V = buffer(poolRows * rowWords * 4);
+  const src = buffer(moves * 4);
+  const dst = buffer(moves * 4);
+  // Moves as a compaction makes them: per head of 4096 logical slots, holes in the first half
+  // and sources in the second, ascending; `slotOf` places logical slots in the pool.
+  const h = new Int32Array(moves);
+  const s = new Int32Array(moves);
+  function writeMoves(slotOf: (logical: number) => number): void {
+    for (let m = 0; m < moves; m++) {
+      const head = Math.floor(m / 2048);
+      const j = m % 2048;
+      s[m] = slotOf(head * 4096 + 2048 + j);
+      h[m] = slotOf(head * 4096 + j);
+    }
+    device.queue.writeBuffer(src, 0, s);
+    device.queue.writeBuffer(dst, 0, h);
   }
-  // The same after the device idled (as after a host-side pause): one dispatch each, 1.5 s apart.
-  for (let r = 0; r < 3; r++) {
-    await new Promise((resolve) => setTimeout(resolve, 1500));
-    const ms = await time(
-      p,
-      [uniform([ROWS, groupsHost.length / 8, 2, 16]), rowsBuf, groupsBuf, tables, positions, metrics, keys2, state, hist, fsum],
-      grid(ROWS),
-      0,
-    );
-    print({
-      bench: 'histogram',
-      variant: 'selection-kernel-after-idle',
-      level: 2,
-      rows: ROWS,
-      rowKeys: ROW_KEYS,
-      ms,
-      gkeysPerS: nKeys / ms / 1e6,
-    });
-  }
-  for (const b of [rowsBuf, groupsBuf, tables, positions, metrics, keys2, state]) b.destroy();
-}
-
-// ---- moves variants: K, V pools of 2 * MOVES rows (f16, HEAD_DIM per row)
-const rowWords = HEAD_DIM / 2;
-const poolRows = Math.min(2 * MOVES, Math.floor(2 ** 31 / (rowWords * 4)) - 1);
-const moves = Math.min(MOVES, poolRows >> 1);
-const K = buffer(poolRows * rowWords * 4);
-const V = buffer(poolRows * rowWords * 4);
-const src = buffer(moves * 4);
-const dst = buffer(moves * 4);
-// Moves as a compaction makes them: per head of 4096 logical slots, holes in the first half
-// and sources in the second, ascending; `slotOf` places logical slots in the pool.
-const h = new Int32Array(moves);
-const s = new Int32Array(moves);
-function writeMoves(slotOf: (logical: number) => number): void {
-  for (let m = 0; m < moves; m++) {
-    const head = Math.floor(m / 2048);
-    const j = m % 2048;
-    s[m] = slotOf(head * 4096 + 2048 + j);
-    h[m] = slotOf(head * 4096 + j);
-  }
-  device.queue.writeBuffer(src, 0, s);
-  device.queue.writeBuffer(dst, 0, h);
-}
-// Logical blocks of 16 slots scattered over the pool.
-const poolBlocks = Math.floor(poolRows / 16);
-writeMoves((logical) => ((Math.floor(logical / 16) * 7919) % poolBlocks) * 16 + (logical % 16));
-const movesCommon = `
+  // Logical blocks of 16 slots scattered over the pool.
+  const poolBlocks = Math.floor(poolRows / 16);
+  writeMoves((logical) => ((Math.floor(logical / 16) * 7919) % poolBlocks) * 16 + (logical % 16));
+  const movesCommon = `
 struct P { count: u32, words: u32, p2: u32, p3: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read_write> K: array<vec4u>;
@@ -346,9 +352,9 @@ struct P { count: u32, words: u32, p2: u32, p3: u32 }
 @group(0) @binding(4) var<storage, read> dst: array<i32>;
 @compute @workgroup_size(256) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
   ${FLAT}`;
-const n4 = rowWords / 4;
-/** The move and the 16-byte word of its row this invocation copies (s, d: word indices). */
-const moveWord = `
+  const n4 = rowWords / 4;
+  /** The move and the 16-byte word of its row this invocation copies (s, d: word indices). */
+  const moveWord = `
   let idx = wid * 256u + li;
   let n = p.words / 4u;
   if (idx >= p.count * n) { return; }
@@ -356,19 +362,19 @@ const moveWord = `
   let e = idx % n;
   let s = u32(src[m]) * n + e;
   let d = u32(dst[m]) * n + e;`;
-const movesVariants: Record<string, { code: string; threads: number }> = {
-  cur: {
-    threads: moves * n4,
-    code: `${movesCommon}${moveWord}
+  const movesVariants: Record<string, { code: string; threads: number }> = {
+    cur: {
+      threads: moves * n4,
+      code: `${movesCommon}${moveWord}
   K[d] = K[s];
   V[d] = V[s];
 }`,
-  },
-  // The backend's kernel (both rows loaded, then stored).
-  kv: { threads: moves * n4, code: compactMovesKernel(4).code },
-  kv2: {
-    threads: (moves * n4) / 2,
-    code: `${movesCommon}
+    },
+    // The backend's kernel (both rows loaded, then stored).
+    kv: { threads: moves * n4, code: compactMovesKernel(4).code },
+    kv2: {
+      threads: (moves * n4) / 2,
+      code: `${movesCommon}
   let idx = wid * 256u + li;
   let n = p.words / 4u;
   let half = n / 2u;
@@ -386,61 +392,157 @@ const movesVariants: Record<string, { code: string; threads: number }> = {
   V[d] = v0;
   V[d + half] = v1;
 }`,
-  },
-  copy: {
-    threads: moves * n4,
-    code: `${movesCommon}
+    },
+    copy: {
+      threads: moves * n4,
+      code: `${movesCommon}
   let idx = wid * 256u + li;
   if (idx >= p.count * (p.words / 4u)) { return; }
   V[idx] = K[idx + p.count * (p.words / 4u)];
 }`,
-  },
-};
-const bytes = moves * rowWords * 4 * 2 * 2;
-for (const [name, v] of Object.entries(movesVariants)) {
-  const ms = await time(
-    pipeline(v.code, MOVE_BINDINGS),
-    [uniform([moves, rowWords, 0, 0]), K, V, src, dst],
-    grid(Math.ceil(v.threads / 256)),
-  );
-  print({ bench: 'moves', variant: name, moves, headDim: HEAD_DIM, ms, gbPerS: (name === 'copy' ? bytes / 2 : bytes) / ms / 1e6 });
-}
-// The compaction's own chunked moves kernel (kernels.ts movesDirectKernel): K and V in CHUNKS
-// chunks of 2^22 rows, moves over every chunk (spread) or within chunk 0 (local).
-{
-  const CHUNKS = env('CHUNKS', '7');
-  const shift = env('CHUNK_SHIFT', '22');
-  const per = Math.min(2 ** shift, Math.floor(2 ** 31 / (rowWords * 4)) - 1);
-  const kChunks = Array.from({ length: CHUNKS }, () => buffer(per * rowWords * 4));
-  const vChunks = Array.from({ length: CHUNKS }, () => buffer(per * rowWords * 4));
-  const chunking = { window: CHUNKS, passes: 1, shift };
-  const code = movesDirectKernel(chunking, 4).code;
-  const types: GPUBufferBindingType[] = [
-    'uniform',
-    ...Array<GPUBufferBindingType>(2 * CHUNKS).fill('storage'),
-    'read-only-storage',
-    'read-only-storage',
-  ];
-  const p = pipeline(code, types);
-  for (const spread of [false, true]) {
-    const blocks = Math.floor((spread ? CHUNKS * per : per) / 16);
-    writeMoves((logical) => {
-      const b = (Math.floor(logical / 16) * 7919) % blocks;
-      const chunk = b % (spread ? CHUNKS : 1);
-      const within = Math.floor(b / (spread ? CHUNKS : 1));
-      return chunk * 2 ** shift + ((within * 16) % per) + (logical % 16);
-    });
-    const ms = await time(p, [uniform([moves, rowWords, 0, 0]), ...kChunks, ...vChunks, src, dst], grid(Math.ceil((moves * n4) / 256)));
-    print({
-      bench: 'moves',
-      variant: spread ? 'chunked-spread' : 'chunked-local',
-      chunks: CHUNKS,
-      moves,
-      headDim: HEAD_DIM,
-      ms,
-      gbPerS: bytes / ms / 1e6,
-    });
+    },
+  };
+  const bytes = moves * rowWords * 4 * 2 * 2;
+  for (const [name, v] of Object.entries(movesVariants)) {
+    const ms = await time(
+      pipeline(v.code, MOVE_BINDINGS),
+      [uniform([moves, rowWords, 0, 0]), K, V, src, dst],
+      grid(Math.ceil(v.threads / 256)),
+    );
+    print({ bench: 'moves', variant: name, moves, headDim: HEAD_DIM, ms, gbPerS: (name === 'copy' ? bytes / 2 : bytes) / ms / 1e6 });
+  }
+  // The compaction's own chunked moves kernel (kernels.ts movesDirectKernel): K and V in CHUNKS
+  // chunks of 2^22 rows, moves over every chunk (spread) or within chunk 0 (local).
+  {
+    const CHUNKS = env('CHUNKS', '7');
+    const shift = env('CHUNK_SHIFT', '22');
+    const per = Math.min(2 ** shift, Math.floor(2 ** 31 / (rowWords * 4)) - 1);
+    const kChunks = Array.from({ length: CHUNKS }, () => buffer(per * rowWords * 4));
+    const vChunks = Array.from({ length: CHUNKS }, () => buffer(per * rowWords * 4));
+    const chunking = { window: CHUNKS, passes: 1, shift };
+    const code = movesDirectKernel(chunking, 4).code;
+    const types: GPUBufferBindingType[] = [
+      'uniform',
+      ...Array<GPUBufferBindingType>(2 * CHUNKS).fill('storage'),
+      'read-only-storage',
+      'read-only-storage',
+    ];
+    const p = pipeline(code, types);
+    for (const spread of [false, true]) {
+      const blocks = Math.floor((spread ? CHUNKS * per : per) / 16);
+      writeMoves((logical) => {
+        const b = (Math.floor(logical / 16) * 7919) % blocks;
+        const chunk = b % (spread ? CHUNKS : 1);
+        const within = Math.floor(b / (spread ? CHUNKS : 1));
+        return chunk * 2 ** shift + ((within * 16) % per) + (logical % 16);
+      });
+      const ms = await time(p, [uniform([moves, rowWords, 0, 0]), ...kChunks, ...vChunks, src, dst], grid(Math.ceil((moves * n4) / 256)));
+      print({
+        bench: 'moves',
+        variant: spread ? 'chunked-spread' : 'chunked-local',
+        chunks: CHUNKS,
+        moves,
+        headDim: HEAD_DIM,
+        ms,
+        gbPerS: bytes / ms / 1e6,
+      });
+    }
   }
 }
+
+// ---- sparse moves: a steady round's moves (the compaction after a few decode steps), through
+// the compaction's chunked kernel (movesDirectKernel). SPARSE_MOVES moves, SPARSE_PER_HEAD a
+// head: sources are consecutive slots of the head's newest blocks, destinations one slot each
+// in random blocks of the pool (the holes eviction left), K/V rows of SPARSE_HEAD_DIM f16.
+// Variants: heads (head by head, as compact-pairs writes them), sorted (by destination),
+// mirror (sources scattered, destinations consecutive: scattered reads, not writes), blocks
+// (each head's destinations the consecutive slots of random blocks). Over pools of
+// SPARSE_CHUNKS chunks of 2^shift rows, for each shift of SPARSE_SHIFTS: does the pool's size
+// matter (address translation) or only the scatter?
+if (SECTIONS.has('sparse')) {
+  const count = env('SPARSE_MOVES', '344064');
+  const perHead = env('SPARSE_PER_HEAD', '42');
+  const words = env('SPARSE_HEAD_DIM', '64') / 2;
+  const chunks = env('SPARSE_CHUNKS', '7');
+  const n = words / 4;
+  let seed = 12345;
+  const rand = () => {
+    // mulberry32
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = seed;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  for (const shift of (process.env['SPARSE_SHIFTS'] ?? '17,20,23').split(',').map(Number)) {
+    const per = 2 ** shift;
+    const blocks = (chunks * per) / 16;
+    const kChunks = Array.from({ length: chunks }, () => buffer(per * words * 4));
+    const vChunks = Array.from({ length: chunks }, () => buffer(per * words * 4));
+    const p = pipeline(movesDirectKernel({ window: chunks, passes: 1, shift }, 4).code, [
+      'uniform',
+      ...Array<GPUBufferBindingType>(2 * chunks).fill('storage'),
+      'read-only-storage',
+      'read-only-storage',
+    ]);
+    const src = buffer(count * 4);
+    const dst = buffer(count * 4);
+    const s = new Int32Array(count);
+    const d = new Int32Array(count);
+    const block = () => Math.floor(rand() * blocks);
+    const heads = () => {
+      for (let m = 0; m < count; m += perHead) {
+        const tail = [block(), block(), block(), block()];
+        for (let j = 0; j < perHead && m + j < count; j++) {
+          s[m + j] = (tail[(j >> 4) & 3] as number) * 16 + (j & 15);
+          d[m + j] = block() * 16 + Math.floor(rand() * 16);
+        }
+      }
+    };
+    const variants: Record<string, () => void> = {
+      heads,
+      sorted: () => {
+        heads();
+        const order = Array.from({ length: count }, (_, i) => i).sort((a, b) => (d[a] as number) - (d[b] as number));
+        const s2 = Int32Array.from(order, (i) => s[i] as number);
+        const d2 = Int32Array.from(order, (i) => d[i] as number);
+        s.set(s2);
+        d.set(d2);
+      },
+      mirror: () => {
+        heads();
+        const t = Int32Array.from(s);
+        s.set(d);
+        d.set(t);
+      },
+      blocks: () => {
+        heads();
+        for (let m = 0; m < count; m += 16) {
+          const b = block();
+          for (let j = 0; j < 16 && m + j < count; j++) d[m + j] = b * 16 + j;
+        }
+      },
+    };
+    for (const [variant, make] of Object.entries(variants)) {
+      seed = 12345;
+      make();
+      device.queue.writeBuffer(src, 0, s);
+      device.queue.writeBuffer(dst, 0, d);
+      const ms = await time(p, [uniform([count, words, 0, 0]), ...kChunks, ...vChunks, src, dst], grid(Math.ceil((count * n) / 256)), 2);
+      print({
+        bench: 'sparse-moves',
+        variant,
+        moves: count,
+        headDim: 2 * words,
+        poolGiB: (2 * chunks * per * words * 4) / 2 ** 30,
+        ms,
+        movesPerMs: count / ms,
+        gbPerS: (count * words * 4 * 2 * 2) / ms / 1e6,
+      });
+    }
+    for (const b of [...kChunks, ...vChunks, src, dst]) b.destroy();
+  }
+}
+
 clearInterval(keepAlive);
 process.exit(0);

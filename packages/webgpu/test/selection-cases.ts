@@ -38,6 +38,11 @@ export interface SelectionParams {
   readonly f16?: boolean;
   /** > 1: the KV pool split into about this many chunk buffers (see runConformanceCase). */
   readonly kvChunks?: number;
+  /**
+   * > 0: the sequences' tokens appended this many at a time, in turn (as decode steps
+   * interleave them), so each head's blocks lie among the others' all through the pool.
+   */
+  readonly interleave?: number;
 }
 
 export interface SelectionResult {
@@ -105,12 +110,25 @@ function buildScene(q: SelectionParams): Scene {
   });
   const spare = allocator.addSequence();
   const moves = allocator.createMoveList();
-  const sequences: number[] = [];
-  for (const tokens of q.tokens) {
-    const seq = allocator.addSequence();
-    sequences.push(seq);
+  const sequences = q.tokens.map(() => allocator.addSequence());
+  const step = q.interleave ?? 0;
+  if (step > 0) {
+    // Appended in turns first; the ragged evictions below then name the slots by index.
+    for (let done = 0; done < maxContext; done += step) {
+      q.tokens.forEach((tokens, i) => {
+        if (done < tokens) allocator.appendTokens(sequences[i] as number, Math.min(step, tokens - done));
+      });
+    }
+  }
+  q.tokens.forEach((tokens, i) => {
+    const seq = sequences[i] as number;
     const slots = new Int32Array(units * tokens);
-    allocator.appendTokens(seq, tokens, slots);
+    if (step > 0) {
+      for (let u = 0; u < units; u++) {
+        const layer = Math.floor(u / q.kvHeads);
+        for (let t = 0; t < tokens; t++) slots[u * tokens + t] = allocator.slot(seq, layer, u - layer * q.kvHeads, t);
+      }
+    } else allocator.appendTokens(seq, tokens, slots);
     if (q.ragged) {
       const plan = allocator.createEvictionPlan();
       plan.reset(seq);
@@ -121,7 +139,7 @@ function buildScene(q: SelectionParams): Scene {
       allocator.compact(plan, moves);
       moves.clear();
     }
-  }
+  });
   allocator.removeSequence(spare);
   const store = new MetricStore(allocator.numSlots);
   const specials = [Number.NaN, -0, 0, Number.NEGATIVE_INFINITY, Number.POSITIVE_INFINITY, -1.5];
