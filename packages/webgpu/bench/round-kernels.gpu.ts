@@ -456,7 +456,10 @@ struct P { count: u32, words: u32, p2: u32, p3: u32 }
 // in random blocks of the pool (the holes eviction left), K/V rows of SPARSE_HEAD_DIM f16.
 // Variants: heads (head by head, as compact-pairs writes them), sorted (by destination),
 // mirror (sources scattered, destinations consecutive: scattered reads, not writes), blocks
-// (each head's destinations the consecutive slots of random blocks). Over pools of
+// (each head's destinations the consecutive slots of random blocks), regions / packed (each
+// head's destinations in its own region of SPARSE_REGION_BLOCKS blocks, its sources right after
+// it, as the allocator's head locality leaves a steady round; the regions spread through the
+// pool or back to back). Over pools of
 // SPARSE_CHUNKS chunks of 2^shift rows, for each shift of SPARSE_SHIFTS: does the pool's size
 // matter (address translation) or only the scatter?
 if (SECTIONS.has('sparse')) {
@@ -490,6 +493,8 @@ if (SECTIONS.has('sparse')) {
     const s = new Int32Array(count);
     const d = new Int32Array(count);
     const block = () => Math.floor(rand() * blocks);
+    // Kept blocks of a head (regions, packed): at most what an even spread leaves room for.
+    const regionBlocks = Math.min(env('SPARSE_REGION_BLOCKS', '128'), Math.floor(blocks / Math.ceil(count / perHead)) - 4);
     const heads = () => {
       for (let m = 0; m < count; m += perHead) {
         const tail = [block(), block(), block(), block()];
@@ -522,7 +527,21 @@ if (SECTIONS.has('sparse')) {
           for (let j = 0; j < 16 && m + j < count; j++) d[m + j] = b * 16 + j;
         }
       },
+      // As the allocator's head locality leaves a steady round: each head's kept blocks in one
+      // region, its sources the blocks right after them. Regions spread evenly through the pool
+      // (strewn, as heads prefilled in one go and compressed leave them) or back to back.
+      regions: () => headRegions(Math.floor(blocks / Math.ceil(count / perHead))),
+      packed: () => headRegions(regionBlocks + 4),
     };
+    function headRegions(stride: number): void {
+      for (let m = 0, head = 0; m < count; m += perHead, head++) {
+        const first = head * stride;
+        for (let j = 0; j < perHead && m + j < count; j++) {
+          s[m + j] = (first + regionBlocks) * 16 + j;
+          d[m + j] = (first + Math.floor(rand() * regionBlocks)) * 16 + Math.floor(rand() * 16);
+        }
+      }
+    }
     for (const [variant, make] of Object.entries(variants)) {
       seed = 12345;
       make();
@@ -532,6 +551,7 @@ if (SECTIONS.has('sparse')) {
       print({
         bench: 'sparse-moves',
         variant,
+        regionBlocks: variant === 'regions' || variant === 'packed' ? regionBlocks : undefined,
         moves: count,
         headDim: 2 * words,
         poolGiB: (2 * chunks * per * words * 4) / 2 ** 30,
