@@ -694,7 +694,12 @@ export class PageAllocator {
       }
       const n = end - this.#freeBottom;
       if (n > 0) {
-        list.subarray(this.#freeBottom, end).reverse();
+        // Pushed downwards: reverse them into table order (no subarray view: no allocation).
+        for (let i = this.#freeBottom, j = end - 1; i < j; i++, j--) {
+          const b = list[i] as number;
+          list[i] = list[j] as number;
+          list[j] = b;
+        }
         this.#freeCount += n;
         this.#spareAt[h] = this.#freeBottom;
         this.#spareLeft[h] = n;
