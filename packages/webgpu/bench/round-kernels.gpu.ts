@@ -459,9 +459,8 @@ struct P { count: u32, words: u32, p2: u32, p3: u32 }
 // (each head's destinations the consecutive slots of random blocks), regions / packed (each
 // head's destinations in its own region of SPARSE_REGION_BLOCKS blocks, its sources right after
 // it, as the allocator's head locality leaves a steady round; the regions spread through the
-// pool or back to back). Over pools of
-// SPARSE_CHUNKS chunks of 2^shift rows, for each shift of SPARSE_SHIFTS: does the pool's size
-// matter (address translation) or only the scatter?
+// pool or back to back). Over pools of SPARSE_CHUNKS chunks of 2^shift rows, for each shift of
+// SPARSE_SHIFTS: does the pool's size matter (address translation) or only the scatter?
 if (SECTIONS.has('sparse')) {
   const count = env('SPARSE_MOVES', '344064');
   const perHead = env('SPARSE_PER_HEAD', '42');
