@@ -138,14 +138,13 @@ export class PageAllocator {
    * The free list: block ids in entries [#freeBottom, #freeTop), each free block once, and
    * TAKEN where a head took back a block it released (#take). Appends pop from the top; ended
    * sequences' blocks go on the top, compaction's releases under the bottom (each head's in
-   * table order). Holds #freeCount blocks and #takenEntries TAKEN; #reserveFree moves it
+   * table order). Holds #freeCount blocks; the other entries are TAKEN. #reserveFree moves it
    * when an end runs out of room.
    */
   #freeList: Int32Array;
   #freeBottom: number;
   #freeTop: number;
   #freeCount: number;
-  #takenEntries = 0;
   /**
    * Per head (headLengths layout): where in the free list the blocks the head last released
    * sit (#spareAt, in table order) and how many of them it may still take back (#spareLeft).
@@ -1002,21 +1001,15 @@ export class PageAllocator {
     }
     const seenFree = new Uint8Array(this.numBlocks);
     let listed = 0;
-    let taken = 0;
     for (let i = this.#freeBottom; i < this.#freeTop; i++) {
       const b = this.#freeList[i] as number;
-      if (b === TAKEN) {
-        taken++;
-        continue;
-      }
+      if (b === TAKEN) continue;
       listed++;
       if (b < 0 || b >= this.numBlocks) throw new InvariantViolationError(`free list holds block id ${b}`);
       if (seenFree[b] === 1) throw new InvariantViolationError(`block ${b} is on the free list twice`);
       seenFree[b] = 1;
       if (refs[b] !== 0) throw new InvariantViolationError(`block ${b} is free but referenced`);
     }
-    if (taken !== this.#takenEntries)
-      throw new InvariantViolationError(`the free list holds ${taken} taken entries; the count says ${this.#takenEntries}`);
     if (listed !== this.#freeCount)
       throw new InvariantViolationError(`the free list holds ${listed} blocks; the count says ${this.#freeCount}`);
     if (referenced + this.#freeCount !== this.numBlocks) {
@@ -1098,19 +1091,16 @@ export class PageAllocator {
       if (b !== TAKEN) {
         block = b;
         list[p] = TAKEN;
-        this.#takenEntries++;
         this.#spareAt[h] = p + 1;
         this.#spareLeft[h] = left - 1;
         // Keep the ends on free blocks.
         if (p === this.#freeBottom) {
           let bottom = p;
           while (bottom < this.#freeTop && list[bottom] === TAKEN) bottom++;
-          this.#takenEntries -= bottom - this.#freeBottom;
           this.#freeBottom = bottom;
         } else if (p === this.#freeTop - 1) {
           let top = p + 1;
           while (top > this.#freeBottom && list[top - 1] === TAKEN) top--;
-          this.#takenEntries -= this.#freeTop - top;
           this.#freeTop = top;
         }
       } else this.#spareLeft[h] = 0;
@@ -1118,7 +1108,6 @@ export class PageAllocator {
     if (block === -1) {
       let top = this.#freeTop;
       while (list[top - 1] === TAKEN) top--;
-      this.#takenEntries -= this.#freeTop - top;
       block = list[--top] as number;
       this.#freeTop = top;
     }
@@ -1158,14 +1147,13 @@ export class PageAllocator {
     const list = this.#freeList;
     if (this.#freeBottom >= under && this.#freeTop + over <= list.length) return;
     let n = this.#freeTop - this.#freeBottom;
-    if (this.#takenEntries > 0) {
+    if (n > this.#freeCount) {
       n = this.#freeBottom;
       for (let i = this.#freeBottom; i < this.#freeTop; i++) {
         const b = list[i] as number;
         if (b !== TAKEN) list[n++] = b;
       }
       n -= this.#freeBottom;
-      this.#takenEntries = 0;
     }
     const start = list.length - n - Math.max(over, this.#topRoom());
     list.copyWithin(start, this.#freeBottom, this.#freeBottom + n);
