@@ -22,7 +22,7 @@ export interface DeviceWeight {
  * blockTables Int32 [layers][maxSequences][kvHeads][maxBlocksPerHead], headLengths Int32
  * [layers][maxSequences][kvHeads], slotPositions Int32 [numSlots]. Consumers read a head's
  * table only within its blocks (ceil(length / blockSize)): past them the entries may be
- * stale (PageAllocator.tailsUnspecified).
+ * free blocks the head released (PageAllocator's reserved tails) or -1.
  */
 export interface PagedCacheView {
   readonly blockSize: number;
@@ -190,8 +190,7 @@ export interface Backend {
    * the moves `PageAllocator.compact` makes for the same evictions); K, V, the device metric
    * store and the device slot positions move, and the released block-table entries are
    * cleared on the device. Writes `selection.result[r]` (blocks freed per row) and
-   * `selection.rowMoves[r]` (slot moves per row), not the masks, and may write the released
-   * block ids (`selection.freedBlockIds`, when `freedIdsPerRow` > 0). The caller then applies the
+   * `selection.rowMoves[r]` (slot moves per row), not the masks. The caller then applies the
    * outcome to its allocator (`Compressor.applyDeviceCompaction`), which leaves the host copy of
    * the moved positions stale (see `PagedCacheView.stalePositions`). Requires a pool without
    * shared blocks (no forks). `rows`: compacts only the first `rows` rows (whole groups; the

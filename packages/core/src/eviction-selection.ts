@@ -5,8 +5,6 @@ import { assertInteger } from './validate.ts';
 export const SELECTION_GROUP_FIELDS = 8;
 /** Int32 fields per row in `EvictionSelection.rows`. */
 export const SELECTION_ROW_FIELDS = 8;
-/** Slots per row in `EvictionSelection.freedBlockIds`: a row freeing more reports none there. */
-export const SELECTION_FREED_IDS = 16;
 
 /**
  * One round of KV-Compress block selection for a backend that keeps the metrics on the
@@ -45,16 +43,6 @@ export class EvictionSelection {
   readonly result: Int32Array;
   /** Int32 [maxRows], written by `Backend.compactEvictions`: slot moves the device ran per row. */
   readonly rowMoves: Int32Array;
-  /**
-   * Int32 [maxRows][SELECTION_FREED_IDS], optionally written by `Backend.compactEvictions`
-   * (then `freedIdsPerRow` > 0): the ids of the blocks row r released, in block-table order,
-   * at [r * freedIdsPerRow, + freed(r)), for every row with freed(r) <= freedIdsPerRow. The
-   * host then frees them without reading its own tables' released entries (cold in its cache
-   * after a round's wait: most of a steady round's host time).
-   */
-  readonly freedBlockIds: Int32Array;
-  /** Stride of `freedBlockIds` in the last compaction, 0 when it wrote none (rows freeing many blocks: a full round). */
-  freedIdsPerRow = 0;
   readonly maxRows: number;
   readonly maxMaskWords: number;
   groupCount = 0;
@@ -71,14 +59,12 @@ export class EvictionSelection {
     this.rows = new Int32Array(maxRows * SELECTION_ROW_FIELDS);
     this.result = new Int32Array(maxRows + maxMaskWords);
     this.rowMoves = new Int32Array(maxRows);
-    this.freedBlockIds = new Int32Array(maxRows * SELECTION_FREED_IDS);
   }
 
   reset(): void {
     this.groupCount = 0;
     this.rowCount = 0;
     this.maskWords = 0;
-    this.freedIdsPerRow = 0;
   }
 
   /** Starts a group; the rows added next belong to it. Returns its index. */

@@ -38,7 +38,7 @@ export {
   UnknownSequenceError,
   UnsupportedModelError,
 } from './errors.ts';
-export { EvictionSelection, SELECTION_FREED_IDS, SELECTION_GROUP_FIELDS, SELECTION_ROW_FIELDS } from './eviction-selection.ts';
+export { EvictionSelection, SELECTION_GROUP_FIELDS, SELECTION_ROW_FIELDS } from './eviction-selection.ts';
 export { firstDivergence, formatBytes } from './format.ts';
 export type { ModelConfig, RopeLayout, RopeScaling, Tensor, TensorDtype } from './model.ts';
 export { elementCount, kvShapeOf, validateModelConfig } from './model.ts';

@@ -66,7 +66,6 @@ export class Compressor {
     }
     this.context = shared ?? new CompressionContext(options.allocator, options.metrics.values);
     this.#newLengths = new Int32Array(options.allocator.headsPerSequence);
-    this.#freedIdsAt = new Int32Array(options.allocator.headsPerSequence);
   }
 
   /** Blocks this sequence may hold under the budget (default: the compressor's) right now. */
@@ -178,9 +177,8 @@ export class Compressor {
    * selection, in O(heads + freed blocks): the slots moved on the device (K, V, the device
    * metrics and positions), so the host copies of the moved positions are stale until
    * downloaded (`PageAllocator.stalePositions`) and the host metric store is not updated (a
-   * backend with device metrics is downloaded from before any host planning). Where the
-   * backend reported the released block ids (`selection.freedIdsPerRow`), the host tables'
-   * released entries are not touched (`PageAllocator.tailsUnspecified`).
+   * backend with device metrics is downloaded from before any host planning). The released
+   * blocks stay in the heads' tables as their reserved tails: no table entry is read.
    */
   applyDeviceCompaction(
     sequence: number,
@@ -195,10 +193,6 @@ export class Compressor {
     const blocksBefore = a.sequenceBlocks(sequence);
     const newLengths = this.#newLengths;
     newLengths.fill(-1);
-    // Rows whose released block ids the device reported (selection.freedBlockIds).
-    const idsStride = selection.freedIdsPerRow;
-    const freedIdsAt = this.#freedIdsAt;
-    if (idsStride > 0) freedIdsAt.fill(-1);
     let moves = 0;
     for (let g = 0; g < selection.groupCount; g++) {
       const go = g * SELECTION_GROUP_FIELDS;
@@ -217,21 +211,17 @@ export class Compressor {
         }
         // Freeing k blocks evicts the (k - 1) * B + hanging cheapest slots: k whole blocks go.
         if (k > 0) newLengths[unit] = len - ((k - 1) * B + (selection.rows[ro + 4] as number));
-        if (idsStride > 0 && k > 0 && k <= idsStride) freedIdsAt[unit] = r * idsStride;
         moves += selection.rowMoves[r] as number;
       }
     }
     const t1 = performance.now();
-    const ids = idsStride > 0;
-    const result = a.compactedOnDevice(sequence, newLengths, moves, true, ids ? selection.freedBlockIds : null, ids ? freedIdsAt : null);
+    const result = a.compactedOnDevice(sequence, newLengths, moves);
     // No shared blocks on this path (compactedOnDevice checks): every released entry freed one.
     return this.#outcome(result, sequence, blocksBefore, t0, t1, blocksBefore - result.releasedBlocks);
   }
 
   /** Scratch of applyDeviceCompaction: new length per unit, -1 = unchanged. */
   readonly #newLengths: Int32Array;
-  /** Scratch of applyDeviceCompaction: where a unit's released ids start in selection.freedBlockIds, -1 = not reported. */
-  readonly #freedIdsAt: Int32Array;
 
   #checkMoves(moves: SlotMoveList): void {
     if (moves.capacity < this.allocator.maxSlotsPerSequence) {

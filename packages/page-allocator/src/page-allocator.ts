@@ -56,8 +56,6 @@ export interface AllocatorUsage {
 }
 
 const EMPTY = -1;
-/** A free-list entry whose block a head took back from the middle of the list (see #take). */
-const TAKEN = -1;
 
 /**
  * A fixed pool of KV blocks and the block tables that map each (sequence, layer, kv-head)
@@ -76,13 +74,22 @@ const TAKEN = -1;
  * Sequences are rows of the tables: `addSequence()` returns the row id.
  * Appends (the decode hot path) allocate no JS objects.
  *
- * Locality: a head's next block is, where it is still free, the block the head itself last
- * released (compaction releases a head's tail blocks, right after the ones it keeps). Blocks
- * released by compaction wait at the bottom of the free list, taken by others only when
- * nothing else is free; other appends take from its top (blocks of ended sequences, then the
- * oldest releases). So in a compressed steady state every head stays in the pool region it
- * had: the compaction's moves and the attention's reads touch few memory pages. On a GPU,
- * scattered accesses over a pool of many GiB are bound by address translation, not bandwidth
+ * Free blocks are in one of two places:
+ * - the free stack: blocks of ended sequences (and, at first, the whole pool);
+ * - a head's reserved tail: the blocks a compaction released from a head stay in its block
+ *   table, past its blocks (`blockTables` entries [blocks, tail end) of the head), free.
+ *
+ * The head's next appends take them back in place. Other appends take from the stack, and
+ * when it is empty, from the far end of the oldest reserved tail.
+ *
+ * Why: a compaction frees O(heads) in time, not O(blocks). A round that compresses 64 x 8K
+ * contexts 4x releases millions of blocks, and none of them is read or written. The blocks
+ * the host does not touch are the released ones; a device compaction never brings them into
+ * the host's cache.
+ *
+ * And locality: in a compressed steady state every head keeps the pool region it had, so the
+ * compaction's moves and the attention's reads touch few memory pages. On a GPU, scattered
+ * accesses over a pool of many GiB are bound by address translation, not bandwidth
  * (BENCHMARKS.md, twelfth session).
  */
 export class PageAllocator {
@@ -100,16 +107,6 @@ export class PageAllocator {
   /** blockTables / slotPositions entries written since a device copy last synchronised. */
   readonly tableChanges: ChangeLog;
   readonly positionChanges: ChangeLog;
-  /**
-   * Block-table entries past a head's blocks are -1, except after `compactedOnDevice` freed
-   * blocks from device-reported ids (`freedIds`): the released entries it did not clear on the
-   * host are unspecified from then on (no code reads a table past a head's blocks; appends
-   * write the entries they take).
-   */
-  get tailsUnspecified(): boolean {
-    return this.#tailsUnspecified;
-  }
-  #tailsUnspecified = false;
   /** Block-table references per block (unspecified for a free block: see compactedOnDevice). */
   readonly refCounts: Int32Array;
   /** Head unit (layer * kvHeads + kvHead) a block belongs to (-1 or unspecified when free). */
@@ -134,24 +131,27 @@ export class PageAllocator {
   /** Heads with stalePositions > 0, in all and per sequence. */
   #staleHeads = 0;
   #staleBySequence: Int32Array;
+  /** Free blocks outside the reserved tails: entries [0, #stackTop), popped from the top. */
+  #freeStack: Int32Array;
+  #stackTop: number;
   /**
-   * The free list: block ids in entries [#freeBottom, #freeTop), each free block once, and
-   * TAKEN where a head took back a block it released (#take). Appends pop from the top; ended
-   * sequences' blocks go on the top, compaction's releases under the bottom (each head's in
-   * table order). Holds #freeCount blocks; the other entries are TAKEN. #reserveFree moves it
-   * when an end runs out of room.
+   * Per head (headLengths layout): the end of its reserved tail. The head's table entries
+   * [blocks, max(blocks, #tailEnd)) hold free blocks it released, in table order; entries
+   * past them are -1. Blocks are taken back from the front (the head's appends, in place)
+   * and stolen from the back (#steal).
    */
-  #freeList: Int32Array;
-  #freeBottom: number;
-  #freeTop: number;
-  #freeCount: number;
+  #tailEnd: Int32Array;
+  /** Blocks in all reserved tails. */
+  #reserved = 0;
   /**
-   * Per head (headLengths layout): where in the free list the blocks the head last released
-   * sit (#spareAt, in table order) and how many of them it may still take back (#spareLeft).
-   * A hint: whatever block such an entry holds is free (see #take).
+   * Heads that may hold a reserved tail, in the order they first released blocks: a ring of
+   * head indices (#queueAt, #queueSize), each head at most once (#queued). A head whose tail
+   * ran out stays until #steal passes it.
    */
-  #spareAt: Int32Array;
-  #spareLeft: Int32Array;
+  #tailQueue: Int32Array;
+  #queueAt = 0;
+  #queueSize = 0;
+  #queued: Uint8Array;
   /** Scratch, one byte per slot, all zero between calls: marks evicted slots during compact(). */
   #slotMarks: Uint8Array;
   /** Scratch per head unit. */
@@ -191,17 +191,14 @@ export class PageAllocator {
     this.stalePositions = new Int32Array(this.headsPerSequence * this.maxSequences);
     this.#staleBySequence = new Int32Array(this.maxSequences);
     this.#active = new Uint8Array(this.maxSequences);
-    // Room for a whole pool's worth of entries below the bottom, where compaction puts what it
-    // frees, and a quarter of it above the top (see #reserveFree). Written through now, so no
-    // page of it is first touched in a compression round. Pop order 0, 1, 2, ...: the list
-    // holds block ids in descending order.
-    this.#freeList = new Int32Array(2 * this.numBlocks + 16 + this.#topRoom()).fill(TAKEN);
-    this.#freeBottom = this.numBlocks + 16;
-    this.#freeTop = this.#freeBottom + this.numBlocks;
-    for (let i = 0; i < this.numBlocks; i++) this.#freeList[this.#freeBottom + i] = this.numBlocks - 1 - i;
-    this.#freeCount = this.numBlocks;
-    this.#spareAt = new Int32Array(this.headsPerSequence * this.maxSequences);
-    this.#spareLeft = new Int32Array(this.headsPerSequence * this.maxSequences);
+    // Pop order 0, 1, 2, ...: the stack holds block ids in descending order.
+    this.#freeStack = new Int32Array(this.numBlocks);
+    for (let i = 0; i < this.numBlocks; i++) this.#freeStack[i] = this.numBlocks - 1 - i;
+    this.#stackTop = this.numBlocks;
+    const heads = this.headsPerSequence * this.maxSequences;
+    this.#tailEnd = new Int32Array(heads);
+    this.#tailQueue = new Int32Array(heads);
+    this.#queued = new Uint8Array(heads);
     this.#slotMarks = new Uint8Array(this.numBlocks * blockSize);
     this.#unitEvicted = new Int32Array(this.headsPerSequence);
     this.#unitNewLength = new Int32Array(this.headsPerSequence);
@@ -216,19 +213,24 @@ export class PageAllocator {
   }
 
   get freeBlocks(): number {
-    return this.#freeCount;
+    return this.#stackTop + this.#reserved;
   }
 
   /**
-   * Entries in the free list: the free blocks and the placeholders of blocks heads took back
-   * from its middle (see #take), until squeezed out. Diagnostics and tests.
+   * Free blocks waiting in heads' reserved tails (part of `freeBlocks`): released by
+   * compactions, kept in the releasing head's table for its next appends.
    */
-  get freeListEntries(): number {
-    return this.#freeTop - this.#freeBottom;
+  get reservedBlocks(): number {
+    return this.#reserved;
+  }
+
+  /** Where head h's reserved tail ends (table index; none past its blocks when at or below them). Tests. */
+  reservedTailEnd(h: number): number {
+    return this.#tailEnd[h] as number;
   }
 
   get usedBlocks(): number {
-    return this.numBlocks - this.#freeCount;
+    return this.numBlocks - this.freeBlocks;
   }
 
   get activeSequences(): number {
@@ -339,18 +341,24 @@ export class PageAllocator {
   removeSequence(sequence: number): void {
     this.#requireActive(sequence);
     const { layers, kvHeads } = this.shape;
-    this.#reserveFree(0, this.sequenceBlocks(sequence));
     for (let layer = 0; layer < layers; layer++) {
       for (let head = 0; head < kvHeads; head++) {
         const h = this.headIndex(sequence, layer, head);
         const t0 = h * this.maxBlocksPerHead;
         const blocks = this.#blocksFor(this.headLengths[h] as number);
-        this.#spareLeft[h] = 0;
         for (let j = 0; j < blocks; j++) {
           this.#release(this.blockTables[t0 + j] as number);
           this.blockTables[t0 + j] = EMPTY;
           this.tableChanges.mark(t0 + j);
         }
+        // The reserved tail goes to the stack too (its entries were never sent as blocks in use).
+        const end = this.#tailEnd[h] as number;
+        for (let j = blocks; j < end; j++) {
+          this.#freeStack[this.#stackTop++] = this.blockTables[t0 + j] as number;
+          this.blockTables[t0 + j] = EMPTY;
+          this.#reserved--;
+        }
+        this.#tailEnd[h] = 0;
         this.headLengths[h] = 0;
         this.#setStale(sequence, h, 0);
       }
@@ -448,7 +456,7 @@ export class PageAllocator {
         }
       }
     }
-    if (needed > this.#freeCount) throw new OutOfBlocksError(needed, this.#freeCount, `Appending ${count} token(s)`);
+    if (needed > this.freeBlocks) throw new OutOfBlocksError(needed, this.freeBlocks, `Appending ${count} token(s)`);
     if (copies > 0) {
       if (moves === undefined) {
         throw new InvalidArgumentError(
@@ -565,7 +573,6 @@ export class PageAllocator {
     // Pass 2: count copy-on-write blocks and moves, changing nothing.
     let copiedBlocks = 0;
     let moveCount = 0;
-    let releasing = 0;
     for (let unit = 0; unit < units; unit++) {
       const e = evicted[unit] as number;
       if (e === 0) continue;
@@ -574,7 +581,6 @@ export class PageAllocator {
       const len = this.headLengths[h] as number;
       const survivors = len - e;
       const keep = this.#blocksFor(survivors);
-      releasing += this.#blocksFor(len) - keep;
       for (let j = 0; j < keep; j++) {
         const block = this.blockTables[t0 + j] as number;
         const end = Math.min((j + 1) * B, survivors);
@@ -587,9 +593,9 @@ export class PageAllocator {
         }
       }
     }
-    if (copiedBlocks > this.#freeCount) {
+    if (copiedBlocks > this.freeBlocks) {
       this.#clearMarks(plan, plan.count);
-      throw new OutOfBlocksError(copiedBlocks, this.#freeCount, 'Compacting blocks shared with a fork (copy-on-write)');
+      throw new OutOfBlocksError(copiedBlocks, this.freeBlocks, 'Compacting blocks shared with a fork (copy-on-write)');
     }
     if (moves.capacity - moves.count < moveCount) {
       this.#clearMarks(plan, plan.count);
@@ -597,7 +603,6 @@ export class PageAllocator {
         `The move list has room for ${moves.capacity - moves.count} moves; ${moveCount} are needed. Use allocator.createMoveList().`,
       );
     }
-    this.#reserveFree(releasing, 0);
 
     // Pass 3: emit moves and rewrite the kept part of each table. Fresh blocks for
     // copy-on-write are all taken before any block is released (pass 4), so no move's
@@ -677,32 +682,23 @@ export class PageAllocator {
       const oldBlocks = this.#blocksFor(this.headLengths[h] as number);
       const survivors = this.#unitNewLength[unit] as number;
       const keep = this.#blocksFor(survivors);
-      // Freed blocks go under the bottom of the free list, in table order: the head's next
-      // ones (as compactedOnDevice leaves them).
-      const list = this.#freeList;
-      const end = this.#freeBottom;
+      // Freed blocks stay in the table as the head's reserved tail, in table order, before the
+      // ones it reserved earlier. A block still referenced by a fork leaves the table.
+      let w = keep;
       for (let j = keep; j < oldBlocks; j++) {
         releasedBlocks++;
         const block = this.blockTables[t0 + j] as number;
-        if (this.#unref(block) === 0) {
-          list[--this.#freeBottom] = block;
-          freedBlocks++;
-        }
-        this.blockTables[t0 + j] = EMPTY;
-        this.tableChanges.mark(t0 + j);
+        if (this.#unref(block) === 0) this.blockTables[t0 + w++] = block;
       }
-      const n = end - this.#freeBottom;
-      if (n > 0) {
-        // Pushed downwards: reverse them into table order (no subarray view: no allocation).
-        for (let i = this.#freeBottom, j = end - 1; i < j; i++, j--) {
-          const b = list[i] as number;
-          list[i] = list[j] as number;
-          list[j] = b;
-        }
-        this.#freeCount += n;
-        this.#spareAt[h] = this.#freeBottom;
-        this.#spareLeft[h] = n;
+      const freed = w - keep;
+      let end = Math.max(oldBlocks, this.#tailEnd[h] as number);
+      if (w < oldBlocks) {
+        for (let j = oldBlocks; j < end; j++) this.blockTables[t0 + w++] = this.blockTables[t0 + j] as number;
+        this.blockTables.fill(EMPTY, t0 + w, t0 + end);
+        end = w;
       }
+      freedBlocks += freed;
+      this.#reserve(h, end, freed);
       this.headLengths[h] = survivors;
     }
     this.#clearMarks(plan, plan.count);
@@ -713,56 +709,37 @@ export class PageAllocator {
    * Applies a compaction whose slot moves ran on the device (`Backend.compactEvictions`):
    * head unit u of the sequence keeps its first `newLengths[u]` logical slots (-1: the head is
    * left as it is). The device paired the evicted slots below the new length with the
-   * survivors past it exactly as `compact()` pairs them, so the tables, lengths and free list
-   * end as `compact()` leaves them for the same evictions: each shortened head releases its
-   * tail blocks, heads in unit order, blocks in table order. O(heads + released blocks); no
-   * slot is touched on the host.
+   * survivors past it exactly as `compact()` pairs them, so the tables, lengths and free
+   * blocks end as `compact()` leaves them for the same evictions: each shortened head's tail
+   * blocks become its reserved tail. O(heads): no table entry or slot is read or written on
+   * the host.
    *
    * The moved positions are on the device only: the first `newLengths[u]` slots of every
    * shortened head become stale on the host (`stalePositions`) until `positionsSynced()`.
-   * `tablesOnDevice`: the caller's device copy of the block tables already has the released
-   * entries cleared, so they are not logged in `tableChanges`. `moves` (the device's count)
-   * is only reported back.
-   *
-   * `freedIds` / `freedIdsAt` (with `tablesOnDevice`): the device reported the ids it released;
-   * unit u's, in table order, are `freedIds[freedIdsAt[u] ...]` (-1: read them from the host
-   * tables). Those heads' released host entries are then neither read nor cleared (the host
-   * tables' cold lines were most of a steady round's host time); see `tailsUnspecified`.
+   * The device copy of the tables needs nothing: it is never read past a head's blocks.
+   * `moves` (the device's count) is only reported back.
    *
    * Needs a pool without shared blocks (no forks: copy-on-write is not done on the device).
    * Everything is checked first; on an error nothing changes.
    */
-  compactedOnDevice(
-    sequence: number,
-    newLengths: Int32Array,
-    moves: number,
-    tablesOnDevice = false,
-    freedIds: Int32Array | null = null,
-    freedIdsAt: Int32Array | null = null,
-  ): CompactionResult {
+  compactedOnDevice(sequence: number, newLengths: Int32Array, moves: number): CompactionResult {
     this.#requireActive(sequence);
     const units = this.headsPerSequence;
     if (newLengths.length < units) throw new InvalidArgumentError(`newLengths holds ${newLengths.length} entries; ${units} are needed.`);
-    if ((freedIds === null) !== (freedIdsAt === null) || (freedIdsAt !== null && (!tablesOnDevice || freedIdsAt.length < units))) {
-      throw new InvalidArgumentError(`freedIds and freedIdsAt go together, with tablesOnDevice and ${units} offsets.`);
-    }
     if (this.#sharedBlocks > 0) {
       throw new InvalidArgumentError(
         `The pool holds ${this.#sharedBlocks} blocks shared by forks; compact them on the host (compact()), which copies them on write.`,
       );
     }
     const B = this.blockSize;
-    const maxBlocks = this.maxBlocksPerHead;
-    const tables = this.blockTables;
     const lengths = this.headLengths;
     const stale = this.stalePositions;
-    const freeList = this.#freeList;
+    const tailEnd = this.#tailEnd;
     const kvHeads = this.shape.kvHeads;
     // Head index of (sequence, unit) is (layer * maxSequences + sequence) * kvHeads + head: a
     // layer's heads are consecutive, layers maxSequences * kvHeads apart.
     const layerStride = this.maxSequences * kvHeads;
     const h0 = sequence * kvHeads;
-    let releasing = 0;
     for (let unit = 0; unit < units; unit++) {
       const n = newLengths[unit] as number;
       if (n === -1) continue;
@@ -771,67 +748,28 @@ export class PageAllocator {
       if (!Number.isInteger(n) || n < 0 || n > len) {
         throw new InvalidPlanError(`Head unit ${unit} of sequence ${sequence} holds ${len} slots; it cannot keep ${n}.`);
       }
-      releasing += Math.ceil(len / B) - Math.ceil(n / B);
-      const at = freedIdsAt === null ? -1 : (freedIdsAt[unit] as number);
-      if (at === -1) continue;
-      const end = at + Math.ceil(len / B) - Math.ceil(n / B);
-      if (!Number.isInteger(at) || at < 0 || end > (freedIds as Int32Array).length) {
-        throw new InvalidArgumentError(`freedIdsAt[${unit}] = ${at} is outside freedIds.`);
-      }
-      for (let i = at; i < end; i++) {
-        const id = (freedIds as Int32Array)[i] as number;
-        if (!(id >= 0 && id < this.numBlocks))
-          throw new InvalidArgumentError(`freedIds names block ${id}; the pool has ${this.numBlocks}.`);
-      }
     }
-    this.#reserveFree(releasing, 0);
-    const spareAt = this.#spareAt;
-    const spareLeft = this.#spareLeft;
-    // Each head's released blocks go under the bottom of the free list, in table order.
-    let bottom = this.#freeBottom;
     let evictedSlots = 0;
     let released = 0;
     let newlyStale = 0;
-    let tailsUnspecified = this.#tailsUnspecified;
     // The heads of this call, in unit order: the hot loop of a device round (every head of
-    // every compressed sequence), so its index arithmetic is incremental and it touches each
-    // released table entry twice (read for the free list, then cleared) and nothing else.
+    // every compressed sequence), so its index arithmetic is incremental.
     for (let layer = 0, unit = 0; layer < this.shape.layers; layer++) {
       for (let head = 0, h = layer * layerStride + h0; head < kvHeads; head++, h++, unit++) {
         const n = newLengths[unit] as number;
         const len = lengths[h] as number;
         if (n === -1 || n === len) continue;
         evictedSlots += len - n;
-        const t0 = h * maxBlocks;
         const keep = Math.ceil(n / B);
         const old = Math.ceil(len / B);
-        // Unshared blocks (checked above): each released entry frees its block. Their
+        // Unshared blocks (checked above): every released entry is a free block, left in place
+        // as the head's reserved tail (before the one it had, which starts at `old`). Their
         // refCounts / blockUnit / blockTableIndex are left as they were (unspecified for a free
-        // block; the next #take sets them): millions of blocks are pushed with two copies.
-        const at = freedIdsAt === null ? -1 : (freedIdsAt[unit] as number);
-        bottom -= old - keep;
-        if (at !== -1) {
-          // Ids from the device; the host entries are left as they were (tailsUnspecified).
-          for (let i = at, f = bottom; i < at + old - keep; i++) freeList[f++] = (freedIds as Int32Array)[i] as number;
-          tailsUnspecified = true;
-        } else if (old - keep <= 32) {
-          // A few blocks (a steady-state round): copied and cleared one by one, as a subarray
-          // view or a fill() call per head costs more than the loop.
-          for (let j = t0 + keep, f = bottom; j < t0 + old; j++) {
-            freeList[f++] = tables[j] as number;
-            tables[j] = EMPTY;
-          }
-        } else {
-          freeList.set(tables.subarray(t0 + keep, t0 + old), bottom);
-          tables.fill(EMPTY, t0 + keep, t0 + old);
-        }
-        if (!tablesOnDevice) for (let j = t0 + keep; j < t0 + old; j++) this.tableChanges.mark(j);
+        // block; the next #take sets them).
         if (old > keep) {
-          // The head's released blocks, in table order, are its next ones (see #take).
-          spareAt[h] = bottom;
-          spareLeft[h] = old - keep;
+          this.#reserve(h, Math.max(old, tailEnd[h] as number), old - keep);
+          released += old - keep;
         }
-        released += old - keep;
         lengths[h] = n;
         // #setStale, inlined: the stale-head counts change when a head turns stale or fresh.
         const was = stale[h] as number;
@@ -843,9 +781,6 @@ export class PageAllocator {
       this.#staleHeads += newlyStale;
       this.#staleBySequence[sequence] = (this.#staleBySequence[sequence] as number) + newlyStale;
     }
-    this.#freeCount += this.#freeBottom - bottom;
-    this.#freeBottom = bottom;
-    this.#tailsUnspecified = tailsUnspecified;
     return { evictedSlots, freedBlocks: released, releasedBlocks: released, copiedBlocks: 0, moves };
   }
 
@@ -928,7 +863,7 @@ export class PageAllocator {
     const usedBlocks = this.usedBlocks;
     return {
       totalBlocks: this.numBlocks,
-      freeBlocks: this.#freeCount,
+      freeBlocks: this.freeBlocks,
       usedBlocks,
       filledSlots,
       fragmentation: usedBlocks === 0 ? 0 : 1 - filledSlots / (usedBlocks * B),
@@ -947,13 +882,16 @@ export class PageAllocator {
   /**
    * Recomputes everything derivable and throws `InvariantViolationError` on any mismatch:
    * reference counts equal table references; every referenced block is owned by exactly
-   * one head unit at one table index; free blocks are unreferenced and listed once; used +
+   * one head unit at one table index; free blocks are unreferenced and held once (on the
+   * stack or in one reserved tail, the counts matching, every head with a tail queued); used +
    * free = total; head lengths fit their tables and tables hold no stray entries.
    */
   checkInvariants(): void {
     const B = this.blockSize;
     const { layers, kvHeads } = this.shape;
     const refs = new Int32Array(this.numBlocks);
+    // Reserved tails, checked against refs once every table is counted.
+    const tailBlocks: number[] = [];
     for (let s = 0; s < this.maxSequences; s++) {
       const active = this.#active[s] === 1;
       for (let layer = 0; layer < layers; layer++) {
@@ -967,12 +905,22 @@ export class PageAllocator {
             throw new InvariantViolationError(`sequence ${s} head ${unit} has length ${len}`);
           }
           const blocks = this.#blocksFor(len);
+          const end = Math.max(blocks, this.#tailEnd[h] as number);
+          if (!active && end > 0) throw new InvariantViolationError(`inactive sequence ${s} head ${unit} has a reserved tail`);
+          if (end > blocks && this.#queued[h] !== 1) {
+            throw new InvariantViolationError(`sequence ${s} head ${unit} has a reserved tail but is not queued`);
+          }
           for (let j = 0; j < this.maxBlocksPerHead; j++) {
             const block = this.blockTables[t0 + j] as number;
+            if (j >= end) {
+              if (block !== EMPTY) throw new InvariantViolationError(`sequence ${s} head ${unit} has a stray entry at ${j}`);
+              continue;
+            }
             if (j >= blocks) {
-              if (block !== EMPTY && !this.#tailsUnspecified) {
-                throw new InvariantViolationError(`sequence ${s} head ${unit} has a stray entry at ${j}`);
+              if (block < 0 || block >= this.numBlocks) {
+                throw new InvariantViolationError(`sequence ${s} head ${unit} reserves block ${block} at ${j}`);
               }
+              tailBlocks.push(block);
               continue;
             }
             if (block < 0 || block >= this.numBlocks) {
@@ -996,26 +944,33 @@ export class PageAllocator {
       }
       if ((refs[b] as number) > 0) referenced++;
     }
-    if (this.#freeBottom < 0 || this.#freeBottom > this.#freeTop || this.#freeTop > this.#freeList.length) {
-      throw new InvariantViolationError(`the free list spans [${this.#freeBottom}, ${this.#freeTop})`);
-    }
     const seenFree = new Uint8Array(this.numBlocks);
-    let listed = 0;
-    for (let i = this.#freeBottom; i < this.#freeTop; i++) {
-      const b = this.#freeList[i] as number;
-      if (b === TAKEN) continue;
-      listed++;
-      if (b < 0 || b >= this.numBlocks) throw new InvariantViolationError(`free list holds block id ${b}`);
-      if (seenFree[b] === 1) throw new InvariantViolationError(`block ${b} is on the free list twice`);
+    const free = (b: number, where: string) => {
+      if (b < 0 || b >= this.numBlocks) throw new InvariantViolationError(`${where} holds block id ${b}`);
+      if (seenFree[b] === 1) throw new InvariantViolationError(`block ${b} is free twice (${where})`);
       seenFree[b] = 1;
-      if (refs[b] !== 0) throw new InvariantViolationError(`block ${b} is free but referenced`);
+      if (refs[b] !== 0) throw new InvariantViolationError(`block ${b} is free (${where}) but referenced`);
+    };
+    if (this.#stackTop < 0 || this.#stackTop > this.numBlocks) throw new InvariantViolationError(`the free stack holds ${this.#stackTop}`);
+    for (let i = 0; i < this.#stackTop; i++) free(this.#freeStack[i] as number, 'the free stack');
+    for (const b of tailBlocks) free(b, 'a reserved tail');
+    if (tailBlocks.length !== this.#reserved) {
+      throw new InvariantViolationError(`reserved tails hold ${tailBlocks.length} blocks; the count says ${this.#reserved}`);
     }
-    if (listed !== this.#freeCount)
-      throw new InvariantViolationError(`the free list holds ${listed} blocks; the count says ${this.#freeCount}`);
-    if (referenced + this.#freeCount !== this.numBlocks) {
+    if (referenced + this.freeBlocks !== this.numBlocks) {
       throw new InvariantViolationError(
-        `${referenced} referenced + ${this.#freeCount} free blocks != ${this.numBlocks} total (a block leaked)`,
+        `${referenced} referenced + ${this.freeBlocks} free blocks != ${this.numBlocks} total (a block leaked)`,
       );
+    }
+    const inQueue = new Uint8Array(this.#queued.length);
+    for (let i = 0; i < this.#queueSize; i++) {
+      const h = this.#tailQueue[(this.#queueAt + i) % this.#tailQueue.length] as number;
+      if (inQueue[h] === 1) throw new InvariantViolationError(`head ${h} is queued twice`);
+      inQueue[h] = 1;
+    }
+    for (let h = 0; h < inQueue.length; h++) {
+      if (inQueue[h] !== this.#queued[h])
+        throw new InvariantViolationError(`head ${h}: queued flag ${this.#queued[h]}, in the queue ${inQueue[h]}`);
     }
     let active = 0;
     for (let s = 0; s < this.maxSequences; s++) active += this.#active[s] as number;
@@ -1074,92 +1029,79 @@ export class PageAllocator {
 
   /**
    * Takes a free block for head h (of head unit `unit`) at a table index and assigns it: the
-   * next block the head released (#spareAt) if its free-list entry still holds a block, else
-   * the top of the free list. Caller checked the free count. O(1) amortized (TAKEN entries
-   * are passed once).
+   * block already at that index when it is the front of the head's reserved tail (an append
+   * taking back what the head released), else the top of the free stack, else one stolen from
+   * the oldest reserved tail. Caller checked the free count. O(1) amortized.
    */
   #take(unit: number, tableIndex: number, h: number): number {
-    const list = this.#freeList;
-    let block = -1;
-    const left = this.#spareLeft[h] as number;
-    if (left > 0) {
-      const p = this.#spareAt[h] as number;
-      // Any block in the list is free: the entry needs no more check than this. (It is the
-      // head's own unless the list shrank past it and grew back, which needs the pool to run
-      // low; comparing blockUnit here would add a dependent cache miss to every take.)
-      const b = p >= this.#freeBottom && p < this.#freeTop ? (list[p] as number) : TAKEN;
-      if (b !== TAKEN) {
-        block = b;
-        list[p] = TAKEN;
-        this.#spareAt[h] = p + 1;
-        this.#spareLeft[h] = left - 1;
-        // Keep the ends on free blocks.
-        if (p === this.#freeBottom) {
-          let bottom = p;
-          while (bottom < this.#freeTop && list[bottom] === TAKEN) bottom++;
-          this.#freeBottom = bottom;
-        } else if (p === this.#freeTop - 1) {
-          let top = p + 1;
-          while (top > this.#freeBottom && list[top - 1] === TAKEN) top--;
-          this.#freeTop = top;
-        }
-      } else this.#spareLeft[h] = 0;
-    }
-    if (block === -1) {
-      let top = this.#freeTop;
-      while (list[top - 1] === TAKEN) top--;
-      block = list[--top] as number;
-      this.#freeTop = top;
-    }
-    this.#freeCount--;
+    let block: number;
+    const end = this.#tailEnd[h] as number;
+    if (tableIndex < end && tableIndex >= this.#blocksFor(this.headLengths[h] as number)) {
+      // Appends take a head's entries in order, so this is the front of its tail (headLengths
+      // is updated after a head's appends); taking its last entry empties it.
+      block = this.blockTables[h * this.maxBlocksPerHead + tableIndex] as number;
+      this.#reserved--;
+      if (tableIndex === end - 1) this.#tailEnd[h] = 0;
+    } else if (this.#stackTop > 0) block = this.#freeStack[--this.#stackTop] as number;
+    else block = this.#steal();
     this.refCounts[block] = 1;
     this.blockUnit[block] = unit;
     this.blockTableIndex[block] = tableIndex;
     return block;
   }
 
+  /** Takes the last block of the oldest reserved tail (the free stack is empty; some tail is not). */
+  #steal(): number {
+    const queue = this.#tailQueue;
+    for (;;) {
+      const g = queue[this.#queueAt] as number;
+      const end = this.#tailEnd[g] as number;
+      const blocks = this.#blocksFor(this.headLengths[g] as number);
+      if (end > blocks) {
+        const at = g * this.maxBlocksPerHead + end - 1;
+        const block = this.blockTables[at] as number;
+        this.blockTables[at] = EMPTY;
+        this.#tailEnd[g] = end - 1;
+        this.#reserved--;
+        if (end - 1 > blocks) return block;
+        this.#dequeue();
+        return block;
+      }
+      this.#dequeue();
+    }
+  }
+
+  #dequeue(): void {
+    this.#queued[this.#tailQueue[this.#queueAt] as number] = 0;
+    this.#queueAt = this.#queueAt + 1 === this.#tailQueue.length ? 0 : this.#queueAt + 1;
+    this.#queueSize--;
+  }
+
   /**
-   * Drops one reference; when none is left, puts the block on top of the free list (the
-   * caller made room: #reserveFree) and returns true. Its blockUnit and blockTableIndex are
-   * left as they were (unspecified for a free block), as compactedOnDevice leaves them.
+   * Head h released `freed` more blocks, now in its table up to index `end` (its reserved tail
+   * is [blocks, end)): counts them and queues the head for #steal.
+   */
+  #reserve(h: number, end: number, freed: number): void {
+    this.#tailEnd[h] = end;
+    if (freed === 0) return;
+    this.#reserved += freed;
+    if (this.#queued[h] === 1) return;
+    this.#queued[h] = 1;
+    const queue = this.#tailQueue;
+    const at = this.#queueAt + this.#queueSize;
+    queue[at >= queue.length ? at - queue.length : at] = h;
+    this.#queueSize++;
+  }
+
+  /**
+   * Drops one reference; when none is left, pushes the block on the free stack and returns
+   * true. Its blockUnit and blockTableIndex are left as they were (unspecified for a free
+   * block, as compactedOnDevice leaves them).
    */
   #release(block: number): boolean {
     if (this.#unref(block) > 0) return false;
-    this.#freeList[this.#freeTop++] = block;
-    this.#freeCount++;
+    this.#freeStack[this.#stackTop++] = block;
     return true;
-  }
-
-  /** Room the free list keeps above its top when it moves: a quarter of the pool. */
-  #topRoom(): number {
-    return (this.numBlocks >>> 2) + 16;
-  }
-
-  /**
-   * Makes room for `under` entries below the free list's bottom and `over` above its top.
-   * Where an end lacks it, squeezes out the TAKEN entries and moves the list up, leaving
-   * max(over, numBlocks / 4) above it: as n + under + over <= numBlocks (only used blocks can
-   * be freed), at least 3 / 4 of the pool's worth of releases fit below before the next move,
-   * so a round of full compressions moves it at most once. O(list) (one copyWithin without
-   * TAKEN entries), and forgets every head's released blocks (their entries moved).
-   */
-  #reserveFree(under: number, over: number): void {
-    const list = this.#freeList;
-    if (this.#freeBottom >= under && this.#freeTop + over <= list.length) return;
-    let n = this.#freeTop - this.#freeBottom;
-    if (n > this.#freeCount) {
-      n = this.#freeBottom;
-      for (let i = this.#freeBottom; i < this.#freeTop; i++) {
-        const b = list[i] as number;
-        if (b !== TAKEN) list[n++] = b;
-      }
-      n -= this.#freeBottom;
-    }
-    const start = list.length - n - Math.max(over, this.#topRoom());
-    list.copyWithin(start, this.#freeBottom, this.#freeBottom + n);
-    this.#freeBottom = start;
-    this.#freeTop = start + n;
-    this.#spareLeft.fill(0);
   }
 
   /** Drops one reference (keeping the shared-block count); returns the references left. */

@@ -386,8 +386,6 @@ async function deviceRound(): Promise<Record<string, number>> {
     movesTailMs: t3 - t2,
     ...totals,
     ...backend.lastCompaction,
-    // Released block ids reported by the device per row (0: the host read its tables).
-    freedIdsPerRow: selection.freedIdsPerRow,
   };
 }
 

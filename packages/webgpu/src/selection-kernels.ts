@@ -48,7 +48,7 @@ export const COMPACT_INFO_HEADER = 64;
 
 /**
  * Uniforms and the rows binding (1); the groups binding (2) where the kernel reads it. The
- * third uniform is the level of the threshold search, or (compact-pairs) freed ids per row.
+ * third uniform is the level of the threshold search (unused by compact-pairs).
  */
 const header = (groups: boolean, third = 'level'): string => /* wgsl */ `
 struct P { rows: u32, groups: u32, ${third}: u32, blockSize: u32 }
@@ -484,19 +484,19 @@ ${ENTRY}
  * row's evictions): with s = length - e survivors, the evicted slots below s (holes) and the
  * kept slots at or past s (sources) are ranked, each in ascending logical order, and hole j
  * receives source j: moveDst / moveSrc [offset + j], the row's offset taken from a global
- * counter (info[0]; any order of rows gives the same cache). Then the block-table entries past
- * ceil(s / B) are cleared (-1) and info gets the row's blocks freed and moves, and, when
- * p.idsPerRow > 0 and the row released at most that many, the ids it released.
- *   info u32: [COMPACT_INFO_HEADER] total moves, ...; then [rows] blocks freed; then [rows]
- *   moves; then [rows][p.idsPerRow] released block ids, in table order
+ * counter (info[0]; any order of rows gives the same cache), and info gets the row's blocks
+ * freed and moves. The released block-table entries are left as they are: the host keeps
+ * them as the head's reserved tail (PageAllocator), and nothing reads a table past a head's
+ * blocks.
+ *   info u32: [COMPACT_INFO_HEADER] total moves, ...; then [rows] blocks freed; then [rows] moves
  */
 export function compactPairsKernel(): KernelSource {
   return memo('compact-pairs', () => ({
     workgroupSize: 256,
-    code: /* wgsl */ `${header(false, 'idsPerRow')}
+    code: /* wgsl */ `${header(false)}
 @group(0) @binding(2) var<storage, read> state: array<u32>;
 @group(0) @binding(3) var<storage, read> masks: array<u32>;
-@group(0) @binding(4) var<storage, read_write> tables: array<i32>;
+@group(0) @binding(4) var<storage, read> tables: array<i32>;
 @group(0) @binding(5) var<storage, read_write> moveSrc: array<i32>;
 @group(0) @binding(6) var<storage, read_write> moveDst: array<i32>;
 @group(0) @binding(7) var<storage, read_write> info: array<atomic<u32>>;
@@ -594,15 +594,6 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
     holesBefore += cumH[255];
     sourcesBefore += cumS[255];
     workgroupBarrier();
-  }
-  // Every read of the row's table is done: clear the released entries.
-  storageBarrier();
-  let keep = (s + p.blockSize - 1u) / p.blockSize;
-  let old = (len + p.blockSize - 1u) / p.blockSize;
-  let reportIds = old - keep <= p.idsPerRow;
-  for (var j = keep + li; j < old; j += 256u) {
-    if (reportIds) { atomicStore(&info[HEAD + 2u * p.rows + row * p.idsPerRow + j - keep], u32(tables[t0 + j])); }
-    tables[t0 + j] = -1;
   }
 }`,
   }));

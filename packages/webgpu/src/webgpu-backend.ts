@@ -20,7 +20,6 @@ import {
   quantizeQ8_0,
   type RopeSettings,
   ropeInverseFrequencies,
-  SELECTION_FREED_IDS,
   SELECTION_GROUP_FIELDS,
   SELECTION_ROW_FIELDS,
   type SlotMoveList,
@@ -1299,8 +1298,7 @@ export class WebGpuBackend implements Backend {
   /**
    * The selection and the compaction it implies, on the device (Backend.compactEvictions):
    * after the selection kernels, one workgroup per row pairs the row's holes with its
-   * survivors and writes the moves to a list (compactPairsKernel), clearing the released
-   * block-table entries; in a chunked pool the list is then sorted by window of chunks. One
+   * survivors and writes the moves to a list (compactPairsKernel); in a chunked pool the list is then sorted by window of chunks. One
    * download (blocks freed and moves per row, the move count), then the moves are recorded:
    * K and V, and the metrics and positions. They run while the host applies the outcome to its
    * allocator (Compressor.applyDeviceCompaction).
@@ -1314,7 +1312,6 @@ export class WebGpuBackend implements Backend {
     this.#selected = null;
     const result = reuse ? (this.#named.get('selectResult') as GpuBuffer) : this.#recordSelection(selection, cache);
     selection.rowMoves.fill(0, 0, rows);
-    selection.freedIdsPerRow = 0;
     if (result === null || compactRows === 0) {
       selection.result.fill(0, 0, rows);
       this.lastCompaction = { moves: 0, windowMoves: 0, crossWindowMoves: 0, recordMs: performance.now() - t0, waitMs: 0 };
@@ -1324,14 +1321,7 @@ export class WebGpuBackend implements Backend {
     // At most min(e, length - e) <= length / 2 moves per row.
     let bound = 0;
     for (let r = 0; r < compactRows; r++) bound += (selection.rows[r * SELECTION_ROW_FIELDS + 3] as number) >>> 1;
-    // The released block ids come back with the counts when the rows free few blocks each (a
-    // steady round; at most the groups' targets): the host then need not read the released
-    // entries of its own tables, cold in its cache by now. A full round frees hundreds of
-    // blocks a row and reads them from the host tables in bulk.
-    let targetBlocks = 0;
-    for (let g = 0; g < selection.groupCount; g++) targetBlocks += Math.max(0, selection.groups[g * SELECTION_GROUP_FIELDS + 3] as number);
-    const idsPerRow = targetBlocks <= compactRows * (SELECTION_FREED_IDS / 4) ? SELECTION_FREED_IDS : 0;
-    const info = this.#ensureI32('compactInfo', COMPACT_INFO_HEADER + (2 + SELECTION_FREED_IDS) * cap);
+    const info = this.#ensureI32('compactInfo', COMPACT_INFO_HEADER + 2 * cap);
     const src = this.#ensureF32('compactSrc', Math.max(1, bound)).buffer;
     const dst = this.#ensureF32('compactDst', Math.max(1, bound)).buffer;
     const plan = this.#movesPlan;
@@ -1339,7 +1329,7 @@ export class WebGpuBackend implements Backend {
     this.#encoder ??= this.device.createCommandEncoder();
     this.#encoder.clearBuffer(info.buffer, 0, COMPACT_INFO_HEADER * 4);
     const selectBufs = this.#selectBuffers as SelectBuffers;
-    this.#setUniform([rows, selection.groupCount, idsPerRow, cache.blockSize]);
+    this.#setUniform([rows, selection.groupCount, 0, cache.blockSize]);
     const [rx, ry] = grid(compactRows);
     this.#dispatchRaw(
       compactPairsKernel(),
@@ -1360,7 +1350,7 @@ export class WebGpuBackend implements Backend {
       this.#dispatch(moveBucketKernel(c, 'offsets'), [bound, 0, 0, 0], [info.buffer], 1);
       this.#dispatch(moveBucketKernel(c, 'scatter'), [bound, 0, 0, 0], [src, dst, info.buffer, sorted.src, sorted.dst], n);
     }
-    const out = this.#compactOut(COMPACT_INFO_HEADER + (2 + idsPerRow) * rows);
+    const out = this.#compactOut(COMPACT_INFO_HEADER + 2 * rows);
     const t1 = performance.now();
     await this.#readGpu(info.buffer, 0, out);
     const t2 = performance.now();
@@ -1368,11 +1358,6 @@ export class WebGpuBackend implements Backend {
       selection.result[r] = r < compactRows ? (out[COMPACT_INFO_HEADER + r] as number) : 0;
       selection.rowMoves[r] = r < compactRows ? (out[COMPACT_INFO_HEADER + rows + r] as number) : 0;
     }
-    if (idsPerRow > 0) {
-      const ids0 = COMPACT_INFO_HEADER + 2 * rows;
-      selection.freedBlockIds.set(out.subarray(ids0, ids0 + idsPerRow * compactRows));
-    }
-    selection.freedIdsPerRow = idsPerRow;
     const total = out[0] as number;
     this.#tablesVersion = -1;
     const cross = sorted === null ? 0 : (out[MOVE_BUCKET_COUNTS + (plan as ChunkPlan).chunking.passes] as number);

@@ -67,8 +67,6 @@ export interface SelectionResult {
   /** The device compaction's K/V moves within one window of chunks, and across windows. */
   readonly windowMoves: number;
   readonly crossWindowMoves: number;
-  /** Released block ids the device reported per row (0: the host read them from its tables). */
-  readonly freedIdsPerRow: number;
 }
 
 const bits = new DataView(new ArrayBuffer(4));
@@ -305,9 +303,9 @@ export async function runSelectionCase(device: GPUDevice, q: SelectionParams): P
   if (onDevice.validation !== null) deviceCompaction.push(`validation: ${onDevice.validation}`);
   if (onDevice.outcomes.join() !== outcomes.join()) deviceCompaction.push(`outcomes ${onDevice.outcomes.join()} != ${outcomes.join()}`);
   if (liveTables(d) !== liveTables(allocator)) deviceCompaction.push('block tables differ');
-  // With released ids from the device, the host left its released entries as they were.
-  if (d.tailsUnspecified !== onDevice.freedIdsPerRow > 0) deviceCompaction.push(`tailsUnspecified ${d.tailsUnspecified}`);
-  if (!d.tailsUnspecified && d.blockTables.join() !== allocator.blockTables.join()) deviceCompaction.push('released entries not cleared');
+  // The released blocks are the heads' reserved tails on both paths, in the same places.
+  if (d.blockTables.join() !== allocator.blockTables.join()) deviceCompaction.push('reserved tails differ');
+  if (d.reservedBlocks !== allocator.reservedBlocks) deviceCompaction.push(`reserved ${d.reservedBlocks} != ${allocator.reservedBlocks}`);
   d.checkInvariants();
   if (d.headLengths.join() !== allocator.headLengths.join()) deviceCompaction.push('head lengths differ');
   if (d.freeBlocks !== allocator.freeBlocks) deviceCompaction.push(`free blocks ${d.freeBlocks} != ${allocator.freeBlocks}`);
@@ -343,7 +341,6 @@ export async function runSelectionCase(device: GPUDevice, q: SelectionParams): P
     kvChunks: onDevice.kvChunks,
     windowMoves: onDevice.windowMoves,
     crossWindowMoves: onDevice.crossWindowMoves,
-    freedIdsPerRow: onDevice.freedIdsPerRow,
   };
 }
 
@@ -369,7 +366,6 @@ interface DeviceCompaction {
   kvChunks: number;
   windowMoves: number;
   crossWindowMoves: number;
-  freedIdsPerRow: number;
   /** The device's positions, metrics, K and V after the compaction. */
   positions: Int32Array;
   metrics: Float32Array;
@@ -427,7 +423,6 @@ async function compactOnDevice(device: GPUDevice, q: SelectionParams, policy: Ev
   });
   await backend.compactEvictions(selection, allocator);
   const { windowMoves, crossWindowMoves } = backend.lastCompaction;
-  const freedIdsPerRow = selection.freedIdsPerRow;
   const outcomes = sequences.map((seq, i) =>
     JSON.stringify({ ...compressor.applyDeviceCompaction(seq, selection, configs[i]), planMs: 0, compactMs: 0 }),
   );
@@ -446,7 +441,6 @@ async function compactOnDevice(device: GPUDevice, q: SelectionParams, policy: Ev
     kvChunks: backend.kvChunks,
     windowMoves,
     crossWindowMoves,
-    freedIdsPerRow,
     positions,
     metrics,
     k: await backend.readCache('k'),
