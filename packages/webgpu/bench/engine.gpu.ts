@@ -11,7 +11,8 @@
 // Every request prefills first (and is compressed after its prefill), so the decode steps of
 // all sequences are aligned: each interval round compresses every sequence at once.
 // Env: SHAPE (1b), SEQS (64), PROMPT (256), TOKENS (64), REPEATS (2), ROBUSTNESS (1), COMPRESS,
-// RATE (4), INTERVAL (64), ONLY_COMPRESSED (1: the compressed run alone).
+// RATE (4), INTERVAL (64), ONLY_COMPRESSED (1: the compressed run alone), ROUND_PARTS (2:
+// EngineOptions.roundParts).
 /// <reference types="@webgpu/types" />
 import { Engine } from '@kvcompress/engine';
 import { requestWebGpuDevice } from '../src/device.ts';
@@ -26,6 +27,7 @@ const REPEATS = Number(env('REPEATS', '2'));
 const COMPRESS = env('COMPRESS', '');
 const RATE = Number(env('RATE', '4'));
 const INTERVAL = Number(env('INTERVAL', '64'));
+const ROUND_PARTS = Number(env('ROUND_PARTS', '2'));
 
 const device = await requestWebGpuDevice({ robustness: env('ROBUSTNESS', '1') !== '0' });
 // Dawn's Node binding resolves promises from its own polling: keep the event loop alive.
@@ -59,6 +61,7 @@ for (let rep = 0; rep < REPEATS; rep++) {
       maxContext: PROMPT + TOKENS + 16,
       pipelineDecode,
       compressionInterval: INTERVAL,
+      roundParts: ROUND_PARTS,
     });
     let firstDecode = 0;
     let lastToken = 0;
@@ -101,6 +104,7 @@ for (let rep = 0; rep < REPEATS; rep++) {
         compress: compressed ? COMPRESS : 'none',
         rate: compressed ? RATE : 1,
         interval: INTERVAL,
+        roundParts: ROUND_PARTS,
         // Compression while decoding (the interval rounds), and its share of the decode wall time.
         decodeCompressions: stats.compressions - atFirstDecode.compressions,
         decodeRounds: stats.deviceCompactionRounds - atFirstDecode.deviceCompactionRounds,

@@ -32,7 +32,8 @@
 // comparable).
 //
 // Env: SHAPE (8b), SEQS (64), CONTEXT (8192), LAYERS / KV_HEADS / HEAD_DIM (override the
-// shape's cache), RATE (4), WINDOW (64), REPEATS (3), STEP (auto|0|1), STEPS (3), HOST (0),
+// shape's cache), RATE (4), WINDOW (64), REPEATS (3), ROUND_PARTS (1: the device round in that
+// many parts of the sequences, all in flight at once, see deviceRound), STEP (auto|0|1), STEPS (3), HOST (0),
 // VERIFY (1), SUBGROUPS (1), ROBUSTNESS (1; 0: Dawn's bounds checks off), PROFILE (0),
 // BUSY_MS (100: the GPU kept busy that long right before each round, as decode steps keep it
 // in serving; 0: the round starts on an idle GPU), APPEND_CHUNK (0: each sequence's context
@@ -62,7 +63,7 @@ import { MetricStore } from '@kvcompress/metrics';
 import { type ForwardStep, LlamaModel } from '@kvcompress/models';
 import { PageAllocator } from '@kvcompress/page-allocator';
 import { requestWebGpuDevice } from '../src/device.ts';
-import type { WebGpuBackend } from '../src/webgpu-backend.ts';
+import type { CompactionStats, WebGpuBackend } from '../src/webgpu-backend.ts';
 import { randomWeightBackend, shapeNamed, syntheticModel, syntheticModelBytes } from './synthetic-llama.ts';
 
 const env = (name: string, fallback: string): string => process.env[name] ?? fallback;
@@ -91,6 +92,7 @@ const VERIFY = env('VERIFY', '1') === '1';
 const PROFILE = env('PROFILE', '0') === '1';
 const BUSY_MS = Number(env('BUSY_MS', '100'));
 const STEADY = Number(env('STEADY', '64'));
+const ROUND_PARTS = Number(env('ROUND_PARTS', '1'));
 const B = 16;
 const WARMUP_STEPS = 1;
 
@@ -176,6 +178,13 @@ const newCompressor = () =>
 let compressor = newCompressor();
 const rows = SEQS * units;
 const selection = new EvictionSelection(rows, rows * Math.ceil((allocator.maxBlocksPerHead * B) / 32));
+// ROUND_PARTS > 1: the device round in parts of the sequences, each with its own selection (see deviceRound).
+const partSelections = [
+  selection,
+  ...Array.from({ length: ROUND_PARTS - 1 }, () => new EvictionSelection(rows, rows * Math.ceil((allocator.maxBlocksPerHead * B) / 32))),
+];
+/** The round part of the i-th sequence. */
+const partOf = (i: number): number => Math.floor((i * ROUND_PARTS) / SEQS);
 let moves = allocator.createMoveList();
 const sequences: number[] = [];
 
@@ -368,24 +377,62 @@ function applyAll(): RoundTotals {
   return totals;
 }
 
-/** The round as the engine runs it: one download, the moves running while the host applies. */
+/**
+ * The round as the engine runs it: one download, the moves running while the host applies.
+ * ROUND_PARTS > 1: each part's selection is described and recorded (compactEvictions up to its
+ * download) before the first part is awaited, so the host describes and records part i + 1 while
+ * part i's selection runs on the device, and applies part i while part i + 1's runs.
+ */
 async function deviceRound(): Promise<Record<string, number>> {
   const t0 = performance.now();
-  const hostSelectMs = addSelections();
-  await backend.compactEvictions(selection, allocator);
-  const t1 = performance.now();
-  const totals = applyAll();
+  let hostSelectMs = 0;
+  const parts: { stats: CompactionStats; done: Promise<void> }[] = [];
+  for (let part = 0; part < ROUND_PARTS; part++) {
+    const ts = performance.now();
+    const sel = partSelections[part] as EvictionSelection;
+    sel.reset();
+    sequences.forEach((seq, i) => {
+      if (partOf(i) === part) compressor.addSelection(sel, seq);
+    });
+    hostSelectMs += performance.now() - ts;
+    const stats = { moves: 0, windowMoves: 0, crossWindowMoves: 0, recordMs: 0, waitMs: 0 };
+    parts.push({ stats, done: backend.compactEvictions(sel, allocator, sel.rowCount, stats) });
+  }
+  const totals = { freedBlocks: 0, evictedSlots: 0, moves: 0 };
+  let applyMs = 0;
+  for (let part = 0; part < ROUND_PARTS; part++) {
+    await (parts[part] as { done: Promise<void> }).done;
+    const ta = performance.now();
+    const sel = partSelections[part] as EvictionSelection;
+    sequences.forEach((seq, i) => {
+      if (partOf(i) !== part) return;
+      const o: CompressionOutcome = compressor.applyDeviceCompaction(seq, sel);
+      totals.freedBlocks += o.freedBlocks;
+      totals.evictedSlots += o.evictedSlots;
+      totals.moves += o.moves;
+    });
+    applyMs += performance.now() - ta;
+  }
   const t2 = performance.now();
   await device.queue.onSubmittedWorkDone();
   const t3 = performance.now();
+  const sum = (key: keyof CompactionStats) => parts.reduce((n, p) => n + (p.stats[key] ?? 0), 0);
   return {
     roundMs: t3 - t0,
     hostSelectMs,
-    compactEvictionsMs: t1 - t0 - hostSelectMs,
-    applyMs: t2 - t1,
+    // In compactEvictions (recording, waiting, the moves' dispatches), outside describing and applying.
+    compactEvictionsMs: t2 - t0 - hostSelectMs - applyMs,
+    applyMs,
     movesTailMs: t3 - t2,
     ...totals,
-    ...backend.lastCompaction,
+    windowMoves: sum('windowMoves'),
+    crossWindowMoves: sum('crossWindowMoves'),
+    // Summed over the parts (they overlap when there are several).
+    recordMs: sum('recordMs'),
+    waitMs: sum('waitMs'),
+    tablesMs: sum('tablesMs'),
+    uploadMs: sum('uploadMs'),
+    parts: ROUND_PARTS,
   };
 }
 
@@ -579,8 +626,23 @@ if (VERIFY) {
   // 2. The cache after the device compaction against compressSelected's on the twin.
   const twinMoves = twin.a.createMoveList();
   for (let s = 0; s < SEQS; s++) twin.c.compressSelected(s, twinMoves, selection);
-  await backend.compactEvictions(selection, dev.a);
-  for (let s = 0; s < SEQS; s++) dev.c.applyDeviceCompaction(s, selection);
+  if (ROUND_PARTS === 1) {
+    await backend.compactEvictions(selection, dev.a);
+    for (let s = 0; s < SEQS; s++) dev.c.applyDeviceCompaction(s, selection);
+  } else {
+    // As deviceRound runs it: every part in flight before the first is applied.
+    const done: Promise<void>[] = [];
+    for (let part = 0; part < ROUND_PARTS; part++) {
+      const sel = partSelections[part] as EvictionSelection;
+      sel.reset();
+      for (let s = 0; s < SEQS; s++) if (partOf(s) === part) dev.c.addSelection(sel, s);
+      done.push(backend.compactEvictions(sel, dev.a));
+    }
+    for (let part = 0; part < ROUND_PARTS; part++) {
+      await done[part];
+      for (let s = 0; s < SEQS; s++) if (partOf(s) === part) dev.c.applyDeviceCompaction(s, partSelections[part] as EvictionSelection);
+    }
+  }
   await backend.downloadPositions(dev.a);
   dev.a.positionsSynced();
   const a = dev.a;

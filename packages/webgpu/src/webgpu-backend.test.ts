@@ -249,7 +249,7 @@ describe.skipIf(!haveChromium)('eviction selection on the device = the CPU plann
     ],
     ['block size 1, 8 kv-heads', { ...base, seed: 6, blockSize: 1, kvHeads: 8, layers: 1, tokens: [90, 60], distinct: 5 }],
     [
-      'no subgroups; compaction of f16 rows (head dim 8) in a pool of 16 chunk buffers (several windows)',
+      'no subgroups; compaction of f16 rows (head dim 8) in a pool of 16 chunk buffers (several windows), in two parts in flight at once',
       // Tokens appended 4 at a time in turns: heads' blocks lie all through the pool, so some
       // moves cross windows (a head's own released blocks come back to it, so in a pool filled
       // in one go they would not).
@@ -264,9 +264,13 @@ describe.skipIf(!haveChromium)('eviction selection on the device = the CPU plann
         f16: true,
         kvChunks: 16,
         interleave: 4,
+        parts: 2,
       },
     ],
-    ['short heads, a few blocks freed a row', { ...base, seed: 9, tokens: [22, 13, 30], distinct: 5, ragged: true }],
+    [
+      'short heads, a few blocks freed a row; a compaction per sequence, all in flight at once',
+      { ...base, seed: 9, tokens: [22, 13, 30], distinct: 5, ragged: true, parts: 3 },
+    ],
   ];
   it.each(named)(
     '%s',
@@ -315,6 +319,8 @@ describe.skipIf(!haveChromium || !hasShared('models/stories260K/stories260K.bin'
       expect(run?.deviceSelectionRounds).toBeGreaterThan(0);
     }
     expect(r.device.deviceCompactionRounds).toBe(r.device.deviceSelectionRounds);
+    // Interval rounds of several sequences ran in parts (roundParts, default 2).
+    expect(r.device.deviceRoundsInParts).toBeGreaterThan(0);
     expect(r.masks?.deviceCompactionRounds).toBe(0);
     expect(r.host.deviceSelectionRounds).toBe(0);
   }, 300_000);

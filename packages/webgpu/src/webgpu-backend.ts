@@ -253,6 +253,8 @@ const PREFILL_MIN_ROWS = 16;
 const PROFILE_QUERIES = 4096;
 /** Bytes of K+V rows a chunked move batch stages at most (scratch of movesGatherKernel). */
 const MOVE_SCRATCH_BYTES = 256 * 2 ** 20;
+/** compactEvictions() calls that may be in flight at once (each has its own move lists). */
+const COMPACTIONS_IN_FLIGHT = 4;
 
 /**
  * How a chunked pool is bound by one kernel: its KvChunking (compile-time) and, per pass, the
@@ -288,6 +290,23 @@ interface Pipeline {
  * ring and records dispatches into one command encoder, submitted when the host reads.
  * Bind groups are cached per (pipeline, buffers), so steady-state steps create no GPU objects.
  */
+/**
+ * What one compactEvictions did: its slot moves, and (in a chunked pool) how many of them had
+ * their source and destination in one window of chunks (copied in place) or not (through
+ * scratch); the host milliseconds it took to record and submit the work before its download
+ * (recordMs: table sync, uploads, dispatches) and then waiting for the download (waitMs).
+ */
+export interface CompactionStats {
+  moves: number;
+  windowMoves: number;
+  crossWindowMoves: number;
+  recordMs: number;
+  waitMs: number;
+  /** Of recordMs: syncing the device tables, positions and lengths (submits included), and sending the selection's rows and groups. */
+  tablesMs?: number;
+  uploadMs?: number;
+}
+
 export class WebGpuBackend implements Backend {
   readonly name = 'webgpu';
   readonly device: GPUDevice;
@@ -1302,8 +1321,43 @@ export class WebGpuBackend implements Backend {
    * download (blocks freed and moves per row, the move count), then the moves are recorded:
    * K and V, and the metrics and positions. They run while the host applies the outcome to its
    * allocator (Compressor.applyDeviceCompaction).
+   *
+   * Up to COMPACTIONS_IN_FLIGHT may be in flight at once, each on its own selection of other
+   * sequences: a round split in parts records part i + 1 (up to its download) while part i's
+   * selection runs on the device, and applies part i while part i + 1's runs. Each in flight
+   * has its own move lists; the rest is ordered by the queue. `stats`, if given, receives this
+   * call's figures (lastCompaction has those of the last call to finish).
    */
-  async compactEvictions(selection: EvictionSelection, cache: PagedCacheView, compactRows = selection.rowCount): Promise<void> {
+  async compactEvictions(
+    selection: EvictionSelection,
+    cache: PagedCacheView,
+    compactRows = selection.rowCount,
+    stats?: CompactionStats,
+  ): Promise<void> {
+    let slot = 0;
+    while (slot < COMPACTIONS_IN_FLIGHT && ((this.#compactionsInFlight >> slot) & 1) === 1) slot++;
+    if (slot === COMPACTIONS_IN_FLIGHT) {
+      throw new InvalidArgumentError(`At most ${COMPACTIONS_IN_FLIGHT} compactEvictions() may be in flight; await one first.`);
+    }
+    this.#compactionsInFlight |= 1 << slot;
+    try {
+      const done = await this.#compactEvictions(selection, cache, compactRows, slot === 0 ? '' : String(slot));
+      this.lastCompaction = done;
+      if (stats !== undefined) Object.assign(stats, done);
+    } finally {
+      this.#compactionsInFlight &= ~(1 << slot);
+    }
+  }
+
+  /** Bit s: compaction scratch set s (its move lists and counts) is in use by a compactEvictions in flight. */
+  #compactionsInFlight = 0;
+
+  async #compactEvictions(
+    selection: EvictionSelection,
+    cache: PagedCacheView,
+    compactRows: number,
+    scratch: string,
+  ): Promise<CompactionStats> {
     const t0 = performance.now();
     const rows = selection.rowCount;
     assertInteger('rows', compactRows, 0, rows);
@@ -1311,19 +1365,21 @@ export class WebGpuBackend implements Backend {
     const reuse = this.#selected === selection && changes.every((log) => log !== undefined && log.count === 0 && !log.overflowed);
     this.#selected = null;
     const result = reuse ? (this.#named.get('selectResult') as GpuBuffer) : this.#recordSelection(selection, cache);
+    // Read now: another compaction may record before this one's download arrives.
+    const tablesMs = reuse ? 0 : (this.#recordSplit[0] as number);
+    const uploadMs = reuse ? 0 : (this.#recordSplit[1] as number);
     selection.rowMoves.fill(0, 0, rows);
     if (result === null || compactRows === 0) {
       selection.result.fill(0, 0, rows);
-      this.lastCompaction = { moves: 0, windowMoves: 0, crossWindowMoves: 0, recordMs: performance.now() - t0, waitMs: 0 };
-      return;
+      return { moves: 0, windowMoves: 0, crossWindowMoves: 0, recordMs: performance.now() - t0, waitMs: 0 };
     }
     const cap = selection.maxRows;
     // At most min(e, length - e) <= length / 2 moves per row.
     let bound = 0;
     for (let r = 0; r < compactRows; r++) bound += (selection.rows[r * SELECTION_ROW_FIELDS + 3] as number) >>> 1;
-    const info = this.#ensureI32('compactInfo', COMPACT_INFO_HEADER + 2 * cap);
-    const src = this.#ensureF32('compactSrc', Math.max(1, bound)).buffer;
-    const dst = this.#ensureF32('compactDst', Math.max(1, bound)).buffer;
+    const info = this.#ensureI32(`compactInfo${scratch}`, COMPACT_INFO_HEADER + 2 * cap);
+    const src = this.#ensureF32(`compactSrc${scratch}`, Math.max(1, bound)).buffer;
+    const dst = this.#ensureF32(`compactDst${scratch}`, Math.max(1, bound)).buffer;
     const plan = this.#movesPlan;
     this.#endPass();
     this.#encoder ??= this.device.createCommandEncoder();
@@ -1341,8 +1397,8 @@ export class WebGpuBackend implements Backend {
     if (plan !== null && plan.chunking.passes > 1 && bound > 0) {
       // Sort the moves by window of chunks (the kernels stop at the device's move count).
       sorted = {
-        src: this.#ensureF32('compactSortedSrc', bound).buffer,
-        dst: this.#ensureF32('compactSortedDst', bound).buffer,
+        src: this.#ensureF32(`compactSortedSrc${scratch}`, bound).buffer,
+        dst: this.#ensureF32(`compactSortedDst${scratch}`, bound).buffer,
       };
       const c = plan.chunking;
       const n = Math.ceil(bound / MOVES_PER_INVOCATION);
@@ -1350,7 +1406,7 @@ export class WebGpuBackend implements Backend {
       this.#dispatch(moveBucketKernel(c, 'offsets'), [bound, 0, 0, 0], [info.buffer], 1);
       this.#dispatch(moveBucketKernel(c, 'scatter'), [bound, 0, 0, 0], [src, dst, info.buffer, sorted.src, sorted.dst], n);
     }
-    const out = this.#compactOut(COMPACT_INFO_HEADER + 2 * rows);
+    const out = this.#compactOut(scratch, COMPACT_INFO_HEADER + 2 * rows);
     const t1 = performance.now();
     await this.#readGpu(info.buffer, 0, out);
     const t2 = performance.now();
@@ -1361,8 +1417,16 @@ export class WebGpuBackend implements Backend {
     const total = out[0] as number;
     this.#tablesVersion = -1;
     const cross = sorted === null ? 0 : (out[MOVE_BUCKET_COUNTS + (plan as ChunkPlan).chunking.passes] as number);
-    this.lastCompaction = { moves: total, windowMoves: total - cross, crossWindowMoves: cross, recordMs: t1 - t0, waitMs: t2 - t1 };
-    if (total === 0) return;
+    const stats = {
+      moves: total,
+      windowMoves: total - cross,
+      crossWindowMoves: cross,
+      recordMs: t1 - t0,
+      waitMs: t2 - t1,
+      tablesMs,
+      uploadMs,
+    };
+    if (total === 0) return stats;
     const words = this.#kvStore === 'f32' ? this.#headDim : this.#headDim / 2;
     const vec = rowVec(words);
     this.#dispatch(slotMovesKernel(), [total, 0, 0, 0], [this.#metrics as GPUBuffer, (this.#slotPos as GpuBuffer).buffer, src, dst], total);
@@ -1389,23 +1453,29 @@ export class WebGpuBackend implements Backend {
       }
     }
     this.flush();
+    return stats;
   }
+
+  /** The last compactEvictions to finish (see CompactionStats). */
+  lastCompaction: CompactionStats = { moves: 0, windowMoves: 0, crossWindowMoves: 0, recordMs: 0, waitMs: 0 };
 
   /**
-   * The last compactEvictions' slot moves, and (in a chunked pool) how many of them had their
-   * source and destination in one window of chunks (copied in place) or not (through scratch);
-   * the host milliseconds it took to record and submit the work before its download
-   * (recordMs: table sync, uploads, dispatches) and then waiting for the download (waitMs).
+   * Host scratch for compactEvictions' download, one per scratch set: two downloads may
+   * complete in one turn of the event loop (grows, never per round).
    */
-  lastCompaction = { moves: 0, windowMoves: 0, crossWindowMoves: 0, recordMs: 0, waitMs: 0 };
+  #compactOutHost = new Map<string, Int32Array>();
 
-  /** Host scratch for compactEvictions' download (grows, never per round). */
-  #compactOutHost = new Int32Array(0);
-
-  #compactOut(length: number): Int32Array {
-    if (this.#compactOutHost.length < length) this.#compactOutHost = new Int32Array(Math.max(length, 2 * this.#compactOutHost.length));
-    return this.#compactOutHost.subarray(0, length);
+  #compactOut(scratch: string, length: number): Int32Array {
+    let host = this.#compactOutHost.get(scratch) ?? new Int32Array(0);
+    if (host.length < length) {
+      host = new Int32Array(Math.max(length, 2 * host.length));
+      this.#compactOutHost.set(scratch, host);
+    }
+    return host.subarray(0, length);
   }
+
+  /** The last #recordSelection's milliseconds syncing the tables and sending rows and groups (CompactionStats). */
+  #recordSplit = new Float64Array(2);
 
   /** The selection's device buffers, kept for compactEvictions after #recordSelection. */
   #selectBuffers: SelectBuffers | null = null;
@@ -1437,8 +1507,10 @@ export class WebGpuBackend implements Backend {
     }
     const keys = this.#ensureF32('selectKeys', Math.max(4, keyWords)).buffer;
     // The tables may have changed since the last attention (compaction of other sequences).
+    const t0 = performance.now();
     this.#uploadTables(cache, 0);
     this.flush();
+    const t1 = performance.now();
     this.device.queue.writeBuffer(rowBuf.buffer, 0, selection.rows.buffer, selection.rows.byteOffset, rows * SELECTION_ROW_FIELDS * 4);
     this.device.queue.writeBuffer(
       groupBuf.buffer,
@@ -1447,6 +1519,8 @@ export class WebGpuBackend implements Backend {
       selection.groups.byteOffset,
       groups * SELECTION_GROUP_FIELDS * 4,
     );
+    this.#recordSplit[0] = t1 - t0;
+    this.#recordSplit[1] = performance.now() - t1;
     const tables = (this.#tables as GpuBuffer).buffer;
     const positions = (this.#slotPos as GpuBuffer).buffer;
     const metrics = this.#metrics;

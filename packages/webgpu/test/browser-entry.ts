@@ -230,6 +230,7 @@ interface SelectionEngineRun {
   deviceSelection: boolean;
   deviceSelectionRounds: number;
   deviceCompactionRounds: number;
+  deviceRoundsInParts: number;
   preemptions: number;
 }
 
@@ -284,6 +285,7 @@ async function selectionEngine(
       deviceSelection: engine.deviceSelection,
       deviceSelectionRounds: engine.stats().deviceSelectionRounds,
       deviceCompactionRounds: engine.stats().deviceCompactionRounds,
+      deviceRoundsInParts: engine.stats().deviceRoundsInParts,
       preemptions: engine.stats().preemptions,
     };
   };

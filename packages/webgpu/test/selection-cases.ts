@@ -43,6 +43,12 @@ export interface SelectionParams {
    * interleave them), so each head's blocks lie among the others' all through the pool.
    */
   readonly interleave?: number;
+  /**
+   * > 1: the device compaction in this many parts, each part's sequences in their own selection,
+   * all recorded before the first is awaited (compactEvictions calls in flight at once), then
+   * applied in order.
+   */
+  readonly parts?: number;
 }
 
 export interface SelectionResult {
@@ -417,15 +423,38 @@ async function compactOnDevice(device: GPUDevice, q: SelectionParams, policy: Ev
   const compressor = new Compressor({ allocator, metrics: store, policy, config: { budget: { targetCompressionRate: 2 } } });
   const units = allocator.headsPerSequence;
   const rowsCap = allocator.maxSequences * units;
-  const selection = new EvictionSelection(rowsCap, rowsCap * Math.ceil((allocator.maxBlocksPerHead * allocator.blockSize) / 32));
-  sequences.forEach((seq, i) => {
-    compressor.addSelection(selection, seq, configs[i]);
-  });
-  await backend.compactEvictions(selection, allocator);
-  const { windowMoves, crossWindowMoves } = backend.lastCompaction;
-  const outcomes = sequences.map((seq, i) =>
-    JSON.stringify({ ...compressor.applyDeviceCompaction(seq, selection, configs[i]), planMs: 0, compactMs: 0 }),
+  const parts = Math.min(q.parts ?? 1, sequences.length);
+  const perPart = Math.ceil(sequences.length / parts);
+  const partOf = (i: number) => Math.floor(i / perPart);
+  const selections = Array.from(
+    { length: parts },
+    () => new EvictionSelection(rowsCap, rowsCap * Math.ceil((allocator.maxBlocksPerHead * allocator.blockSize) / 32)),
   );
+  const compactions: Promise<void>[] = [];
+  let windowMoves = 0;
+  let crossWindowMoves = 0;
+  for (let part = 0; part < parts; part++) {
+    const selection = selections[part] as EvictionSelection;
+    sequences.forEach((seq, i) => {
+      if (partOf(i) === part) compressor.addSelection(selection, seq, configs[i]);
+    });
+    const stats = { moves: 0, windowMoves: 0, crossWindowMoves: 0, recordMs: 0, waitMs: 0 };
+    compactions.push(
+      backend.compactEvictions(selection, allocator, selection.rowCount, stats).then(() => {
+        windowMoves += stats.windowMoves;
+        crossWindowMoves += stats.crossWindowMoves;
+      }),
+    );
+  }
+  const outcomes: string[] = [];
+  for (let part = 0; part < parts; part++) {
+    await compactions[part];
+    sequences.forEach((seq, i) => {
+      if (partOf(i) !== part) return;
+      const o = compressor.applyDeviceCompaction(seq, selections[part] as EvictionSelection, configs[i]);
+      outcomes.push(JSON.stringify({ ...o, planMs: 0, compactMs: 0 }));
+    });
+  }
   // A whole upload of the host positions (as after a change log overflows) keeps the device's.
   if (q.seed % 2 === 0) allocator.positionChanges.overflowed = true;
   await backend.downloadPositions(allocator);
