@@ -77,8 +77,8 @@ export interface EngineOptions {
   /**
    * With device selection, where the compaction that follows runs when the backend can
    * (`Backend.compactEvictions`): true (default) pairs evicted slots with survivors and moves
-   * K, V, metrics and positions on the device, the host updating only its block tables and
-   * free list (O(blocks), not O(slots)); false downloads the eviction masks and compacts on
+   * K, V, metrics and positions on the device, the host updating only its head lengths and
+   * free-block counts (O(heads), not O(slots)); false downloads the eviction masks and compacts on
    * the host. Both leave the same cache.
    */
   readonly deviceCompaction?: boolean;

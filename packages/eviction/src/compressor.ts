@@ -173,8 +173,8 @@ export class Compressor {
    * (`Backend.compactEvictions` on `selection`, filled by `addSelection` for this sequence and
    * this cache state; a sequence with no group there keeps everything): each row's head keeps
    * length - e slots, e = (k - 1) * blockSize + hanging for the k blocks it freed, and releases
-   * its tail blocks. The same tables, lengths and free list as `compressSelected` on the same
-   * selection, in O(heads + freed blocks): the slots moved on the device (K, V, the device
+   * its tail blocks. The same tables, lengths and free blocks as `compressSelected` on the same
+   * selection, in O(heads): the slots moved on the device (K, V, the device
    * metrics and positions), so the host copies of the moved positions are stale until
    * downloaded (`PageAllocator.stalePositions`) and the host metric store is not updated (a
    * backend with device metrics is downloaded from before any host planning). The released
