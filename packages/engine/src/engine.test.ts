@@ -383,4 +383,9 @@ describe.skipIf(!haveStories)('engine on stories260K (CPU)', () => {
     await expect(engine.complete([1], { sampling: { temperature: -1 } })).rejects.toThrow(InvalidArgumentError);
     await expect(engine.complete(new Array(600).fill(1), {})).rejects.toThrow(InvalidArgumentError);
   });
+
+  it('rejects impossible options with named errors', () => {
+    for (const roundParts of [0, 5, 1.5]) expect(() => new Engine({ model: stories(), roundParts })).toThrow(InvalidArgumentError);
+    expect(() => new Engine({ model: stories(), roundParts: 4 })).not.toThrow();
+  });
 });

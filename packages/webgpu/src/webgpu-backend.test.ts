@@ -271,6 +271,10 @@ describe.skipIf(!haveChromium)('eviction selection on the device = the CPU plann
       'short heads, a few blocks freed a row; a compaction per sequence, all in flight at once',
       { ...base, seed: 9, tokens: [22, 13, 30], distinct: 5, ragged: true, parts: 3 },
     ],
+    [
+      'four compactions in flight (the most), a fifth refused',
+      { ...base, seed: 10, tokens: [40, 25, 60, 33], distinct: 0, ragged: true, parts: 4 },
+    ],
   ];
   it.each(named)(
     '%s',
@@ -280,6 +284,7 @@ describe.skipIf(!haveChromium)('eviction selection on the device = the CPU plann
       expect(r.mismatches).toEqual([]);
       expect(r.sameCompaction).toBe(true);
       expect(r.deviceCompaction).toEqual([]);
+      expect(r.fifthRefused).toBe(params.parts === 4 ? true : null);
       if (params.kvChunks === undefined) expect(r.kvChunks).toBe(1);
       else {
         // Moves within a window of chunks and moves across windows (through scratch) both ran.

@@ -3,7 +3,7 @@
 // (CompressionContext, the kv-compress and ada-kv policies' plan) on the same metrics:
 // fresh random caches with ragged heads, ties, NaN/±0/±Inf, several sequences in one round.
 // Runs in the browser (see browser-entry.ts), driven by ../src/webgpu-backend.test.ts.
-import { EvictionSelection, SELECTION_GROUP_FIELDS, SELECTION_ROW_FIELDS, SlotMoveList } from '@kvcompress/core';
+import { EvictionSelection, InvalidArgumentError, SELECTION_GROUP_FIELDS, SELECTION_ROW_FIELDS, SlotMoveList } from '@kvcompress/core';
 import {
   CompressionContext,
   Compressor,
@@ -73,6 +73,8 @@ export interface SelectionResult {
   /** The device compaction's K/V moves within one window of chunks, and across windows. */
   readonly windowMoves: number;
   readonly crossWindowMoves: number;
+  /** With 4 parts in flight: whether a fifth compactEvictions was refused (InvalidArgumentError) without effect. */
+  readonly fifthRefused: boolean | null;
 }
 
 const bits = new DataView(new ArrayBuffer(4));
@@ -347,6 +349,7 @@ export async function runSelectionCase(device: GPUDevice, q: SelectionParams): P
     kvChunks: onDevice.kvChunks,
     windowMoves: onDevice.windowMoves,
     crossWindowMoves: onDevice.crossWindowMoves,
+    fifthRefused: onDevice.fifthRefused,
   };
 }
 
@@ -372,6 +375,7 @@ interface DeviceCompaction {
   kvChunks: number;
   windowMoves: number;
   crossWindowMoves: number;
+  fifthRefused: boolean | null;
   /** The device's positions, metrics, K and V after the compaction. */
   positions: Int32Array;
   metrics: Float32Array;
@@ -446,6 +450,14 @@ async function compactOnDevice(device: GPUDevice, q: SelectionParams, policy: Ev
       }),
     );
   }
+  // Four in flight is the most: a fifth is refused before it touches anything.
+  let fifthRefused: boolean | null = null;
+  if (parts === 4) {
+    fifthRefused = await backend.compactEvictions(selections[0] as EvictionSelection, allocator).then(
+      () => false,
+      (e: unknown) => e instanceof InvalidArgumentError,
+    );
+  }
   const outcomes: string[] = [];
   for (let part = 0; part < parts; part++) {
     await compactions[part];
@@ -470,6 +482,7 @@ async function compactOnDevice(device: GPUDevice, q: SelectionParams, policy: Ev
     kvChunks: backend.kvChunks,
     windowMoves,
     crossWindowMoves,
+    fifthRefused,
     positions,
     metrics,
     k: await backend.readCache('k'),
