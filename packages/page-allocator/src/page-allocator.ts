@@ -351,7 +351,8 @@ export class PageAllocator {
           this.blockTables[t0 + j] = EMPTY;
           this.tableChanges.mark(t0 + j);
         }
-        // The reserved tail goes to the stack too (its entries were never sent as blocks in use).
+        // The reserved tail goes to the stack too (not logged: the device never reads a table
+        // past a head's blocks).
         const end = this.#tailEnd[h] as number;
         for (let j = blocks; j < end; j++) {
           this.#freeStack[this.#stackTop++] = this.blockTables[t0 + j] as number;

@@ -432,6 +432,7 @@ async function deviceRound(): Promise<Record<string, number>> {
     waitMs: sum('waitMs'),
     tablesMs: sum('tablesMs'),
     uploadMs: sum('uploadMs'),
+    selectionMs: sum('selectionMs'),
     parts: ROUND_PARTS,
   };
 }

@@ -302,9 +302,13 @@ export interface CompactionStats {
   crossWindowMoves: number;
   recordMs: number;
   waitMs: number;
-  /** Of recordMs: syncing the device tables, positions and lengths (submits included), and sending the selection's rows and groups. */
+  /**
+   * Of recordMs: syncing the device tables, positions and lengths (submits included), sending
+   * the selection's rows and groups, and recording the whole selection (those two included).
+   */
   tablesMs?: number;
   uploadMs?: number;
+  selectionMs?: number;
 }
 
 export class WebGpuBackend implements Backend {
@@ -1365,6 +1369,7 @@ export class WebGpuBackend implements Backend {
     const reuse = this.#selected === selection && changes.every((log) => log !== undefined && log.count === 0 && !log.overflowed);
     this.#selected = null;
     const result = reuse ? (this.#named.get('selectResult') as GpuBuffer) : this.#recordSelection(selection, cache);
+    const selectionMs = performance.now() - t0;
     // Read now: another compaction may record before this one's download arrives.
     const tablesMs = reuse ? 0 : (this.#recordSplit[0] as number);
     const uploadMs = reuse ? 0 : (this.#recordSplit[1] as number);
@@ -1425,6 +1430,7 @@ export class WebGpuBackend implements Backend {
       waitMs: t2 - t1,
       tablesMs,
       uploadMs,
+      selectionMs,
     };
     if (total === 0) return stats;
     const words = this.#kvStore === 'f32' ? this.#headDim : this.#headDim / 2;
