@@ -1,5 +1,5 @@
 /// <reference types="@webgpu/types" />
-import { KvCompressError } from '@kvcompress/core';
+import { InvalidArgumentError, KvCompressError } from '@kvcompress/core';
 
 /** No WebGPU adapter: no navigator.gpu, or Dawn found no usable GPU/driver. */
 export class WebGpuUnavailableError extends KvCompressError {
@@ -12,7 +12,7 @@ export class WebGpuUnavailableError extends KvCompressError {
 }
 
 /** The GPU entry point: navigator.gpu in browsers, Dawn (the `webgpu` npm package) in Node.js. */
-async function gpu(robustness: boolean): Promise<GPU> {
+async function gpu(robustness: boolean, pollMicros: number | undefined): Promise<GPU> {
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
   if (nav?.gpu !== undefined) return nav.gpu;
   let dawn: { create: (flags: string[]) => GPU; globals: Record<string, unknown> };
@@ -25,8 +25,51 @@ async function gpu(robustness: boolean): Promise<GPU> {
   Object.assign(globalThis, dawn.globals);
   // KVC_DAWN_FLAGS: extra Dawn options, separated by ';' (Node only). A flag's own value may be
   // a comma list, e.g. `enable-dawn-features=disable_robustness,skip_validation`.
-  const env = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env['KVC_DAWN_FLAGS'];
-  return dawn.create(dawnFlags(env, robustness));
+  const env = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env;
+  const micros = pollMicros ?? Number(env?.['KVC_DAWN_POLL_US'] ?? 0);
+  if (micros > 0) throttleImmediates(micros);
+  return dawn.create(dawnFlags(env?.['KVC_DAWN_FLAGS'], robustness));
+}
+
+/** What throttleImmediates installed on a global: the wrapper and its current interval. */
+const throttled = new WeakMap<object, { wrapper: unknown; micros: number }>();
+
+/**
+ * Spaces the calls of `target.setImmediate` at least `micros` apart, spinning in the call
+ * until then (DeviceOptions.dawnPollMicros; 0 restores the original). Dawn's Node binding
+ * polls for GPU events through the global `setImmediate` while any GPU promise is pending,
+ * as fast as the event loop turns (about 150,000 times a second on this project's VM), and
+ * each turn leaves about 3 KB of garbage: a major collection every 80-200 ms, pauses of
+ * several ms (BENCHMARKS.md, thirteenth session). The polling keeps a core busy anyway, so
+ * spinning costs the host little; it adds up to `micros` of latency per await. Other callers of
+ * the global `setImmediate` are spaced too; `util.promisify` keeps working.
+ */
+export function throttleImmediates(micros: number, target: { setImmediate?: unknown } = globalThis): void {
+  if (!(micros >= 0 && Number.isFinite(micros)))
+    throw new InvalidArgumentError(`dawnPollMicros must be a finite number >= 0, got ${micros}.`);
+  const have = throttled.get(target);
+  if (have !== undefined && target.setImmediate === have.wrapper) {
+    have.micros = micros;
+    return;
+  }
+  const original = target.setImmediate;
+  if (typeof original !== 'function' || micros === 0) return;
+  const state = { wrapper: undefined as unknown, micros };
+  let last = 0;
+  const wrapper = function setImmediate(this: unknown, ...args: unknown[]): unknown {
+    const ms = state.micros / 1000;
+    if (ms > 0) {
+      let now = performance.now();
+      while (now - last < ms) now = performance.now();
+      last = now;
+    }
+    return (original as (...a: unknown[]) => unknown).apply(this, args);
+  };
+  // util.promisify.custom and the like.
+  Object.defineProperties(wrapper, Object.getOwnPropertyDescriptors(original));
+  state.wrapper = wrapper;
+  throttled.set(target, state);
+  target.setImmediate = wrapper;
 }
 
 /**
@@ -66,6 +109,13 @@ export interface DeviceOptions {
    * other GPU memory of this process instead of being clamped. Browsers ignore it.
    */
   readonly robustness?: boolean;
+  /**
+   * Node.js (Dawn) only: the least time in µs between two turns of Dawn's event polling
+   * (default: the KVC_DAWN_POLL_US environment variable, else 0, polling as fast as the event
+   * loop turns). See throttleImmediates: fewer garbage collections, up to this much latency per
+   * await. Process-wide (it wraps the global `setImmediate`). Browsers ignore it.
+   */
+  readonly dawnPollMicros?: number;
 }
 
 /**
@@ -73,7 +123,7 @@ export interface DeviceOptions {
  * (the defaults cap a storage binding at 128 MiB).
  */
 export async function requestWebGpuDevice(options: DeviceOptions = {}): Promise<GPUDevice> {
-  const entry = await gpu(options.robustness ?? true);
+  const entry = await gpu(options.robustness ?? true, options.dawnPollMicros);
   const adapter = await entry.requestAdapter({ powerPreference: options.powerPreference ?? 'high-performance' });
   if (adapter === null) throw new WebGpuUnavailableError('requestAdapter() returned null');
   keptAlive.push(entry, adapter);
