@@ -5,7 +5,7 @@
 #   source .gpu/setup.sh && bash packages/webgpu/bench/on-gpu.sh
 set -euo pipefail
 [ -f .gpu/node.xz ] || bash ../shared/device/prepare.sh
-for bench in attention decode matmul conformance selection prefill round-kernels; do
+for bench in attention decode matmul conformance selection prefill round-kernels dawn-poll; do
   packages/webgpu/node_modules/.bin/esbuild "packages/webgpu/bench/$bench.gpu.ts" --bundle --platform=node --format=esm \
     --target=es2023 --conditions=source --external:webgpu --outfile=".gpu/$bench.mjs" --log-level=warning
 done
