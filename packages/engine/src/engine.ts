@@ -1341,8 +1341,8 @@ export class Engine {
       const ta = performance.now();
       const failed = (await pending[part]) as { error: unknown } | null;
       if (failed !== null) throw failed.error;
-      // The device time and the download not hidden behind the host's work; each compression
-      // adds its own host time below.
+      // The round's time outside the compressions below (describing, recording, waiting for
+      // the device); each compression adds its own host time.
       this.#stats.compressionMs += performance.now() - (part === 0 ? t0 : ta);
       const selection = this.#partSelection(part);
       for (let i = part * per; i < Math.min(round.length, (part + 1) * per); i++) {

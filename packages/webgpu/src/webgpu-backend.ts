@@ -285,12 +285,6 @@ interface Pipeline {
 }
 
 /**
- * The WebGPU Backend. Buffers are created once per engine (activations by the model adapter,
- * the KV pool and metric store by `createKvCache`); a step only writes small uniforms into a
- * ring and records dispatches into one command encoder, submitted when the host reads.
- * Bind groups are cached per (pipeline, buffers), so steady-state steps create no GPU objects.
- */
-/**
  * What one compactEvictions did: its slot moves, and (in a chunked pool) how many of them had
  * their source and destination in one window of chunks (copied in place) or not (through
  * scratch); the host milliseconds it took to record and submit the work before its download
@@ -311,6 +305,12 @@ export interface CompactionStats {
   selectionMs?: number;
 }
 
+/**
+ * The WebGPU Backend. Buffers are created once per engine (activations by the model adapter,
+ * the KV pool and metric store by `createKvCache`); a step only writes small uniforms into a
+ * ring and records dispatches into one command encoder, submitted when the host reads.
+ * Bind groups are cached per (pipeline, buffers), so steady-state steps create no GPU objects.
+ */
 export class WebGpuBackend implements Backend {
   readonly name = 'webgpu';
   readonly device: GPUDevice;
@@ -1321,8 +1321,9 @@ export class WebGpuBackend implements Backend {
   /**
    * The selection and the compaction it implies, on the device (Backend.compactEvictions):
    * after the selection kernels, one workgroup per row pairs the row's holes with its
-   * survivors and writes the moves to a list (compactPairsKernel); in a chunked pool the list is then sorted by window of chunks. One
-   * download (blocks freed and moves per row, the move count), then the moves are recorded:
+   * survivors and writes the moves to a list (compactPairsKernel); in a chunked pool the list
+   * is then sorted by window of chunks. One download (blocks freed and moves per row, the move
+   * count), then the moves are recorded:
    * K and V, and the metrics and positions. They run while the host applies the outcome to its
    * allocator (Compressor.applyDeviceCompaction).
    *
