@@ -188,10 +188,10 @@ export interface Backend {
    * row, the survivors past its new length (length - evicted) move into its evicted slots
    * below it, pairing the holes and the survivors each in ascending logical order (exactly
    * the moves `PageAllocator.compact` makes for the same evictions); K, V, the device metric
-   * store and the device slot positions move, and the released block-table entries are
-   * cleared on the device. Writes `selection.result[r]` (blocks freed per row) and
-   * `selection.rowMoves[r]` (slot moves per row), not the masks. The caller then applies the
-   * outcome to its allocator (`Compressor.applyDeviceCompaction`), which leaves the host copy of
+   * store and the device slot positions move (the released block-table entries are left as
+   * they are: nothing reads a table past a head's blocks). Writes `selection.result[r]`
+   * (blocks freed per row) and `selection.rowMoves[r]` (slot moves per row), not the masks.
+   * The caller then applies the outcome to its allocator (`Compressor.applyDeviceCompaction`), which leaves the host copy of
    * the moved positions stale (see `PagedCacheView.stalePositions`). Requires a pool without
    * shared blocks (no forks). `rows`: compacts only the first `rows` rows (whole groups; the
    * rest keep everything, their result 0). Right after `selectEvictions(selection, cache,
