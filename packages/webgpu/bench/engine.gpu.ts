@@ -14,6 +14,7 @@
 // RATE (4), INTERVAL (64), ONLY_COMPRESSED (1: the compressed run alone), ROUND_PARTS (2:
 // EngineOptions.roundParts).
 /// <reference types="@webgpu/types" />
+import { GCProfiler } from 'node:v8';
 import { Engine } from '@kvcompress/engine';
 import { requestWebGpuDevice } from '../src/device.ts';
 import { randomWeightBackend, shapeNamed, syntheticModel } from './synthetic-llama.ts';
@@ -71,10 +72,13 @@ for (let rep = 0; rep < REPEATS; rep++) {
     let compressionMsSeen = 0;
     // The engine's compression figures when decoding starts: what follows ran between decode steps.
     let atFirstDecode = { compressions: 0, compressionMs: 0, deviceCompactionRounds: 0 };
+    // V8's collections from the first decode step to the end of the run.
+    const gcProfiler = new GCProfiler();
     engine.onStep((s) => {
       if (s.kind === 'decode' && firstDecode === 0) {
         firstDecode = performance.now() - s.ms;
         atFirstDecode = engine.stats();
+        gcProfiler.start();
       }
       if (s.kind === 'decode') {
         lastToken = performance.now();
@@ -90,6 +94,7 @@ for (let rep = 0; rep < REPEATS; rep++) {
       prompts.map((p) => engine.complete(p, { maxTokens: TOKENS, stopTokens: [], ...(compression === undefined ? {} : { compression }) })),
     );
     for (const d of done) if (d.error !== undefined) throw d.error;
+    const gcs = gcProfiler.stop()?.statistics ?? [];
     const stats = engine.stats();
     const decodeTokens = stats.decodeTokens;
     const wallMs = lastToken - firstDecode;
@@ -111,6 +116,10 @@ for (let rep = 0; rep < REPEATS; rep++) {
         decodeCompressionMs: stats.compressionMs - atFirstDecode.compressionMs,
         compressionShare: (stats.compressionMs - atFirstDecode.compressionMs) / wallMs,
         roundMs,
+        // Collections while decoding: all kinds, the major ones, and their share of the wall time.
+        gcCount: gcs.length,
+        majorGcCount: gcs.filter((g) => g.gcType === 'MarkSweepCompact').length,
+        gcShare: gcs.reduce((n, g) => n + g.cost, 0) / 1000 / wallMs,
         pipelinedSteps: stats.pipelinedSteps,
         decodeSteps,
         decodeTokens,

@@ -3,7 +3,7 @@
 # benches, writing JSON lines to $OUT (or .gpu/out).
 #   BENCHES="conformance attention sdpa matmul decode-8b decode-1b"   which to run (default these;
 #   decode-8b-old / decode-1b-old: the same with the wide attention and without the blocked matmul;
-#   also: round-8b, round-1b, selection, prefill, eval, server, engine)
+#   also: round-8b, round-1b, selection, prefill, eval, server, engine, dawn-poll)
 #   round-8b / round-1b: one compression round (device selection + compaction + moves) of SEQS
 #   sequences of CONTEXT tokens (default 64 x 8192) of the Llama-3.1-8B / -3.2-1B cache, and a
 #   decode step of the same batch when the weights fit beside the pool (selection.gpu.ts; also
@@ -46,6 +46,7 @@ for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
     decode-1b-old) c=${CONTEXT_1B:-16384}; ATTENTION=wide BLOCKED_MATMUL=0 SHAPE=1b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-1b-$c-old.jsonl" ;;
     decode-1b) c=${CONTEXT_1B:-16384}; SHAPE=1b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-1b-$c.jsonl" ;;
     engine) timeout 300 "$GPU_NODE" .gpu/engine.mjs | tee "$out/engine-decode.jsonl" ;;
+    dawn-poll) timeout 200 "$GPU_NODE" .gpu/dawn-poll.mjs | tee "$out/dawn-poll.jsonl" ;;
   esac
   echo "exit ${PIPESTATUS[0]}"
 done

@@ -49,6 +49,8 @@
 //   SHAPE=tiny SEQS=3 CONTEXT=300 LAYERS=2 KV_HEADS=2 HOST=1 VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json node .gpu/selection.mjs
 // Prints one JSON line per measurement and a summary line. Build and run: see bench/run-gpu.sh.
 /// <reference types="@webgpu/types" />
+
+import { GCProfiler } from 'node:v8';
 import {
   type DeviceBuffer,
   EvictionSelection,
@@ -384,6 +386,9 @@ function applyAll(): RoundTotals {
  * part i's selection runs on the device, and applies part i while part i + 1's runs.
  */
 async function deviceRound(): Promise<Record<string, number>> {
+  // V8's collections during the round (their count and cost), synchronously at its end.
+  const gcProfiler = new GCProfiler();
+  gcProfiler.start();
   const t0 = performance.now();
   let hostSelectMs = 0;
   const parts: { stats: CompactionStats; done: Promise<void> }[] = [];
@@ -416,6 +421,7 @@ async function deviceRound(): Promise<Record<string, number>> {
   const t2 = performance.now();
   await device.queue.onSubmittedWorkDone();
   const t3 = performance.now();
+  const gcs = gcProfiler.stop()?.statistics ?? [];
   const sum = (key: keyof CompactionStats) => parts.reduce((n, p) => n + (p.stats[key] ?? 0), 0);
   return {
     roundMs: t3 - t0,
@@ -430,6 +436,11 @@ async function deviceRound(): Promise<Record<string, number>> {
     // Summed over the parts (they overlap when there are several).
     recordMs: sum('recordMs'),
     waitMs: sum('waitMs'),
+    // Collections that ran during the round: all kinds, the major ones (mark-compact), and
+    // their cost in ms (pauses on the main thread).
+    gcCount: gcs.length,
+    majorGcCount: gcs.filter((g) => g.gcType === 'MarkSweepCompact').length,
+    gcMs: gcs.reduce((n, g) => n + g.cost, 0) / 1000,
     tablesMs: sum('tablesMs'),
     uploadMs: sum('uploadMs'),
     selectionMs: sum('selectionMs'),
