@@ -1268,7 +1268,7 @@ export class Engine {
     selection.reset();
     // Each request under its own policy's compressor (all of them declare the block rule).
     for (const r of round) {
-      const config = reason === 'memory-pressure' ? r.pressureCompression : r.compression;
+      const config = configFor(r, reason);
       if (r.compressor !== null && config !== null) r.compressor.addSelection(selection, r.sequence, config);
     }
     if (selection.rowCount > 0) {
@@ -1291,7 +1291,7 @@ export class Engine {
     this.#stats.compressionMs += performance.now() - t0;
     for (const r of round) {
       if (needed >= 0 && needed <= this.allocator.freeBlocks) return;
-      const config = reason === 'memory-pressure' ? r.pressureCompression : r.compression;
+      const config = configFor(r, reason);
       if (r.compressor === null || config === null) continue;
       const c = r.compressor;
       this.#compressed(
@@ -1316,7 +1316,7 @@ export class Engine {
       selection.reset();
       for (let i = part * per; i < Math.min(round.length, (part + 1) * per); i++) {
         const r = round[i] as Request;
-        const config = reason === 'memory-pressure' ? r.pressureCompression : r.compression;
+        const config = configFor(r, reason);
         if (r.compressor !== null && config !== null) r.compressor.addSelection(selection, r.sequence, config);
       }
       rows += selection.rowCount;
@@ -1347,7 +1347,7 @@ export class Engine {
       const selection = this.#partSelection(part);
       for (let i = part * per; i < Math.min(round.length, (part + 1) * per); i++) {
         const r = round[i] as Request;
-        const config = reason === 'memory-pressure' ? r.pressureCompression : r.compression;
+        const config = configFor(r, reason);
         if (r.compressor === null || config === null) continue;
         this.#compressed(r, reason, r.compressor.applyDeviceCompaction(r.sequence, selection, config));
       }
@@ -1432,7 +1432,7 @@ export class Engine {
   /** Compresses one sequence with the host metric store as it is. */
   #compressNow(r: Request, reason: CompressionReason): void {
     const compressor = r.compressor;
-    const config = reason === 'memory-pressure' ? r.pressureCompression : r.compression;
+    const config = configFor(r, reason);
     if (compressor === null || config === null) return;
     this.#compressed(r, reason, compressor.compress(r.sequence, this.#moves, config));
   }
@@ -1607,6 +1607,11 @@ export class Engine {
 
 /** A promise's rejection handler that leaves the rejection to whoever awaits the promise. */
 function ignoreRejection(): void {}
+
+/** The budget a request is compressed to for a round of this reason. */
+function configFor(r: Request, reason: CompressionReason): ResolvedCompressionConfig | null {
+  return reason === 'memory-pressure' ? r.pressureCompression : r.compression;
+}
 
 /** Resolves after pending I/O and timers had a turn: setImmediate in Node, a message in browsers. */
 function yieldToEventLoop(): Promise<void> {

@@ -224,11 +224,6 @@ export class PageAllocator {
     return this.#reserved;
   }
 
-  /** Where head h's reserved tail ends (table index; none past its blocks when at or below them). Tests. */
-  reservedTailEnd(h: number): number {
-    return this.#tailEnd[h] as number;
-  }
-
   get usedBlocks(): number {
     return this.numBlocks - this.freeBlocks;
   }

@@ -27,7 +27,7 @@ async function gpu(robustness: boolean, pollMicros: number | undefined): Promise
   // a comma list, e.g. `enable-dawn-features=disable_robustness,skip_validation`.
   const env = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env;
   const micros = pollMicros ?? Number(env?.['KVC_DAWN_POLL_US'] ?? 0);
-  if (micros > 0) throttleImmediates(micros);
+  if (micros !== 0) throttleImmediates(micros); // a negative or non-numeric value throws
   return dawn.create(dawnFlags(env?.['KVC_DAWN_FLAGS'], robustness));
 }
 
@@ -46,7 +46,7 @@ const throttled = new WeakMap<object, { wrapper: unknown; micros: number }>();
  */
 export function throttleImmediates(micros: number, target: { setImmediate?: unknown } = globalThis): void {
   if (!(micros >= 0 && Number.isFinite(micros)))
-    throw new InvalidArgumentError(`dawnPollMicros must be a finite number >= 0, got ${micros}.`);
+    throw new InvalidArgumentError(`dawnPollMicros (or KVC_DAWN_POLL_US) must be a finite number >= 0, got ${micros}.`);
   const have = throttled.get(target);
   if (have !== undefined && target.setImmediate === have.wrapper) {
     have.micros = micros;
