@@ -26,23 +26,56 @@ async function gpu(robustness: boolean, pollMicros: number | undefined): Promise
   // KVC_DAWN_FLAGS: extra Dawn options, separated by ';' (Node only). A flag's own value may be
   // a comma list, e.g. `enable-dawn-features=disable_robustness,skip_validation`.
   const env = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env;
-  const micros = pollMicros ?? Number(env?.['KVC_DAWN_POLL_US'] ?? 0);
-  if (micros !== 0) throttleImmediates(micros); // a negative or non-numeric value throws
+  const micros = dawnPollMicrosFor(pollMicros, env?.['KVC_DAWN_POLL_US']);
+  // Always applied: a later device asking for 0 turns an earlier spacing off. A negative or
+  // non-numeric value throws.
+  throttleImmediates(micros);
   return dawn.create(dawnFlags(env?.['KVC_DAWN_FLAGS'], robustness));
+}
+
+/**
+ * The spacing of Dawn's polling turns in Node.js when neither DeviceOptions.dawnPollMicros nor
+ * KVC_DAWN_POLL_US sets one. On an H200 (BENCHMARKS.md, fourteenth session), 50 µs cut the
+ * collections during a pending GPU promise from 50 a second (10% of the time in pauses) to
+ * none, and raised the engine's decode throughput by 8% (1B shape, 64 sequences).
+ */
+export const DEFAULT_DAWN_POLL_MICROS = 50;
+
+/**
+ * The polling spacing in µs: the option, else the environment variable's value (an empty one
+ * counts as unset), else DEFAULT_DAWN_POLL_MICROS. 0 turns the spacing off.
+ */
+export function dawnPollMicrosFor(option: number | undefined, envValue: string | undefined): number {
+  if (option !== undefined) return option;
+  if (envValue === undefined || envValue.trim() === '') return DEFAULT_DAWN_POLL_MICROS;
+  return Number(envValue);
 }
 
 /** What throttleImmediates installed on a global: the wrapper and its current interval. */
 const throttled = new WeakMap<object, { wrapper: unknown; micros: number }>();
 
 /**
- * Spaces the calls of `target.setImmediate` at least `micros` apart, spinning in the call
- * until then (DeviceOptions.dawnPollMicros; 0 restores the original). Dawn's Node binding
- * polls for GPU events through the global `setImmediate` while any GPU promise is pending,
- * as fast as the event loop turns (about 150,000 times a second on this project's VM), and
- * each turn leaves about 3 KB of garbage: a major collection every 80-200 ms, pauses of
- * several ms (BENCHMARKS.md, thirteenth session). The polling keeps a core busy anyway, so
- * spinning costs the host little; it adds up to `micros` of latency per await. Other callers of
- * the global `setImmediate` are spaced too; `util.promisify` keeps working.
+ * Whether a `setImmediate` callback looks like Dawn's polling turn: Dawn's Node binding passes a
+ * fresh native function each turn (Napi::Function::New: anonymous, with a `prototype`). The
+ * engine's own yields pass a promise's resolve function (no `prototype`), arrow functions have
+ * none either, and named callbacks have a name, so those are never spaced. Were a later Dawn to
+ * pass something else, its polling would simply run unspaced again, as Dawn's own.
+ */
+function looksLikeDawnPoll(callback: unknown): boolean {
+  return typeof callback === 'function' && callback.name === '' && Object.hasOwn(callback, 'prototype');
+}
+
+/**
+ * Spaces Dawn's polling turns at least `micros` apart: it wraps `target.setImmediate`, and a
+ * call whose callback looks like Dawn's (looksLikeDawnPoll) spins until `micros` have passed
+ * since the last such call (DeviceOptions.dawnPollMicros; 0 spaces nothing). Dawn's Node
+ * binding polls for GPU events through the global `setImmediate` while any GPU promise is
+ * pending, as fast as the event loop turns (about 130,000-150,000 times a second on this
+ * project's VM and on an H200 machine), and each turn leaves about 3 KB of garbage: a major
+ * collection every 80-200 ms, pauses of several ms (BENCHMARKS.md, thirteenth and fourteenth
+ * sessions). The polling keeps a core busy anyway, so spinning costs the host little; an await
+ * on the GPU may resolve up to `micros` later. Other callbacks pass straight through;
+ * `util.promisify` keeps working.
  */
 export function throttleImmediates(micros: number, target: { setImmediate?: unknown } = globalThis): void {
   if (!(micros >= 0 && Number.isFinite(micros)))
@@ -55,15 +88,16 @@ export function throttleImmediates(micros: number, target: { setImmediate?: unkn
   const original = target.setImmediate;
   if (typeof original !== 'function' || micros === 0) return;
   const state = { wrapper: undefined as unknown, micros };
+  const call = original as (this: unknown, ...a: unknown[]) => unknown;
   let last = 0;
-  const wrapper = function setImmediate(this: unknown, ...args: unknown[]): unknown {
+  const wrapper = function setImmediate(this: unknown, callback: unknown, ...args: unknown[]): unknown {
     const ms = state.micros / 1000;
-    if (ms > 0) {
+    if (ms > 0 && looksLikeDawnPoll(callback)) {
       let now = performance.now();
       while (now - last < ms) now = performance.now();
       last = now;
     }
-    return (original as (...a: unknown[]) => unknown).apply(this, args);
+    return args.length === 0 ? call.call(this, callback) : call.call(this, callback, ...args);
   };
   // util.promisify.custom and the like.
   Object.defineProperties(wrapper, Object.getOwnPropertyDescriptors(original));
@@ -111,9 +145,10 @@ export interface DeviceOptions {
   readonly robustness?: boolean;
   /**
    * Node.js (Dawn) only: the least time in µs between two turns of Dawn's event polling
-   * (default: the KVC_DAWN_POLL_US environment variable, else 0, polling as fast as the event
-   * loop turns). See throttleImmediates: fewer garbage collections, up to this much latency per
-   * await. Process-wide (it wraps the global `setImmediate`). Browsers ignore it.
+   * (default: the KVC_DAWN_POLL_US environment variable, else DEFAULT_DAWN_POLL_MICROS, 50; 0
+   * polls as fast as the event loop turns, Dawn's own behaviour). See throttleImmediates: fewer
+   * garbage collections, up to this much latency per await. Process-wide (it wraps the global
+   * `setImmediate`). Browsers ignore it.
    */
   readonly dawnPollMicros?: number;
 }
