@@ -15,7 +15,7 @@
 // Random metrics in [0, 1) with 24-bit values, as selection.gpu.ts. Prints one JSON line per
 // variant: ms (median of REPEATS dispatches) and keys/s or GB/s.
 // Env: ROWS (16384), ROW_KEYS (8192), MOVES (25749969), HEAD_DIM (128), REPEATS (7),
-// SECTIONS (histogram,moves,sparse), SPARSE_* (see the sparse section).
+// SECTIONS (histogram,moves,sparse; also full), SPARSE_* and FULL_* (see those sections).
 /// <reference types="@webgpu/types" />
 import { requestWebGpuDevice } from '../src/device.ts';
 import { compactMovesKernel, movesDirectKernel } from '../src/kernels.ts';
@@ -561,6 +561,128 @@ if (SECTIONS.has('sparse')) {
     }
     for (const b of [...kChunks, ...vChunks, src, dst]) b.destroy();
   }
+}
+
+// ---- full-round moves: the moves a full 4x round makes, through the compaction's chunked
+// kernel (movesDirectKernel), in one window of FULL_CHUNKS chunks of 2^FULL_SHIFT rows. Heads of
+// FULL_CONTEXT slots hold consecutive blocks (as a prefill in one append leaves them), back to
+// back through the window; each evicts a random FULL_EVICT share of its slots, and its moves are
+// compact-pairs': the evicted slots below the survivor count (holes, ascending) take the kept
+// slots at or past it (sources, ascending). Variants, each a permutation of the same moves:
+// rows (head after head), rows-shuffled (heads in random order, each head's moves together, as
+// compact-pairs' atomic row offsets leave them), bucket (as the window bucket sort leaves them:
+// runs of 16 moves in random order within spans of 4096, the spans in random order), random
+// (every move anywhere); and copy (the same number of row moves, dense: row i + N to row i).
+if (SECTIONS.has('full')) {
+  const chunks = env('FULL_CHUNKS', '7');
+  const shift = env('FULL_SHIFT', '22');
+  const words = env('FULL_HEAD_DIM', '128') / 2;
+  const context = env('FULL_CONTEXT', '8192');
+  const evict = env('FULL_EVICT', '0.75');
+  const n = words / 4;
+  const per = Math.min(2 ** shift, Math.floor(2 ** 31 / (words * 4)) - 1);
+  const heads = Math.floor((chunks * 2 ** shift) / context);
+  let seed = 777;
+  const rand = () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = seed;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  // compact-pairs' moves, head after head.
+  const srcAll: number[] = [];
+  const dstAll: number[] = [];
+  const headStart: number[] = [];
+  const evicted = new Uint8Array(context);
+  for (let h = 0; h < heads; h++) {
+    headStart.push(srcAll.length);
+    let e = 0;
+    for (let i = 0; i < context; i++) {
+      evicted[i] = rand() < evict ? 1 : 0;
+      e += evicted[i] as number;
+    }
+    const survivors = context - e;
+    const holes: number[] = [];
+    const sources: number[] = [];
+    for (let i = 0; i < context; i++) {
+      if (i < survivors && evicted[i] === 1) holes.push(i);
+      if (i >= survivors && evicted[i] === 0) sources.push(i);
+    }
+    const base = h * context;
+    for (let j = 0; j < holes.length; j++) {
+      srcAll.push(base + (sources[j] as number));
+      dstAll.push(base + (holes[j] as number));
+    }
+  }
+  headStart.push(srcAll.length);
+  const count = srcAll.length;
+  const shuffle = <X>(xs: X[]): X[] => {
+    for (let i = xs.length - 1; i > 0; i--) {
+      const j = Math.floor(rand() * (i + 1));
+      const t = xs[i] as X;
+      xs[i] = xs[j] as X;
+      xs[j] = t;
+    }
+    return xs;
+  };
+  const identity = Array.from({ length: count }, (_, i) => i);
+  const variants: Record<string, () => number[]> = {
+    rows: () => identity,
+    'rows-shuffled': () =>
+      shuffle(Array.from({ length: heads }, (_, h) => h)).flatMap((h) => identity.slice(headStart[h], headStart[h + 1])),
+    bucket: () => {
+      const spans: number[][] = [];
+      for (let a = 0; a < count; a += 4096) {
+        const runs: number[][] = [];
+        for (let b = a; b < Math.min(count, a + 4096); b += 16) runs.push(identity.slice(b, Math.min(count, a + 4096, b + 16)));
+        spans.push(shuffle(runs).flat());
+      }
+      return shuffle(spans).flat();
+    },
+    random: () => shuffle(identity.slice()),
+  };
+  const kChunks = Array.from({ length: chunks }, () => buffer(per * words * 4));
+  const vChunks = Array.from({ length: chunks }, () => buffer(per * words * 4));
+  const p = pipeline(movesDirectKernel({ window: chunks, passes: 1, shift }, 4).code, [
+    'uniform',
+    ...Array<GPUBufferBindingType>(2 * chunks).fill('storage'),
+    'read-only-storage',
+    'read-only-storage',
+  ]);
+  const src = buffer(count * 4);
+  const dst = buffer(count * 4);
+  const s = new Int32Array(count);
+  const d = new Int32Array(count);
+  const report = async (variant: string) => {
+    device.queue.writeBuffer(src, 0, s);
+    device.queue.writeBuffer(dst, 0, d);
+    const ms = await time(p, [uniform([count, words, 0, 0]), ...kChunks, ...vChunks, src, dst], grid(Math.ceil((count * n) / 256)), 2);
+    print({
+      bench: 'full-moves',
+      variant,
+      moves: count,
+      heads,
+      headDim: 2 * words,
+      chunks,
+      poolGiB: (2 * chunks * per * words * 4) / 2 ** 30,
+      ms,
+      gbPerS: (count * words * 4 * 2 * 2) / ms / 1e6,
+    });
+  };
+  for (const [variant, order] of Object.entries(variants)) {
+    const o = order();
+    for (let m = 0; m < count; m++) {
+      s[m] = srcAll[o[m] as number] as number;
+      d[m] = dstAll[o[m] as number] as number;
+    }
+    await report(variant);
+  }
+  for (let m = 0; m < count; m++) {
+    s[m] = count + m;
+    d[m] = m;
+  }
+  await report('copy');
 }
 
 clearInterval(keepAlive);
