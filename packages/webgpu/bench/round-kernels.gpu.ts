@@ -109,6 +109,54 @@ for (let g = 0; g < env('BALLAST_GB', '0'); g++) {
 }
 await device.queue.onSubmittedWorkDone();
 
+/** mulberry32: uniform numbers in [0, 1) from a seed; `reseed` starts the sequence again. */
+function seededRandom(seed0: number): { rand: () => number; reseed: () => void } {
+  let seed = seed0;
+  return {
+    rand: () => {
+      seed = (seed + 0x6d2b79f5) | 0;
+      let t = seed;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    },
+    reseed: () => {
+      seed = seed0;
+    },
+  };
+}
+
+/**
+ * The compaction's chunked moves kernel (movesDirectKernel) over K and V in `chunks` chunk
+ * buffers of 2^shift rows of `words` u32 each (one window), with move lists of `count` moves:
+ * fill `src` / `dst` (slots), then `run()` uploads them and times the kernel (median ms).
+ */
+function chunkedMovesRig(chunks: number, shift: number, words: number, count: number) {
+  const per = Math.min(2 ** shift, Math.floor(2 ** 31 / (words * 4)) - 1);
+  const kChunks = Array.from({ length: chunks }, () => buffer(per * words * 4));
+  const vChunks = Array.from({ length: chunks }, () => buffer(per * words * 4));
+  const p = pipeline(movesDirectKernel({ window: chunks, passes: 1, shift }, 4).code, [
+    'uniform',
+    ...Array<GPUBufferBindingType>(2 * chunks).fill('storage'),
+    'read-only-storage',
+    'read-only-storage',
+  ]);
+  const srcBuffer = buffer(count * 4);
+  const dstBuffer = buffer(count * 4);
+  const src = new Int32Array(count);
+  const dst = new Int32Array(count);
+  const run = (): Promise<number> => {
+    device.queue.writeBuffer(srcBuffer, 0, src);
+    device.queue.writeBuffer(dstBuffer, 0, dst);
+    const args = [uniform([count, words, 0, 0]), ...kChunks, ...vChunks, srcBuffer, dstBuffer];
+    return time(p, args, grid(Math.ceil((count * words) / 4 / 256)), 2);
+  };
+  const destroy = () => {
+    for (const b of [...kChunks, ...vChunks, srcBuffer, dstBuffer]) b.destroy();
+  };
+  return { per, src, dst, run, destroy, poolGiB: (2 * chunks * per * words * 4) / 2 ** 30 };
+}
+
 if (SECTIONS.has('histogram')) {
   // ---- keys: random metrics as order-preserving u32 keys (x >= 0: bits | 2^31)
   const nKeys = ROWS * ROW_KEYS;
@@ -466,31 +514,12 @@ if (SECTIONS.has('sparse')) {
   const perHead = env('SPARSE_PER_HEAD', '42');
   const words = env('SPARSE_HEAD_DIM', '64') / 2;
   const chunks = env('SPARSE_CHUNKS', '7');
-  const n = words / 4;
-  let seed = 12345;
-  const rand = () => {
-    // mulberry32
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = seed;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const { rand, reseed } = seededRandom(12345);
   for (const shift of (process.env['SPARSE_SHIFTS'] ?? '17,20,23').split(',').map(Number)) {
-    const per = 2 ** shift;
-    const blocks = (chunks * per) / 16;
-    const kChunks = Array.from({ length: chunks }, () => buffer(per * words * 4));
-    const vChunks = Array.from({ length: chunks }, () => buffer(per * words * 4));
-    const p = pipeline(movesDirectKernel({ window: chunks, passes: 1, shift }, 4).code, [
-      'uniform',
-      ...Array<GPUBufferBindingType>(2 * chunks).fill('storage'),
-      'read-only-storage',
-      'read-only-storage',
-    ]);
-    const src = buffer(count * 4);
-    const dst = buffer(count * 4);
-    const s = new Int32Array(count);
-    const d = new Int32Array(count);
+    const rig = chunkedMovesRig(chunks, shift, words, count);
+    const blocks = (chunks * rig.per) / 16;
+    const s = rig.src;
+    const d = rig.dst;
     const block = () => Math.floor(rand() * blocks);
     // Kept blocks of a head (regions, packed): at most what an even spread leaves room for.
     const regionBlocks = Math.min(env('SPARSE_REGION_BLOCKS', '128'), Math.floor(blocks / Math.ceil(count / perHead)) - 4);
@@ -542,24 +571,22 @@ if (SECTIONS.has('sparse')) {
       }
     }
     for (const [variant, make] of Object.entries(variants)) {
-      seed = 12345;
+      reseed();
       make();
-      device.queue.writeBuffer(src, 0, s);
-      device.queue.writeBuffer(dst, 0, d);
-      const ms = await time(p, [uniform([count, words, 0, 0]), ...kChunks, ...vChunks, src, dst], grid(Math.ceil((count * n) / 256)), 2);
+      const ms = await rig.run();
       print({
         bench: 'sparse-moves',
         variant,
         regionBlocks: variant === 'regions' || variant === 'packed' ? regionBlocks : undefined,
         moves: count,
         headDim: 2 * words,
-        poolGiB: (2 * chunks * per * words * 4) / 2 ** 30,
+        poolGiB: rig.poolGiB,
         ms,
         movesPerMs: count / ms,
         gbPerS: (count * words * 4 * 2 * 2) / ms / 1e6,
       });
     }
-    for (const b of [...kChunks, ...vChunks, src, dst]) b.destroy();
+    rig.destroy();
   }
 }
 
@@ -579,17 +606,8 @@ if (SECTIONS.has('full')) {
   const words = env('FULL_HEAD_DIM', '128') / 2;
   const context = env('FULL_CONTEXT', '8192');
   const evict = env('FULL_EVICT', '0.75');
-  const n = words / 4;
-  const per = Math.min(2 ** shift, Math.floor(2 ** 31 / (words * 4)) - 1);
   const heads = Math.floor((chunks * 2 ** shift) / context);
-  let seed = 777;
-  const rand = () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = seed;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const { rand } = seededRandom(777);
   // compact-pairs' moves, head after head.
   const srcAll: number[] = [];
   const dstAll: number[] = [];
@@ -642,22 +660,11 @@ if (SECTIONS.has('full')) {
     },
     random: () => shuffle(identity.slice()),
   };
-  const kChunks = Array.from({ length: chunks }, () => buffer(per * words * 4));
-  const vChunks = Array.from({ length: chunks }, () => buffer(per * words * 4));
-  const p = pipeline(movesDirectKernel({ window: chunks, passes: 1, shift }, 4).code, [
-    'uniform',
-    ...Array<GPUBufferBindingType>(2 * chunks).fill('storage'),
-    'read-only-storage',
-    'read-only-storage',
-  ]);
-  const src = buffer(count * 4);
-  const dst = buffer(count * 4);
-  const s = new Int32Array(count);
-  const d = new Int32Array(count);
+  const rig = chunkedMovesRig(chunks, shift, words, count);
+  const s = rig.src;
+  const d = rig.dst;
   const report = async (variant: string) => {
-    device.queue.writeBuffer(src, 0, s);
-    device.queue.writeBuffer(dst, 0, d);
-    const ms = await time(p, [uniform([count, words, 0, 0]), ...kChunks, ...vChunks, src, dst], grid(Math.ceil((count * n) / 256)), 2);
+    const ms = await rig.run();
     print({
       bench: 'full-moves',
       variant,
@@ -665,7 +672,7 @@ if (SECTIONS.has('full')) {
       heads,
       headDim: 2 * words,
       chunks,
-      poolGiB: (2 * chunks * per * words * 4) / 2 ** 30,
+      poolGiB: rig.poolGiB,
       ms,
       gbPerS: (count * words * 4 * 2 * 2) / ms / 1e6,
     });
