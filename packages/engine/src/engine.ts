@@ -1265,12 +1265,7 @@ export class Engine {
     const onDevice = this.#compactsOnDevice();
     const parts = onDevice && needed < 0 ? Math.min(this.#roundParts, round.length) : 1;
     if (parts > 1) return this.#compactInParts(round, reason, parts, t0);
-    selection.reset();
-    // Each request under its own policy's compressor (all of them declare the block rule).
-    for (const r of round) {
-      const config = configFor(r, reason);
-      if (r.compressor !== null && config !== null) r.compressor.addSelection(selection, r.sequence, config);
-    }
+    this.#describeRound(selection, round, reason, 0, round.length);
     if (selection.rowCount > 0) {
       if (onDevice) {
         let rows = selection.rowCount;
@@ -1313,12 +1308,7 @@ export class Engine {
     let rows = 0;
     for (let part = 0; part < parts; part++) {
       const selection = this.#partSelection(part);
-      selection.reset();
-      for (let i = part * per; i < Math.min(round.length, (part + 1) * per); i++) {
-        const r = round[i] as Request;
-        const config = configFor(r, reason);
-        if (r.compressor !== null && config !== null) r.compressor.addSelection(selection, r.sequence, config);
-      }
+      this.#describeRound(selection, round, reason, part * per, Math.min(round.length, (part + 1) * per));
       rows += selection.rowCount;
       // Settled as a value, so a part that fails while an earlier one is awaited is not an
       // unhandled rejection; the first failure is thrown below.
@@ -1351,6 +1341,19 @@ export class Engine {
         if (r.compressor === null || config === null) continue;
         this.#compressed(r, reason, r.compressor.applyDeviceCompaction(r.sequence, selection, config));
       }
+    }
+  }
+
+  /**
+   * Describes requests [from, to) of a round in `selection`, each under its own policy's
+   * compressor (all of them declare the block rule).
+   */
+  #describeRound(selection: EvictionSelection, round: readonly Request[], reason: CompressionReason, from: number, to: number): void {
+    selection.reset();
+    for (let i = from; i < to; i++) {
+      const r = round[i] as Request;
+      const config = configFor(r, reason);
+      if (r.compressor !== null && config !== null) r.compressor.addSelection(selection, r.sequence, config);
     }
   }
 

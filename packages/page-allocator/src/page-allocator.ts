@@ -1059,8 +1059,7 @@ export class PageAllocator {
         this.blockTables[at] = EMPTY;
         this.#tailEnd[g] = end - 1;
         this.#reserved--;
-        if (end - 1 > blocks) return block;
-        this.#dequeue();
+        if (end - 1 === blocks) this.#dequeue(); // its tail is now empty
         return block;
       }
       this.#dequeue();

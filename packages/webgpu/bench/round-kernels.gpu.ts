@@ -17,6 +17,7 @@
 // Env: ROWS (16384), ROW_KEYS (8192), MOVES (25749969), HEAD_DIM (128), REPEATS (7),
 // SECTIONS (histogram,moves,sparse; also full), SPARSE_* and FULL_* (see those sections).
 /// <reference types="@webgpu/types" />
+import { Rng } from '@kvcompress/engine';
 import { requestWebGpuDevice } from '../src/device.ts';
 import { compactMovesKernel, movesDirectKernel } from '../src/kernels.ts';
 import { selectionHistogramKernel } from '../src/selection-kernels.ts';
@@ -108,23 +109,6 @@ for (let g = 0; g < env('BALLAST_GB', '0'); g++) {
   ballast.push(b);
 }
 await device.queue.onSubmittedWorkDone();
-
-/** mulberry32: uniform numbers in [0, 1) from a seed; `reseed` starts the sequence again. */
-function seededRandom(seed0: number): { rand: () => number; reseed: () => void } {
-  let seed = seed0;
-  return {
-    rand: () => {
-      seed = (seed + 0x6d2b79f5) | 0;
-      let t = seed;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    },
-    reseed: () => {
-      seed = seed0;
-    },
-  };
-}
 
 /**
  * The compaction's chunked moves kernel (movesDirectKernel) over K and V in `chunks` chunk
@@ -514,7 +498,9 @@ if (SECTIONS.has('sparse')) {
   const perHead = env('SPARSE_PER_HEAD', '42');
   const words = env('SPARSE_HEAD_DIM', '64') / 2;
   const chunks = env('SPARSE_CHUNKS', '7');
-  const { rand, reseed } = seededRandom(12345);
+  // The engine's seeded generator (mulberry32), restarted for each variant.
+  let rng = new Rng(12345);
+  const rand = () => rng.next();
   for (const shift of (process.env['SPARSE_SHIFTS'] ?? '17,20,23').split(',').map(Number)) {
     const rig = chunkedMovesRig(chunks, shift, words, count);
     const blocks = (chunks * rig.per) / 16;
@@ -571,7 +557,7 @@ if (SECTIONS.has('sparse')) {
       }
     }
     for (const [variant, make] of Object.entries(variants)) {
-      reseed();
+      rng = new Rng(12345);
       make();
       const ms = await rig.run();
       print({
@@ -607,7 +593,8 @@ if (SECTIONS.has('full')) {
   const context = env('FULL_CONTEXT', '8192');
   const evict = env('FULL_EVICT', '0.75');
   const heads = Math.floor((chunks * 2 ** shift) / context);
-  const { rand } = seededRandom(777);
+  const rng = new Rng(777);
+  const rand = () => rng.next();
   // compact-pairs' moves, head after head.
   const srcAll: number[] = [];
   const dstAll: number[] = [];

@@ -355,10 +355,13 @@ async function timeSteps(m: LlamaModel, label: string): Promise<number> {
   return ms;
 }
 
-function addSelections(): number {
+/** Describes the round in `sel`: every sequence, or those of round part `part` (see partOf). */
+function addSelections(sel = selection, part = -1): number {
   const t = performance.now();
-  selection.reset();
-  for (const seq of sequences) compressor.addSelection(selection, seq);
+  sel.reset();
+  for (let i = 0; i < sequences.length; i++) {
+    if (part === -1 || partOf(i) === part) compressor.addSelection(sel, sequences[i] as number);
+  }
   return performance.now() - t;
 }
 
@@ -368,10 +371,11 @@ interface RoundTotals {
   moves: number;
 }
 
-function applyAll(): RoundTotals {
-  const totals = { freedBlocks: 0, evictedSlots: 0, moves: 0 };
-  for (const seq of sequences) {
-    const o: CompressionOutcome = compressor.applyDeviceCompaction(seq, selection);
+/** Applies the device's outcome in `sel` to every sequence, or those of round part `part`, adding to `totals`. */
+function applyAll(sel = selection, part = -1, totals: RoundTotals = { freedBlocks: 0, evictedSlots: 0, moves: 0 }): RoundTotals {
+  for (let i = 0; i < sequences.length; i++) {
+    if (part !== -1 && partOf(i) !== part) continue;
+    const o: CompressionOutcome = compressor.applyDeviceCompaction(sequences[i] as number, sel);
     totals.freedBlocks += o.freedBlocks;
     totals.evictedSlots += o.evictedSlots;
     totals.moves += o.moves;
@@ -393,29 +397,17 @@ async function deviceRound(): Promise<Record<string, number>> {
   let hostSelectMs = 0;
   const parts: { stats: CompactionStats; done: Promise<void> }[] = [];
   for (let part = 0; part < ROUND_PARTS; part++) {
-    const ts = performance.now();
     const sel = partSelections[part] as EvictionSelection;
-    sel.reset();
-    sequences.forEach((seq, i) => {
-      if (partOf(i) === part) compressor.addSelection(sel, seq);
-    });
-    hostSelectMs += performance.now() - ts;
+    hostSelectMs += addSelections(sel, part);
     const stats = { moves: 0, windowMoves: 0, crossWindowMoves: 0, recordMs: 0, waitMs: 0 };
     parts.push({ stats, done: backend.compactEvictions(sel, allocator, sel.rowCount, stats) });
   }
-  const totals = { freedBlocks: 0, evictedSlots: 0, moves: 0 };
+  const totals: RoundTotals = { freedBlocks: 0, evictedSlots: 0, moves: 0 };
   let applyMs = 0;
   for (let part = 0; part < ROUND_PARTS; part++) {
     await (parts[part] as { done: Promise<void> }).done;
     const ta = performance.now();
-    const sel = partSelections[part] as EvictionSelection;
-    sequences.forEach((seq, i) => {
-      if (partOf(i) !== part) return;
-      const o: CompressionOutcome = compressor.applyDeviceCompaction(seq, sel);
-      totals.freedBlocks += o.freedBlocks;
-      totals.evictedSlots += o.evictedSlots;
-      totals.moves += o.moves;
-    });
+    applyAll(partSelections[part] as EvictionSelection, part, totals);
     applyMs += performance.now() - ta;
   }
   const t2 = performance.now();

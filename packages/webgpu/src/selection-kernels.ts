@@ -50,8 +50,8 @@ export const COMPACT_INFO_HEADER = 64;
  * Uniforms and the rows binding (1); the groups binding (2) where the kernel reads it. The
  * third uniform is the level of the threshold search (unused by compact-pairs).
  */
-const header = (groups: boolean, third = 'level'): string => /* wgsl */ `
-struct P { rows: u32, groups: u32, ${third}: u32, blockSize: u32 }
+const header = (groups: boolean): string => /* wgsl */ `
+struct P { rows: u32, groups: u32, level: u32, blockSize: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> rows: array<i32>;
 ${groups ? '@group(0) @binding(2) var<storage, read> groups: array<i32>;' : ''}
