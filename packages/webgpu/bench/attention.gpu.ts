@@ -125,9 +125,11 @@ if (readBytes > 0) {
 // or 'streamU[tT][wN][xor][sS][m]' (the stream kernel, U keys per key group and step, T lanes a
 // key, N = 128 or 256 threads a workgroup, every lane reducing every score instead of the
 // reduce-scatter, at most S keys a workgroup, the final merge in the key slots' workgroup
-// memory; without 'm' it has a buffer of its own).
-const kernels = (process.env['ATTENTION_KERNELS'] ?? 'wide,stream4').split(',');
+// memory; without 'm' it has a buffer of its own), or 'default' (the backend's own defaults:
+// what an engine runs; the default list).
+const kernels = (process.env['ATTENTION_KERNELS'] ?? 'default').split(',');
 const kernelOptions = (k: string) => {
+  if (k === 'default') return {};
   if (k === 'wide') return { decodeAttention: 'wide' as const };
   const m = /^stream(\d)(?:t(\d+))?(?:w(128|256))?(xor)?(?:s(\d+))?(m)?$/.exec(k);
   if (m === null) throw new Error(`KERNELS: unknown kernel ${k}`);
@@ -255,6 +257,7 @@ for (const batch of batches) {
           kvChunks: backend.kvChunks,
           passes: backend.attentionPasses,
           storageBuffers: device.limits.maxStorageBuffersPerShaderStage,
+          workgroupStorage: device.limits.maxComputeWorkgroupStorageSize,
         }),
       );
       backend.destroyBuffers();

@@ -1130,11 +1130,20 @@ var<workgroup> wrange: vec2<u32>;`;
   // chunks) in workgroup memory, looked up by all threads at once, so the key loops wait on
   // one global read per key. rowInfo.w says whether this row can see later keys at all
   // (another row of its sequence later in the same step); if not, positions are not read.
-  const slotPrologue = (threads: number) => `let masking = info.w != 0;
+  // padStep: MASKED also from n up to the next multiple of it (at most S; the kernel defines S),
+  // so a loop taking padStep keys a step reads tslot without checking each key against n.
+  const slotPrologue = (threads: number, padStep = 1) => `let masking = info.w != 0;
   for (var t = li; t < n; t += ${threads}u) {
     let i = range.x + t;
     ${slotOfKey}
     tslot[t] = select(slot, MASKED, ${masked});
+  }${
+    padStep > 1
+      ? `
+  for (var t = n + li; t < min(S, (n + ${padStep - 1}u) / ${padStep}u * ${padStep}u); t += ${threads}u) {
+    tslot[t] = MASKED;
+  }`
+      : ''
   }
   workgroupBarrier();`;
   // Chunked pools, for kernels that loop over a key list: only the keys this pass attends
@@ -1462,6 +1471,12 @@ export function streamAttentionKernel(
   const E = D / (8 * T); // 8-value pieces of a row per lane
   const U = keysPerStep;
   const NKG = WGS / T;
+  const STEP = NKG * U; // keys of one step of the key loop
+  // On a pool in one binding the prologue pads tslot with MASKED to a whole step (where S holds
+  // whole steps), so the key loop reads it without checking each key against nKeys: 2-4% faster
+  // on an H200. Chunked pools keep the checks (their compacting prologue would need another
+  // barrier; 4% slower at 32 x 32K).
+  const padStep = chunking === null && maxKeys % STEP === 0 ? STEP : 1;
   // Key groups merged per round: kgOut stays within 16 KiB of workgroup memory. With
   // mergeInSlots the merge reuses the key slots (tslot, idle once every key group has left the
   // key loop) instead, which halves the kernel's workgroup memory at 2048 keys.
@@ -1589,6 +1604,7 @@ const D = ${D}u;
 const G = ${G}u;
 const NKG = ${NKG}u;
 const S = ${S}u;
+const STEP = ${STEP}u;
 var<workgroup> kgStat: array<f32, ${NKG * 2 * G}>; // [key group][G][max, sum]
 ${mergeInSlots ? '' : `var<workgroup> kgOut: array<f32, ${KB * D}>; // [key group of a batch][D]: one query head's outputs at a time\n`}${c === null ? '' : `var<workgroup> tidx: array<u32, S>; // each compacted key's index in the split\nvar<workgroup> tcount: array<u32, ${WGS}>; // keys per thread's run, then their inclusive scan\n`}@compute @workgroup_size(${WGS})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32,
@@ -1613,18 +1629,18 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   )}
   ${
     c === null
-      ? `${parts.slotPrologue(WGS)}
+      ? `${parts.slotPrologue(WGS, padStep)}
   let nKeys = n;`
       : parts.compactSlotPrologue(WGS)
   }
   ${each(gs, (h) => `var m${h} = NEG_INF;\n  var l${h} = 0.0;`, '\n  ')}
   ${each(gs, (h) => each(es, (e) => `var acc${h}_${e}a = vec4f();\n  var acc${h}_${e}b = vec4f();`, '\n  '), '\n  ')}
   // nKeys is workgroup-uniform: every lane runs every step, so the shuffles stay in uniform control flow.
-  for (var base = 0u; base < nKeys; base += ${NKG * U}u) {
+  for (var base = 0u; base < nKeys; base += STEP) {
     ${each(
       us,
       (u) => `let t${u} = base + ${u * NKG}u + kg;
-    let slot${u} = select(MASKED, tslot[min(t${u}, S - 1u)], t${u} < nKeys);
+    let slot${u} = ${padStep > 1 ? `tslot[t${u}]` : `select(MASKED, tslot[min(t${u}, S - 1u)], t${u} < nKeys)`};
     let ok${u} = slot${u} != MASKED;
     ${rowOf(u)}`,
     )}
