@@ -2,6 +2,7 @@
 # Runs on the GPU machine after `source .gpu/setup.sh` (which unpacks Node and Dawn): runs the
 # benches, writing JSON lines to $OUT (or .gpu/out).
 #   BENCHES="conformance attention sdpa matmul decode-8b decode-1b"   which to run (default these;
+#   matmul-torch: PyTorch's f32 (no TF32) and f16 matmuls on matmul.gpu.ts's shapes;
 #   decode-8b-old / decode-1b-old: the same with the wide attention and without the blocked matmul;
 #   also: round-8b, round-1b, selection, prefill, eval, server, engine, dawn-poll)
 #   round-8b / round-1b: one compression round (device selection + compaction + moves) of SEQS
@@ -26,6 +27,7 @@ for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
     conformance) timeout 240 "$GPU_NODE" .gpu/conformance.mjs | tee "$out/conformance.jsonl" ;;
     matmul) timeout 240 "$GPU_NODE" .gpu/matmul.mjs | tee "$out/matmul.jsonl" ;;
     sdpa) timeout 120 python3 packages/webgpu/bench/sdpa.py | tee "$out/sdpa.jsonl" ;;
+    matmul-torch) timeout 120 python3 packages/webgpu/bench/matmul.py | tee "$out/matmul-torch.jsonl" ;;
     decode-8b) c=${CONTEXT_8B:-4096}; SHAPE=8b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-8b-$c.jsonl" ;;
     eval) mkdir -p "$out/eval"; [ -f .gpu/eval/cells.jsonl ] && cp .gpu/eval/cells.jsonl "$out/eval/"
       KVC_SHARED_DIR=$PWD/.gpu/shared timeout "${EVAL_TIMEOUT:-540}" "$GPU_NODE" .gpu/kvc.mjs eval --backend webgpu \
