@@ -11,11 +11,12 @@
 //   SPLIT_K=4             force the blocked kernels' K split (default: the backend's choice)
 //   WORKGROUPS=264        the workgroups the blocked kernel's split K aims for
 //   ITERS=20              timed matmuls per point
+//   ROBUSTNESS=0          Dawn's bounds-checking transform off (DeviceOptions.robustness)
 /// <reference types="@webgpu/types" />
 import { requestWebGpuDevice } from '../src/device.ts';
 import { GpuWeight, WebGpuBackend, type WebGpuBackendOptions } from '../src/webgpu-backend.ts';
 
-const device = await requestWebGpuDevice();
+const device = await requestWebGpuDevice({ robustness: process.env['ROBUSTNESS'] !== '0' });
 setInterval(() => {}, 1000);
 const env = process.env;
 const shapes = (env['SHAPES'] ?? '4096x4096,14336x4096,4096x14336').split(',').map((s) => s.split('x').map(Number) as [number, number]);
