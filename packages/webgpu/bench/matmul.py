@@ -10,25 +10,13 @@ import os
 
 import torch
 
+from torch_timing import cuda_ms
+
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 shapes = [tuple(int(v) for v in s.split("x")) for s in os.environ.get("SHAPES", "4096x4096,14336x4096,4096x14336,128256x4096").split(",")]
 rows_list = [int(r) for r in os.environ.get("ROWS", "64,128,193,256,512").split(",")]
 print(json.dumps({"kind": "torch", "version": torch.__version__, "device": torch.cuda.get_device_name()}))
-
-
-def cuda_ms(fn, iters=20):
-    """GPU time of one call of fn in ms: 3 warm-up calls, then iters calls between CUDA events."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 for dtype, name in [(torch.float32, "f32"), (torch.float16, "f16")]:

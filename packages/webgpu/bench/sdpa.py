@@ -5,24 +5,12 @@ import os
 import torch
 import torch.nn.functional as F
 
+from torch_timing import cuda_ms
+
 H, KVH, D = 32, 8, 128
 batches = [int(x) for x in os.environ.get("BATCHES", "1,8,32,128").split(",")]
 contexts = [int(x) for x in os.environ.get("CONTEXTS", "1024,4096,16384,32768").split(",")]
 print(json.dumps({"kind": "torch", "version": torch.__version__, "device": torch.cuda.get_device_name()}))
-
-
-def cuda_ms(fn, iters=20):
-    """GPU time of one call of fn in ms: 3 warm-up calls, then iters calls between CUDA events."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 # READ_BYTES (0: off): PyTorch reading that many bytes (a sum of f16 into f32, and a max of
