@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine after `source .gpu/setup.sh` (which unpacks Node and Dawn): runs the
 # benches, writing JSON lines to $OUT (or .gpu/out).
-#   BENCHES="conformance attention sdpa matmul decode-8b decode-1b"   which to run (default these;
+#   BENCHES="conformance attention sdpa matmul matmul-torch decode-8b decode-1b"   which to run (default these;
 #   matmul-torch: PyTorch's f32 (no TF32) and f16 matmuls on matmul.gpu.ts's shapes;
 #   decode-8b-old / decode-1b-old: the same with the wide attention and without the blocked matmul;
 #   also: round-8b, round-1b, selection, prefill, eval, server, engine, dawn-poll)
@@ -20,7 +20,7 @@ out=${OUT:-.gpu/out}
 mkdir -p "$out" .gpu/node_modules
 ln -sfn ../webgpu .gpu/node_modules/webgpu
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-for b in ${BENCHES:-conformance attention sdpa matmul decode-8b decode-1b}; do
+for b in ${BENCHES:-conformance attention sdpa matmul matmul-torch decode-8b decode-1b}; do
   echo "== $b"
   case $b in
     attention) timeout "${ATTENTION_TIMEOUT:-240}" "$GPU_NODE" .gpu/attention.mjs | tee "$out/attention.jsonl" ;;
