@@ -97,6 +97,7 @@ export function throttleImmediates(micros: number, target: { setImmediate?: unkn
       while (now - last < ms) now = performance.now();
       last = now;
     }
+    // Every polling turn passes here: no spread where there are no extra arguments (Dawn's case).
     return args.length === 0 ? call.call(this, callback) : call.call(this, callback, ...args);
   };
   // util.promisify.custom and the like.
