@@ -1,13 +1,13 @@
 // Matmul kernels on a real GPU, side by side in one process: the subgroup matvec kernel (up to
 // 8 rows per workgroup), the tiled kernel (32- and 64-row tiles) and the register-blocked
-// kernel (its default tile and split, and each tile forced) for the Llama-3.1-8B projection
-// shapes, f16 weights, across batch sizes. Prints one JSON line per (shape, rows, kernel): ms,
+// kernel (the backend's plan; the plan without its matvec tail; each tile height forced for
+// all rows) for the Llama-3.1-8B projection shapes, f16 weights, across batch sizes. Prints one JSON line per (shape, rows, kernel): ms,
 // TFLOP/s, weight GB/s, and whether sampled outputs match the host (inputs are multiples of
 // 1/8 and 1/16 small enough that every order of summation is exact); then one summary line
 // per (shape, rows): the blocked kernel's default against the faster of matvec and tiled.
 //   ROWS=32,64,128        batch sizes (default 32..512)
 //   SHAPES=4096x4096      out x in (default the three 8B shapes)
-//   KERNELS=tiled64,blocked   which of: matvec tiled32 tiled64 blocked blocked64 blocked128 (default all)
+//   KERNELS=tiled64,blocked   which of: matvec tiled32 tiled64 blocked blocked-notail blocked64 blocked128 (default all)
 //   SPLIT_K=4             force the blocked kernels' K split (default: the backend's choice)
 //   WORKGROUPS=264        the workgroups the blocked kernel's split K aims for
 //   ITERS=20              timed matmuls per point
@@ -32,6 +32,7 @@ const allKernels: { name: string; options: WebGpuBackendOptions }[] = [
   { name: 'tiled32', options: { blockedMatmul: false, tiledMatmulMinRows: 1, tiledMatmulTileRows: 32 } },
   { name: 'tiled64', options: { blockedMatmul: false, tiledMatmulMinRows: 1, tiledMatmulTileRows: 64 } },
   { name: 'blocked', options: blocked },
+  { name: 'blocked-notail', options: { ...blocked, blockedMatmulTailRows: 0 } },
   { name: 'blocked64', options: { ...blocked, blockedMatmulTileRows: 64 } },
   { name: 'blocked128', options: { ...blocked, blockedMatmulTileRows: 128 } },
 ];

@@ -257,7 +257,8 @@ export function matvecKernel(weight: StoreType, bias: boolean, rowsPerGroup: 1 |
   return memo(key, () => ({
     workgroupSize: 64,
     code: /* wgsl */ `
-struct P { rows: u32, inDim: u32, outDim: u32, total: u32 }
+// Rows rowBegin .. rows - 1 (total = outDim x row tiles of R).
+struct P { rows: u32, inDim: u32, outDim: u32, total: u32, rowBegin: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<vec4f>;
@@ -269,7 +270,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   ${FLAT_ID}
   let inRange = wid < p.total;
   let j = wid % p.outDim;
-  let r0 = (wid / p.outDim) * ${R}u;
+  let r0 = p.rowBegin + (wid / p.outDim) * ${R}u;
   let steps = p.inDim / 8u;
   let wrow = j * steps;
   var acc: array<f32, ${R}>;
@@ -318,7 +319,8 @@ export function matvecSubgroupKernel(weight: StoreType, bias: boolean, rowsPerGr
     workgroupSize: 256,
     code: /* wgsl */ `
 enable subgroups;
-struct P { rows: u32, inDim: u32, outDim: u32, total: u32 }
+// Rows rowBegin .. rows - 1 (total = outDim x row tiles of R).
+struct P { rows: u32, inDim: u32, outDim: u32, total: u32, rowBegin: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<vec4f>;
@@ -338,7 +340,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
     let item = wid * ${O}u + blk * 4u;
     let live = blk < ${O / 4}u && item < p.total;
     let j = min(item, p.total - 4u) % p.outDim;
-    let r0 = (min(item, p.total - 4u) / p.outDim) * ${R}u;
+    let r0 = p.rowBegin + (min(item, p.total - 4u) / p.outDim) * ${R}u;
     let wrow = j * steps;
     var acc: array<vec4f, ${R}>; // [row] (output 0..3)
     if (live) {
@@ -451,10 +453,19 @@ export const BLOCKED_MATMUL_COLS = 128;
 export const BLOCKED_MATMUL_K_STEP = 16;
 /**
  * Batches of at least this many rows use the blocked matmul where it applies (inDim a
- * multiple of 8). A guess before GPU measurements: at 64 rows its 64-row tile is full; the
- * backend option `blockedMatmulMinRows` overrides it.
+ * multiple of 8); below, the matvec kernel (one pass over W per 8 rows). On an H200 (f16
+ * weights, the 8B shapes and LM head) the two about tie at 24 rows, and the blocked one's
+ * 64-row tile is 1.3-2.8x faster at 40-56 (BENCHMARKS.md, sixteenth session). Backend option
+ * `blockedMatmulMinRows` overrides it.
  */
-export const BLOCKED_MATMUL_MIN_ROWS = 64;
+export const BLOCKED_MATMUL_MIN_ROWS = 24;
+/**
+ * Trailing rows past the blocked matmul's last full 128-row tile, up to this many, run on the
+ * matvec kernel (one pass over W per 8 rows) instead of a padded tile: a batch of 129 rows is
+ * one 128-row tile and one matvec row (see planBlockedMatmul). Backend option
+ * `blockedMatmulTailRows` overrides it (0: no tail).
+ */
+export const BLOCKED_MATMUL_TAIL_ROWS = 16;
 /** Fewest K values per split of the blocked matmul's split K: shorter ranges spend more on the partials than they gain. */
 export const BLOCKED_MATMUL_MIN_SPLIT_K = 256;
 /** Workgroups the blocked matmul's split K aims for: two per SM of a 132-SM H100/H200 (a guess at its residency). */
@@ -504,10 +515,17 @@ function blockedUnpackW(weight: StoreType): string {
  * K advances 16 values per step, staged in workgroup memory as f32: xs [16][TM / 4] and
  * ws [16][32] vec4f, i.e. [k][row] and [k][column], so each thread reads its 4 consecutive
  * rows or columns as one vec4 (a warp's 16 tx read 64 consecutive words: no bank conflicts;
- * its two ty broadcast). Staging: thread li loads 8 consecutive K values of x row li % TM
- * (two 16-byte loads) and of W column li % 128 (one 16-byte load of packed f16, two of f32,
- * or 8 Q8_0 bytes and their scale) at K offset 8 * (li / 128 or li / 64), unpacks W to f32
- * once, and stores them transposed: 32 consecutive rows per warp and k, no bank conflicts.
+ * its two ty broadcast).
+ *
+ * Staging reads global memory in runs a warp can coalesce: x's step is TM rows x 4 vec4
+ * (16 K values), and thread li loads vec4 li + 256n, i.e. row li / 4 + 64n, K quarter li % 4
+ * (a warp: 8 rows x 64 bytes); W's step is 128 columns x 2 halves of 8 K values, and thread li
+ * loads column li / 2, half li % 2 (a warp: 16 columns x 32 bytes of packed f16; 64 of f32;
+ * 16 of Q8_0 and a scale). An H200 ran 1.1-1.3x faster with this than with one row or column
+ * per lane (32 rows or columns a warp: BENCHMARKS.md, sixteenth session). W is unpacked to
+ * f32 once, and both are stored transposed. Those stores conflict on banks (a warp's x stores
+ * for one k hit 8 banks 4 deep, W's 16 banks 2 deep); an XOR swizzle that made them
+ * conflict-free measured no faster (its FMA loop reads through the swizzled index).
  * The next step's global loads are issued into registers before the current step's FMAs.
  *
  * Split K: workgroup (z, column tile, row tile) (row tile fastest, so the workgroups that
@@ -515,7 +533,8 @@ function blockedUnpackW(weight: StoreType): string {
  * writes its partial sums to out[z][rows][outDim]; with splits > 1, `out` is a scratch
  * buffer that blockedMatmulReduceKernel sums (and bias is added there, so `bias` is false).
  * Rows and columns past the matrix read clamped (duplicate) values and are not written; K
- * past inDim (a half step: inDim % 16 == 8) reads zeros.
+ * past inDim (a half step: inDim % 16 == 8) reads zeros. A dispatch covers rows [rowBegin,
+ * rows) of x and out, so one product can run as row ranges with different tiles.
  */
 export function blockedMatmulKernel(weight: StoreType, bias: boolean, tileRows: 64 | 128): KernelSource {
   return memo(`matmul-blocked:${weight}:${bias}:${tileRows}`, () => {
@@ -549,21 +568,25 @@ export function blockedMatmulKernel(weight: StoreType, bias: boolean, tileRows: 
         .join('\n      ');
       epilogue.push(`{ let r = r0 + 4u * ty + ${rowOffset(i)}; if (r < p.rows) {\n      ${cols}\n    } }`);
     }
-    // x staging: TM rows x 2 halves of 8 K values; with TM = 64 only threads 0..127 take part.
-    const xLive = TM === 128 ? '' : 'li < 128u';
-    const xStore = Array.from({ length: 8 }, (_, c) => `xs[xk + ${c}u][xv][xc] = x${c >> 2}.${comp[c & 3]};`).join(' ');
-    const wStore = Array.from({ length: 8 }, (_, c) => `ws[wk + ${c}u][wv][wc] = w${c >> 2}.${comp[c & 3]};`).join(' ');
+    // x staging: TM / 64 vec4 a thread (rows xr + 64n, K quarter xq). A quarter starting
+    // below kEnd ends below it: kEnd is a multiple of 8.
+    const xLoads = Array.from({ length: TM / 64 }, (_, n) => n);
+    const xStore = xLoads
+      .map((n) => [0, 1, 2, 3].map((c) => `xs[4u * xq + ${c}u][(xr >> 2u) + ${16 * n}u][xr & 3u] = x${n}.${comp[c]};`).join(' '))
+      .join(' ');
+    const wStore = Array.from({ length: 8 }, (_, c) => `ws[8u * wh + ${c}u][wn >> 2u][wn & 3u] = w${c >> 2}.${comp[c & 3]};`).join(' ');
     const wArray = weight === 'f16' ? 'array<vec4<u32>>' : weight === 'q8' ? 'array<u32>' : 'array<vec4f>';
     const fetch = (k: string) => `{
-    let kx = ${k} + xk;
-    if (${xLive ? `${xLive} && ` : ''}kx < kEnd) { let i = xBase + (kx >> 2u); x0 = x[i]; x1 = x[i + 1u]; } else { x0 = vec4f(); x1 = vec4f(); }
-    let kw = ${k} + wk;
+    let kx = ${k} + 4u * xq;
+    ${xLoads.map((n) => `if (kx < kEnd) { x${n} = x[xBase${n} + (kx >> 2u)]; } else { x${n} = vec4f(); }`).join('\n    ')}
+    let kw = ${k} + 8u * wh;
     ${blockedFetchW(weight, 'wBase + kw', 'kw < kEnd')}
   }`;
     return {
       workgroupSize: 256,
       code: /* wgsl */ `
-struct P { rows: u32, inDim: u32, outDim: u32, rowTiles: u32, colTiles: u32, kPerSplit: u32, splits: u32, pad: u32 }
+// Rows rowBegin .. rows - 1; partial sums (splits > 1) at out[z][row][column] for rows below \`rows\`.
+struct P { rows: u32, inDim: u32, outDim: u32, rowTiles: u32, colTiles: u32, kPerSplit: u32, splits: u32, rowBegin: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<vec4f>;
@@ -579,30 +602,25 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let colTile = (wid / p.rowTiles) % p.colTiles;
   // Workgroups past the last (2-D grid rounding) have z >= splits: an empty K range, no writes.
   let z = wid / (p.rowTiles * p.colTiles);
-  let r0 = rowTile * ${TM}u;
+  let r0 = p.rowBegin + rowTile * ${TM}u;
   let c0 = colTile * ${BLOCKED_MATMUL_COLS}u;
   let tx = li & 15u;
   let ty = li >> 4u;
   let kBegin = z * p.kPerSplit;
   let kEnd = min(p.inDim, kBegin + p.kPerSplit);
-  // Staging roles: x row xm (K offset xk), W column wn (K offset wk), each 8 K values.
-  let xm = li & ${TM - 1}u;
-  let xk = 8u * ((li >> ${Math.log2(TM)}u) & 1u);
-  let xv = xm >> 2u;
-  let xc = xm & 3u;
-  let xBase = min(r0 + xm, p.rows - 1u) * (p.inDim / 4u);
-  let wn = li & 127u;
-  let wk = 8u * (li >> 7u);
-  let wv = wn >> 2u;
-  let wc = wn & 3u;
+  // Staging roles: x rows xr + 64n, K quarter xq (4 values); W column wn, K half wh (8 values).
+  let xr = li >> 2u;
+  let xq = li & 3u;
+  ${xLoads.map((n) => `let xBase${n} = min(r0 + xr + ${64 * n}u, p.rows - 1u) * (p.inDim / 4u);`).join('\n  ')}
+  ${xLoads.map((n) => `var x${n} = vec4f();`).join(' ')}
+  let wn = li >> 1u;
+  let wh = li & 1u;
   let wBase = min(c0 + wn, p.outDim - 1u) * p.inDim;
-  var x0 = vec4f();
-  var x1 = vec4f();
   ${blockedWRegisters(weight)}
   ${accDecl.join(' ')}
   ${fetch('kBegin')}
   for (var k0 = kBegin; k0 < kEnd; k0 += ${BLOCKED_MATMUL_K_STEP}u) {
-    ${xLive ? `if (${xLive}) { ${xStore} }` : xStore}
+    ${xStore}
     {
       ${blockedUnpackW(weight)}
       ${wStore}
@@ -620,12 +638,12 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   });
 }
 
-/** out[i] = Σ_z partials[z][i] (+ b[i % outDim]): the split-K sums of blockedMatmulKernel, in order of z. */
+/** out[i] = Σ_z partials[z][i] (+ b[i % outDim]) for i in [begin, n): the split-K sums of blockedMatmulKernel, in order of z. */
 export function blockedMatmulReduceKernel(bias: boolean): KernelSource {
   return memo(`matmul-blocked-reduce:${bias}`, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
-struct P { n: u32, outDim: u32, splits: u32, pad: u32 }
+struct P { n: u32, outDim: u32, splits: u32, begin: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> partials: array<f32>;
@@ -633,7 +651,7 @@ ${bias ? '@group(0) @binding(3) var<storage, read> b: array<f32>;' : ''}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
   ${FLAT_ID}
-  let i = wid * 256u + li;
+  let i = p.begin + wid * 256u + li;
   if (i >= p.n) { return; }
   var s = partials[i];
   for (var z = 1u; z < p.splits; z++) { s += partials[z * p.n + i]; }

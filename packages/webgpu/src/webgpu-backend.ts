@@ -31,10 +31,8 @@ import {
   argmaxKernel,
   attentionKernel,
   attentionReduceKernel,
-  BLOCKED_MATMUL_COLS,
-  BLOCKED_MATMUL_K_STEP,
   BLOCKED_MATMUL_MIN_ROWS,
-  BLOCKED_MATMUL_MIN_SPLIT_K,
+  BLOCKED_MATMUL_TAIL_ROWS,
   BLOCKED_MATMUL_WORKGROUPS,
   blockedMatmulKernel,
   blockedMatmulReduceKernel,
@@ -80,6 +78,7 @@ import {
   wideAttentionSplitKeys,
   wideAttentionSupports,
 } from './kernels.ts';
+import { type BlockedMatmulBlock, type BlockedMatmulPlan, type BlockedMatmulSettings, planBlockedMatmul } from './matmul-plan.ts';
 import { sampleKernel } from './sampling-kernels.ts';
 import {
   COMPACT_INFO_HEADER,
@@ -160,8 +159,13 @@ export interface WebGpuBackendOptions {
   readonly blockedMatmul?: boolean;
   /** Fewest rows for the blocked matmul (default BLOCKED_MATMUL_MIN_ROWS). */
   readonly blockedMatmulMinRows?: number;
-  /** Force the blocked matmul's tile height (benchmarks); default picks the one that pads fewer rows. */
+  /**
+   * Force the blocked matmul's tile height for all rows (benchmarks); default: 128-row tiles,
+   * then a 64-row tile where the rows left fit one, then a matvec tail (see BlockedMatmulPlan).
+   */
   readonly blockedMatmulTileRows?: 64 | 128;
+  /** Most trailing rows the blocked matmul leaves to the matvec kernel (default BLOCKED_MATMUL_TAIL_ROWS; 0: none). */
+  readonly blockedMatmulTailRows?: number;
   /**
    * Force how many K ranges the blocked matmul splits into (1: none; benchmarks). Default:
    * enough to bring tiles x splits near `blockedMatmulWorkgroups`, each range at least
@@ -229,18 +233,6 @@ export interface WebGpuBackendOptions {
    * does on a real GPU.
    */
   readonly maxKvBindingBytes?: number;
-}
-
-/** How the blocked matmul covers one product (WebGpuBackend.blockedMatmulPlan). */
-export interface BlockedMatmulPlan {
-  /** Rows of a workgroup's tile (its columns: BLOCKED_MATMUL_COLS). */
-  readonly tileRows: 64 | 128;
-  readonly rowTiles: number;
-  readonly colTiles: number;
-  /** K values per split (a multiple of the K step). */
-  readonly kPerSplit: number;
-  /** K ranges, each one workgroup per tile; above 1, a second dispatch sums them. */
-  readonly splits: number;
 }
 
 /** Storage bindings besides K/V chunks: append (k, v, slots), attention (7), moves gather/scatter (slots, scratch). */
@@ -385,10 +377,9 @@ export class WebGpuBackend implements Backend {
   /** Lanes per key the stream kernel may use on this device (0: it cannot run). */
   readonly #streamLanes: number;
   /** Fewest rows for the blocked matmul (Infinity when it is off). */
-  readonly #blockedMinRows: number;
-  readonly #blockedTileRows: 64 | 128 | null;
-  readonly #blockedSplitK: number | null;
-  readonly #blockedWorkgroups: number;
+  readonly #blockedSettings: BlockedMatmulSettings;
+  /** blockedMatmulPlan's plans by shape (see its key); null where the blocked kernel does not apply. */
+  readonly #blockedPlans = new Map<number, BlockedMatmulPlan | null>();
   /** Profiling (WebGpuBackendOptions.profile): timestamp queries, two per dispatch, and the kernels they time. */
   readonly #profile: { readonly queries: GPUQuerySet; readonly resolve: GPUBuffer; readonly kernels: string[] } | null;
   /** Appended to the kernel keys of profiled dispatches (e.g. the selection's level), '' otherwise. */
@@ -419,10 +410,15 @@ export class WebGpuBackend implements Backend {
     // subgroup the adapter may use (GPUAdapterInfo.subgroupMinSize; absent: not used).
     const subgroupMinSize = (device as { adapterInfo?: { subgroupMinSize?: number } }).adapterInfo?.subgroupMinSize ?? 0;
     this.#streamLanes = this.subgroups ? (options.streamThreadsPerKey ?? subgroupMinSize) : 0;
-    this.#blockedMinRows = (options.blockedMatmul ?? true) ? (options.blockedMatmulMinRows ?? BLOCKED_MATMUL_MIN_ROWS) : Infinity;
-    this.#blockedTileRows = options.blockedMatmulTileRows ?? null;
-    this.#blockedSplitK = options.blockedMatmulSplitK ?? null;
-    this.#blockedWorkgroups = options.blockedMatmulWorkgroups ?? BLOCKED_MATMUL_WORKGROUPS;
+    const tailRows = options.blockedMatmulTailRows ?? BLOCKED_MATMUL_TAIL_ROWS;
+    assertInteger('blockedMatmulTailRows', tailRows, 0);
+    this.#blockedSettings = {
+      minRows: (options.blockedMatmul ?? true) ? (options.blockedMatmulMinRows ?? BLOCKED_MATMUL_MIN_ROWS) : Number.POSITIVE_INFINITY,
+      tileRows: options.blockedMatmulTileRows ?? null,
+      splitK: options.blockedMatmulSplitK ?? null,
+      workgroups: options.blockedMatmulWorkgroups ?? BLOCKED_MATMUL_WORKGROUPS,
+      tailRows,
+    };
     this.#maxKvBindingBytes = options.maxKvBindingBytes;
     this.#profile =
       options.profile === true && device.features.has('timestamp-query')
@@ -715,86 +711,92 @@ export class WebGpuBackend implements Backend {
 
   matmul(out: DeviceBuffer, x: DeviceBuffer, w: DeviceWeight, rows: number, bias?: DeviceWeight): void {
     const wt = w as GpuWeight;
+    const o = out as GpuBuffer;
+    const xb = x as GpuBuffer;
+    const b = bias as GpuWeight | undefined;
     const blocked = this.blockedMatmulPlan(rows, wt.rows, wt.cols);
     if (blocked !== null) {
-      this.#blockedMatmul(blocked, out as GpuBuffer, x as GpuBuffer, wt, rows, bias as GpuWeight | undefined);
+      for (const block of blocked.blocks) this.#blockedMatmul(block, o, xb, wt, b);
+      if (blocked.tailRows > 0) this.#matvec(o, xb, wt, rows - blocked.tailRows, rows, b);
       return;
     }
     if (rows >= this.#tiledMinRows) {
       const colTiles = Math.ceil(wt.rows / TILED_MATMUL_TILE);
       // 64-row tiles when they make enough workgroups to fill a large GPU, else 32-row ones.
       const tileRows = this.#tileRows ?? (colTiles * Math.ceil(rows / 64) >= 512 ? 64 : 32);
-      const buffers = [(out as GpuBuffer).buffer, (x as GpuBuffer).buffer, wt.buffer];
-      if (bias !== undefined) buffers.push((bias as GpuWeight).buffer);
+      const buffers = [o.buffer, xb.buffer, wt.buffer];
+      if (b !== undefined) buffers.push(b.buffer);
       this.#setUniform([rows, wt.cols, wt.rows, colTiles]);
       const [gx, gy] = grid(colTiles * Math.ceil(rows / tileRows));
-      this.#dispatchRaw(tiledMatmulKernel(wt.store, bias !== undefined, tileRows), buffers, gx, gy);
+      this.#dispatchRaw(tiledMatmulKernel(wt.store, b !== undefined, tileRows), buffers, gx, gy);
       return;
     }
     if (wt.cols % 8 === 0) {
-      const R = rows >= 8 ? 8 : rows >= 4 ? 4 : rows >= 2 ? 2 : 1;
-      const total = wt.rows * Math.ceil(rows / R);
-      const buffers = [(out as GpuBuffer).buffer, (x as GpuBuffer).buffer, wt.buffer];
-      if (bias !== undefined) buffers.push((bias as GpuWeight).buffer);
-      this.#setUniform([rows, wt.cols, wt.rows, total]);
-      if (this.subgroups && wt.rows % 4 === 0) {
-        const [gx, gy] = grid(total, MATVEC_SUBGROUP_OUTPUTS);
-        this.#dispatchRaw(matvecSubgroupKernel(wt.store, bias !== undefined, R), buffers, gx, gy);
-      } else {
-        const [gx, gy] = grid(total);
-        this.#dispatchRaw(matvecKernel(wt.store, bias !== undefined, R), buffers, gx, gy);
-      }
+      this.#matvec(o, xb, wt, 0, rows, b);
       return;
     }
     const tiles = Math.ceil(rows / MATMUL_ROWS);
     const total = wt.rows * tiles;
-    const buffers = [(out as GpuBuffer).buffer, (x as GpuBuffer).buffer, wt.buffer];
-    if (bias !== undefined) buffers.push((bias as GpuWeight).buffer);
+    const buffers = [o.buffer, xb.buffer, wt.buffer];
+    if (b !== undefined) buffers.push(b.buffer);
     this.#setUniform([rows, wt.cols, wt.rows, total]);
     const [gx, gy] = grid(total);
-    this.#dispatchRaw(matmulKernel(wt.store, bias !== undefined), buffers, gx, gy);
+    this.#dispatchRaw(matmulKernel(wt.store, b !== undefined), buffers, gx, gy);
+  }
+
+  /** Rows [rowBegin, rowEnd) of the product on the matvec kernel (inDim a multiple of 8): one pass over W per R rows. */
+  #matvec(out: GpuBuffer, x: GpuBuffer, w: GpuWeight, rowBegin: number, rowEnd: number, bias: GpuWeight | undefined): void {
+    const rows = rowEnd - rowBegin;
+    const R = rows >= 8 ? 8 : rows >= 4 ? 4 : rows >= 2 ? 2 : 1;
+    const total = w.rows * Math.ceil(rows / R);
+    const buffers = [out.buffer, x.buffer, w.buffer];
+    if (bias !== undefined) buffers.push(bias.buffer);
+    this.#setUniform([rowEnd, w.cols, w.rows, total, rowBegin]);
+    if (this.subgroups && w.rows % 4 === 0) {
+      const [gx, gy] = grid(total, MATVEC_SUBGROUP_OUTPUTS);
+      this.#dispatchRaw(matvecSubgroupKernel(w.store, bias !== undefined, R), buffers, gx, gy);
+    } else {
+      const [gx, gy] = grid(total);
+      this.#dispatchRaw(matvecKernel(w.store, bias !== undefined, R), buffers, gx, gy);
+    }
   }
 
   /**
    * How `matmul` runs the blocked kernel for this shape, or null where it takes another
-   * kernel (benchmarks report it). Tiles of 128 or 64 rows, whichever pads fewer rows (64
-   * only when it saves over a fifth: its micro-tile does half the FMAs per shared-memory
-   * read); K split when the tiles alone are too few workgroups to fill the GPU.
+   * kernel (benchmarks report it): planBlockedMatmul with this backend's options, cached per
+   * shape because decode steps call this for every matmul.
    */
   blockedMatmulPlan(rows: number, outDim: number, inDim: number): BlockedMatmulPlan | null {
-    if (rows < this.#blockedMinRows || inDim % 8 !== 0) return null;
-    const tileRows = this.#blockedTileRows ?? (Math.ceil(rows / 64) * 64 * 1.25 < Math.ceil(rows / 128) * 128 ? 64 : 128);
-    const rowTiles = Math.ceil(rows / tileRows);
-    const colTiles = Math.ceil(outDim / BLOCKED_MATMUL_COLS);
-    const steps = Math.ceil(inDim / BLOCKED_MATMUL_K_STEP);
-    const wanted =
-      this.#blockedSplitK ??
-      Math.min(Math.floor(this.#blockedWorkgroups / (rowTiles * colTiles)), Math.floor(inDim / BLOCKED_MATMUL_MIN_SPLIT_K));
-    const kPerSplit = Math.ceil(steps / Math.max(1, Math.min(wanted, steps))) * BLOCKED_MATMUL_K_STEP;
-    // Rounding kPerSplit up may leave fewer (never empty) ranges than asked for.
-    return { tileRows, rowTiles, colTiles, kPerSplit, splits: Math.ceil(inDim / kPerSplit) };
+    // A number key while it is exact (rows < 2^17, outDim < 2^18, inDim < 2^17), so a lookup builds no string.
+    const key = rows < 0x20000 && outDim < 0x40000 && inDim < 0x20000 ? (rows * 0x40000 + outDim) * 0x20000 + inDim : -1;
+    const cached = key >= 0 ? this.#blockedPlans.get(key) : undefined;
+    if (cached !== undefined) return cached;
+    const plan = planBlockedMatmul(rows, outDim, inDim, this.#blockedSettings);
+    if (key >= 0) this.#blockedPlans.set(key, plan);
+    return plan;
   }
 
-  /** The blocked matmul; with split K, partials in scratch summed by a second dispatch that also adds the bias. */
-  #blockedMatmul(plan: BlockedMatmulPlan, out: GpuBuffer, x: GpuBuffer, w: GpuWeight, rows: number, bias: GpuWeight | undefined): void {
-    const { tileRows, rowTiles, colTiles, kPerSplit, splits } = plan;
+  /** One block of the blocked matmul; with split K, partials in scratch summed by a second dispatch that also adds the bias. */
+  #blockedMatmul(block: BlockedMatmulBlock, out: GpuBuffer, x: GpuBuffer, w: GpuWeight, bias: GpuWeight | undefined): void {
+    const { rowBegin, rowEnd, tileRows, rowTiles, colTiles, kPerSplit, splits } = block;
     const outDim = w.rows;
     const [gx, gy] = grid(rowTiles * colTiles * splits);
-    const params = [rows, w.cols, outDim, rowTiles, colTiles, kPerSplit, splits, 0];
     if (splits === 1) {
       const buffers = [out.buffer, x.buffer, w.buffer];
       if (bias !== undefined) buffers.push(bias.buffer);
-      this.#setUniform(params);
+      this.#setUniform([rowEnd, w.cols, outDim, rowTiles, colTiles, kPerSplit, splits, rowBegin]);
       this.#dispatchRaw(blockedMatmulKernel(w.store, bias !== undefined, tileRows), buffers, gx, gy);
       return;
     }
-    // partials [splits][rows][outDim]
-    const partials = this.#ensureF32('matmulPartials', splits * rows * outDim);
-    this.#setUniform(params);
+    // partials [splits][rowEnd][outDim] (rows below rowBegin unused)
+    const partials = this.#ensureF32('matmulPartials', splits * rowEnd * outDim);
+    this.#setUniform([rowEnd, w.cols, outDim, rowTiles, colTiles, kPerSplit, splits, rowBegin]);
     this.#dispatchRaw(blockedMatmulKernel(w.store, false, tileRows), [partials.buffer, x.buffer, w.buffer], gx, gy);
     const buffers = [out.buffer, partials.buffer];
     if (bias !== undefined) buffers.push(bias.buffer);
-    this.#dispatch(blockedMatmulReduceKernel(bias !== undefined), [rows * outDim, outDim, splits, 0], buffers, rows * outDim);
+    const n = rowEnd * outDim;
+    const begin = rowBegin * outDim;
+    this.#dispatch(blockedMatmulReduceKernel(bias !== undefined), [n, outDim, splits, begin], buffers, n - begin);
   }
 
   rope(x: DeviceBuffer, positions: DeviceBuffer, rows: number, heads: number, rope: RopeSettings): void {

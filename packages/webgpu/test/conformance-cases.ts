@@ -423,6 +423,14 @@ export const cases: readonly ConformanceCase[] = [
   matmulCase(130, 160, 130, false, 'q8_0'),
   // The default split: one tile, K long enough for two ranges.
   matmulCase(64, 512, 64, false, 'f16'),
+  // The default plan's row ranges: 128-row tiles, then a matvec tail or a 64-row tile.
+  // 129 = 128 + a 1-row tail; 160 = 128 + a 64-row tile of 32 rows, K split in two in both
+  // blocks (the second block's reduce starts at its first row); 136 = 128 + an 8-row tail
+  // (outDim % 4 != 0: the tail on the plain matvec kernel); 132 with the tail capped at 4.
+  matmulCase(129, 64, 72, true, 'f16'),
+  matmulCase(160, 520, 36, false, 'f32'),
+  matmulCase(136, 96, 130, true, 'q8_0'),
+  matmulCase(132, 40, 64, true, 'f16', { label: 'tail of at most 4 rows', webgpu: { blockedMatmulTailRows: 4 } }),
   {
     name: 'embed, rmsnorm, silu-mul, add (in place and not), gather rows',
     tolerance: 1e-5,
