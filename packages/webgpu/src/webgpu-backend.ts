@@ -161,7 +161,8 @@ export interface WebGpuBackendOptions {
   readonly blockedMatmulMinRows?: number;
   /**
    * Force the blocked matmul's tile height for all rows (benchmarks); default: 128-row tiles,
-   * then a 64-row tile where the rows left fit one, then a matvec tail (see BlockedMatmulPlan).
+   * then, for the rows left, a matvec tail, a 64-row tile or one more 128-row tile (see
+   * planBlockedMatmul).
    */
   readonly blockedMatmulTileRows?: 64 | 128;
   /** Most trailing rows the blocked matmul leaves to the matvec kernel (default BLOCKED_MATMUL_TAIL_ROWS; 0: none). */
@@ -376,7 +377,7 @@ export class WebGpuBackend implements Backend {
   readonly #streamScatter: boolean;
   /** Lanes per key the stream kernel may use on this device (0: it cannot run). */
   readonly #streamLanes: number;
-  /** Fewest rows for the blocked matmul (Infinity when it is off). */
+  /** The blocked matmul's options, defaults applied (minRows Infinity when it is off). */
   readonly #blockedSettings: BlockedMatmulSettings;
   /** blockedMatmulPlan's plans by shape (see its key); null where the blocked kernel does not apply. */
   readonly #blockedPlans = new Map<number, BlockedMatmulPlan | null>();
