@@ -521,8 +521,9 @@ function blockedUnpackW(weight: StoreType): string {
  * (16 K values), and thread li loads vec4 li + 256n, i.e. row li / 4 + 64n, K quarter li % 4
  * (a warp: 8 rows x 64 bytes); W's step is 128 columns x 2 halves of 8 K values, and thread li
  * loads column li / 2, half li % 2 (a warp: 16 columns x 32 bytes of packed f16; 64 of f32;
- * 16 of Q8_0 and a scale). An H200 ran 1.1-1.3x faster with this than with one row or column
- * per lane (32 rows or columns a warp: BENCHMARKS.md, sixteenth session). W is unpacked to
+ * 16 of Q8_0 and a scale). At 128-512 rows an H200 ran 1.19-1.35x faster with this than with
+ * one row or column per lane (32 rows or columns a warp), 1.04-1.22x with Dawn's robustness on
+ * (BENCHMARKS.md, sixteenth session). W is unpacked to
  * f32 once, and both are stored transposed. Those stores conflict on banks (a warp's x stores
  * for one k hit 8 banks 4 deep, W's 16 banks 2 deep); an XOR swizzle that made them
  * conflict-free measured no faster (its FMA loop reads through the swizzled index).
