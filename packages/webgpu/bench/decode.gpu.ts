@@ -6,7 +6,10 @@
 // takes CONTEXT tokens of cache through the PageAllocator; at rates above 1x the real
 // KV-Compress Compressor (random metrics: the values do not change the speed) evicts and
 // compacts it, freeing blocks, before the next sequence is admitted. Then STEPS decode steps
-// append one token per sequence and are timed, host work included. Prefill is not run: the
+// append one token per sequence and are timed, host work included: each step is recorded,
+// submitted and waits for its ids, so its time is the host's recording plus the GPU's work.
+// PIPELINED=1 then times STEPS more as the engine runs them, the next step recorded while the
+// GPU runs the last (the host's time hidden where the GPU's is longer). Prefill is not run: the
 // prompt K/V are whatever the pool holds (zeros), which costs the same to attend over.
 //
 // Then one compression round planned on the host (metrics download -> plan -> compaction ->
@@ -14,13 +17,13 @@
 // decode step of that batch. The round as the engine runs it now, selected and compacted on
 // the device, is selection.gpu.ts.
 //
-// Env: SHAPE=8b|1b, KV_MIB (K+V pool), CONTEXT, RATES, STEPS, MAX_SEQS, WINDOW;
+// Env: SHAPE=8b|1b|tiny, KV_MIB (K+V pool), CONTEXT, RATES, STEPS, MAX_SEQS, WINDOW, PIPELINED;
 // BLOCKED_MATMUL=0 turns the blocked matmul off (A/B), BLOCKED_MIN_ROWS sets its threshold;
 // ATTENTION=wide|stream|auto picks the decode attention kernel (decodeAttention).
 // STREAM_THREADS / STREAM_MERGE_IN_SLOTS set the stream kernel's workgroup size and merge (see above).
 // Prints one JSON line per measurement. Build and run: see bench/run-gpu.sh.
 /// <reference types="@webgpu/types" />
-import { kvShapeOf, type ModelConfig, type SlotMoveList } from '@kvcompress/core';
+import { type DeviceBuffer, kvShapeOf, type ModelConfig, type SlotMoveList } from '@kvcompress/core';
 import { Compressor, getPolicy } from '@kvcompress/eviction';
 import { MetricStore } from '@kvcompress/metrics';
 import { type ForwardStep, LlamaModel } from '@kvcompress/models';
@@ -40,6 +43,9 @@ const WARMUP = 3;
 const MAX_SEQS = Number(env('MAX_SEQS', '256'));
 const WINDOW = Number(env('WINDOW', '16'));
 const ROUND_SEQS = Number(env('ROUND_SEQS', '64'));
+// PIPELINED=1: after the sequential steps, STEPS more as the engine's pipelined decode runs them
+// (pipelined* fields); each sequence then reserves room for them, so fewer may fit than without.
+const PIPELINED = env('PIPELINED', '0') === '1';
 const B = 16;
 
 const config: ModelConfig = shapeNamed(SHAPE);
@@ -132,12 +138,19 @@ const seqSlots = new Int32Array(units);
 const logitRows = Int32Array.from({ length: MAX_SEQS }, (_, i) => i);
 const greedy = backend.createBuffer(MAX_SEQS, 'i32');
 const greedyHost = new Int32Array(MAX_SEQS);
+// The pipelined steps alternate between two id buffers (see timePipelinedSteps).
+const greedyB = backend.createBuffer(MAX_SEQS, 'i32');
+const greedyHostB = new Int32Array(MAX_SEQS);
 
 /** Host time spent building and recording steps (the GPU runs behind it). */
 let hostMs = 0;
 
-/** One greedy decode step over every sequence of the batch; returns after the ids are back. */
-async function decodeStep(batch: Batch): Promise<void> {
+/**
+ * Records and submits one greedy decode step over every sequence of the batch, its ids picked
+ * into `into`. Its tokens are the host's ids (greedyHost) or, with `deviceTokens`, the previous
+ * step's device-picked ids, as the engine's pipelined decode feeds them.
+ */
+function recordStep(batch: Batch, deviceTokens: DeviceBuffer | null, into: DeviceBuffer): void {
   const t = performance.now();
   const { allocator, sequences } = batch;
   const rows = sequences.length;
@@ -157,15 +170,22 @@ async function decodeStep(batch: Batch): Promise<void> {
     slots: stepSlots,
     logitRows,
     logitCount: rows,
+    deviceTokens,
   };
   model.forward(step, allocator);
-  backend.argmax(greedy, model.logits, rows, config.vocabSize);
+  backend.argmax(into, model.logits, rows, config.vocabSize);
   backend.flush();
   hostMs += performance.now() - t;
-  await backend.read(greedy, greedyHost, 0, rows);
+}
+
+/** One greedy decode step over every sequence of the batch; returns after the ids are back. */
+async function decodeStep(batch: Batch): Promise<void> {
+  recordStep(batch, null, greedy);
+  await backend.read(greedy, greedyHost, 0, batch.sequences.length);
 }
 
 let lastHostMs = 0;
+/** Wall ms per step of `steps` sequential steps (each waits for its ids), after WARMUP steps. */
 async function timeSteps(batch: Batch, steps: number): Promise<number> {
   for (let i = 0; i < WARMUP; i++) {
     await decodeStep(batch);
@@ -178,20 +198,58 @@ async function timeSteps(batch: Batch, steps: number): Promise<number> {
   return (performance.now() - t) / steps;
 }
 
+/**
+ * Wall ms per step of `steps` steps as the engine's pipelined decode runs them
+ * (EngineOptions.pipelineDecode): step i + 1 is recorded and submitted, fed step i's
+ * device-picked ids, before step i's ids are read, so the host's recording overlaps the GPU.
+ */
+async function timePipelinedSteps(batch: Batch, steps: number): Promise<number> {
+  const rows = batch.sequences.length;
+  await decodeStep(batch); // its ids feed the first pipelined step from the host
+  const t = performance.now();
+  hostMs = 0;
+  let pending: Promise<void> | null = null;
+  for (let i = 0; i < steps; i++) {
+    // Step i picks into one buffer while step i - 1's, in the other, feeds it.
+    const [into, from, ids] = i % 2 === 0 ? [greedy, greedyB, greedyHost] : [greedyB, greedy, greedyHostB];
+    recordStep(batch, i === 0 ? null : from, into);
+    const read = backend.read(into, ids, 0, rows);
+    if (pending !== null) await pending;
+    pending = read;
+  }
+  await pending;
+  lastHostMs = hostMs / steps;
+  return (performance.now() - t) / steps;
+}
+
 // 1. Throughput at a fixed KV budget for each rate.
+let pipelinedBaseline = 0;
 let baseline = 0;
 for (const rate of RATES) {
   backend.clearKvCache();
   greedyHost.fill(0);
   const t = performance.now();
   debug(`rate ${rate}: admitting`);
-  const batch = admit(rate, CONTEXT, WARMUP + STEPS, MAX_SEQS, true);
+  const batch = admit(rate, CONTEXT, WARMUP + STEPS + (PIPELINED ? STEPS + 1 : 0), MAX_SEQS, true);
   debug(`rate ${rate}: ${batch.sequences.length} sequences`);
   const admitMs = performance.now() - t;
   const usage = batch.allocator.usage();
   const ms = await timeSteps(batch, STEPS);
+  const hostMsPerStep = lastHostMs;
   const tokensPerSecond = (batch.sequences.length * 1000) / ms;
   if (rate === 1) baseline = tokensPerSecond;
+  let pipelined = {};
+  if (PIPELINED) {
+    const pipelinedMs = await timePipelinedSteps(batch, STEPS);
+    const pipelinedTokensPerSecond = (batch.sequences.length * 1000) / pipelinedMs;
+    if (rate === 1) pipelinedBaseline = pipelinedTokensPerSecond;
+    pipelined = {
+      pipelinedStepMs: pipelinedMs,
+      pipelinedHostMsPerStep: lastHostMs,
+      pipelinedTokensPerSecond,
+      pipelinedVsRate1: pipelinedBaseline > 0 ? pipelinedTokensPerSecond / pipelinedBaseline : null,
+    };
+  }
   print({
     kind: 'throughput',
     kvMiB: KV_MIB,
@@ -203,9 +261,10 @@ for (const rate of RATES) {
     totalBlocks: numBlocks,
     admitMs: Math.round(admitMs),
     stepMs: ms,
-    hostMsPerStep: lastHostMs,
+    hostMsPerStep,
     tokensPerSecond,
     vsRate1: baseline > 0 ? tokensPerSecond / baseline : null,
+    ...pipelined,
   });
 }
 
