@@ -101,8 +101,6 @@ export class DeviceLostError extends KvCompressError {
   }
 }
 
-let nextBufferId = 1;
-
 export class GpuBuffer implements DeviceBuffer {
   readonly buffer: GPUBuffer;
   readonly length: number;
@@ -275,6 +273,14 @@ interface Pipeline {
   readonly pipeline: GPUComputePipeline;
   readonly layout: GPUBindGroupLayout;
   readonly source: KernelSource;
+  /** Bind groups made for this pipeline, by uniform offset (see WebGpuBackend.#bindGroup). */
+  readonly bindGroups: Map<number, CachedBindGroup[]>;
+}
+
+/** A bind group and the storage buffers it binds after the uniform slot, in binding order. */
+interface CachedBindGroup {
+  readonly buffers: readonly GPUBuffer[];
+  readonly group: GPUBindGroup;
 }
 
 /**
@@ -313,7 +319,6 @@ export class WebGpuBackend implements Backend {
   readonly subgroups: boolean;
   #lost: string | null = null;
   #pipelines = new Map<string, Pipeline>();
-  #bindGroups = new Map<string, GPUBindGroup>();
   #uniforms: GPUBuffer;
   #uniformSlot = 0;
   /**
@@ -1622,7 +1627,7 @@ export class WebGpuBackend implements Backend {
     this.#named.clear();
     for (const pool of this.#staging.values()) for (const b of pool) b.destroy();
     this.#staging.clear();
-    this.#bindGroups.clear();
+    for (const p of this.#pipelines.values()) p.bindGroups.clear();
     this.#tablesVersion = -1;
     this.#rowInfoUploaded = null;
     this.#groupRowsUploaded = null;
@@ -1801,7 +1806,7 @@ export class WebGpuBackend implements Backend {
     if (p === undefined) {
       const module = this.device.createShaderModule({ code: source.code, label: source.key });
       const pipeline = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: source.key });
-      p = { module, pipeline, layout: pipeline.getBindGroupLayout(0), source };
+      p = { module, pipeline, layout: pipeline.getBindGroupLayout(0), source, bindGroups: new Map() };
       this.#pipelines.set(source.key, p);
     }
     return p;
@@ -1870,17 +1875,23 @@ export class WebGpuBackend implements Backend {
     return out;
   }
 
+  /**
+   * The bind group of `p` with the uniform slot at `uniformOffset` and `buffers`, made once.
+   * Looked up by offset, then by the buffers' identity: a dispatch builds no key (decode steps
+   * make hundreds), and one pipeline at one slot sees few buffer sets.
+   */
   #bindGroup(p: Pipeline, buffers: GPUBuffer[], uniformOffset: number): GPUBindGroup {
-    let key = `${p.source.key}@${uniformOffset}`;
-    for (const b of buffers) key += `,${bufferId(b)}`;
-    let bg = this.#bindGroups.get(key);
-    if (bg === undefined) {
-      const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: this.#uniforms, offset: uniformOffset, size: 48 } }];
-      for (const [i, buffer] of buffers.entries()) entries.push({ binding: i + 1, resource: { buffer } });
-      bg = this.device.createBindGroup({ layout: p.layout, entries });
-      this.#bindGroups.set(key, bg);
+    let cached = p.bindGroups.get(uniformOffset);
+    if (cached === undefined) {
+      cached = [];
+      p.bindGroups.set(uniformOffset, cached);
     }
-    return bg;
+    for (const c of cached) if (sameBuffers(c.buffers, buffers)) return c.group;
+    const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: this.#uniforms, offset: uniformOffset, size: 48 } }];
+    for (const [i, buffer] of buffers.entries()) entries.push({ binding: i + 1, resource: { buffer } });
+    const group = this.device.createBindGroup({ layout: p.layout, entries });
+    cached.push({ buffers: buffers.slice(), group });
+    return group;
   }
 
   #beginPass(): GPUComputePassEncoder {
@@ -1896,14 +1907,10 @@ export class WebGpuBackend implements Backend {
   }
 }
 
-const ids = new WeakMap<GPUBuffer, number>();
-function bufferId(b: GPUBuffer): number {
-  let id = ids.get(b);
-  if (id === undefined) {
-    id = nextBufferId++;
-    ids.set(b, id);
-  }
-  return id;
+function sameBuffers(a: readonly GPUBuffer[], b: readonly GPUBuffer[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** Workgroup grid for n threads: x at most 65535, the rest in y. */
