@@ -29,6 +29,7 @@ import { MetricStore } from '@kvcompress/metrics';
 import { type ForwardStep, LlamaModel } from '@kvcompress/models';
 import { PageAllocator } from '@kvcompress/page-allocator';
 import { requestWebGpuDevice } from '../src/device.ts';
+import { type PipelinedIds, timePipelinedSteps } from './pipelined-steps.ts';
 import { randomWeightBackend, shapeNamed, syntheticModel, syntheticModelBytes } from './synthetic-llama.ts';
 
 const env = (name: string, fallback: string): string => process.env[name] ?? fallback;
@@ -138,9 +139,11 @@ const seqSlots = new Int32Array(units);
 const logitRows = Int32Array.from({ length: MAX_SEQS }, (_, i) => i);
 const greedy = backend.createBuffer(MAX_SEQS, 'i32');
 const greedyHost = new Int32Array(MAX_SEQS);
-// The pipelined steps alternate between two id buffers (see timePipelinedSteps).
-const greedyB = backend.createBuffer(MAX_SEQS, 'i32');
-const greedyHostB = new Int32Array(MAX_SEQS);
+// The pipelined steps alternate between greedy and a second id buffer (timePipelinedSteps).
+const pipelinedIds: PipelinedIds = {
+  device: [greedy, backend.createBuffer(MAX_SEQS, 'i32')],
+  host: [greedyHost, new Int32Array(MAX_SEQS)],
+};
 
 /** Host time spent building and recording steps (the GPU runs behind it). */
 let hostMs = 0;
@@ -150,7 +153,7 @@ let hostMs = 0;
  * into `into`. Its tokens are the host's ids (greedyHost) or, with `deviceTokens`, the previous
  * step's device-picked ids, as the engine's pipelined decode feeds them.
  */
-function recordStep(batch: Batch, deviceTokens: DeviceBuffer | null, into: DeviceBuffer): void {
+function recordStep(batch: Batch, deviceTokens: DeviceBuffer | null, into: DeviceBuffer): number {
   const t = performance.now();
   const { allocator, sequences } = batch;
   const rows = sequences.length;
@@ -175,7 +178,9 @@ function recordStep(batch: Batch, deviceTokens: DeviceBuffer | null, into: Devic
   model.forward(step, allocator);
   backend.argmax(into, model.logits, rows, config.vocabSize);
   backend.flush();
-  hostMs += performance.now() - t;
+  const ms = performance.now() - t;
+  hostMs += ms;
+  return ms;
 }
 
 /** One greedy decode step over every sequence of the batch; returns after the ids are back. */
@@ -198,30 +203,6 @@ async function timeSteps(batch: Batch, steps: number): Promise<number> {
   return (performance.now() - t) / steps;
 }
 
-/**
- * Wall ms per step of `steps` steps as the engine's pipelined decode runs them
- * (EngineOptions.pipelineDecode): step i + 1 is recorded and submitted, fed step i's
- * device-picked ids, before step i's ids are read, so the host's recording overlaps the GPU.
- */
-async function timePipelinedSteps(batch: Batch, steps: number): Promise<number> {
-  const rows = batch.sequences.length;
-  await decodeStep(batch); // its ids feed the first pipelined step from the host
-  const t = performance.now();
-  hostMs = 0;
-  let pending: Promise<void> | null = null;
-  for (let i = 0; i < steps; i++) {
-    // Step i picks into one buffer while step i - 1's, in the other, feeds it.
-    const [into, from, ids] = i % 2 === 0 ? [greedy, greedyB, greedyHost] : [greedyB, greedy, greedyHostB];
-    recordStep(batch, i === 0 ? null : from, into);
-    const read = backend.read(into, ids, 0, rows);
-    if (pending !== null) await pending;
-    pending = read;
-  }
-  await pending;
-  lastHostMs = hostMs / steps;
-  return (performance.now() - t) / steps;
-}
-
 // 1. Throughput at a fixed KV budget for each rate.
 let pipelinedBaseline = 0;
 let baseline = 0;
@@ -240,12 +221,19 @@ for (const rate of RATES) {
   if (rate === 1) baseline = tokensPerSecond;
   let pipelined = {};
   if (PIPELINED) {
-    const pipelinedMs = await timePipelinedSteps(batch, STEPS);
+    await decodeStep(batch); // its ids feed the first pipelined step from the host
+    const { stepMs: pipelinedMs, hostMsPerStep: pipelinedHostMs } = await timePipelinedSteps(
+      backend,
+      STEPS,
+      batch.sequences.length,
+      pipelinedIds,
+      (from, into) => recordStep(batch, from, into),
+    );
     const pipelinedTokensPerSecond = (batch.sequences.length * 1000) / pipelinedMs;
     if (rate === 1) pipelinedBaseline = pipelinedTokensPerSecond;
     pipelined = {
       pipelinedStepMs: pipelinedMs,
-      pipelinedHostMsPerStep: lastHostMs,
+      pipelinedHostMsPerStep: pipelinedHostMs,
       pipelinedTokensPerSecond,
       pipelinedVsRate1: pipelinedBaseline > 0 ? pipelinedTokensPerSecond / pipelinedBaseline : null,
     };

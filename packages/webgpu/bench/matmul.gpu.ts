@@ -1,10 +1,11 @@
 // Matmul kernels on a real GPU, side by side in one process: the subgroup matvec kernel (up to
 // 8 rows per workgroup), the tiled kernel (32- and 64-row tiles) and the register-blocked
 // kernel (the backend's plan; the plan without its matvec tail; each tile height forced for
-// all rows) for the Llama-3.1-8B projection shapes, f16 weights, across batch sizes. Prints one JSON line per (shape, rows, kernel): ms,
-// TFLOP/s, weight GB/s, and whether sampled outputs match the host (inputs are multiples of
-// 1/8 and 1/16 small enough that every order of summation is exact); then one summary line
-// per (shape, rows): the blocked kernel's default against the faster of matvec and tiled.
+// all rows) for the Llama-3.1-8B projection shapes, f16 weights, across batch sizes. Prints
+// one JSON line per (shape, rows, kernel): ms, TFLOP/s, weight GB/s, and whether sampled
+// outputs match the host (inputs are multiples of 1/8 and 1/16 small enough that every order
+// of summation is exact); then one summary line per (shape, rows): the blocked kernel's
+// default against the faster of matvec and tiled.
 //   ROWS=32,64,128        batch sizes (default 32..512)
 //   SHAPES=4096x4096      out x in (default the three 8B shapes)
 //   KERNELS=tiled64,blocked   which of: matvec tiled32 tiled64 blocked blocked-notail blocked64 blocked128 (default all)

@@ -66,6 +66,7 @@ import { type ForwardStep, LlamaModel } from '@kvcompress/models';
 import { PageAllocator } from '@kvcompress/page-allocator';
 import { requestWebGpuDevice } from '../src/device.ts';
 import type { CompactionStats, WebGpuBackend } from '../src/webgpu-backend.ts';
+import { type PipelinedIds, timePipelinedSteps } from './pipelined-steps.ts';
 import { randomWeightBackend, shapeNamed, syntheticModel, syntheticModelBytes } from './synthetic-llama.ts';
 
 const env = (name: string, fallback: string): string => process.env[name] ?? fallback;
@@ -264,8 +265,11 @@ const seqSlots = new Int32Array(units);
 const logitRows = Int32Array.from({ length: SEQS }, (_, i) => i);
 const greedy = backend.createBuffer(SEQS, 'i32');
 const greedyHost = new Int32Array(SEQS);
-const greedyB = backend.createBuffer(SEQS, 'i32');
-const greedyHostB = new Int32Array(SEQS);
+// The pipelined steps alternate between greedy and a second id buffer (timePipelinedSteps).
+const pipelinedIds: PipelinedIds = {
+  device: [greedy, backend.createBuffer(SEQS, 'i32')],
+  host: [greedyHost, new Int32Array(SEQS)],
+};
 const recording: MetricRecording = {
   values: store.values,
   rowFlags: new Uint8Array(SEQS).fill(1),
@@ -315,31 +319,17 @@ async function decodeStep(m: LlamaModel): Promise<number> {
   return hostMs;
 }
 
-/**
- * STEPS decode steps as the engine's pipelined decode runs them (EngineOptions.pipelineDecode):
- * step i + 1 is recorded and submitted, fed step i's device-picked ids, before step i's ids are
- * read, so the host's recording overlaps the GPU's work. Returns the wall ms per step.
- */
-async function timePipelinedSteps(m: LlamaModel, label: string): Promise<number> {
+/** STEPS pipelined decode steps (see timePipelinedSteps in pipelined-steps.ts); returns the wall ms per step. */
+async function timePipelined(m: LlamaModel, label: string): Promise<number> {
   await decodeStep(m); // warm-up; its ids feed the first pipelined step from the host
-  const t = performance.now();
-  let host = 0;
-  let pending: Promise<void> | null = null;
-  for (let i = 0; i < STEPS; i++) {
-    // Step i picks into one buffer while step i - 1's, in the other, feeds it.
-    const [into, from, hostIds] = i % 2 === 0 ? [greedy, greedyB, greedyHost] : [greedyB, greedy, greedyHostB];
-    host += recordStep(m, i === 0 ? null : from, into);
-    const read = backend.read(into, hostIds, 0, sequences.length);
-    if (pending !== null) await pending;
-    pending = read;
-  }
-  await pending;
-  const ms = (performance.now() - t) / STEPS;
+  const { stepMs: ms, hostMsPerStep } = await timePipelinedSteps(backend, STEPS, sequences.length, pipelinedIds, (from, into) =>
+    recordStep(m, from, into),
+  );
   print({
     kind: 'step',
     when: `${label}, pipelined`,
     stepMs: ms,
-    hostMsPerStep: host / STEPS,
+    hostMsPerStep,
     tokens: allocator.nextPosition(sequences[0] as number),
   });
   return ms;
@@ -518,7 +508,7 @@ let stepMs: number | null = null;
 let pipelinedStepMs: number | null = null;
 if (model !== null) {
   stepMs = await timeSteps(model, 'before the round');
-  pipelinedStepMs = await timePipelinedSteps(model, 'before the round');
+  pipelinedStepMs = await timePipelined(model, 'before the round');
 }
 const rounds: number[] = [];
 // Warm-up (pipelines, scratch buffers), then the timed repeats, each from the uncompressed cache.
@@ -586,7 +576,7 @@ if (model !== null) {
   await fill();
   await deviceRound();
   stepAfterMs = await timeSteps(model, 'after the round');
-  pipelinedStepAfterMs = await timePipelinedSteps(model, 'after the round');
+  pipelinedStepAfterMs = await timePipelined(model, 'after the round');
 }
 if (HOST) {
   await fill();

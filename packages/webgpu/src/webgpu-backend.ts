@@ -787,16 +787,17 @@ export class WebGpuBackend implements Backend {
     const { rowBegin, rowEnd, tileRows, rowTiles, colTiles, kPerSplit, splits } = block;
     const outDim = w.rows;
     const [gx, gy] = grid(rowTiles * colTiles * splits);
+    const params = [rowEnd, w.cols, outDim, rowTiles, colTiles, kPerSplit, splits, rowBegin];
     if (splits === 1) {
       const buffers = [out.buffer, x.buffer, w.buffer];
       if (bias !== undefined) buffers.push(bias.buffer);
-      this.#setUniform([rowEnd, w.cols, outDim, rowTiles, colTiles, kPerSplit, splits, rowBegin]);
+      this.#setUniform(params);
       this.#dispatchRaw(blockedMatmulKernel(w.store, bias !== undefined, tileRows), buffers, gx, gy);
       return;
     }
     // partials [splits][rowEnd][outDim] (rows below rowBegin unused)
     const partials = this.#ensureF32('matmulPartials', splits * rowEnd * outDim);
-    this.#setUniform([rowEnd, w.cols, outDim, rowTiles, colTiles, kPerSplit, splits, rowBegin]);
+    this.#setUniform(params);
     this.#dispatchRaw(blockedMatmulKernel(w.store, false, tileRows), [partials.buffer, x.buffer, w.buffer], gx, gy);
     const buffers = [out.buffer, partials.buffer];
     if (bias !== undefined) buffers.push(bias.buffer);
