@@ -17,7 +17,11 @@
 // decode step of that batch. The round as the engine runs it now, selected and compacted on
 // the device, is selection.gpu.ts.
 //
-// Env: SHAPE=8b|1b|tiny, KV_MIB (K+V pool), CONTEXT, RATES, STEPS, MAX_SEQS, WINDOW, PIPELINED;
+// PROFILE=1 instead times one step per rate on the GPU, kernel by kernel (timestamp queries, each
+// dispatch in its own pass; `profile` lines: GPU ms and dispatches per kernel, and their sum
+// against the step's wall time), and skips the timed steps and the round.
+//
+// Env: SHAPE=8b|1b|tiny, KV_MIB (K+V pool), CONTEXT, RATES, STEPS, MAX_SEQS, WINDOW, PIPELINED, PROFILE;
 // BLOCKED_MATMUL=0 turns the blocked matmul off (A/B), BLOCKED_MIN_ROWS sets its threshold;
 // ATTENTION=wide|stream|auto picks the decode attention kernel (decodeAttention).
 // STREAM_THREADS / STREAM_MERGE_IN_SLOTS set the stream kernel's workgroup size and merge (see above).
@@ -47,12 +51,13 @@ const ROUND_SEQS = Number(env('ROUND_SEQS', '64'));
 // PIPELINED=1: after the sequential steps, STEPS more as the engine's pipelined decode runs them
 // (pipelined* fields); each sequence then reserves room for them, so fewer may fit than without.
 const PIPELINED = env('PIPELINED', '0') === '1';
+const PROFILE = env('PROFILE', '0') === '1';
 const B = 16;
 
 const config: ModelConfig = shapeNamed(SHAPE);
 
 // ROBUSTNESS=0: Dawn's bounds-checking transform off (DeviceOptions.robustness).
-const device = await requestWebGpuDevice({ robustness: process.env['ROBUSTNESS'] !== '0' });
+const device = await requestWebGpuDevice({ robustness: process.env['ROBUSTNESS'] !== '0', timestamps: PROFILE });
 // Dawn's Node binding resolves promises from its own polling; keep the event loop alive
 // while we wait on them (older webgpu releases let Node exit mid-await otherwise).
 const keepAlive = setInterval(() => {}, 1000);
@@ -69,6 +74,9 @@ const backend = randomWeightBackend(device, debug, {
   // STREAM_THREADS=128|256, STREAM_MERGE_IN_SLOTS=0|1: the stream kernel's layout (default: the backend's).
   ...(process.env['STREAM_THREADS'] ? { streamWorkgroupSize: Number(process.env['STREAM_THREADS']) as 128 | 256 } : {}),
   ...(process.env['STREAM_MERGE_IN_SLOTS'] ? { streamMergeInSlots: process.env['STREAM_MERGE_IN_SLOTS'] === '1' } : {}),
+  // SPLIT_MATVEC=0: the previous subgroup matvec for decode-sized matmuls (splitMatvec, A/B).
+  splitMatvec: env('SPLIT_MATVEC', '1') !== '0',
+  profile: PROFILE,
 });
 const t0 = performance.now();
 const model = new LlamaModel(syntheticModel(config), backend, { maxRows: MAX_SEQS });
@@ -215,6 +223,24 @@ for (const rate of RATES) {
   debug(`rate ${rate}: ${batch.sequences.length} sequences`);
   const admitMs = performance.now() - t;
   const usage = batch.allocator.usage();
+  if (PROFILE) {
+    for (let i = 0; i < WARMUP; i++) await decodeStep(batch);
+    await backend.readProfile();
+    const t0 = performance.now();
+    await decodeStep(batch);
+    const stepMs = performance.now() - t0;
+    const kernels: Record<string, { ms: number; dispatches: number }> = {};
+    let gpuMs = 0;
+    for (const { kernel, ms } of await backend.readProfile()) {
+      const k = kernels[kernel] ?? { ms: 0, dispatches: 0 };
+      k.ms += ms;
+      k.dispatches++;
+      kernels[kernel] = k;
+      gpuMs += ms;
+    }
+    print({ kind: 'profile', rate, context: CONTEXT, sequences: batch.sequences.length, stepMs, gpuMs, kernels });
+    continue;
+  }
   const ms = await timeSteps(batch, STEPS);
   const hostMsPerStep = lastHostMs;
   const tokensPerSecond = (batch.sequences.length * 1000) / ms;
@@ -257,7 +283,7 @@ for (const rate of RATES) {
 }
 
 // 2. One compression round for ROUND_SEQS sequences filling the pool, against a decode step.
-if (ROUND_SEQS > 0) {
+if (ROUND_SEQS > 0 && !PROFILE) {
   backend.clearKvCache();
   const roundContext = Math.floor((numBlocks / (ROUND_SEQS * units)) * 0.95) * B - 2 * B;
   const rate = Number(env('ROUND_RATE', '8'));

@@ -368,6 +368,150 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   }));
 }
 
+/** Work items of one workgroup of `matvecSplitKernel`: (block of outputs, K slice) pairs, one per 32-lane subgroup. */
+export const MATVEC_SPLIT_ITEMS = 8;
+/** Items (block, K slice) the split matvec's K split aims for with 1-2 rows (half from 3): see planSplitMatvec. */
+export const MATVEC_SPLIT_TARGET = 4096;
+/** Longest K slice of the split matvec from 3 rows, in 8-weight steps (see planSplitMatvec). */
+export const MATVEC_SPLIT_SLICE_STEPS = 256;
+/** Most rows of one pass over W of the split matvec (its accumulators are rows x outputs registers). */
+export const MATVEC_SPLIT_MAX_ROWS = 16;
+/** Fewest 8-weight steps of one K slice of the split matvec. */
+export const MATVEC_SPLIT_MIN_STEPS = 32;
+
+/**
+ * The matvec for devices with subgroups, for decode steps of 1-16 rows, which are bound by
+ * reading W once: a workgroup's MATVEC_SPLIT_ITEMS items are (block of O consecutive outputs
+ * for R rows, K slice of `p.slice` 8-weight steps), KS slices a block. A subgroup takes an
+ * item: its lanes stride the slice 8 weights (16 bytes of packed f16) at a time, issuing the
+ * loads of U strides (U x O weight loads in flight a lane) before their FMAs, and sum with
+ * subgroupAdd; the KS slices of a block meet in workgroup memory. Splitting K gives a small
+ * matrix (the K/V projections) enough subgroups to keep the memory busy, and the unrolled
+ * loads keep more bytes in flight a lane. R is any count up to MATVEC_SPLIT_MAX_ROWS, so a
+ * batch of 6 computes 6 rows, not 8: from a few rows on the FMAs (R a weight) and the loads of
+ * x (2R vec4 a stride) bound the kernel, not W. Rows past the batch (the last tile's) read its
+ * last row (no branch in the loop) and are not written. Rows rowBegin .. rows - 1; blocks =
+ * outDim / O x row tiles.
+ */
+export function matvecSplitKernel(
+  weight: StoreType,
+  bias: boolean,
+  rowsPerGroup: number,
+  outputs: 4 | 8,
+  unroll: 1 | 2 | 4,
+  splitK: 1 | 2 | 4 | 8,
+): KernelSource {
+  if (!Number.isInteger(rowsPerGroup) || rowsPerGroup < 1 || rowsPerGroup > MATVEC_SPLIT_MAX_ROWS) {
+    throw new RangeError(`matvecSplitKernel takes 1..${MATVEC_SPLIT_MAX_ROWS} rows a pass, got ${rowsPerGroup}.`);
+  }
+  const key = `matvec-split:${weight}:${bias}:${rowsPerGroup}:${outputs}:${unroll}:${splitK}`;
+  const hit = builtKernel(key);
+  if (hit !== undefined) return hit;
+  const R = rowsPerGroup;
+  const O = outputs;
+  const U = unroll;
+  const KS = splitK;
+  const BPW = MATVEC_SPLIT_ITEMS / KS; // blocks of a workgroup
+  const rs = Array.from({ length: R }, (_, i) => i);
+  const os = Array.from({ length: O }, (_, i) => i);
+  const qs = Array.from({ length: O / 4 }, (_, i) => i);
+  const us = Array.from({ length: U }, (_, i) => i);
+  const lines = (xs: number[], f: (x: number) => string, sep = '\n        ') => xs.map(f).join(sep);
+  // One stride u of the loop at K step `at`: O weight loads, then R rows' two x vec4 each.
+  const loads = (u: number, at: string) => lines(os, (o) => loadWeights8(weight, `w${u}_${o}`, `wrow${o} + ${at}`));
+  const fmas = (u: number, at: string) =>
+    lines(
+      rs,
+      (r) => `{
+          let xa = x[xrow${r} + 2u * (${at})];
+          let xb = x[xrow${r} + 2u * (${at}) + 1u];
+          ${lines(qs, (q) => `acc${r}_${q} += vec4f(${[0, 1, 2, 3].map((i) => `dot(xa, w${u}_${4 * q + i}0) + dot(xb, w${u}_${4 * q + i}1)`).join(', ')});`, '\n          ')}
+        }`,
+    );
+  return memo(key, () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+enable subgroups;
+struct P { rows: u32, inDim: u32, outDim: u32, blocks: u32, rowBegin: u32, slice: u32, pad0: u32, pad1: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<vec4f>;
+@group(0) @binding(3) var<storage, read> W: ${vecWeightType(weight)};
+${bias ? '@group(0) @binding(4) var<storage, read> b: array<f32>;' : ''}
+const R = ${R}u;
+const O = ${O}u;
+const KS = ${KS}u;
+const BPW = ${BPW}u;
+var<workgroup> part: array<vec4f, ${MATVEC_SPLIT_ITEMS * R * (O / 4)}>; // [item][row][quad of outputs]
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32,
+        @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32) {
+  ${FLAT_ID}
+  let sg = li / sgs;
+  let nsg = 256u / sgs;
+  let steps = p.inDim / 8u;
+  let perTile = p.outDim / O;
+  // A trip count uniform across the workgroup keeps subgroupAdd in uniform control flow.
+  for (var k = 0u; k < max(1u, ${MATVEC_SPLIT_ITEMS}u / nsg); k++) {
+    let item = sg + k * nsg;
+    let blk = wid * BPW + item / KS;
+    let live = item < ${MATVEC_SPLIT_ITEMS}u && blk < p.blocks;
+    let bc = min(blk, p.blocks - 1u);
+    let j = (bc % perTile) * O;
+    let r0 = p.rowBegin + (bc / perTile) * R;
+    ${lines(os, (o) => `let wrow${o} = (j + ${o}u) * steps;`, '\n    ')}
+    ${lines(rs, (r) => `let xrow${r} = min(r0 + ${r}u, p.rows - 1u) * (p.inDim / 4u);`, '\n    ')}
+    let begin = (item % KS) * p.slice;
+    let end = min(begin + p.slice, steps);
+    ${lines(rs, (r) => lines(qs, (q) => `var acc${r}_${q} = vec4f();`, ' '), '\n    ')}
+    if (live) {
+      var i8 = begin + lane;
+      ${
+        U > 1
+          ? `for (; i8 + ${U - 1}u * sgs < end; i8 += ${U}u * sgs) {
+        ${lines(us, (u) => loads(u, `i8 + ${u}u * sgs`))}
+        ${lines(us, (u) => fmas(u, `i8 + ${u}u * sgs`))}
+      }`
+          : ''
+      }
+      for (; i8 < end; i8 += sgs) {
+        ${loads(0, 'i8')}
+        ${fmas(0, 'i8')}
+      }
+    }
+    ${lines(
+      rs,
+      (r) =>
+        lines(
+          qs,
+          (q) => `{
+      let t = subgroupAdd(acc${r}_${q});
+      if (lane == 0u && item < ${MATVEC_SPLIT_ITEMS}u) { part[(item * R + ${r}u) * ${O / 4}u + ${q}u] = t; }
+    }`,
+          '\n    ',
+        ),
+      '\n    ',
+    )}
+  }
+  workgroupBarrier();
+  // Each output of the workgroup's blocks: its KS slices summed.
+  for (var t = li; t < BPW * R * O; t += 256u) {
+    let o = t % O;
+    let rr = (t / O) % R;
+    let bb = t / (O * R);
+    let blk = wid * BPW + bb;
+    let r = p.rowBegin + (blk / perTile) * R + rr;
+    if (blk < p.blocks && r < p.rows) {
+      var s = 0.0;
+      for (var ks = 0u; ks < KS; ks++) { s += part[((bb * KS + ks) * R + rr) * ${O / 4}u + o / 4u][o % 4u]; }
+      let jj = (blk % perTile) * O + o;
+      out[r * p.outDim + jj] = s${bias ? ' + b[jj]' : ''};
+    }
+  }
+}`,
+  }));
+}
+
 /** Output columns of a tiled-matmul workgroup. */
 export const TILED_MATMUL_TILE = 64;
 /** Batches of at least this many rows use the tiled matmul (below it, re-reading W per 8 rows in the matvec kernel is faster on an H100: BENCHMARKS.md). */
@@ -453,12 +597,12 @@ export const BLOCKED_MATMUL_COLS = 128;
 export const BLOCKED_MATMUL_K_STEP = 16;
 /**
  * Batches of at least this many rows use the blocked matmul where it applies (inDim a
- * multiple of 8); below, the matvec kernel (one pass over W per 8 rows). On an H200 (f16
- * weights, the 8B shapes and LM head) the two about tie at 24 rows, and the blocked one's
- * 64-row tile is 1.3-2.8x faster at 40-56 (BENCHMARKS.md, sixteenth session). Backend option
- * `blockedMatmulMinRows` overrides it.
+ * multiple of 8); below, a matvec kernel (the split matvec: one pass over W per 16 rows). On
+ * an H200 (f16 weights, the 8B and 1B shapes and LM heads) the split matvec was 1.25-1.4x
+ * faster than the blocked kernel at 24 rows and 1.1-1.35x slower at 32 (BENCHMARKS.md,
+ * seventeenth session). Backend option `blockedMatmulMinRows` overrides it.
  */
-export const BLOCKED_MATMUL_MIN_ROWS = 24;
+export const BLOCKED_MATMUL_MIN_ROWS = 32;
 /**
  * Trailing rows past the blocked matmul's last full 128-row tile, up to this many, run on the
  * matvec kernel (one pass over W per 8 rows) instead of a padded tile: a batch of 129 rows is

@@ -1,7 +1,15 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { BLOCKED_MATMUL_K_STEP, BLOCKED_MATMUL_MIN_ROWS, BLOCKED_MATMUL_TAIL_ROWS, BLOCKED_MATMUL_WORKGROUPS } from './kernels.ts';
-import { type BlockedMatmulSettings, planBlockedMatmul } from './matmul-plan.ts';
+import {
+  BLOCKED_MATMUL_K_STEP,
+  BLOCKED_MATMUL_MIN_ROWS,
+  BLOCKED_MATMUL_TAIL_ROWS,
+  BLOCKED_MATMUL_WORKGROUPS,
+  MATVEC_SPLIT_ITEMS,
+  MATVEC_SPLIT_MAX_ROWS,
+  MATVEC_SPLIT_TARGET,
+} from './kernels.ts';
+import { type BlockedMatmulSettings, planBlockedMatmul, planSplitMatvec, type SplitMatvecSettings } from './matmul-plan.ts';
 
 const defaults: BlockedMatmulSettings = {
   minRows: BLOCKED_MATMUL_MIN_ROWS,
@@ -91,6 +99,63 @@ describe('planBlockedMatmul', () => {
             next = b.rowEnd;
           }
           return next + plan.tailRows === rows && plan.tailRows <= tailRows;
+        },
+      ),
+    );
+  });
+});
+
+describe('planSplitMatvec', () => {
+  const auto: SplitMatvecSettings = { splitK: null, unroll: null, outputs: null, target: MATVEC_SPLIT_TARGET };
+  /** [rows a pass, U, K slices] for rows x (outDim x inDim). */
+  const pick = (rows: number, outDim: number, inDim: number, settings = auto) => {
+    const p = planSplitMatvec(rows, outDim, inDim, settings);
+    return [p.rowsPerPass, p.unroll, p.splitK];
+  };
+
+  it('one pass of the batch up to 16 rows; two strides and many slices for 1-2 rows; slices of <= 256 steps from 3', () => {
+    // The 8B decode at 1x (6 sequences): q/o, k/v, gate/up, down, LM head.
+    expect(pick(6, 4096, 4096)).toEqual([6, 1, 2]);
+    expect(pick(6, 1024, 4096)).toEqual([6, 1, 8]);
+    expect(pick(6, 14336, 4096)).toEqual([6, 1, 2]);
+    expect(pick(6, 4096, 14336)).toEqual([6, 1, 8]);
+    expect(pick(6, 128256, 4096)).toEqual([6, 1, 2]);
+    // One sequence: K split until 4096 items (1024 blocks of 4 outputs x 4 slices).
+    expect(pick(1, 4096, 4096)).toEqual([1, 2, 4]);
+    expect(pick(1, 128256, 2048)).toEqual([1, 2, 1]);
+    // 17-32 rows: two even passes; 40 rows: three.
+    expect(pick(20, 2048, 2048)).toEqual([10, 1, 2]);
+    expect(pick(40, 2048, 2048)).toEqual([14, 1, 2]);
+    // A slice keeps at least 32 steps (256 weights): a short K is not split.
+    expect(pick(1, 64, 256)).toEqual([1, 2, 1]);
+    // Forced settings win; 8 outputs only where outDim allows them.
+    const forced = { splitK: 8, unroll: 4, outputs: 8, target: 1 } as const;
+    expect(planSplitMatvec(6, 64, 520, forced)).toMatchObject({ rowsPerPass: 6, unroll: 4, splitK: 8, outputs: 8, slice: 9 });
+    expect(planSplitMatvec(6, 36, 520, forced).outputs).toBe(4);
+  });
+
+  it('property: passes cover the rows, slices cover K, workgroups cover the blocks', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 300 }),
+        fc.integer({ min: 1, max: 40000 }).map((o) => 4 * o),
+        fc.integer({ min: 1, max: 4096 }).map((k) => 8 * k),
+        fc.integer({ min: 1, max: 1 << 16 }),
+        (rows, outDim, inDim, target) => {
+          const p = planSplitMatvec(rows, outDim, inDim, { ...auto, target });
+          const passes = Math.ceil(rows / p.rowsPerPass);
+          const steps = inDim / 8;
+          return (
+            p.rowsPerPass >= 1 &&
+            p.rowsPerPass <= MATVEC_SPLIT_MAX_ROWS &&
+            passes === Math.ceil(rows / MATVEC_SPLIT_MAX_ROWS) &&
+            [1, 2, 4, 8].includes(p.splitK) &&
+            p.slice * p.splitK >= steps &&
+            (p.splitK === 1 || (p.splitK - 1) * p.slice < steps) &&
+            p.blocks === (outDim / p.outputs) * passes &&
+            p.workgroups * (MATVEC_SPLIT_ITEMS / p.splitK) >= p.blocks &&
+            (p.workgroups - 1) * (MATVEC_SPLIT_ITEMS / p.splitK) < p.blocks
+          );
         },
       ),
     );

@@ -1,4 +1,12 @@
-import { BLOCKED_MATMUL_COLS, BLOCKED_MATMUL_K_STEP, BLOCKED_MATMUL_MIN_SPLIT_K } from './kernels.ts';
+import {
+  BLOCKED_MATMUL_COLS,
+  BLOCKED_MATMUL_K_STEP,
+  BLOCKED_MATMUL_MIN_SPLIT_K,
+  MATVEC_SPLIT_ITEMS,
+  MATVEC_SPLIT_MAX_ROWS,
+  MATVEC_SPLIT_MIN_STEPS,
+  MATVEC_SPLIT_SLICE_STEPS,
+} from './kernels.ts';
 
 /**
  * How the blocked matmul covers one product (planBlockedMatmul): row ranges in order, each
@@ -81,4 +89,68 @@ function blockedMatmulBlock(
   const kPerSplit = Math.ceil(steps / Math.max(1, Math.min(wanted, steps))) * BLOCKED_MATMUL_K_STEP;
   // Rounding kPerSplit up may leave fewer (never empty) ranges than asked for.
   return { rowBegin, rowEnd, tileRows, rowTiles, colTiles, kPerSplit, splits: Math.ceil(inDim / kPerSplit) };
+}
+
+/** How `matvecSplitKernel` runs one product (planSplitMatvec). */
+export interface SplitMatvecPlan {
+  /** Rows a pass over W (the kernel's R); passes = ceil(rows / rowsPerPass). */
+  readonly rowsPerPass: number;
+  /** Consecutive outputs a subgroup (O). */
+  readonly outputs: 4 | 8;
+  /** Strides of 8 weights whose loads are issued together (U). */
+  readonly unroll: 1 | 2 | 4;
+  /** K slices a block of outputs (KS), each `slice` 8-weight steps (the last may be shorter). */
+  readonly splitK: 1 | 2 | 4 | 8;
+  readonly slice: number;
+  /** Blocks of O outputs x one pass of rows. */
+  readonly blocks: number;
+  /** Workgroups of the dispatch (MATVEC_SPLIT_ITEMS / splitK blocks each). */
+  readonly workgroups: number;
+}
+
+/** The backend's split-matvec options (WebGpuBackendOptions.matvec*): null picks by shape. */
+export interface SplitMatvecSettings {
+  readonly splitK: 1 | 2 | 4 | 8 | null;
+  readonly unroll: 1 | 2 | 4 | null;
+  readonly outputs: 4 | 8 | null;
+  /** Items (blocks x K slices) the split aims for with 1-2 rows; half of it from 3 rows. */
+  readonly target: number;
+}
+
+/**
+ * The split matvec's plan for rows x inDim times outDim x inDim (inDim a multiple of 8, outDim
+ * of 4). Rows go in as few passes over W as MATVEC_SPLIT_MAX_ROWS allows, evenly (6 rows: one
+ * pass of 6). From an H200 grid (BENCHMARKS.md, seventeenth session; within 5% of the best of
+ * 11 configurations on average over 10 Llama shapes x 1-16 rows):
+ * - 1-2 rows are bound by W's bytes: two strides' loads in flight (U = 2), and K split until
+ *   the items reach `target` (small matrices need the extra subgroups);
+ * - from 3 rows the FMAs and x loads (R of each a weight) weigh in and registers run short:
+ *   one stride (U = 1), K slices of at most MATVEC_SPLIT_SLICE_STEPS steps, then more slices
+ *   only while the items are under target / 2.
+ * A K slice keeps at least MATVEC_SPLIT_MIN_STEPS steps. Forced settings win.
+ */
+export function planSplitMatvec(rows: number, outDim: number, inDim: number, settings: SplitMatvecSettings): SplitMatvecPlan {
+  const passes = Math.ceil(rows / MATVEC_SPLIT_MAX_ROWS);
+  const rowsPerPass = Math.ceil(rows / passes);
+  const outputs = settings.outputs !== null && outDim % settings.outputs === 0 ? settings.outputs : 4;
+  const few = rowsPerPass <= 2;
+  const unroll = settings.unroll ?? (few ? 2 : 1);
+  const steps = inDim / 8;
+  const blocks = (outDim / outputs) * passes;
+  let splitK: 1 | 2 | 4 | 8 = settings.splitK ?? 1;
+  if (settings.splitK === null) {
+    const longer = (k: number) => k < 8 && steps / (2 * k) >= MATVEC_SPLIT_MIN_STEPS;
+    if (!few) while (longer(splitK) && steps / splitK > MATVEC_SPLIT_SLICE_STEPS) splitK = (2 * splitK) as 2 | 4 | 8;
+    const target = few ? settings.target : settings.target / 2;
+    while (longer(splitK) && blocks * splitK < target) splitK = (2 * splitK) as 2 | 4 | 8;
+  }
+  return {
+    rowsPerPass,
+    outputs,
+    unroll,
+    splitK,
+    slice: Math.ceil(steps / splitK),
+    blocks,
+    workgroups: Math.ceil(blocks / (MATVEC_SPLIT_ITEMS / splitK)),
+  };
 }

@@ -43,12 +43,14 @@ import {
   type KernelSource,
   type KvChunking,
   MATMUL_ROWS,
+  MATVEC_SPLIT_TARGET,
   MATVEC_SUBGROUP_OUTPUTS,
   MOVE_BUCKET_COUNTS,
   MOVE_BUCKET_CURSORS,
   MOVES_PER_INVOCATION,
   matmulKernel,
   matvecKernel,
+  matvecSplitKernel,
   matvecSubgroupKernel,
   metricKernel,
   metricMovesKernel,
@@ -78,7 +80,15 @@ import {
   wideAttentionSplitKeys,
   wideAttentionSupports,
 } from './kernels.ts';
-import { type BlockedMatmulBlock, type BlockedMatmulPlan, type BlockedMatmulSettings, planBlockedMatmul } from './matmul-plan.ts';
+import {
+  type BlockedMatmulBlock,
+  type BlockedMatmulPlan,
+  type BlockedMatmulSettings,
+  planBlockedMatmul,
+  planSplitMatvec,
+  type SplitMatvecPlan,
+  type SplitMatvecSettings,
+} from './matmul-plan.ts';
 import { sampleKernel } from './sampling-kernels.ts';
 import {
   COMPACT_INFO_HEADER,
@@ -173,6 +183,19 @@ export interface WebGpuBackendOptions {
   readonly blockedMatmulSplitK?: number;
   /** Workgroups the blocked matmul's split K aims for (default 264: two per SM of a 132-SM H100/H200). */
   readonly blockedMatmulWorkgroups?: number;
+  /**
+   * Matmuls below the blocked kernel's rows (decode steps) on `matvecSplitKernel` where the
+   * device has subgroups (default true; false: the previous subgroup matvec, for A/B benchmarks).
+   */
+  readonly splitMatvec?: boolean;
+  /** Force the split matvec's K slices (1, 2, 4, 8; benchmarks). Default: see planSplitMatvec. */
+  readonly matvecSplitK?: 1 | 2 | 4 | 8;
+  /** Force the split matvec's strides whose loads are issued together (1, 2, 4; benchmarks). */
+  readonly matvecUnroll?: 1 | 2 | 4;
+  /** Force the split matvec's outputs a subgroup (4 or 8; benchmarks). */
+  readonly matvecOutputs?: 4 | 8;
+  /** Items (block x K slice) the split matvec's K split aims for (default MATVEC_SPLIT_TARGET; see planSplitMatvec). */
+  readonly matvecSplitTarget?: number;
   /**
    * Decode attention kernel: 'stream' (subgroup key groups, online softmax, no barrier in
    * the key loop; needs subgroups and the adapter's subgroupMinSize) or 'wide' (workgroup
@@ -384,6 +407,8 @@ export class WebGpuBackend implements Backend {
   readonly #streamLanes: number;
   /** The blocked matmul's options, defaults applied (minRows Infinity when it is off). */
   readonly #blockedSettings: BlockedMatmulSettings;
+  readonly #splitMatvec: boolean;
+  readonly #splitMatvecSettings: SplitMatvecSettings;
   /** blockedMatmulPlan's plans by shape (see its key); null where the blocked kernel does not apply. */
   readonly #blockedPlans = new Map<number, BlockedMatmulPlan | null>();
   /** Profiling (WebGpuBackendOptions.profile): timestamp queries, two per dispatch, and the kernels they time. */
@@ -425,6 +450,14 @@ export class WebGpuBackend implements Backend {
       workgroups: options.blockedMatmulWorkgroups ?? BLOCKED_MATMUL_WORKGROUPS,
       tailRows,
     };
+    this.#splitMatvec = options.splitMatvec ?? true;
+    this.#splitMatvecSettings = {
+      splitK: options.matvecSplitK ?? null,
+      unroll: options.matvecUnroll ?? null,
+      outputs: options.matvecOutputs ?? null,
+      target: options.matvecSplitTarget ?? MATVEC_SPLIT_TARGET,
+    };
+    assertInteger('matvecSplitTarget', this.#splitMatvecSettings.target, 1);
     this.#maxKvBindingBytes = options.maxKvBindingBytes;
     this.#profile =
       options.profile === true && device.features.has('timestamp-query')
@@ -750,13 +783,25 @@ export class WebGpuBackend implements Backend {
     this.#dispatchRaw(matmulKernel(wt.store, b !== undefined), buffers, gx, gy);
   }
 
-  /** Rows [rowBegin, rowEnd) of the product on the matvec kernel (inDim a multiple of 8): one pass over W per R rows. */
+  /** Rows [rowBegin, rowEnd) of the product on a matvec kernel (inDim a multiple of 8): one pass over W per R rows. */
   #matvec(out: GpuBuffer, x: GpuBuffer, w: GpuWeight, rowBegin: number, rowEnd: number, bias: GpuWeight | undefined): void {
     const rows = rowEnd - rowBegin;
-    const R = rows >= 8 ? 8 : rows >= 4 ? 4 : rows >= 2 ? 2 : 1;
-    const total = w.rows * Math.ceil(rows / R);
     const buffers = [out.buffer, x.buffer, w.buffer];
     if (bias !== undefined) buffers.push(bias.buffer);
+    if (this.subgroups && this.#splitMatvec && w.rows % 4 === 0) {
+      const plan = this.splitMatvecPlan(rows, w.rows, w.cols);
+      this.#setUniform([rowEnd, w.cols, w.rows, plan.blocks, rowBegin, plan.slice]);
+      const [gx, gy] = grid(plan.workgroups);
+      this.#dispatchRaw(
+        matvecSplitKernel(w.store, bias !== undefined, plan.rowsPerPass, plan.outputs, plan.unroll, plan.splitK),
+        buffers,
+        gx,
+        gy,
+      );
+      return;
+    }
+    const R = rows >= 8 ? 8 : rows >= 4 ? 4 : rows >= 2 ? 2 : 1;
+    const total = w.rows * Math.ceil(rows / R);
     this.#setUniform([rowEnd, w.cols, w.rows, total, rowBegin]);
     if (this.subgroups && w.rows % 4 === 0) {
       const [gx, gy] = grid(total, MATVEC_SUBGROUP_OUTPUTS);
@@ -766,6 +811,21 @@ export class WebGpuBackend implements Backend {
       this.#dispatchRaw(matvecKernel(w.store, bias !== undefined, R), buffers, gx, gy);
     }
   }
+
+  /**
+   * How the split matvec runs rows x inDim times outDim x inDim (planSplitMatvec with this
+   * backend's options), cached per shape: decode steps call it for every matmul.
+   */
+  splitMatvecPlan(rows: number, outDim: number, inDim: number): SplitMatvecPlan {
+    // A number key while it is exact (as blockedMatmulPlan's), so a lookup builds no string.
+    const key = rows < 0x20000 && outDim < 0x40000 && inDim < 0x20000 ? (rows * 0x40000 + outDim) * 0x20000 + inDim : -1;
+    const cached = key >= 0 ? this.#splitMatvecPlans.get(key) : undefined;
+    if (cached !== undefined) return cached;
+    const plan = planSplitMatvec(rows, outDim, inDim, this.#splitMatvecSettings);
+    if (key >= 0) this.#splitMatvecPlans.set(key, plan);
+    return plan;
+  }
+  readonly #splitMatvecPlans = new Map<number, SplitMatvecPlan>();
 
   /**
    * How `matmul` runs the blocked kernel for this shape, or null where it takes another

@@ -431,6 +431,17 @@ export const cases: readonly ConformanceCase[] = [
   matmulCase(160, 520, 36, false, 'f32'),
   matmulCase(136, 96, 130, true, 'q8_0'),
   matmulCase(132, 40, 64, true, 'f16', { label: 'tail of at most 4 rows', webgpu: { blockedMatmulTailRows: 4 } }),
+  // The split matvec (with subgroups; the plain matvec without): K slices of uneven length
+  // (65 steps in 8), rows past the batch dropped (6 of 8, 13 of 16), two row tiles of 16,
+  // 8 outputs a subgroup, 1-4 strides together, and a 12-row tail after a 128-row tile.
+  matmulCase(6, 520, 64, true, 'f16', {
+    label: 'split matvec, K in 8, 4 strides, 8 outputs',
+    webgpu: { matvecSplitK: 8, matvecUnroll: 4, matvecOutputs: 8 },
+  }),
+  matmulCase(16, 200, 36, false, 'f32', { label: 'split matvec, K in 2, 1 stride', webgpu: { matvecSplitK: 2, matvecUnroll: 1 } }),
+  matmulCase(13, 96, 40, true, 'q8_0', { label: 'split matvec, K in 4', webgpu: { matvecSplitK: 4, matvecUnroll: 2 } }),
+  matmulCase(20, 264, 48, true, 'f16', { label: 'split matvec, two tiles of 16 rows', webgpu: { blockedMatmul: false, matvecSplitK: 4 } }),
+  matmulCase(140, 72, 64, false, 'f16', { label: 'a 12-row tail on the split matvec, K in 8', webgpu: { matvecSplitK: 8 } }),
   {
     name: 'embed, rmsnorm, silu-mul, add (in place and not), gather rows',
     tolerance: 1e-5,
