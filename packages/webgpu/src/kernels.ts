@@ -856,6 +856,81 @@ ${workgroupArgmaxWgsl('logits', 'base', 'p.vocab', 'bestV', 'bestI')}
   }));
 }
 
+/** Logits a workgroup of `argmaxPartialKernel` scans (16 a thread). */
+export const ARGMAX_CHUNK = 4096;
+
+/**
+ * First pass of argmax over rows longer than ARGMAX_CHUNK: one workgroup per (row, chunk of
+ * ARGMAX_CHUNK logits), as `argmaxKernel` does for a whole row, so a few rows of a 128K
+ * vocabulary keep hundreds of workgroups busy instead of one each (one workgroup walking
+ * 128256 logits took ~0.2 ms on an H200, 2-5% of a small batch's decode step).
+ * partial [rows][chunks][2] = (max as f32 bits, its index in the row or 0xffffffff).
+ */
+export function argmaxPartialKernel(): KernelSource {
+  return memo('argmax-partial', () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { rows: u32, vocab: u32, chunks: u32, p3: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> partial: array<u32>;
+@group(0) @binding(2) var<storage, read> logits: array<f32>;
+var<workgroup> bestV: array<f32, 256>;
+var<workgroup> bestI: array<u32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  let item = min(wid, p.rows * p.chunks - 1u);
+  let r = item / p.chunks;
+  let begin = (item % p.chunks) * ${ARGMAX_CHUNK}u;
+  let base = r * p.vocab + begin;
+  let n = min(${ARGMAX_CHUNK}u, p.vocab - begin);
+${workgroupArgmaxWgsl('logits', 'base', 'n', 'bestV', 'bestI')}
+  if (li == 0u && wid < p.rows * p.chunks) {
+    partial[2u * wid] = bitcast<u32>(bestV[0]);
+    partial[2u * wid + 1u] = select(begin + bestI[0], 0xffffffffu, bestI[0] == 0xffffffffu);
+  }
+}`,
+  }));
+}
+
+/** Second pass: out[r] = the best of row r's chunk maxima (ties to the lower index), as argmaxKernel writes it. */
+export function argmaxReduceKernel(): KernelSource {
+  return memo('argmax-reduce', () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { rows: u32, vocab: u32, chunks: u32, p3: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> out: array<i32>;
+@group(0) @binding(2) var<storage, read> partial: array<u32>;
+var<workgroup> bestV: array<f32, 256>;
+var<workgroup> bestI: array<u32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  ${FLAT_ID}
+  let r = min(wid, p.rows - 1u);
+  var v = bitcast<f32>(0xff7fffffu); // -FLT_MAX
+  var i = 0xffffffffu;
+  for (var c = li; c < p.chunks; c += 256u) {
+    let ov = bitcast<f32>(partial[2u * (r * p.chunks + c)]);
+    let oi = partial[2u * (r * p.chunks + c) + 1u];
+    if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
+  }
+  bestV[li] = v;
+  bestI[li] = i;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (li < s) {
+      let ov = bestV[li + s];
+      let oi = bestI[li + s];
+      if (ov > bestV[li] || (ov == bestV[li] && oi < bestI[li])) { bestV[li] = ov; bestI[li] = oi; }
+    }
+    workgroupBarrier();
+  }
+  if (li == 0u && wid < p.rows) { out[r] = select(0, i32(bestI[0]), bestI[0] != 0xffffffffu); }
+}`,
+  }));
+}
+
 /** Rotates pairs by a cos/sin table computed on the host in f64: table [position][half]. */
 export function ropeKernel(interleaved: boolean): KernelSource {
   return memo(`rope:${interleaved}`, () => ({

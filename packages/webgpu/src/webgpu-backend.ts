@@ -27,8 +27,11 @@ import {
   UnsupportedModelError,
 } from '@kvcompress/core';
 import {
+  ARGMAX_CHUNK,
   appendKvKernel,
   argmaxKernel,
+  argmaxPartialKernel,
+  argmaxReduceKernel,
   attentionKernel,
   attentionReduceKernel,
   BLOCKED_MATMUL_MIN_ROWS,
@@ -910,9 +913,21 @@ export class WebGpuBackend implements Backend {
   // Paged cache
 
   argmax(out: DeviceBuffer, logits: DeviceBuffer, rows: number, vocab: number): void {
-    this.#setUniform([rows, vocab, 0, 0]);
+    const chunks = Math.ceil(vocab / ARGMAX_CHUNK);
+    if (chunks === 1) {
+      this.#setUniform([rows, vocab, 0, 0]);
+      const [gx, gy] = grid(rows);
+      this.#dispatchRaw(argmaxKernel(), [(out as GpuBuffer).buffer, (logits as GpuBuffer).buffer], gx, gy);
+      return;
+    }
+    // Long rows (an LLM's vocabulary): chunks in parallel, then one small pass per row.
+    const partial = this.#ensureI32('argmaxPartial', 2 * rows * chunks);
+    this.#setUniform([rows, vocab, chunks, 0]);
+    const [px, py] = grid(rows * chunks);
+    this.#dispatchRaw(argmaxPartialKernel(), [partial.buffer, (logits as GpuBuffer).buffer], px, py);
+    this.#setUniform([rows, vocab, chunks, 0]);
     const [gx, gy] = grid(rows);
-    this.#dispatchRaw(argmaxKernel(), [(out as GpuBuffer).buffer, (logits as GpuBuffer).buffer], gx, gy);
+    this.#dispatchRaw(argmaxReduceKernel(), [(out as GpuBuffer).buffer, partial.buffer], gx, gy);
   }
 
   /** Sampled token selection on the device (see sampling-kernels.ts): one workgroup per row. */

@@ -485,6 +485,32 @@ export const cases: readonly ConformanceCase[] = [
       return [Float32Array.from(ids)];
     },
   },
+  {
+    name: 'argmax over 9001-wide rows (chunks in parallel, then reduced), ties to the first index',
+    tolerance: 1e-6,
+    async run(b) {
+      const rand = rng(22);
+      const rows = 5;
+      const vocab = 9001; // three chunks of ARGMAX_CHUNK (4096), the last of 809
+      const logits = Float32Array.from({ length: rows * vocab }, rand);
+      // Row 0: a tie across chunks (100 and 5000) goes to 100; row 1: the maximum at the last
+      // index; row 2: all equal (index 0); row 3: NaN at the front never wins; row 4: a tie
+      // inside the last chunk (8200 and 9000).
+      logits[100] = 5;
+      logits[5000] = 5;
+      logits[vocab + vocab - 1] = 7;
+      logits.fill(-2, 2 * vocab, 3 * vocab);
+      logits[3 * vocab] = Number.NaN;
+      logits[3 * vocab + 4097] = 6;
+      logits[4 * vocab + 8200] = 9;
+      logits[4 * vocab + 9000] = 9;
+      const out = b.createBuffer(rows, 'i32');
+      b.argmax(out, upload(b, logits), rows, vocab);
+      const ids = new Int32Array(rows);
+      await b.read(out, ids);
+      return [Float32Array.from(ids)];
+    },
+  },
   ropeCase('interleaved'),
   ropeCase('rotate-half'),
   attentionCase('f32', 2, 2, 8, 37, 4),
