@@ -112,6 +112,12 @@ export interface Backend {
   embed(out: DeviceBuffer, table: DeviceWeight, tokens: DeviceBuffer, rows: number): void;
   /** out[r] = x[r] / rms(x[r]) * weight: [rows][dim]. */
   rmsNorm(out: DeviceBuffer, x: DeviceBuffer, weight: DeviceWeight, rows: number, dim: number, eps: number): void;
+  /**
+   * The residual add and the next norm in one step: x += delta, then out = rmsNorm(x) (all
+   * [rows][dim]; out must not alias x or delta). Equal to `add(x, x, delta)` then `rmsNorm(out,
+   * x, ...)`, in one pass where the backend can (a decode step runs two a layer).
+   */
+  addRmsNorm(out: DeviceBuffer, x: DeviceBuffer, delta: DeviceBuffer, weight: DeviceWeight, rows: number, dim: number, eps: number): void;
   /** out [rows][outDim] = x [rows][inDim] · Wᵀ (+ bias), W [outDim][inDim]. */
   matmul(out: DeviceBuffer, x: DeviceBuffer, w: DeviceWeight, rows: number, bias?: DeviceWeight): void;
   /** Rotates each head of x [rows][heads][headDim] in place by its row's position. */

@@ -142,6 +142,11 @@ export class CpuBackend implements Backend {
     }
   }
 
+  addRmsNorm(out: DeviceBuffer, x: DeviceBuffer, delta: DeviceBuffer, weight: DeviceWeight, rows: number, dim: number, eps: number): void {
+    this.add(x, x, delta, rows * dim);
+    this.rmsNorm(out, x, weight, rows, dim, eps);
+  }
+
   rmsNorm(out: DeviceBuffer, x: DeviceBuffer, weight: DeviceWeight, rows: number, dim: number, eps: number): void {
     const o = (out as CpuBuffer).f32;
     const xs = (x as CpuBuffer).f32;

@@ -83,7 +83,8 @@ export class LlamaModel {
   readonly #output: DeviceWeight;
   // Activations, each sized for maxRows.
   readonly #x: DeviceBuffer; // [rows][hidden]
-  readonly #xb: DeviceBuffer; // [rows][hidden]
+  readonly #xb: DeviceBuffer; // [rows][hidden]: the normed residual, input of the projections
+  readonly #delta: DeviceBuffer; // [rows][hidden]: the attention's or the MLP's output, added to x
   readonly #q: DeviceBuffer; // [rows][heads * headDim]
   readonly #k: DeviceBuffer; // [rows][kvHeads * headDim]
   readonly #v: DeviceBuffer; // [rows][kvHeads * headDim]
@@ -151,6 +152,7 @@ export class LlamaModel {
     const R = this.maxRows;
     this.#x = backend.createBuffer(R * H);
     this.#xb = backend.createBuffer(R * H);
+    this.#delta = backend.createBuffer(R * H);
     this.#q = backend.createBuffer(R * qDim);
     this.#k = backend.createBuffer(R * kvDim);
     this.#v = backend.createBuffer(R * kvDim);
@@ -192,9 +194,10 @@ export class LlamaModel {
     const batch: AttentionRows = this.#batch;
 
     b.embed(this.#x, this.#embedding, tokens, rows);
+    b.rmsNorm(this.#xb, this.#x, (this.#layers[0] as LayerWeights).attnNorm, rows, H, c.rmsNormEps);
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.#layers[l] as LayerWeights;
-      b.rmsNorm(this.#xb, this.#x, w.attnNorm, rows, H, c.rmsNormEps);
+      // xb = attnNorm(x) here (before the loop, or the previous layer's last addRmsNorm).
       b.matmul(this.#q, this.#xb, w.wq, rows, w.bq);
       b.matmul(this.#k, this.#xb, w.wk, rows, w.bk);
       b.matmul(this.#v, this.#xb, w.wv, rows, w.bv);
@@ -202,14 +205,15 @@ export class LlamaModel {
       b.rope(this.#k, this.#positions, rows, numKvHeads, this.rope);
       b.appendKv(l, this.#k, this.#v, this.#slots, rows, numKvHeads);
       b.attention(this.#att, this.#q, l, batch, cache, numHeads, numKvHeads, metrics);
-      b.matmul(this.#xb, this.#att, w.wo, rows);
-      b.add(this.#x, this.#x, this.#xb, rows * H);
-      b.rmsNorm(this.#xb, this.#x, w.ffnNorm, rows, H, c.rmsNormEps);
+      b.matmul(this.#delta, this.#att, w.wo, rows);
+      b.addRmsNorm(this.#xb, this.#x, this.#delta, w.ffnNorm, rows, H, c.rmsNormEps);
       b.matmul(this.#gate, this.#xb, w.gate, rows);
       b.matmul(this.#up, this.#xb, w.up, rows);
       b.siluMul(this.#gate, this.#gate, this.#up, rows * c.intermediateSize);
-      b.matmul(this.#xb, this.#gate, w.down, rows);
-      b.add(this.#x, this.#x, this.#xb, rows * H);
+      b.matmul(this.#delta, this.#gate, w.down, rows);
+      const next = this.#layers[l + 1];
+      if (next !== undefined) b.addRmsNorm(this.#xb, this.#x, this.#delta, next.attnNorm, rows, H, c.rmsNormEps);
+      else b.add(this.#x, this.#x, this.#delta, rows * H);
     }
     b.gatherRows(this.#gathered, this.#x, this.#logitRows, step.logitCount, H);
     b.rmsNorm(this.#xb, this.#gathered, this.#outputNorm, step.logitCount, H, c.rmsNormEps);

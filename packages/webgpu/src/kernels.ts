@@ -183,6 +183,44 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   }));
 }
 
+/**
+ * x += delta, then out = x / rms(x) * w, one workgroup per row: the residual add and the next
+ * RMSNorm in one dispatch (rmsNormKernel's reduction, so the result is the same to the bit as
+ * the add kernel then rmsNormKernel). Each thread adds and squares the elements it later scales,
+ * so x is read back without a barrier.
+ */
+export function addRmsNormKernel(): KernelSource {
+  return memo('add-rmsnorm', () => ({
+    workgroupSize: 256,
+    code: /* wgsl */ `
+struct P { rows: u32, dim: u32, eps: f32, pad: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read> delta: array<f32>;
+@group(0) @binding(4) var<storage, read> w: array<f32>;
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let base = wg.x * p.dim;
+  var ss = 0.0;
+  for (var i = li; i < p.dim; i += 256u) {
+    let v = x[base + i] + delta[base + i];
+    x[base + i] = v;
+    ss += v * v;
+  }
+  red[li] = ss;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (li < s) { red[li] += red[li + s]; }
+    workgroupBarrier();
+  }
+  let scale = inverseSqrt(red[0] / f32(p.dim) + p.eps);
+  for (var i = li; i < p.dim; i += 256u) { out[base + i] = x[base + i] * scale * w[i]; }
+}`,
+  }));
+}
+
 /** Rows of x handled by one matmul workgroup. */
 export const MATMUL_ROWS = 8;
 

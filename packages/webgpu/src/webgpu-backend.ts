@@ -28,6 +28,7 @@ import {
 } from '@kvcompress/core';
 import {
   ARGMAX_CHUNK,
+  addRmsNormKernel,
   appendKvKernel,
   argmaxKernel,
   argmaxPartialKernel,
@@ -749,6 +750,17 @@ export class WebGpuBackend implements Backend {
     this.#setUniform([rows, dim]);
     this.#f32[2] = eps;
     this.#dispatchRaw(rmsNormKernel(), [(out as GpuBuffer).buffer, (x as GpuBuffer).buffer, (weight as GpuWeight).buffer], rows, 1);
+  }
+
+  addRmsNorm(out: DeviceBuffer, x: DeviceBuffer, delta: DeviceBuffer, weight: DeviceWeight, rows: number, dim: number, eps: number): void {
+    this.#setUniform([rows, dim]);
+    this.#f32[2] = eps;
+    this.#dispatchRaw(
+      addRmsNormKernel(),
+      [(out as GpuBuffer).buffer, (x as GpuBuffer).buffer, (delta as GpuBuffer).buffer, (weight as GpuWeight).buffer],
+      rows,
+      1,
+    );
   }
 
   matmul(out: DeviceBuffer, x: DeviceBuffer, w: DeviceWeight, rows: number, bias?: DeviceWeight): void {

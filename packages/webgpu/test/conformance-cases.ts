@@ -466,6 +466,20 @@ export const cases: readonly ConformanceCase[] = [
     },
   },
   {
+    name: 'add-rmsnorm (x += delta, then the norm) over rows of 300',
+    tolerance: 1e-5,
+    async run(b) {
+      const rand = rng(23);
+      const rows = 3;
+      const dim = 300; // not a multiple of the 256 threads
+      const x = upload(b, Float32Array.from({ length: rows * dim }, rand));
+      const delta = upload(b, Float32Array.from({ length: rows * dim }, rand));
+      const out = b.createBuffer(rows * dim);
+      b.addRmsNorm(out, x, delta, b.uploadWeight(tensor('n', [dim], rand)), rows, dim, 1e-5);
+      return [await read(b, out, rows * dim), await read(b, x, rows * dim)];
+    },
+  },
+  {
     name: 'argmax over 1000-wide rows, ties to the first index',
     // Ids compared as floats relative to the largest id: any differing id is >= 1e-3 off.
     tolerance: 1e-6,
