@@ -3,6 +3,8 @@
 # benches, writing JSON lines to $OUT (or .gpu/out).
 #   BENCHES="conformance attention sdpa matmul matmul-torch decode-8b decode-1b"   which to run (default these;
 #   matmul-torch: PyTorch's f32 (no TF32) and f16 matmuls on matmul.gpu.ts's shapes;
+#   decode-torch: the PyTorch decode step (decode.py: f16, dense cache, eager and CUDA graph) at
+#   decode.gpu.ts's batches, 8B and 1B;
 #   decode-8b-old / decode-1b-old: the same with the wide attention and without the blocked matmul;
 #   also: round-8b, round-1b, selection, prefill, eval, server, engine, dawn-poll)
 #   round-8b / round-1b: one compression round (device selection + compaction + moves) of SEQS
@@ -28,6 +30,7 @@ for b in ${BENCHES:-conformance attention sdpa matmul matmul-torch decode-8b dec
     matmul) timeout 240 "$GPU_NODE" .gpu/matmul.mjs | tee "$out/matmul.jsonl" ;;
     sdpa) timeout 120 python3 packages/webgpu/bench/sdpa.py | tee "$out/sdpa.jsonl" ;;
     matmul-torch) timeout 120 python3 packages/webgpu/bench/matmul.py | tee "$out/matmul-torch.jsonl" ;;
+    decode-torch) (cd packages/webgpu/bench && SHAPE=8b timeout 200 python3 decode.py && SHAPE=1b timeout 200 python3 decode.py) | tee "$out/decode-torch.jsonl" ;;
     decode-8b) c=${CONTEXT_8B:-4096}; SHAPE=8b CONTEXT=$c timeout 400 "$GPU_NODE" .gpu/decode.mjs | tee "$out/decode-8b-$c.jsonl" ;;
     eval) mkdir -p "$out/eval"; [ -f .gpu/eval/cells.jsonl ] && cp .gpu/eval/cells.jsonl "$out/eval/"
       KVC_SHARED_DIR=$PWD/.gpu/shared timeout "${EVAL_TIMEOUT:-540}" "$GPU_NODE" .gpu/kvc.mjs eval --backend webgpu \
