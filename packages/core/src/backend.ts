@@ -120,6 +120,12 @@ export interface Backend {
   addRmsNorm(out: DeviceBuffer, x: DeviceBuffer, delta: DeviceBuffer, weight: DeviceWeight, rows: number, dim: number, eps: number): void;
   /** out [rows][outDim] = x [rows][inDim] · Wᵀ (+ bias), W [outDim][inDim]. */
   matmul(out: DeviceBuffer, x: DeviceBuffer, w: DeviceWeight, rows: number, bias?: DeviceWeight): void;
+  /**
+   * A SwiGLU MLP's first half: out [rows][outDim] = silu(x · gateᵀ) * (x · upᵀ), gate and up
+   * [outDim][inDim] of one shape. Equal to two `matmul`s and `siluMul`; a backend may read x once
+   * for both and write only out (the WebGPU backend does for decode-sized batches).
+   */
+  matmulSiluMul(out: DeviceBuffer, x: DeviceBuffer, gate: DeviceWeight, up: DeviceWeight, rows: number): void;
   /** Rotates each head of x [rows][heads][headDim] in place by its row's position. */
   rope(x: DeviceBuffer, positions: DeviceBuffer, rows: number, heads: number, rope: RopeSettings): void;
   /** out = silu(gate) * up, elementwise over n. */

@@ -163,6 +163,16 @@ export class CpuBackend implements Backend {
     }
   }
 
+  matmulSiluMul(out: DeviceBuffer, x: DeviceBuffer, gate: DeviceWeight, up: DeviceWeight, rows: number): void {
+    const n = rows * (up as CpuWeight).rows;
+    // The up projection's scratch, grown (never per step once a batch size has been seen).
+    if (this.#upScratch.length < n) this.#upScratch = new CpuBuffer(n, 'f32');
+    this.matmul(out, x, gate, rows);
+    this.matmul(this.#upScratch, x, up, rows);
+    this.siluMul(out, out, this.#upScratch, n);
+  }
+  #upScratch = new CpuBuffer(0, 'f32');
+
   matmul(out: DeviceBuffer, x: DeviceBuffer, w: DeviceWeight, rows: number, bias?: DeviceWeight): void {
     const o = (out as CpuBuffer).f32;
     const xs = (x as CpuBuffer).f32;

@@ -89,8 +89,7 @@ export class LlamaModel {
   readonly #k: DeviceBuffer; // [rows][kvHeads * headDim]
   readonly #v: DeviceBuffer; // [rows][kvHeads * headDim]
   readonly #att: DeviceBuffer; // [rows][heads * headDim]
-  readonly #gate: DeviceBuffer; // [rows][intermediate]
-  readonly #up: DeviceBuffer; // [rows][intermediate]
+  readonly #gate: DeviceBuffer; // [rows][intermediate]: silu(gate) * up
   readonly #tokens: DeviceBuffer; // i32 [rows]
   readonly #sequences: DeviceBuffer; // i32 [rows]
   readonly #positions: DeviceBuffer; // i32 [rows]
@@ -158,7 +157,6 @@ export class LlamaModel {
     this.#v = backend.createBuffer(R * kvDim);
     this.#att = backend.createBuffer(R * qDim);
     this.#gate = backend.createBuffer(R * F);
-    this.#up = backend.createBuffer(R * F);
     this.#tokens = backend.createBuffer(R, 'i32');
     this.#sequences = backend.createBuffer(R, 'i32');
     this.#positions = backend.createBuffer(R, 'i32');
@@ -207,9 +205,7 @@ export class LlamaModel {
       b.attention(this.#att, this.#q, l, batch, cache, numHeads, numKvHeads, metrics);
       b.matmul(this.#delta, this.#att, w.wo, rows);
       b.addRmsNorm(this.#xb, this.#x, this.#delta, w.ffnNorm, rows, H, c.rmsNormEps);
-      b.matmul(this.#gate, this.#xb, w.gate, rows);
-      b.matmul(this.#up, this.#xb, w.up, rows);
-      b.siluMul(this.#gate, this.#gate, this.#up, rows * c.intermediateSize);
+      b.matmulSiluMul(this.#gate, this.#xb, w.gate, w.up, rows);
       b.matmul(this.#delta, this.#gate, w.down, rows);
       const next = this.#layers[l + 1];
       if (next !== undefined) b.addRmsNorm(this.#xb, this.#x, this.#delta, next.attnNorm, rows, H, c.rmsNormEps);

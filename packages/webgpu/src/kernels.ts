@@ -55,11 +55,11 @@ function loader(name: string, array: string, type: StoreType): string {
 }
 
 /** WGSL that sets ${x}0, ${x}1 (vec4f) to 8 Q8_0 weights starting at element `e` (a multiple of 8) of W. */
-function loadQ8x8(x: string, e: string): string {
+function loadQ8x8(x: string, e: string, array = 'W'): string {
   return `let qw${x} = (${e}) >> 2u;
-        let qs${x} = bitcast<f32>(W[p.outDim * p.inDim / 4u + (${e}) / 32u]);
-        let qa${x} = W[qw${x}];
-        let qb${x} = W[qw${x} + 1u];
+        let qs${x} = bitcast<f32>(${array}[p.outDim * p.inDim / 4u + (${e}) / 32u]);
+        let qa${x} = ${array}[qw${x}];
+        let qb${x} = ${array}[qw${x} + 1u];
         let ${x}0 = vec4f(vec4i(bitcast<i32>(qa${x} << 24u), bitcast<i32>(qa${x} << 16u), bitcast<i32>(qa${x} << 8u), bitcast<i32>(qa${x})) >> vec4u(24u)) * qs${x};
         let ${x}1 = vec4f(vec4i(bitcast<i32>(qb${x} << 24u), bitcast<i32>(qb${x} << 16u), bitcast<i32>(qb${x} << 8u), bitcast<i32>(qb${x})) >> vec4u(24u)) * qs${x};`;
 }
@@ -68,10 +68,10 @@ function loadQ8x8(x: string, e: string): string {
  * WGSL that sets ${x}0, ${x}1 (vec4f) to the 8 weights of 8-weight step `step` of W, as the
  * vectorised matvec kernels bind it (see vecWeightType).
  */
-function loadWeights8(weight: StoreType, x: string, step: string): string {
-  if (weight === 'q8') return loadQ8x8(x, `8u * (${step})`);
-  if (weight === 'f32') return `let ${x}0 = W[2u * (${step})]; let ${x}1 = W[2u * (${step}) + 1u];`;
-  return `let wq${x} = W[${step}];
+function loadWeights8(weight: StoreType, x: string, step: string, array = 'W'): string {
+  if (weight === 'q8') return loadQ8x8(x, `8u * (${step})`, array);
+  if (weight === 'f32') return `let ${x}0 = ${array}[2u * (${step})]; let ${x}1 = ${array}[2u * (${step}) + 1u];`;
+  return `let wq${x} = ${array}[${step}];
         let ${x}0 = vec4f(unpack2x16float(wq${x}.x), unpack2x16float(wq${x}.y));
         let ${x}1 = vec4f(unpack2x16float(wq${x}.z), unpack2x16float(wq${x}.w));`;
 }
@@ -430,6 +430,10 @@ export const MATVEC_SPLIT_MIN_STEPS = 32;
  * x (2R vec4 a stride) bound the kernel, not W. Rows past the batch (the last tile's) read its
  * last row (no branch in the loop) and are not written. Rows rowBegin .. rows - 1; blocks =
  * outDim / O x row tiles.
+ *
+ * `gated` (a SwiGLU MLP's gate and up projections): a second matrix W2 of W's shape is read
+ * beside W with the same x loads, and out = silu(x · Wᵀ) * (x · W2ᵀ) (the silu-mul kernel's
+ * expression), so one dispatch replaces two matmuls and the silu-mul. No bias then.
  */
 export function matvecSplitKernel(
   weight: StoreType,
@@ -438,11 +442,13 @@ export function matvecSplitKernel(
   outputs: 4 | 8,
   unroll: 1 | 2 | 4,
   splitK: 1 | 2 | 4 | 8,
+  gated = false,
 ): KernelSource {
   if (!Number.isInteger(rowsPerGroup) || rowsPerGroup < 1 || rowsPerGroup > MATVEC_SPLIT_MAX_ROWS) {
     throw new RangeError(`matvecSplitKernel takes 1..${MATVEC_SPLIT_MAX_ROWS} rows a pass, got ${rowsPerGroup}.`);
   }
-  const key = `matvec-split:${weight}:${bias}:${rowsPerGroup}:${outputs}:${unroll}:${splitK}`;
+  if (gated && bias) throw new RangeError('matvecSplitKernel: a gated product takes no bias.');
+  const key = `matvec-split:${weight}:${bias}:${rowsPerGroup}:${outputs}:${unroll}:${splitK}${gated ? ':gated' : ''}`;
   const hit = builtKernel(key);
   if (hit !== undefined) return hit;
   const R = rowsPerGroup;
@@ -455,17 +461,22 @@ export function matvecSplitKernel(
   const qs = Array.from({ length: O / 4 }, (_, i) => i);
   const us = Array.from({ length: U }, (_, i) => i);
   const lines = (xs: number[], f: (x: number) => string, sep = '\n        ') => xs.map(f).join(sep);
-  // One stride u of the loop at K step `at`: O weight loads, then R rows' two x vec4 each.
-  const loads = (u: number, at: string) => lines(os, (o) => loadWeights8(weight, `w${u}_${o}`, `wrow${o} + ${at}`));
+  // Matrices: W (accumulators acc*), and with `gated` W2 (accumulators gacc*).
+  const ms = gated ? [0, 1] : [0];
+  const mat = (m: number) => (m === 0 ? { w: 'w', array: 'W', acc: 'acc' } : { w: 'v', array: 'W2', acc: 'gacc' });
+  // One stride u of the loop at K step `at`: O weight loads (a matrix), then R rows' two x vec4 each.
+  const loads = (u: number, at: string) =>
+    lines(ms, (m) => lines(os, (o) => loadWeights8(weight, `${mat(m).w}${u}_${o}`, `wrow${o} + ${at}`, mat(m).array)));
   const fmas = (u: number, at: string) =>
     lines(
       rs,
       (r) => `{
           let xa = x[xrow${r} + 2u * (${at})];
           let xb = x[xrow${r} + 2u * (${at}) + 1u];
-          ${lines(qs, (q) => `acc${r}_${q} += vec4f(${[0, 1, 2, 3].map((i) => `dot(xa, w${u}_${4 * q + i}0) + dot(xb, w${u}_${4 * q + i}1)`).join(', ')});`, '\n          ')}
+          ${lines(ms, (m) => lines(qs, (q) => `${mat(m).acc}${r}_${q} += vec4f(${[0, 1, 2, 3].map((i) => `dot(xa, ${mat(m).w}${u}_${4 * q + i}0) + dot(xb, ${mat(m).w}${u}_${4 * q + i}1)`).join(', ')});`, '\n          '), '\n          ')}
         }`,
     );
+  const M = ms.length;
   return memo(key, () => ({
     workgroupSize: 256,
     code: /* wgsl */ `
@@ -475,12 +486,12 @@ struct P { rows: u32, inDim: u32, outDim: u32, blocks: u32, rowBegin: u32, slice
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<vec4f>;
 @group(0) @binding(3) var<storage, read> W: ${vecWeightType(weight)};
-${bias ? '@group(0) @binding(4) var<storage, read> b: array<f32>;' : ''}
+${bias ? '@group(0) @binding(4) var<storage, read> b: array<f32>;' : ''}${gated ? `@group(0) @binding(4) var<storage, read> W2: ${vecWeightType(weight)};` : ''}
 const R = ${R}u;
 const O = ${O}u;
 const KS = ${KS}u;
 const BPW = ${BPW}u;
-var<workgroup> part: array<vec4f, ${MATVEC_SPLIT_ITEMS * R * (O / 4)}>; // [item][row][quad of outputs]
+var<workgroup> part: array<vec4f, ${MATVEC_SPLIT_ITEMS * M * R * (O / 4)}>; // [item][matrix][row][quad of outputs]
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32,
         @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32) {
@@ -501,7 +512,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
     ${lines(rs, (r) => `let xrow${r} = min(r0 + ${r}u, p.rows - 1u) * (p.inDim / 4u);`, '\n    ')}
     let begin = (item % KS) * p.slice;
     let end = min(begin + p.slice, steps);
-    ${lines(rs, (r) => lines(qs, (q) => `var acc${r}_${q} = vec4f();`, ' '), '\n    ')}
+    ${lines(ms, (m) => lines(rs, (r) => lines(qs, (q) => `var ${mat(m).acc}${r}_${q} = vec4f();`, ' '), '\n    '), '\n    ')}
     if (live) {
       var i8 = begin + lane;
       ${
@@ -518,14 +529,19 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
       }
     }
     ${lines(
-      rs,
-      (r) =>
+      ms,
+      (m) =>
         lines(
-          qs,
-          (q) => `{
-      let t = subgroupAdd(acc${r}_${q});
-      if (lane == 0u && item < ${MATVEC_SPLIT_ITEMS}u) { part[(item * R + ${r}u) * ${O / 4}u + ${q}u] = t; }
+          rs,
+          (r) =>
+            lines(
+              qs,
+              (q) => `{
+      let t = subgroupAdd(${mat(m).acc}${r}_${q});
+      if (lane == 0u && item < ${MATVEC_SPLIT_ITEMS}u) { part[((item * ${M}u + ${m}u) * R + ${r}u) * ${O / 4}u + ${q}u] = t; }
     }`,
+              '\n    ',
+            ),
           '\n    ',
         ),
       '\n    ',
@@ -541,9 +557,15 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
     let r = p.rowBegin + (blk / perTile) * R + rr;
     if (blk < p.blocks && r < p.rows) {
       var s = 0.0;
-      for (var ks = 0u; ks < KS; ks++) { s += part[((bb * KS + ks) * R + rr) * ${O / 4}u + o / 4u][o % 4u]; }
+      for (var ks = 0u; ks < KS; ks++) { s += part[(((bb * KS + ks) * ${M}u) * R + rr) * ${O / 4}u + o / 4u][o % 4u]; }
       let jj = (blk % perTile) * O + o;
-      out[r * p.outDim + jj] = s${bias ? ' + b[jj]' : ''};
+      ${
+        gated
+          ? `var u = 0.0;
+      for (var ks = 0u; ks < KS; ks++) { u += part[(((bb * KS + ks) * ${M}u + 1u) * R + rr) * ${O / 4}u + o / 4u][o % 4u]; }
+      out[r * p.outDim + jj] = s / (1.0 + exp(-s)) * u;`
+          : `out[r * p.outDim + jj] = s${bias ? ' + b[jj]' : ''};`
+      }
     }
   }
 }`,

@@ -798,6 +798,30 @@ export class WebGpuBackend implements Backend {
     this.#dispatchRaw(matmulKernel(wt.store, b !== undefined), buffers, gx, gy);
   }
 
+  matmulSiluMul(out: DeviceBuffer, x: DeviceBuffer, gate: DeviceWeight, up: DeviceWeight, rows: number): void {
+    const g = gate as GpuWeight;
+    const u = up as GpuWeight;
+    if (g.rows !== u.rows || g.cols !== u.cols || g.store !== u.store) {
+      throw new InvalidArgumentError(
+        `matmulSiluMul needs gate and up of one shape and store, got [${g.shape.join(' x ')}] ${g.store} and [${u.shape.join(' x ')}] ${u.store}.`,
+      );
+    }
+    // Decode-sized batches: one split-matvec dispatch reads x once for both and writes only out.
+    const onMatvec = this.blockedMatmulPlan(rows, g.rows, g.cols) === null && rows < this.#tiledMinRows && g.cols % 8 === 0;
+    if (onMatvec && this.subgroups && this.#splitMatvec && g.rows % 4 === 0) {
+      const plan = this.splitMatvecPlan(rows, g.rows, g.cols);
+      this.#setUniform([rows, g.cols, g.rows, plan.blocks, 0, plan.slice]);
+      const [gx, gy] = grid(plan.workgroups);
+      const kernel = matvecSplitKernel(g.store, false, plan.rowsPerPass, plan.outputs, plan.unroll, plan.splitK, true);
+      this.#dispatchRaw(kernel, [(out as GpuBuffer).buffer, (x as GpuBuffer).buffer, g.buffer, u.buffer], gx, gy);
+      return;
+    }
+    const upOut = this.#ensureF32('mlpUp', rows * u.rows);
+    this.matmul(out, x, gate, rows);
+    this.matmul(upOut, x, up, rows);
+    this.siluMul(out, out, upOut, rows * g.rows);
+  }
+
   /** Rows [rowBegin, rowEnd) of the product on a matvec kernel (inDim a multiple of 8): one pass over W per R rows. */
   #matvec(out: GpuBuffer, x: GpuBuffer, w: GpuWeight, rowBegin: number, rowEnd: number, bias: GpuWeight | undefined): void {
     const rows = rowEnd - rowBegin;

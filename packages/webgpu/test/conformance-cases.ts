@@ -88,6 +88,31 @@ function matmulCase(
   };
 }
 
+/** matmulSiluMul: silu(x · gateᵀ) * (x · upᵀ); `kernel` as matmulCase's. */
+function matmulSiluMulCase(
+  rows: number,
+  inDim: number,
+  outDim: number,
+  dtype: 'f32' | 'f16' | 'q8_0',
+  kernel?: { readonly label: string; readonly webgpu: WebGpuBackendOptions },
+): ConformanceCase {
+  return {
+    name: `matmul-silu-mul ${rows}x${inDim}->${outDim} (${dtype} weights${kernel === undefined ? '' : `, ${kernel.label}`})`,
+    tolerance: 1e-5,
+    weightStore: dtype === 'q8_0' ? 'auto' : dtype,
+    ...(kernel === undefined ? {} : { webgpu: kernel.webgpu }),
+    async run(b) {
+      const rand = rng(rows * 37 + inDim + outDim);
+      const gate = b.uploadWeight(tensor('gate', [outDim, inDim], rand, dtype));
+      const up = b.uploadWeight(tensor('up', [outDim, inDim], rand, dtype));
+      const x = upload(b, Float32Array.from({ length: rows * inDim }, rand));
+      const out = b.createBuffer(rows * outDim);
+      b.matmulSiluMul(out, x, gate, up, rows);
+      return [await read(b, out, rows * outDim)];
+    },
+  };
+}
+
 function ropeCase(layout: 'interleaved' | 'rotate-half'): ConformanceCase {
   return {
     name: `rope ${layout} with llama3 scaling`,
@@ -442,6 +467,16 @@ export const cases: readonly ConformanceCase[] = [
   matmulCase(13, 96, 40, true, 'q8_0', { label: 'split matvec, K in 4', webgpu: { matvecSplitK: 4, matvecUnroll: 2 } }),
   matmulCase(20, 264, 48, true, 'f16', { label: 'split matvec, two tiles of 16 rows', webgpu: { blockedMatmul: false, matvecSplitK: 4 } }),
   matmulCase(140, 72, 64, false, 'f16', { label: 'a 12-row tail on the split matvec, K in 8', webgpu: { matvecSplitK: 8 } }),
+  // The gated split matvec (gate and up read beside each other, silu-mul on the sums): K slices,
+  // 8 outputs and 4 strides; Q8_0 (W2's scales at its own offset); a batch past the matvec
+  // (two blocked matmuls and the silu-mul kernel); without subgroups all take the fallback.
+  matmulSiluMulCase(6, 520, 64, 'f16', {
+    label: 'K in 8, 4 strides, 8 outputs',
+    webgpu: { matvecSplitK: 8, matvecUnroll: 4, matvecOutputs: 8 },
+  }),
+  matmulSiluMulCase(1, 96, 36, 'f32'),
+  matmulSiluMulCase(5, 128, 40, 'q8_0', { label: 'K in 2', webgpu: { matvecSplitK: 2 } }),
+  matmulSiluMulCase(40, 72, 48, 'f16'),
   {
     name: 'embed, rmsnorm, silu-mul, add (in place and not), gather rows',
     tolerance: 1e-5,
