@@ -121,6 +121,19 @@ export interface Backend {
   /** out [rows][outDim] = x [rows][inDim] · Wᵀ (+ bias), W [outDim][inDim]. */
   matmul(out: DeviceBuffer, x: DeviceBuffer, w: DeviceWeight, rows: number, bias?: DeviceWeight): void;
   /**
+   * outs[i] [rows][ws[i] rows] = x [rows][inDim] · ws[i]ᵀ (+ biases[i]) for each matrix of one
+   * inDim (attention's q, k and v projections). Equal to a `matmul` each; a backend may run them
+   * as one product (the WebGPU backend does for 2-3 matrices without biases in decode-sized
+   * batches). Callers on a hot path pass arrays they keep, not new ones each step.
+   */
+  matmulEach(
+    outs: readonly DeviceBuffer[],
+    x: DeviceBuffer,
+    ws: readonly DeviceWeight[],
+    rows: number,
+    biases?: readonly (DeviceWeight | undefined)[],
+  ): void;
+  /**
    * A SwiGLU MLP's first half: out [rows][outDim] = silu(x · gateᵀ) * (x · upᵀ), gate and up
    * [outDim][inDim] of one shape. Equal to two `matmul`s and `siluMul`; a backend may read x once
    * for both and write only out (the WebGPU backend does for decode-sized batches).

@@ -163,6 +163,17 @@ export class CpuBackend implements Backend {
     }
   }
 
+  matmulEach(
+    outs: readonly DeviceBuffer[],
+    x: DeviceBuffer,
+    ws: readonly DeviceWeight[],
+    rows: number,
+    biases?: readonly (DeviceWeight | undefined)[],
+  ): void {
+    if (outs.length !== ws.length) throw new InvalidArgumentError(`matmulEach: ${outs.length} outputs for ${ws.length} matrices.`);
+    for (let i = 0; i < ws.length; i++) this.matmul(outs[i] as DeviceBuffer, x, ws[i] as DeviceWeight, rows, biases?.[i]);
+  }
+
   matmulSiluMul(out: DeviceBuffer, x: DeviceBuffer, gate: DeviceWeight, up: DeviceWeight, rows: number): void {
     const n = rows * (up as CpuWeight).rows;
     // The up projection's scratch, grown (never per step once a batch size has been seen).

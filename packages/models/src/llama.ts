@@ -25,6 +25,9 @@ interface LayerWeights {
   bq?: DeviceWeight;
   bk?: DeviceWeight;
   bv?: DeviceWeight;
+  /** [wq, wk, wv] and their biases (or undefined), kept so a step passes no new arrays to matmulEach. */
+  qkv: readonly DeviceWeight[];
+  qkvBias?: readonly (DeviceWeight | undefined)[];
   wo: DeviceWeight;
   ffnNorm: DeviceWeight;
   gate: DeviceWeight;
@@ -88,6 +91,7 @@ export class LlamaModel {
   readonly #q: DeviceBuffer; // [rows][heads * headDim]
   readonly #k: DeviceBuffer; // [rows][kvHeads * headDim]
   readonly #v: DeviceBuffer; // [rows][kvHeads * headDim]
+  readonly #qkv: readonly DeviceBuffer[]; // [#q, #k, #v], for matmulEach
   readonly #att: DeviceBuffer; // [rows][heads * headDim]
   readonly #gate: DeviceBuffer; // [rows][intermediate]: silu(gate) * up
   readonly #tokens: DeviceBuffer; // i32 [rows]
@@ -127,11 +131,15 @@ export class LlamaModel {
     this.#layers = [];
     for (let l = 0; l < c.numLayers; l++) {
       const p = `blk.${l}.`;
+      const wq = weight(`${p}attn_q.weight`, [qDim, H]);
+      const wk = weight(`${p}attn_k.weight`, [kvDim, H]);
+      const wv = weight(`${p}attn_v.weight`, [kvDim, H]);
       const layer: LayerWeights = {
         attnNorm: weight(`${p}attn_norm.weight`, [H]),
-        wq: weight(`${p}attn_q.weight`, [qDim, H]),
-        wk: weight(`${p}attn_k.weight`, [kvDim, H]),
-        wv: weight(`${p}attn_v.weight`, [kvDim, H]),
+        wq,
+        wk,
+        wv,
+        qkv: [wq, wk, wv],
         wo: weight(`${p}attn_output.weight`, [H, qDim]),
         ffnNorm: weight(`${p}ffn_norm.weight`, [H]),
         gate: weight(`${p}ffn_gate.weight`, [F, H]),
@@ -142,6 +150,7 @@ export class LlamaModel {
         layer.bq = weight(`${p}attn_q.bias`, [qDim]);
         layer.bk = weight(`${p}attn_k.bias`, [kvDim]);
         layer.bv = weight(`${p}attn_v.bias`, [kvDim]);
+        layer.qkvBias = [layer.bq, layer.bk, layer.bv];
       }
       this.#layers.push(layer);
     }
@@ -155,6 +164,7 @@ export class LlamaModel {
     this.#q = backend.createBuffer(R * qDim);
     this.#k = backend.createBuffer(R * kvDim);
     this.#v = backend.createBuffer(R * kvDim);
+    this.#qkv = [this.#q, this.#k, this.#v];
     this.#att = backend.createBuffer(R * qDim);
     this.#gate = backend.createBuffer(R * F);
     this.#tokens = backend.createBuffer(R, 'i32');
@@ -196,9 +206,7 @@ export class LlamaModel {
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.#layers[l] as LayerWeights;
       // xb = attnNorm(x) here (before the loop, or the previous layer's last addRmsNorm).
-      b.matmul(this.#q, this.#xb, w.wq, rows, w.bq);
-      b.matmul(this.#k, this.#xb, w.wk, rows, w.bk);
-      b.matmul(this.#v, this.#xb, w.wv, rows, w.bv);
+      b.matmulEach(this.#qkv, this.#xb, w.qkv, rows, w.qkvBias);
       b.rope(this.#q, this.#positions, rows, numHeads, this.rope);
       b.rope(this.#k, this.#positions, rows, numKvHeads, this.rope);
       b.appendKv(l, this.#k, this.#v, this.#slots, rows, numKvHeads);

@@ -55,9 +55,9 @@ function loader(name: string, array: string, type: StoreType): string {
 }
 
 /** WGSL that sets ${x}0, ${x}1 (vec4f) to 8 Q8_0 weights starting at element `e` (a multiple of 8) of W. */
-function loadQ8x8(x: string, e: string, array = 'W'): string {
+function loadQ8x8(x: string, e: string, array = 'W', outDim = 'p.outDim'): string {
   return `let qw${x} = (${e}) >> 2u;
-        let qs${x} = bitcast<f32>(${array}[p.outDim * p.inDim / 4u + (${e}) / 32u]);
+        let qs${x} = bitcast<f32>(${array}[${outDim} * p.inDim / 4u + (${e}) / 32u]);
         let qa${x} = ${array}[qw${x}];
         let qb${x} = ${array}[qw${x} + 1u];
         let ${x}0 = vec4f(vec4i(bitcast<i32>(qa${x} << 24u), bitcast<i32>(qa${x} << 16u), bitcast<i32>(qa${x} << 8u), bitcast<i32>(qa${x})) >> vec4u(24u)) * qs${x};
@@ -68,8 +68,8 @@ function loadQ8x8(x: string, e: string, array = 'W'): string {
  * WGSL that sets ${x}0, ${x}1 (vec4f) to the 8 weights of 8-weight step `step` of W, as the
  * vectorised matvec kernels bind it (see vecWeightType).
  */
-function loadWeights8(weight: StoreType, x: string, step: string, array = 'W'): string {
-  if (weight === 'q8') return loadQ8x8(x, `8u * (${step})`, array);
+function loadWeights8(weight: StoreType, x: string, step: string, array = 'W', outDim = 'p.outDim'): string {
+  if (weight === 'q8') return loadQ8x8(x, `8u * (${step})`, array, outDim);
   if (weight === 'f32') return `let ${x}0 = ${array}[2u * (${step})]; let ${x}1 = ${array}[2u * (${step}) + 1u];`;
   return `let wq${x} = ${array}[${step}];
         let ${x}0 = vec4f(unpack2x16float(wq${x}.x), unpack2x16float(wq${x}.y));
@@ -434,6 +434,11 @@ export const MATVEC_SPLIT_MIN_STEPS = 32;
  * `gated` (a SwiGLU MLP's gate and up projections): a second matrix W2 of W's shape is read
  * beside W with the same x loads, and out = silu(x · Wᵀ) * (x · W2ᵀ) (the silu-mul kernel's
  * expression), so one dispatch replaces two matmuls and the silu-mul. No bias then.
+ *
+ * `stacked` = 2 or 3 (attention's q, k and v projections): as many matrices of one inDim, each
+ * with its own output buffer and outDim (a multiple of O), one dispatch for all: blocks
+ * [0, p.split1) are W's, [p.split1, p.split2) W2's, the rest W3's, so the small K/V projections
+ * share the GPU with q instead of leaving it half idle in dispatches of their own. No bias then.
  */
 export function matvecSplitKernel(
   weight: StoreType,
@@ -443,12 +448,14 @@ export function matvecSplitKernel(
   unroll: 1 | 2 | 4,
   splitK: 1 | 2 | 4 | 8,
   gated = false,
+  stacked: 1 | 2 | 3 = 1,
 ): KernelSource {
   if (!Number.isInteger(rowsPerGroup) || rowsPerGroup < 1 || rowsPerGroup > MATVEC_SPLIT_MAX_ROWS) {
     throw new RangeError(`matvecSplitKernel takes 1..${MATVEC_SPLIT_MAX_ROWS} rows a pass, got ${rowsPerGroup}.`);
   }
-  if (gated && bias) throw new RangeError('matvecSplitKernel: a gated product takes no bias.');
-  const key = `matvec-split:${weight}:${bias}:${rowsPerGroup}:${outputs}:${unroll}:${splitK}${gated ? ':gated' : ''}`;
+  if ((gated || stacked > 1) && bias) throw new RangeError('matvecSplitKernel: a gated or stacked product takes no bias.');
+  if (gated && stacked > 1) throw new RangeError('matvecSplitKernel: a product is gated or stacked, not both.');
+  const key = `matvec-split:${weight}:${bias}:${rowsPerGroup}:${outputs}:${unroll}:${splitK}${gated ? ':gated' : ''}${stacked > 1 ? `:stacked${stacked}` : ''}`;
   const hit = builtKernel(key);
   if (hit !== undefined) return hit;
   const R = rowsPerGroup;
@@ -465,8 +472,27 @@ export function matvecSplitKernel(
   const ms = gated ? [0, 1] : [0];
   const mat = (m: number) => (m === 0 ? { w: 'w', array: 'W', acc: 'acc' } : { w: 'v', array: 'W2', acc: 'gacc' });
   // One stride u of the loop at K step `at`: O weight loads (a matrix), then R rows' two x vec4 each.
+  const N = stacked;
+  const arrayOf = (n: number) => (n === 0 ? 'W' : `W${n + 1}`);
+  // Q8_0 finds a matrix's scales after its quants, at its own outDim.
+  const outDimOf = (n: number) => (n === 0 ? 'p.outDim' : `p.out${n + 1}Dim`);
+  // Stacked: the block's matrix n is subgroup-uniform; each branch loads into the shared vars.
+  const stackedLoads = (u: number, at: string) => {
+    const branch = (n: number) =>
+      `{
+          ${lines(os, (o) => `${loadWeights8(weight, `t${u}_${o}`, `wrow${o} + ${at}`, arrayOf(n), outDimOf(n))}\n          w${u}_${o}0 = t${u}_${o}0;\n          w${u}_${o}1 = t${u}_${o}1;`, '\n          ')}
+        }`;
+    const chain =
+      N === 2
+        ? `if (n == 0u) ${branch(0)} else ${branch(1)}`
+        : `if (n == 0u) ${branch(0)} else if (n == 1u) ${branch(1)} else ${branch(2)}`;
+    return `${lines(os, (o) => `var w${u}_${o}0: vec4f;\n        var w${u}_${o}1: vec4f;`)}
+        ${chain}`;
+  };
   const loads = (u: number, at: string) =>
-    lines(ms, (m) => lines(os, (o) => loadWeights8(weight, `${mat(m).w}${u}_${o}`, `wrow${o} + ${at}`, mat(m).array)));
+    N > 1
+      ? stackedLoads(u, at)
+      : lines(ms, (m) => lines(os, (o) => loadWeights8(weight, `${mat(m).w}${u}_${o}`, `wrow${o} + ${at}`, mat(m).array)));
   const fmas = (u: number, at: string) =>
     lines(
       rs,
@@ -481,12 +507,20 @@ export function matvecSplitKernel(
     workgroupSize: 256,
     code: /* wgsl */ `
 enable subgroups;
-struct P { rows: u32, inDim: u32, outDim: u32, blocks: u32, rowBegin: u32, slice: u32, pad0: u32, pad1: u32 }
+// Stacked: split1, split2 = the first blocks of W2 and W3; out2Dim, out3Dim = their outDims.
+struct P { rows: u32, inDim: u32, outDim: u32, blocks: u32, rowBegin: u32, slice: u32, split1: u32, split2: u32, out2Dim: u32, out3Dim: u32, pad0: u32, pad1: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<vec4f>;
 @group(0) @binding(3) var<storage, read> W: ${vecWeightType(weight)};
-${bias ? '@group(0) @binding(4) var<storage, read> b: array<f32>;' : ''}${gated ? `@group(0) @binding(4) var<storage, read> W2: ${vecWeightType(weight)};` : ''}
+${bias ? '@group(0) @binding(4) var<storage, read> b: array<f32>;' : ''}${gated || N > 1 ? `@group(0) @binding(4) var<storage, read> W2: ${vecWeightType(weight)};` : ''}
+${N > 1 ? '@group(0) @binding(5) var<storage, read_write> out2: array<f32>;' : ''}
+${
+  N > 2
+    ? `@group(0) @binding(6) var<storage, read> W3: ${vecWeightType(weight)};
+@group(0) @binding(7) var<storage, read_write> out3: array<f32>;`
+    : ''
+}
 const R = ${R}u;
 const O = ${O}u;
 const KS = ${KS}u;
@@ -506,8 +540,17 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
     let blk = wid * BPW + item / KS;
     let live = item < ${MATVEC_SPLIT_ITEMS}u && blk < p.blocks;
     let bc = min(blk, p.blocks - 1u);
-    let j = (bc % perTile) * O;
-    let r0 = p.rowBegin + (bc / perTile) * R;
+    ${
+      N > 1
+        ? `// The block's matrix n and its index there (blocks of one matrix: its outputs / O x row tiles).
+    let n = select(select(2u, 1u, bc < p.split2), 0u, bc < p.split1);
+    let local = bc - select(select(p.split2, p.split1, n == 1u), 0u, n == 0u);
+    let nTile = select(select(p.out3Dim, p.out2Dim, n == 1u), p.outDim, n == 0u) / O;
+    let j = (local % nTile) * O;
+    let r0 = p.rowBegin + (local / nTile) * R;`
+        : `let j = (bc % perTile) * O;
+    let r0 = p.rowBegin + (bc / perTile) * R;`
+    }
     ${lines(os, (o) => `let wrow${o} = (j + ${o}u) * steps;`, '\n    ')}
     ${lines(rs, (r) => `let xrow${r} = min(r0 + ${r}u, p.rows - 1u) * (p.inDim / 4u);`, '\n    ')}
     let begin = (item % KS) * p.slice;
@@ -554,17 +597,28 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
     let rr = (t / O) % R;
     let bb = t / (O * R);
     let blk = wid * BPW + bb;
-    let r = p.rowBegin + (blk / perTile) * R + rr;
+    ${
+      N > 1
+        ? `let n = select(select(2u, 1u, blk < p.split2), 0u, blk < p.split1);
+    let local = blk - select(select(p.split2, p.split1, n == 1u), 0u, n == 0u);
+    let nDim = select(select(p.out3Dim, p.out2Dim, n == 1u), p.outDim, n == 0u);
+    let r = p.rowBegin + (local / (nDim / O)) * R + rr;`
+        : 'let r = p.rowBegin + (blk / perTile) * R + rr;'
+    }
     if (blk < p.blocks && r < p.rows) {
       var s = 0.0;
       for (var ks = 0u; ks < KS; ks++) { s += part[(((bb * KS + ks) * ${M}u) * R + rr) * ${O / 4}u + o / 4u][o % 4u]; }
-      let jj = (blk % perTile) * O + o;
       ${
-        gated
-          ? `var u = 0.0;
+        N > 1
+          ? `let jj = (local % (nDim / O)) * O + o;
+      if (n == 0u) { out[r * p.outDim + jj] = s; }${N > 2 ? ' else if (n == 1u) { out2[r * p.out2Dim + jj] = s; } else { out3[r * p.out3Dim + jj] = s; }' : ' else { out2[r * p.out2Dim + jj] = s; }'}`
+          : gated
+            ? `let jj = (blk % perTile) * O + o;
+      var u = 0.0;
       for (var ks = 0u; ks < KS; ks++) { u += part[(((bb * KS + ks) * ${M}u + 1u) * R + rr) * ${O / 4}u + o / 4u][o % 4u]; }
       out[r * p.outDim + jj] = s / (1.0 + exp(-s)) * u;`
-          : `out[r * p.outDim + jj] = s${bias ? ' + b[jj]' : ''};`
+            : `let jj = (blk % perTile) * O + o;
+      out[r * p.outDim + jj] = s${bias ? ' + b[jj]' : ''};`
       }
     }
   }

@@ -798,6 +798,71 @@ export class WebGpuBackend implements Backend {
     this.#dispatchRaw(matmulKernel(wt.store, b !== undefined), buffers, gx, gy);
   }
 
+  matmulEach(
+    outs: readonly DeviceBuffer[],
+    x: DeviceBuffer,
+    ws: readonly DeviceWeight[],
+    rows: number,
+    biases?: readonly (DeviceWeight | undefined)[],
+  ): void {
+    if (outs.length !== ws.length) throw new InvalidArgumentError(`matmulEach: ${outs.length} outputs for ${ws.length} matrices.`);
+    if (!this.#matvecStacked(outs, x, ws, rows, biases)) {
+      for (let i = 0; i < ws.length; i++) this.matmul(outs[i] as DeviceBuffer, x, ws[i] as DeviceWeight, rows, biases?.[i]);
+    }
+  }
+
+  /**
+   * matmulEach as one stacked split-matvec dispatch, where it applies: 2-3 matrices of one inDim
+   * and store, no biases, distinct outputs, outDims that whole blocks divide, and a batch the
+   * matvec takes. Returns whether it ran.
+   */
+  #matvecStacked(
+    outs: readonly DeviceBuffer[],
+    x: DeviceBuffer,
+    ws: readonly DeviceWeight[],
+    rows: number,
+    biases?: readonly (DeviceWeight | undefined)[],
+  ): boolean {
+    const n = ws.length;
+    if (n < 2 || n > 3 || !this.subgroups || !this.#splitMatvec || rows >= this.#tiledMinRows) return false;
+    if (biases?.some((b) => b !== undefined)) return false;
+    const w0 = ws[0] as GpuWeight;
+    let total = 0;
+    for (let i = 0; i < n; i++) {
+      const w = ws[i] as GpuWeight;
+      if (w.cols !== w0.cols || w.store !== w0.store || w.rows % 4 !== 0) return false;
+      for (let k = 0; k < i; k++) if (outs[k] === outs[i]) return false;
+      total += w.rows;
+    }
+    if (w0.cols % 8 !== 0 || this.blockedMatmulPlan(rows, total, w0.cols) !== null) return false;
+    const plan = this.splitMatvecPlan(rows, total, w0.cols);
+    const O = plan.outputs;
+    const w1 = ws[1] as GpuWeight;
+    const w2 = ws[2] as GpuWeight | undefined;
+    if (w0.rows % O !== 0 || w1.rows % O !== 0 || (w2 !== undefined && w2.rows % O !== 0)) return false;
+    const passes = Math.ceil(rows / plan.rowsPerPass);
+    const split1 = (w0.rows / O) * passes;
+    const split2 = split1 + (w1.rows / O) * passes;
+    this.#setUniform([
+      rows,
+      w0.cols,
+      w0.rows,
+      plan.blocks,
+      0,
+      plan.slice,
+      split1,
+      w2 === undefined ? plan.blocks : split2,
+      w1.rows,
+      w2?.rows ?? 0,
+    ]);
+    const buffers = [(outs[0] as GpuBuffer).buffer, (x as GpuBuffer).buffer, w0.buffer, w1.buffer, (outs[1] as GpuBuffer).buffer];
+    if (w2 !== undefined) buffers.push(w2.buffer, (outs[2] as GpuBuffer).buffer);
+    const kernel = matvecSplitKernel(w0.store, false, plan.rowsPerPass, O, plan.unroll, plan.splitK, false, n as 2 | 3);
+    const [gx, gy] = grid(plan.workgroups);
+    this.#dispatchRaw(kernel, buffers, gx, gy);
+    return true;
+  }
+
   matmulSiluMul(out: DeviceBuffer, x: DeviceBuffer, gate: DeviceWeight, up: DeviceWeight, rows: number): void {
     const g = gate as GpuWeight;
     const u = up as GpuWeight;

@@ -88,6 +88,32 @@ function matmulCase(
   };
 }
 
+/** matmulEach over matrices of `outDims` rows (and biases with `bias`); `kernel` as matmulCase's. */
+function matmulEachCase(
+  rows: number,
+  inDim: number,
+  outDims: readonly number[],
+  bias: boolean,
+  dtype: 'f32' | 'f16' | 'q8_0',
+  kernel?: { readonly label: string; readonly webgpu: WebGpuBackendOptions },
+): ConformanceCase {
+  return {
+    name: `matmul-each ${rows}x${inDim}->${outDims.join('+')}${bias ? ' +bias' : ''} (${dtype} weights${kernel === undefined ? '' : `, ${kernel.label}`})`,
+    tolerance: 1e-5,
+    weightStore: dtype === 'q8_0' ? 'auto' : dtype,
+    ...(kernel === undefined ? {} : { webgpu: kernel.webgpu }),
+    async run(b) {
+      const rand = rng(rows * 41 + inDim + outDims.length);
+      const ws = outDims.map((o, i) => b.uploadWeight(tensor(`w${i}`, [o, inDim], rand, dtype)));
+      const biases = bias ? outDims.map((o, i) => b.uploadWeight(tensor(`b${i}`, [o], rand))) : undefined;
+      const x = upload(b, Float32Array.from({ length: rows * inDim }, rand));
+      const outs = outDims.map((o) => b.createBuffer(rows * o));
+      b.matmulEach(outs, x, ws, rows, biases);
+      return Promise.all(outs.map((out, i) => read(b, out, rows * (outDims[i] as number))));
+    },
+  };
+}
+
 /** matmulSiluMul: silu(x · gateᵀ) * (x · upᵀ); `kernel` as matmulCase's. */
 function matmulSiluMulCase(
   rows: number,
@@ -477,6 +503,16 @@ export const cases: readonly ConformanceCase[] = [
   matmulSiluMulCase(1, 96, 36, 'f32'),
   matmulSiluMulCase(5, 128, 40, 'q8_0', { label: 'K in 2', webgpu: { matvecSplitK: 2 } }),
   matmulSiluMulCase(40, 72, 48, 'f16'),
+  // matmulEach: q, k and v stacked in one split-matvec dispatch (blocks of three matrices, uneven
+  // sizes; two matrices; Q8_0; K split in 8 with 8 outputs a block), and the cases it leaves to
+  // one matmul each (biases, a batch past the matvec, an outDim the block does not divide).
+  matmulEachCase(6, 520, [64, 16, 16], false, 'f16'),
+  matmulEachCase(3, 96, [40, 8], false, 'f32', { label: 'K in 4', webgpu: { matvecSplitK: 4 } }),
+  matmulEachCase(5, 128, [32, 8, 8], false, 'q8_0'),
+  matmulEachCase(13, 264, [96, 32, 32], false, 'f16', { label: 'K in 8, 8 outputs', webgpu: { matvecSplitK: 8, matvecOutputs: 8 } }),
+  matmulEachCase(4, 64, [24, 8, 8], true, 'f32'),
+  matmulEachCase(40, 72, [48, 16, 16], false, 'f16'),
+  matmulEachCase(2, 64, [36, 8], false, 'f16', { label: '8 outputs asked, 36 rows', webgpu: { matvecOutputs: 8 } }),
   {
     name: 'embed, rmsnorm, silu-mul, add (in place and not), gather rows',
     tolerance: 1e-5,
