@@ -1,4 +1,5 @@
 import type { ChangeLog } from './change-log.ts';
+import { InvalidArgumentError } from './errors.ts';
 import type { EvictionSelection } from './eviction-selection.ts';
 import type { RopeLayout, RopeScaling, Tensor } from './model.ts';
 import type { KvDtype } from './shape.ts';
@@ -270,4 +271,20 @@ export function ropeInverseFrequencies(rope: RopeSettings): Float64Array {
     inv[i] = (1 - smooth) * (f / s.factor) + smooth * f;
   }
   return inv;
+}
+
+/**
+ * Backend.matmulEach as one `matmul` per matrix: the whole of it for a backend that fuses
+ * nothing, and the fallback of one that fuses some cases.
+ */
+export function matmulEachInTurn(
+  backend: Pick<Backend, 'matmul'>,
+  outs: readonly DeviceBuffer[],
+  x: DeviceBuffer,
+  ws: readonly DeviceWeight[],
+  rows: number,
+  biases?: readonly (DeviceWeight | undefined)[],
+): void {
+  if (outs.length !== ws.length) throw new InvalidArgumentError(`matmulEach: ${outs.length} outputs for ${ws.length} matrices.`);
+  for (let i = 0; i < ws.length; i++) backend.matmul(outs[i] as DeviceBuffer, x, ws[i] as DeviceWeight, rows, biases?.[i]);
 }

@@ -10,6 +10,7 @@ import {
   InvalidArgumentError,
   type KvDtype,
   type MetricRecording,
+  matmulEachInTurn,
   type PagedCacheView,
   type RopeSettings,
   ropeInverseFrequencies,
@@ -170,8 +171,7 @@ export class CpuBackend implements Backend {
     rows: number,
     biases?: readonly (DeviceWeight | undefined)[],
   ): void {
-    if (outs.length !== ws.length) throw new InvalidArgumentError(`matmulEach: ${outs.length} outputs for ${ws.length} matrices.`);
-    for (let i = 0; i < ws.length; i++) this.matmul(outs[i] as DeviceBuffer, x, ws[i] as DeviceWeight, rows, biases?.[i]);
+    matmulEachInTurn(this, outs, x, ws, rows, biases);
   }
 
   matmulSiluMul(out: DeviceBuffer, x: DeviceBuffer, gate: DeviceWeight, up: DeviceWeight, rows: number): void {

@@ -932,8 +932,17 @@ export function workgroupArgmaxWgsl(values: string, base: string, n: string, bes
     let x = ${values}[${base} + i];
     if (x > argmaxV || (argmaxI == 0xffffffffu && x == argmaxV)) { argmaxV = x; argmaxI = i; }
   }
-  ${bestValues}[li] = argmaxV;
-  ${bestIndices}[li] = argmaxI;
+  ${workgroupArgmaxTreeWgsl('argmaxV', 'argmaxI', bestValues, bestIndices)}`;
+}
+
+/**
+ * WGSL statements: each of the 256 invocations puts its (value, index) pair (`value`, `index`)
+ * in the workgroup arrays, and a tree keeps the larger value, the lower index on ties, until
+ * the workgroup's best is in `bestValues[0]`, `bestIndices[0]`.
+ */
+function workgroupArgmaxTreeWgsl(value: string, index: string, bestValues: string, bestIndices: string): string {
+  return `${bestValues}[li] = ${value};
+  ${bestIndices}[li] = ${index};
   workgroupBarrier();
   for (var s = 128u; s > 0u; s >>= 1u) {
     if (li < s) {
@@ -1029,17 +1038,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
     let oi = partial[2u * (r * p.chunks + c) + 1u];
     if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
   }
-  bestV[li] = v;
-  bestI[li] = i;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (li < s) {
-      let ov = bestV[li + s];
-      let oi = bestI[li + s];
-      if (ov > bestV[li] || (ov == bestV[li] && oi < bestI[li])) { bestV[li] = ov; bestI[li] = oi; }
-    }
-    workgroupBarrier();
-  }
+  ${workgroupArgmaxTreeWgsl('v', 'i', 'bestV', 'bestI')}
   if (li == 0u && wid < p.rows) { out[r] = select(0, i32(bestI[0]), bestI[0] != 0xffffffffu); }
 }`,
   }));

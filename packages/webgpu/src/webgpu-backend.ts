@@ -16,6 +16,7 @@ import {
   type KvDtype,
   KvPoolTooLargeError,
   type MetricRecording,
+  matmulEachInTurn,
   type PagedCacheView,
   quantizeQ8_0,
   type RopeSettings,
@@ -805,10 +806,7 @@ export class WebGpuBackend implements Backend {
     rows: number,
     biases?: readonly (DeviceWeight | undefined)[],
   ): void {
-    if (outs.length !== ws.length) throw new InvalidArgumentError(`matmulEach: ${outs.length} outputs for ${ws.length} matrices.`);
-    if (!this.#matvecStacked(outs, x, ws, rows, biases)) {
-      for (let i = 0; i < ws.length; i++) this.matmul(outs[i] as DeviceBuffer, x, ws[i] as DeviceWeight, rows, biases?.[i]);
-    }
+    if (outs.length !== ws.length || !this.#matvecStacked(outs, x, ws, rows, biases)) matmulEachInTurn(this, outs, x, ws, rows, biases);
   }
 
   /**
