@@ -19,15 +19,9 @@ export const LLAMA_FAMILY: readonly string[] = ['llama', 'mistral', 'qwen2'];
 
 interface LayerWeights {
   attnNorm: DeviceWeight;
-  wq: DeviceWeight;
-  wk: DeviceWeight;
-  wv: DeviceWeight;
-  bq?: DeviceWeight;
-  bk?: DeviceWeight;
-  bv?: DeviceWeight;
-  /** [wq, wk, wv] and their biases (or undefined), kept so a step passes no new arrays to matmulEach. */
+  /** [wq, wk, wv] and (models with attention biases) [bq, bk, bv]: arrays kept so a step passes none new to matmulEach. */
   qkv: readonly DeviceWeight[];
-  qkvBias?: readonly (DeviceWeight | undefined)[];
+  qkvBias?: readonly DeviceWeight[];
   wo: DeviceWeight;
   ffnNorm: DeviceWeight;
   gate: DeviceWeight;
@@ -131,15 +125,9 @@ export class LlamaModel {
     this.#layers = [];
     for (let l = 0; l < c.numLayers; l++) {
       const p = `blk.${l}.`;
-      const wq = weight(`${p}attn_q.weight`, [qDim, H]);
-      const wk = weight(`${p}attn_k.weight`, [kvDim, H]);
-      const wv = weight(`${p}attn_v.weight`, [kvDim, H]);
       const layer: LayerWeights = {
         attnNorm: weight(`${p}attn_norm.weight`, [H]),
-        wq,
-        wk,
-        wv,
-        qkv: [wq, wk, wv],
+        qkv: [weight(`${p}attn_q.weight`, [qDim, H]), weight(`${p}attn_k.weight`, [kvDim, H]), weight(`${p}attn_v.weight`, [kvDim, H])],
         wo: weight(`${p}attn_output.weight`, [H, qDim]),
         ffnNorm: weight(`${p}ffn_norm.weight`, [H]),
         gate: weight(`${p}ffn_gate.weight`, [F, H]),
@@ -147,10 +135,7 @@ export class LlamaModel {
         down: weight(`${p}ffn_down.weight`, [H, F]),
       };
       if (c.attentionBias) {
-        layer.bq = weight(`${p}attn_q.bias`, [qDim]);
-        layer.bk = weight(`${p}attn_k.bias`, [kvDim]);
-        layer.bv = weight(`${p}attn_v.bias`, [kvDim]);
-        layer.qkvBias = [layer.bq, layer.bk, layer.bv];
+        layer.qkvBias = [weight(`${p}attn_q.bias`, [qDim]), weight(`${p}attn_k.bias`, [kvDim]), weight(`${p}attn_v.bias`, [kvDim])];
       }
       this.#layers.push(layer);
     }

@@ -823,12 +823,11 @@ export class WebGpuBackend implements Backend {
   ): boolean {
     const n = ws.length;
     if (n < 2 || n > 3 || !this.subgroups || !this.#splitMatvec || rows >= this.#tiledMinRows) return false;
-    if (biases?.some((b) => b !== undefined)) return false;
     const w0 = ws[0] as GpuWeight;
     let total = 0;
     for (let i = 0; i < n; i++) {
       const w = ws[i] as GpuWeight;
-      if (w.cols !== w0.cols || w.store !== w0.store || w.rows % 4 !== 0) return false;
+      if (biases?.[i] !== undefined || w.cols !== w0.cols || w.store !== w0.store || w.rows % 4 !== 0) return false;
       for (let k = 0; k < i; k++) if (outs[k] === outs[i]) return false;
       total += w.rows;
     }
