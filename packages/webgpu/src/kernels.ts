@@ -418,8 +418,8 @@ export const MATVEC_SPLIT_MAX_ROWS = 16;
 export const MATVEC_SPLIT_MIN_STEPS = 32;
 
 /**
- * The matvec for devices with subgroups, for decode steps of 1-16 rows, which are bound by
- * reading W once: a workgroup's MATVEC_SPLIT_ITEMS items are (block of O consecutive outputs
+ * The matvec for devices with subgroups, for decode steps below the blocked matmul's rows
+ * (passes of up to MATVEC_SPLIT_MAX_ROWS rows), which are bound by reading W: a workgroup's MATVEC_SPLIT_ITEMS items are (block of O consecutive outputs
  * for R rows, K slice of `p.slice` 8-weight steps), KS slices a block. A subgroup takes an
  * item: its lanes stride the slice 8 weights (16 bytes of packed f16) at a time, issuing the
  * loads of U strides (U x O weight loads in flight a lane) before their FMAs, and sum with
