@@ -144,6 +144,8 @@ export class CpuBackend implements Backend {
   }
 
   addRmsNorm(out: DeviceBuffer, x: DeviceBuffer, delta: DeviceBuffer, weight: DeviceWeight, rows: number, dim: number, eps: number): void {
+    if (out === x || out === delta)
+      throw new InvalidArgumentError('addRmsNorm writes x and out: give out a buffer of its own (not x or delta).');
     this.add(x, x, delta, rows * dim);
     this.rmsNorm(out, x, weight, rows, dim, eps);
   }
@@ -175,6 +177,7 @@ export class CpuBackend implements Backend {
   }
 
   matmulSiluMul(out: DeviceBuffer, x: DeviceBuffer, gate: DeviceWeight, up: DeviceWeight, rows: number): void {
+    if (out === x) throw new InvalidArgumentError('matmulSiluMul reads x while it writes out: give out a buffer of its own.');
     const n = rows * (up as CpuWeight).rows;
     // The up projection's scratch, grown (never per step once a batch size has been seen).
     if (this.#upScratch.length < n) this.#upScratch = new CpuBuffer(n, 'f32');

@@ -754,6 +754,8 @@ export class WebGpuBackend implements Backend {
   }
 
   addRmsNorm(out: DeviceBuffer, x: DeviceBuffer, delta: DeviceBuffer, weight: DeviceWeight, rows: number, dim: number, eps: number): void {
+    if (out === x || out === delta)
+      throw new InvalidArgumentError('addRmsNorm writes x and out: give out a buffer of its own (not x or delta).');
     this.#setUniform([rows, dim]);
     this.#f32[2] = eps;
     this.#dispatchRaw(
@@ -861,6 +863,7 @@ export class WebGpuBackend implements Backend {
   }
 
   matmulSiluMul(out: DeviceBuffer, x: DeviceBuffer, gate: DeviceWeight, up: DeviceWeight, rows: number): void {
+    if (out === x) throw new InvalidArgumentError('matmulSiluMul reads x while it writes out: give out a buffer of its own.');
     const g = gate as GpuWeight;
     const u = up as GpuWeight;
     if (g.rows !== u.rows || g.cols !== u.cols || g.store !== u.store) {

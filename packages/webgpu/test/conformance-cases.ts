@@ -551,6 +551,29 @@ export const cases: readonly ConformanceCase[] = [
     },
   },
   {
+    name: 'add-rmsnorm and matmul-silu-mul refuse an output that aliases an input (InvalidArgumentError)',
+    tolerance: 1e-6,
+    async run(b) {
+      const x = b.createBuffer(8);
+      const w = b.uploadWeight(tensor('w', [8, 8], rng(24)));
+      const refused = (f: () => void) => {
+        try {
+          f();
+        } catch (e) {
+          if ((e as Error).name === 'InvalidArgumentError') return 1;
+          throw e;
+        }
+        throw new Error('expected an InvalidArgumentError');
+      };
+      return [
+        Float32Array.of(
+          refused(() => b.addRmsNorm(x, x, b.createBuffer(8), w, 1, 8, 1e-5)),
+          refused(() => b.matmulSiluMul(x, x, w, w, 1)),
+        ),
+      ];
+    },
+  },
+  {
     name: 'argmax over 1000-wide rows, ties to the first index',
     // Ids compared as floats relative to the largest id: any differing id is >= 1e-3 off.
     tolerance: 1e-6,
