@@ -23,8 +23,10 @@ describe('matmulEachInTurn', () => {
     ]);
   });
 
-  it('refuses outputs and matrices of different counts', () => {
+  it('refuses outputs and matrices of different counts, and an output that is x', () => {
     const backend = { matmul: () => {} };
     expect(() => matmulEachInTurn(backend, [buffer(1)], buffer(1), [weight('a'), weight('b')], 1)).toThrow(InvalidArgumentError);
+    const x = buffer(1);
+    expect(() => matmulEachInTurn(backend, [buffer(1), x], x, [weight('a'), weight('b')], 1)).toThrow(InvalidArgumentError);
   });
 });

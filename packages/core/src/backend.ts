@@ -285,6 +285,13 @@ export function matmulEachInTurn(
   rows: number,
   biases?: readonly (DeviceWeight | undefined)[],
 ): void {
-  if (outs.length !== ws.length) throw new InvalidArgumentError(`matmulEach: ${outs.length} outputs for ${ws.length} matrices.`);
+  assertMatmulEachArguments(outs, x, ws);
   for (let i = 0; i < ws.length; i++) backend.matmul(outs[i] as DeviceBuffer, x, ws[i] as DeviceWeight, rows, biases?.[i]);
+}
+
+/** What every matmulEach needs: an output per matrix, none of them x. */
+export function assertMatmulEachArguments(outs: readonly DeviceBuffer[], x: DeviceBuffer, ws: readonly DeviceWeight[]): void {
+  if (outs.length !== ws.length) throw new InvalidArgumentError(`matmulEach: ${outs.length} outputs for ${ws.length} matrices.`);
+  for (const out of outs)
+    if (out === x) throw new InvalidArgumentError('matmulEach reads x while it writes its outputs: give each output a buffer of its own.');
 }

@@ -8,7 +8,7 @@ export type {
   PagedCacheView,
   RopeSettings,
 } from './backend.ts';
-export { matmulEachInTurn, ropeInverseFrequencies } from './backend.ts';
+export { assertMatmulEachArguments, matmulEachInTurn, ropeInverseFrequencies } from './backend.ts';
 export { ChangeLog } from './change-log.ts';
 export {
   bf16ToF32,

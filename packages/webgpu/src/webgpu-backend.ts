@@ -2,6 +2,7 @@
 import {
   type AttentionRows,
   assertInteger,
+  assertMatmulEachArguments,
   type Backend,
   type ChangeLog,
   type DeviceBuffer,
@@ -808,7 +809,8 @@ export class WebGpuBackend implements Backend {
     rows: number,
     biases?: readonly (DeviceWeight | undefined)[],
   ): void {
-    if (outs.length !== ws.length || !this.#matvecStacked(outs, x, ws, rows, biases)) matmulEachInTurn(this, outs, x, ws, rows, biases);
+    assertMatmulEachArguments(outs, x, ws);
+    if (!this.#matvecStacked(outs, x, ws, rows, biases)) matmulEachInTurn(this, outs, x, ws, rows, biases);
   }
 
   /**
