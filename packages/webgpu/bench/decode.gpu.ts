@@ -33,6 +33,7 @@ import { MetricStore } from '@kvcompress/metrics';
 import { type ForwardStep, LlamaModel } from '@kvcompress/models';
 import { PageAllocator } from '@kvcompress/page-allocator';
 import { requestWebGpuDevice } from '../src/device.ts';
+import { kernelProfile } from './kernel-profile.ts';
 import { type PipelinedIds, timePipelinedSteps } from './pipelined-steps.ts';
 import { randomWeightBackend, shapeNamed, syntheticModel, syntheticModelBytes } from './synthetic-llama.ts';
 
@@ -229,15 +230,7 @@ for (const rate of RATES) {
     const t0 = performance.now();
     await decodeStep(batch);
     const stepMs = performance.now() - t0;
-    const kernels: Record<string, { ms: number; dispatches: number }> = {};
-    let gpuMs = 0;
-    for (const { kernel, ms } of await backend.readProfile()) {
-      const k = kernels[kernel] ?? { ms: 0, dispatches: 0 };
-      k.ms += ms;
-      k.dispatches++;
-      kernels[kernel] = k;
-      gpuMs += ms;
-    }
+    const { gpuMs, kernels } = await kernelProfile(backend);
     print({ kind: 'profile', rate, context: CONTEXT, sequences: batch.sequences.length, stepMs, gpuMs, kernels });
     continue;
   }

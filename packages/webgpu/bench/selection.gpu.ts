@@ -66,6 +66,7 @@ import { type ForwardStep, LlamaModel } from '@kvcompress/models';
 import { PageAllocator } from '@kvcompress/page-allocator';
 import { requestWebGpuDevice } from '../src/device.ts';
 import type { CompactionStats, WebGpuBackend } from '../src/webgpu-backend.ts';
+import { kernelProfile } from './kernel-profile.ts';
 import { type PipelinedIds, timePipelinedSteps } from './pipelined-steps.ts';
 import { randomWeightBackend, shapeNamed, syntheticModel, syntheticModelBytes } from './synthetic-llama.ts';
 
@@ -541,16 +542,8 @@ await fill();
 print({ mode: 'selection-device', ...(await selectionOnly()) });
 /** GPU time per kernel of the dispatches since the last readProfile(). */
 async function profileSince(round: string): Promise<void> {
-  const kernels: Record<string, { ms: number; dispatches: number }> = {};
-  let total = 0;
-  for (const { kernel, ms } of await backend.readProfile()) {
-    const k = kernels[kernel] ?? { ms: 0, dispatches: 0 };
-    k.ms += ms;
-    k.dispatches++;
-    kernels[kernel] = k;
-    total += ms;
-  }
-  print({ mode: 'profile', round, gpuMs: total, kernels, timestamps: device.features.has('timestamp-query') });
+  const { gpuMs, kernels } = await kernelProfile(backend);
+  print({ mode: 'profile', round, gpuMs, kernels, timestamps: device.features.has('timestamp-query') });
 }
 if (PROFILE) {
   if (model !== null) {

@@ -826,7 +826,7 @@ export class WebGpuBackend implements Backend {
     biases?: readonly (DeviceWeight | undefined)[],
   ): boolean {
     const n = ws.length;
-    if (n < 2 || n > 3 || !this.subgroups || !this.#splitMatvec || rows >= this.#tiledMinRows) return false;
+    if (n < 2 || n > 3) return false;
     const w0 = ws[0] as GpuWeight;
     let total = 0;
     for (let i = 0; i < n; i++) {
@@ -835,7 +835,7 @@ export class WebGpuBackend implements Backend {
       for (let k = 0; k < i; k++) if (outs[k] === outs[i]) return false;
       total += w.rows;
     }
-    if (w0.cols % 8 !== 0 || this.blockedMatmulPlan(rows, total, w0.cols) !== null) return false;
+    if (!this.#onSplitMatvec(rows, total, w0.cols)) return false;
     const plan = this.splitMatvecPlan(rows, total, w0.cols);
     const O = plan.outputs;
     const w1 = ws[1] as GpuWeight;
@@ -874,8 +874,7 @@ export class WebGpuBackend implements Backend {
       );
     }
     // Decode-sized batches: one split-matvec dispatch reads x once for both and writes only out.
-    const onMatvec = this.blockedMatmulPlan(rows, g.rows, g.cols) === null && rows < this.#tiledMinRows && g.cols % 8 === 0;
-    if (onMatvec && this.subgroups && this.#splitMatvec && g.rows % 4 === 0) {
+    if (this.#onSplitMatvec(rows, g.rows, g.cols)) {
       const plan = this.splitMatvecPlan(rows, g.rows, g.cols);
       this.#setUniform([rows, g.cols, g.rows, plan.blocks, 0, plan.slice]);
       const [gx, gy] = grid(plan.workgroups);
@@ -887,6 +886,18 @@ export class WebGpuBackend implements Backend {
     this.matmul(out, x, gate, rows);
     this.matmul(upOut, x, up, rows);
     this.siluMul(out, out, upOut, rows * g.rows);
+  }
+
+  /** Whether `matmul` runs all of rows x inDim times outDim x inDim on the split matvec (#matvec's first branch). */
+  #onSplitMatvec(rows: number, outDim: number, inDim: number): boolean {
+    return (
+      this.subgroups &&
+      this.#splitMatvec &&
+      outDim % 4 === 0 &&
+      inDim % 8 === 0 &&
+      rows < this.#tiledMinRows &&
+      this.blockedMatmulPlan(rows, outDim, inDim) === null
+    );
   }
 
   /** Rows [rowBegin, rowEnd) of the product on a matvec kernel (inDim a multiple of 8): one pass over W per R rows. */
